@@ -1,0 +1,228 @@
+//! REST bodies of the account and mesh services (DESIGN §3). The URL layout:
+//!
+//! ```text
+//! POST   /login                               LoginRequest -> LoginResponse
+//! POST   /tickets/identity                    RenewRequest -> TicketResponse   (device-signed assertion)
+//! POST   /tickets/access                      AccessRequest -> TicketResponse  (identity ticket)
+//! GET    /.well-known/jwks.json               Jwks
+//! GET    /users/{user}                        UserNode
+//! GET    /users/{user}/devices                [Device]
+//! DELETE /users/{user}/devices/{device}       Device (revoked)
+//! GET    /users/{user}/folders                [FolderGrant]
+//! GET    /users/{user}/usage                  Usage
+//! POST   /folders                             NewFolder -> FolderGrant
+//! GET    /folders/{folder}                    Folder
+//! GET    /folders/{folder}/entries            EntryList (live entries and the feed cursor)
+//! GET    /folders/{folder}/entries/{entry}    Entry, ETag
+//! PUT    /folders/{folder}/entries/{entry}    EntryPut -> Entry  (If-Match: version | If-None-Match: *)
+//! DELETE /folders/{folder}/entries/{entry}    Entry tombstone     (If-Match: version)
+//! PUT    /folders/{folder}/blocks/{sha256}    bytes (hash checked)
+//! GET    /folders/{folder}/blocks/{sha256}    bytes
+//! HEAD   /folders/{folder}/blocks/{sha256}
+//! GET    /folders/{folder}/changes?since=N&wait=S   ChangeBatch (long poll)
+//! ```
+//!
+//! Every request but `/login`, `/tickets/identity` and the JWKS carries a ticket as
+//! `Authorization: Bearer <JWS>`. Refusals are `ApiError` bodies.
+
+use crate::proto::{BlockHash, Right};
+use serde::{Deserialize, Serialize};
+
+/// A refusal or failure, as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Machine-readable reason, e.g. `ticket_expired`, `forbidden`, `precondition_failed`.
+    pub error: String,
+    /// What went wrong and what to do next, for a person.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+    pub device_name: String,
+    /// The device's RSA public key, SPKI PEM.
+    pub device_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub user: String,
+    pub device_id: String,
+    pub identity: TicketResponse,
+}
+
+/// Renewal of an identity ticket: a JWS signed with the device's own key over
+/// `DeviceAssertion`, so the password is needed only once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub assertion: String,
+}
+
+/// The payload of a device-signed assertion.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceAssertion {
+    /// The device id.
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccessRequest {
+    /// The resource prefix, e.g. `/folders/ID`.
+    pub resource: String,
+    /// The rights wanted; the cloud grants at most what the user holds there.
+    pub rights: Vec<Right>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TicketResponse {
+    pub ticket: String,
+    /// Seconds since the epoch.
+    pub expires_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// An RSA public key as a JWK (RFC 7517), `n` and `e` base64url without padding.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Jwk {
+    pub kty: String,
+    pub kid: String,
+    pub alg: String,
+    #[serde(rename = "use")]
+    pub use_: String,
+    pub n: String,
+    pub e: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserNode {
+    pub name: String,
+    /// URLs of the user's devices.
+    pub devices: Vec<String>,
+    /// URLs of the user's folders.
+    pub folders: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    /// SPKI PEM.
+    pub public_key: String,
+    pub created_ms: i64,
+    pub last_seen_ms: i64,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Folder {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    /// Content never goes to the cloud.
+    pub device_only: bool,
+    pub created_ms: i64,
+}
+
+/// A folder and an access ticket for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FolderGrant {
+    pub folder: Folder,
+    pub rights: Vec<Right>,
+    pub ticket: TicketResponse,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewFolder {
+    pub name: String,
+    #[serde(default)]
+    pub device_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One block of a file version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRef {
+    pub hash: BlockHash,
+    pub len: u32,
+}
+
+/// A file, directory or symlink in a folder. `version` is the change-feed sequence number
+/// of its last change, so versions only grow and double as ETags.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub folder: String,
+    /// `None` for a child of the folder's root.
+    pub parent: Option<String>,
+    pub name: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub version: u64,
+    pub deleted: bool,
+    #[serde(default)]
+    pub manifest: Vec<BlockRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The device that wrote this version.
+    pub author: String,
+}
+
+/// The body of a create or update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntryPut {
+    pub parent: Option<String>,
+    pub name: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    #[serde(default)]
+    pub manifest: Vec<BlockRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Replace a live entry already at (parent, name) in the same step (`rename` over a file).
+    #[serde(default)]
+    pub replace: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EntryList {
+    pub entries: Vec<Entry>,
+    /// The feed position these entries reflect; follow the feed from here.
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChangeBatch {
+    /// Entries changed after `since`, each in its latest state, in sequence order.
+    pub changes: Vec<Entry>,
+    /// The cursor to ask from next.
+    pub next: u64,
+}
+
+/// `meshfs status` figures the cloud reports for a user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Usage {
+    pub bytes_stored: u64,
+    pub quota: u64,
+}
