@@ -57,10 +57,15 @@ pub struct LoginResponse {
 /// `DeviceAssertion`, so the password is needed only once.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RenewRequest {
+    pub device_id: String,
     pub assertion: String,
 }
 
-/// The payload of a device-signed assertion.
+/// The audience of a device's renewal assertion.
+pub const AUDIENCE_RENEW: &str = "meshfs-renew";
+
+/// The payload of a device-signed assertion: `iss` is the device id, `aud` is
+/// [`AUDIENCE_RENEW`], and it lives at most two minutes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceAssertion {
     /// The device id.
