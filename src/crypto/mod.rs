@@ -3,3 +3,11 @@
 
 pub mod keys;
 pub mod ticket;
+
+/// Makes rustls use the `ring` provider for every TLS connection of this process (the cloud's
+/// server and the agent's HTTPS client), so one crypto backend is built and reviewed.
+/// Calling it again is harmless.
+pub fn install_tls_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
