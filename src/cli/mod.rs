@@ -1,0 +1,96 @@
+//! The command line: parses arguments with clap and runs one subcommand. Each subcommand
+//! lives in its own file and turns its arguments into the calls of `cloud` or `agent`.
+
+mod args;
+mod device;
+mod folder;
+mod login;
+mod status;
+
+use anyhow::Context;
+use args::{Cli, Command, UserCommand};
+use clap::Parser;
+
+/// Parses the process arguments and runs the command.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.command.is_service());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(dispatch(cli.command))
+}
+
+fn init_logging(service: bool) {
+    let default = if service { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHFS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Cloud(a) => {
+            let mut cfg = crate::cloud::CloudConfig::new(a.data_dir.clone(), a.listen);
+            cfg.tls_names.extend(a.tls_name);
+            let running = crate::cloud::start(cfg).await.context("starting the cloud")?;
+            eprintln!(
+                "meshfs cloud listening on https://{} (CA for clients: {})",
+                running.addr,
+                a.data_dir.join("ca.pem").display()
+            );
+            tokio::select! {
+                r = running.wait() => r.context("the cloud stopped")?,
+                () = shutdown_signal() => {}
+            }
+            Ok(())
+        }
+        Command::User { command } => match command {
+            UserCommand::Add { name, data_dir } => {
+                let password = read_password()?;
+                crate::cloud::add_user(&data_dir, &name, &password)
+                    .await
+                    .with_context(|| format!("adding user {name}"))?;
+                eprintln!("user {name} added");
+                Ok(())
+            }
+            UserCommand::Quota { name, bytes, data_dir } => {
+                crate::cloud::set_quota(&data_dir, &name, bytes)
+                    .await
+                    .with_context(|| format!("setting the quota of {name}"))?;
+                Ok(())
+            }
+        },
+        Command::Login(a) => login::run(a).await,
+        Command::Folder { command } => folder::run(command).await,
+        Command::Device { command } => device::run(command).await,
+        Command::Mount(a) => {
+            let home = a.home.resolve()?;
+            crate::agent::mount::run(&home, &a.mountpoint)
+                .await
+                .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
+        }
+        Command::Status(a) => status::run(a).await,
+    }
+}
+
+/// The password, from the first line of standard input.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    anyhow::ensure!(!password.is_empty(), "no password on standard input; pipe it in, e.g. `echo secret | meshfs ...`");
+    Ok(password)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

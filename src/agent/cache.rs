@@ -1,0 +1,429 @@
+//! The agent's durable local state: metadata, the journal and the block store. This is the
+//! only module that names sled.
+//!
+//! One sled tree holds everything, under typed key prefixes, so that one `sled::Batch`
+//! changes a node, its directory link and its journal record atomically:
+//!
+//! ```text
+//! n/<ino:u64 BE>                     Node (JSON)
+//! c/<parent:u64 BE><name bytes>      child ino (u64 BE)
+//! e/<folder>/<entry>                 ino of a cloud entry (u64 BE)
+//! f/<folder>                         FolderInfo (JSON)
+//! j/<seq:u64 BE>                     JournalRecord (JSON)
+//! m/<name>                           small values (feed cursors)
+//! ```
+//!
+//! Blocks live as files named by their hash under `blocks/`, written to a temporary name,
+//! fsynced and renamed, so a block file is either whole or absent.
+
+use crate::proto::{BlockHash, BlockRef, EntryKind};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The mount root's inode.
+pub const ROOT: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("metadata store")]
+    Db(#[from] sled::Error),
+    #[error("block store at {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt record in the metadata store")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// One file, directory or symlink as this device knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub ino: u64,
+    pub parent: u64,
+    pub name: String,
+    /// The Mesh Folder this node belongs to; `None` only for the mount root.
+    pub folder: Option<String>,
+    /// The cloud entry id; `None` for the mount root and for a folder's root.
+    pub entry: Option<String>,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// The cloud version this node last agreed with; 0 when never uploaded.
+    pub version: u64,
+    pub manifest: Vec<BlockRef>,
+    pub target: Option<String>,
+    /// Journal records not yet uploaded for this node. While above zero, local state wins
+    /// over the feed, and the upload's `If-Match` finds any race.
+    pub pending: u32,
+    /// False once unlinked or replaced here; kept for open handles and the upload.
+    pub linked: bool,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+}
+
+/// A Mesh Folder as this device knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FolderInfo {
+    pub id: String,
+    pub name: String,
+    pub ino: u64,
+    pub device_only: bool,
+}
+
+/// A local change waiting to reach the cloud. Records name an inode, not a snapshot: the
+/// uploader sends the node's state at upload time, which is always a whole committed
+/// version, so replay after a crash is idempotent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JournalOp {
+    /// Create or update the node's entry (metadata and content manifest).
+    Put { ino: u64, replace: bool },
+    /// Delete the node's entry.
+    Delete { ino: u64 },
+}
+
+impl JournalOp {
+    pub fn ino(&self) -> u64 {
+        match self {
+            JournalOp::Put { ino, .. } | JournalOp::Delete { ino } => *ino,
+        }
+    }
+}
+
+fn node_key(ino: u64) -> Vec<u8> {
+    let mut k = b"n/".to_vec();
+    k.extend_from_slice(&ino.to_be_bytes());
+    k
+}
+
+fn child_prefix(parent: u64) -> Vec<u8> {
+    let mut k = b"c/".to_vec();
+    k.extend_from_slice(&parent.to_be_bytes());
+    k
+}
+
+fn child_key(parent: u64, name: &str) -> Vec<u8> {
+    let mut k = child_prefix(parent);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn entry_key(folder: &str, entry: &str) -> Vec<u8> {
+    format!("e/{folder}/{entry}").into_bytes()
+}
+
+fn journal_key(seq: u64) -> Vec<u8> {
+    let mut k = b"j/".to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn u64_of(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
+/// A set of changes applied atomically by [`Cache::apply`].
+#[derive(Default)]
+pub struct Txn {
+    batch: sled::Batch,
+}
+
+impl Txn {
+    pub fn put_node(&mut self, node: &Node) {
+        // A Node of plain fields always serializes.
+        let v = serde_json::to_vec(node).unwrap_or_default();
+        self.batch.insert(node_key(node.ino), v);
+    }
+    pub fn remove_node(&mut self, ino: u64) {
+        self.batch.remove(node_key(ino));
+    }
+    pub fn link(&mut self, parent: u64, name: &str, ino: u64) {
+        self.batch.insert(child_key(parent, name), &ino.to_be_bytes());
+    }
+    pub fn unlink(&mut self, parent: u64, name: &str) {
+        self.batch.remove(child_key(parent, name));
+    }
+    pub fn index_entry(&mut self, folder: &str, entry: &str, ino: u64) {
+        self.batch.insert(entry_key(folder, entry), &ino.to_be_bytes());
+    }
+    pub fn unindex_entry(&mut self, folder: &str, entry: &str) {
+        self.batch.remove(entry_key(folder, entry));
+    }
+    pub fn put_folder(&mut self, f: &FolderInfo) {
+        let v = serde_json::to_vec(f).unwrap_or_default();
+        self.batch.insert(format!("f/{}", f.id).into_bytes(), v);
+    }
+    pub fn journal(&mut self, seq: u64, op: &JournalOp) {
+        let v = serde_json::to_vec(op).unwrap_or_default();
+        self.batch.insert(journal_key(seq), v);
+    }
+    pub fn unjournal(&mut self, seq: u64) {
+        self.batch.remove(journal_key(seq));
+    }
+    pub fn set_cursor(&mut self, folder: &str, seq: u64) {
+        self.batch.insert(format!("m/cursor/{folder}").into_bytes(), &seq.to_be_bytes());
+    }
+}
+
+/// The metadata store and the block store of one device.
+pub struct Cache {
+    db: sled::Db,
+    tree: sled::Tree,
+    blocks: PathBuf,
+    staging: PathBuf,
+}
+
+impl Cache {
+    /// Opens (or creates) the cache under `dir`; makes the mount root if it is new.
+    pub fn open(dir: &Path) -> Result<Self, CacheError> {
+        let blocks = dir.join("blocks");
+        let staging = dir.join("staging");
+        for d in [&blocks, &staging] {
+            std::fs::create_dir_all(d).map_err(|source| CacheError::Io { path: d.clone(), source })?;
+        }
+        let db = sled::Config::new().path(dir.join("db")).open()?;
+        let tree = db.open_tree("meshfs")?;
+        let cache = Self { db, tree, blocks, staging };
+        if cache.node(ROOT)?.is_none() {
+            let mut t = Txn::default();
+            t.put_node(&Node {
+                ino: ROOT,
+                parent: ROOT,
+                name: String::new(),
+                folder: None,
+                entry: None,
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                size: 0,
+                mtime_ns: 0,
+                version: 0,
+                manifest: Vec::new(),
+                target: None,
+                pending: 0,
+                linked: true,
+            });
+            cache.apply(t)?;
+        }
+        Ok(cache)
+    }
+
+    pub fn apply(&self, txn: Txn) -> Result<(), CacheError> {
+        self.tree.apply_batch(txn.batch)?;
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable.
+    pub async fn flush(&self) -> Result<(), CacheError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A fresh number, never given out before on this device (inodes, journal order).
+    pub fn next_id(&self) -> Result<u64, CacheError> {
+        // Start above ROOT.
+        Ok(self.db.generate_id()? + ROOT + 1)
+    }
+
+    pub fn node(&self, ino: u64) -> Result<Option<Node>, CacheError> {
+        match self.tree.get(node_key(ino))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Option<u64>, CacheError> {
+        Ok(self.tree.get(child_key(parent, name))?.and_then(|v| u64_of(&v)))
+    }
+
+    /// The children of `parent` as (name, ino), in name order.
+    pub fn children(&self, parent: u64) -> Result<Vec<(String, u64)>, CacheError> {
+        let prefix = child_prefix(parent);
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(ino) = u64_of(&v) {
+                out.push((name, ino));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn has_children(&self, parent: u64) -> Result<bool, CacheError> {
+        Ok(self.tree.scan_prefix(child_prefix(parent)).next().transpose()?.is_some())
+    }
+
+    pub fn ino_of_entry(&self, folder: &str, entry: &str) -> Result<Option<u64>, CacheError> {
+        Ok(self.tree.get(entry_key(folder, entry))?.and_then(|v| u64_of(&v)))
+    }
+
+    pub fn folders(&self) -> Result<Vec<FolderInfo>, CacheError> {
+        self.tree
+            .scan_prefix(b"f/")
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    pub fn folder(&self, id: &str) -> Result<Option<FolderInfo>, CacheError> {
+        match self.tree.get(format!("f/{id}").as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn cursor(&self, folder: &str) -> Result<Option<u64>, CacheError> {
+        Ok(self.tree.get(format!("m/cursor/{folder}").as_bytes())?.and_then(|v| u64_of(&v)))
+    }
+
+    /// The oldest journal record, if any.
+    pub fn journal_head(&self) -> Result<Option<(u64, JournalOp)>, CacheError> {
+        match self.tree.scan_prefix(b"j/").next().transpose()? {
+            Some((k, v)) => {
+                let seq = u64_of(&k[2..]).ok_or_else(|| {
+                    CacheError::Corrupt(serde::de::Error::custom("journal key"))
+                })?;
+                Ok(Some((seq, serde_json::from_slice(&v)?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn journal_len(&self) -> usize {
+        self.tree.scan_prefix(b"j/").count()
+    }
+
+    // ---- blocks ----
+
+    fn block_path(&self, hash: &BlockHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.blocks.join(&hex[..2]).join(hex)
+    }
+
+    pub fn has_block(&self, hash: &BlockHash) -> bool {
+        self.block_path(hash).exists()
+    }
+
+    /// Stores a block whose hash the caller has checked. Whole or absent after a crash.
+    pub fn store_block(&self, hash: &BlockHash, data: &[u8]) -> Result<(), CacheError> {
+        let path = self.block_path(hash);
+        if path.exists() {
+            return Ok(());
+        }
+        let io = |source| CacheError::Io { path: path.clone(), source };
+        let dir = path.parent().unwrap_or(&self.blocks);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = dir.join(format!(".{}.tmp{}", hash.to_hex(), std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(data).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` of a stored block into `out`; returns how many.
+    pub fn read_block(&self, hash: &BlockHash, offset: u64, out: &mut [u8]) -> Result<usize, CacheError> {
+        let path = self.block_path(hash);
+        let io = |source| CacheError::Io { path: path.clone(), source };
+        let f = std::fs::File::open(&path).map_err(io)?;
+        let mut done = 0;
+        while done < out.len() {
+            let n = f.read_at(&mut out[done..], offset + done as u64).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// The whole stored block, checked again against its hash (a block file damaged on disk
+    /// is dropped and reported missing rather than served).
+    pub fn load_block(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.block_path(hash);
+        match std::fs::read(&path) {
+            Ok(data) if BlockHash::of(&data) == *hash => Ok(Some(data)),
+            Ok(_) => {
+                tracing::warn!(%hash, "cached block is damaged; dropping it");
+                let _ = std::fs::remove_file(&path);
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CacheError::Io { path, source }),
+        }
+    }
+
+    /// The staging file of a node being written.
+    pub fn staging_path(&self, ino: u64) -> PathBuf {
+        self.staging.join(ino.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(ino: u64, parent: u64, name: &str) -> Node {
+        Node {
+            ino,
+            parent,
+            name: name.into(),
+            folder: Some("f".into()),
+            entry: Some(format!("e{ino}")),
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: 0,
+            mtime_ns: 0,
+            version: 0,
+            manifest: vec![],
+            target: None,
+            pending: 0,
+            linked: true,
+        }
+    }
+
+    #[test]
+    fn a_txn_links_and_indexes_together_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Cache::open(dir.path()).unwrap();
+            let ino = c.next_id().unwrap();
+            assert!(ino > ROOT);
+            let mut t = Txn::default();
+            t.put_node(&file(ino, ROOT, "a"));
+            t.link(ROOT, "a", ino);
+            t.index_entry("f", "e1", ino);
+            t.journal(7, &JournalOp::Put { ino, replace: false });
+            c.apply(t).unwrap();
+            futures::executor::block_on(c.flush()).unwrap();
+        }
+        let c = Cache::open(dir.path()).unwrap();
+        let ino = c.lookup(ROOT, "a").unwrap().unwrap();
+        assert_eq!(c.node(ino).unwrap().unwrap().name, "a");
+        assert_eq!(c.ino_of_entry("f", "e1").unwrap(), Some(ino));
+        assert_eq!(c.children(ROOT).unwrap(), vec![("a".to_string(), ino)]);
+        assert_eq!(c.journal_head().unwrap(), Some((7, JournalOp::Put { ino, replace: false })));
+        // Children of another parent do not leak into this listing.
+        assert!(c.children(ino).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_block_file_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path()).unwrap();
+        let data = b"hello block".to_vec();
+        let h = BlockHash::of(&data);
+        c.store_block(&h, &data).unwrap();
+        assert_eq!(c.load_block(&h).unwrap(), Some(data));
+        std::fs::write(c.block_path(&h), b"evil").unwrap();
+        assert_eq!(c.load_block(&h).unwrap(), None);
+        assert!(!c.has_block(&h));
+    }
+}

@@ -1,0 +1,338 @@
+//! Follows each folder's change feed and applies it to the cache, then tells the kernel what
+//! it touched so a listing on this device shows a change made elsewhere within seconds.
+//!
+//! Applying is idempotent and ordered by version: an entry whose version is not newer than
+//! what the cache holds is old news (our own writes come back this way). A node with local
+//! changes not yet uploaded keeps its local state; its upload's `If-Match` finds the race.
+
+use crate::agent::cache::{Cache, CacheError, FolderInfo, Node, ROOT, Txn};
+use crate::agent::client::CloudClient;
+use crate::agent::status::Counters;
+use crate::proto::{Entry, EntryKind};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tells the kernel to drop what it cached. The FUSE adapter implements it with the
+/// session's notifier; tests implement it with a recorder.
+pub trait Invalidator: Send + Sync {
+    /// Forget the name `name` under directory `parent`.
+    fn entry(&self, parent: u64, name: &str);
+    /// Forget the attributes and cached pages of `ino`.
+    fn inode(&self, ino: u64);
+}
+
+/// An invalidator for when no kernel is attached.
+pub struct NoKernel;
+impl Invalidator for NoKernel {
+    fn entry(&self, _: u64, _: &str) {}
+    fn inode(&self, _: u64) {}
+}
+
+fn node_of(e: &Entry, ino: u64, parent: u64, folder: &str) -> Node {
+    Node {
+        ino,
+        parent,
+        name: e.name.clone(),
+        folder: Some(folder.to_string()),
+        entry: Some(e.id.clone()),
+        kind: e.kind,
+        mode: e.mode,
+        size: e.size,
+        mtime_ns: e.mtime_ns,
+        version: e.version,
+        manifest: e.manifest.clone(),
+        target: e.target.clone(),
+        pending: 0,
+        linked: true,
+    }
+}
+
+/// The inode for an entry id, allocated (and indexed) on first sight, so that a child can
+/// arrive before its parent.
+fn ino_for(cache: &Cache, txn: &mut Txn, folder: &str, entry: &str) -> Result<u64, CacheError> {
+    if let Some(ino) = cache.ino_of_entry(folder, entry)? {
+        return Ok(ino);
+    }
+    let ino = cache.next_id()?;
+    txn.index_entry(folder, entry, ino);
+    Ok(ino)
+}
+
+/// Applies one entry of `folder` to the cache. Returns whether anything changed.
+pub fn apply_entry(cache: &Cache, inv: &dyn Invalidator, folder: &FolderInfo, e: &Entry) -> Result<bool, CacheError> {
+    let existing = match cache.ino_of_entry(&folder.id, &e.id)? {
+        Some(ino) => cache.node(ino)?.map(|n| (ino, n)),
+        None => None,
+    };
+    if let Some((_, n)) = &existing {
+        if n.pending > 0 || e.version <= n.version {
+            return Ok(false);
+        }
+    }
+    let mut txn = Txn::default();
+    if e.deleted {
+        let Some((ino, n)) = existing else { return Ok(false) };
+        if cache.lookup(n.parent, &n.name)? == Some(ino) {
+            txn.unlink(n.parent, &n.name);
+        }
+        txn.unindex_entry(&folder.id, &e.id);
+        txn.remove_node(ino);
+        cache.apply(txn)?;
+        inv.entry(n.parent, &n.name);
+        inv.inode(ino);
+        return Ok(true);
+    }
+    let parent = match &e.parent {
+        None => folder.ino,
+        Some(p) => ino_for(cache, &mut txn, &folder.id, p)?,
+    };
+    let ino = match &existing {
+        Some((ino, _)) => *ino,
+        None => ino_for(cache, &mut txn, &folder.id, &e.id)?,
+    };
+    let new = node_of(e, ino, parent, &folder.id);
+    if let Some(occupant) = cache.lookup(parent, &e.name)?.filter(|&o| o != ino) {
+        match cache.node(occupant)? {
+            // A local file not yet uploaded holds the name: it keeps it, and its upload will
+            // be renamed as a conflict copy. The remote entry shows up after that.
+            Some(o) if o.pending > 0 => return Ok(false),
+            // A clean node there was replaced remotely; its tombstone follows.
+            _ => {
+                txn.unlink(parent, &e.name);
+                inv.entry(parent, &e.name);
+            }
+        }
+    }
+    if let Some((_, old)) = &existing {
+        if (old.parent, &old.name) != (parent, &e.name) && cache.lookup(old.parent, &old.name)? == Some(ino) {
+            txn.unlink(old.parent, &old.name);
+        }
+    }
+    txn.link(parent, &e.name, ino);
+    txn.put_node(&new);
+    cache.apply(txn)?;
+    if let Some((_, old)) = &existing {
+        if (old.parent, &old.name) != (parent, &e.name) {
+            inv.entry(old.parent, &old.name);
+        }
+    }
+    inv.entry(parent, &e.name);
+    inv.inode(ino);
+    Ok(true)
+}
+
+/// Makes sure a folder has its root node under the mount root; returns what the cache knows.
+pub fn ensure_folder(cache: &Cache, id: &str, name: &str, device_only: bool) -> Result<FolderInfo, CacheError> {
+    if let Some(f) = cache.folder(id)? {
+        return Ok(f);
+    }
+    let ino = cache.next_id()?;
+    let mut display = name.to_string();
+    while cache.lookup(ROOT, &display)?.is_some() {
+        display = format!("{display} ({})", &id[..id.len().min(8)]);
+    }
+    let info = FolderInfo { id: id.to_string(), name: display.clone(), ino, device_only };
+    let mut txn = Txn::default();
+    txn.put_node(&Node {
+        ino,
+        parent: ROOT,
+        name: display.clone(),
+        folder: Some(id.to_string()),
+        entry: None,
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        size: 0,
+        mtime_ns: 0,
+        version: 0,
+        manifest: Vec::new(),
+        target: None,
+        pending: 0,
+        linked: true,
+    });
+    txn.link(ROOT, &display, ino);
+    txn.put_folder(&info);
+    cache.apply(txn)?;
+    Ok(info)
+}
+
+/// How long one long-poll waits on the cloud.
+const POLL_WAIT_SECS: u64 = 20;
+/// How often the list of folders is refreshed.
+const FOLDER_REFRESH: Duration = Duration::from_secs(10);
+
+/// Follows the list of folders and each folder's feed, forever.
+pub async fn run(cache: Arc<Cache>, client: Arc<CloudClient>, inv: Arc<dyn Invalidator>, counters: Arc<Counters>) {
+    let mut following = HashSet::new();
+    loop {
+        match client.folders().await {
+            Ok(grants) => {
+                for g in grants {
+                    if following.contains(&g.folder.id) {
+                        continue;
+                    }
+                    match ensure_folder(&cache, &g.folder.id, &g.folder.name, g.folder.device_only) {
+                        Ok(info) => {
+                            inv.entry(ROOT, &info.name);
+                            following.insert(info.id.clone());
+                            tokio::spawn(follow(
+                                Arc::clone(&cache),
+                                Arc::clone(&client),
+                                Arc::clone(&inv),
+                                Arc::clone(&counters),
+                                info,
+                            ));
+                        }
+                        Err(e) => tracing::error!(error = %e, "recording a folder"),
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "listing folders"),
+        }
+        tokio::time::sleep(FOLDER_REFRESH).await;
+    }
+}
+
+async fn follow(cache: Arc<Cache>, client: Arc<CloudClient>, inv: Arc<dyn Invalidator>, counters: Arc<Counters>, folder: FolderInfo) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match step(&cache, &client, inv.as_ref(), &counters, &folder).await {
+            Ok(()) => backoff = Duration::from_millis(250),
+            Err(e) => {
+                tracing::debug!(folder = %folder.name, error = %e, "change feed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Cloud(#[from] crate::agent::client::ClientError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+async fn step(cache: &Cache, client: &CloudClient, inv: &dyn Invalidator, counters: &Counters, folder: &FolderInfo) -> Result<(), StepError> {
+    let (entries, next) = match cache.cursor(&folder.id)? {
+        None => {
+            let mut list = client.entries(&folder.id).await?;
+            list.entries.sort_by_key(|e| e.version);
+            (list.entries, list.seq)
+        }
+        Some(since) => {
+            let batch = client.changes(&folder.id, since, POLL_WAIT_SECS).await?;
+            (batch.changes, batch.next)
+        }
+    };
+    for e in &entries {
+        if apply_entry(cache, inv, folder, e)? {
+            Counters::add(&counters.changes_applied, 1);
+        }
+    }
+    let mut txn = Txn::default();
+    txn.set_cursor(&folder.id, next);
+    cache.apply(txn)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+    impl Invalidator for Recorder {
+        fn entry(&self, parent: u64, name: &str) {
+            self.0.lock().unwrap().push(format!("entry {parent} {name}"));
+        }
+        fn inode(&self, ino: u64) {
+            self.0.lock().unwrap().push(format!("inode {ino}"));
+        }
+    }
+
+    fn entry(id: &str, parent: Option<&str>, name: &str, kind: EntryKind, version: u64) -> Entry {
+        Entry {
+            id: id.into(),
+            folder: "f".into(),
+            parent: parent.map(Into::into),
+            name: name.into(),
+            kind,
+            mode: 0o644,
+            size: 0,
+            mtime_ns: 0,
+            version,
+            deleted: false,
+            manifest: vec![],
+            target: None,
+            author: "other".into(),
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Cache, FolderInfo) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let f = ensure_folder(&cache, "f", "Docs", false).unwrap();
+        (dir, cache, f)
+    }
+
+    #[test]
+    fn a_child_arriving_before_its_parent_is_linked_once_the_parent_comes() {
+        let (_d, cache, f) = setup();
+        let inv = Recorder::default();
+        assert!(apply_entry(&cache, &inv, &f, &entry("c", Some("p"), "child", EntryKind::File, 2)).unwrap());
+        assert!(cache.lookup(f.ino, "dir").unwrap().is_none());
+        assert!(apply_entry(&cache, &inv, &f, &entry("p", None, "dir", EntryKind::Dir, 3)).unwrap());
+        let p = cache.lookup(f.ino, "dir").unwrap().unwrap();
+        let c = cache.lookup(p, "child").unwrap().unwrap();
+        assert_eq!(cache.node(c).unwrap().unwrap().entry.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn rename_moves_the_link_and_invalidates_both_names() {
+        let (_d, cache, f) = setup();
+        let inv = Recorder::default();
+        apply_entry(&cache, &inv, &f, &entry("a", None, "old", EntryKind::File, 1)).unwrap();
+        let ino = cache.lookup(f.ino, "old").unwrap().unwrap();
+        inv.0.lock().unwrap().clear();
+        apply_entry(&cache, &inv, &f, &entry("a", None, "new", EntryKind::File, 2)).unwrap();
+        assert_eq!(cache.lookup(f.ino, "new").unwrap(), Some(ino));
+        assert!(cache.lookup(f.ino, "old").unwrap().is_none());
+        let log = inv.0.lock().unwrap().clone();
+        assert!(log.contains(&format!("entry {} old", f.ino)));
+        assert!(log.contains(&format!("entry {} new", f.ino)));
+    }
+
+    #[test]
+    fn old_versions_and_deletes_apply_idempotently() {
+        let (_d, cache, f) = setup();
+        let inv = Recorder::default();
+        let e = entry("a", None, "x", EntryKind::File, 5);
+        assert!(apply_entry(&cache, &inv, &f, &e).unwrap());
+        assert!(!apply_entry(&cache, &inv, &f, &e).unwrap());
+        assert!(!apply_entry(&cache, &inv, &f, &entry("a", None, "y", EntryKind::File, 4)).unwrap());
+        let mut gone = entry("a", None, "x", EntryKind::File, 6);
+        gone.deleted = true;
+        assert!(apply_entry(&cache, &inv, &f, &gone).unwrap());
+        assert!(cache.lookup(f.ino, "x").unwrap().is_none());
+        assert!(!apply_entry(&cache, &inv, &f, &gone).unwrap());
+    }
+
+    #[test]
+    fn local_changes_not_yet_uploaded_win_over_the_feed() {
+        let (_d, cache, f) = setup();
+        let inv = Recorder::default();
+        apply_entry(&cache, &inv, &f, &entry("a", None, "x", EntryKind::File, 1)).unwrap();
+        let ino = cache.lookup(f.ino, "x").unwrap().unwrap();
+        let mut n = cache.node(ino).unwrap().unwrap();
+        n.pending = 1;
+        let mut t = Txn::default();
+        t.put_node(&n);
+        cache.apply(t).unwrap();
+        assert!(!apply_entry(&cache, &inv, &f, &entry("a", None, "remote", EntryKind::File, 9)).unwrap());
+        assert_eq!(cache.lookup(f.ino, "x").unwrap(), Some(ino));
+    }
+}

@@ -1,0 +1,206 @@
+//! Gets blocks that are not on the device: one request in flight per block however many
+//! readers wait for it, every block checked against its hash before it is stored, sources
+//! tried in order until one gives the right bytes.
+
+use crate::agent::cache::Cache;
+use crate::agent::client::CloudClient;
+use crate::agent::status::Counters;
+use crate::proto::BlockHash;
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Why a source could not give a block.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source unreachable: {0}")]
+    Unreachable(String),
+    #[error("source does not have the block: {0}")]
+    Missing(String),
+}
+
+/// Somewhere blocks come from: the cloud today, peers later.
+pub trait BlockSource: Send + Sync {
+    fn name(&self) -> &str;
+    fn get<'a>(&'a self, folder: &'a str, hash: &'a BlockHash) -> BoxFuture<'a, Result<Bytes, SourceError>>;
+}
+
+impl BlockSource for CloudClient {
+    fn name(&self) -> &str {
+        "cloud"
+    }
+
+    fn get<'a>(&'a self, folder: &'a str, hash: &'a BlockHash) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        async move {
+            self.get_block(folder, hash).await.map_err(|e| match e.status() {
+                Some(_) => SourceError::Missing(e.to_string()),
+                None => SourceError::Unreachable(e.to_string()),
+            })
+        }
+        .boxed()
+    }
+}
+
+/// Why a block could not be had from any source.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// No source could be reached (the device is offline).
+    #[error("no source of block {0} is reachable")]
+    Unreachable(BlockHash),
+    /// Sources answered, but none with the right bytes (or none had it).
+    #[error("no source gave block {0} with the right content")]
+    NotFound(BlockHash),
+    #[error("the local block store failed")]
+    Local,
+}
+
+type Pending = Shared<BoxFuture<'static, Result<(), FetchError>>>;
+
+pub struct Fetcher {
+    cache: Arc<Cache>,
+    sources: Vec<Arc<dyn BlockSource>>,
+    inflight: Mutex<HashMap<BlockHash, Pending>>,
+    counters: Arc<Counters>,
+}
+
+impl Fetcher {
+    pub fn new(cache: Arc<Cache>, sources: Vec<Arc<dyn BlockSource>>, counters: Arc<Counters>) -> Self {
+        Self { cache, sources, inflight: Mutex::new(HashMap::new()), counters }
+    }
+
+    /// Makes sure the block is in the local cache, fetching it if needed.
+    pub async fn ensure(self: &Arc<Self>, folder: &str, hash: BlockHash) -> Result<(), FetchError> {
+        if self.cache.has_block(&hash) {
+            return Ok(());
+        }
+        let pending = {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(hash)
+                .or_insert_with(|| {
+                    let this = Arc::clone(self);
+                    let folder = folder.to_string();
+                    async move {
+                        let r = this.fetch(&folder, hash).await;
+                        this.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+                        r
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        pending.await
+    }
+
+    async fn fetch(&self, folder: &str, hash: BlockHash) -> Result<(), FetchError> {
+        let mut reached_any = false;
+        for source in &self.sources {
+            match source.get(folder, &hash).await {
+                Ok(data) if BlockHash::of(&data) == hash => {
+                    Counters::add(&self.counters.blocks_fetched, 1);
+                    Counters::add(&self.counters.bytes_fetched, data.len() as u64);
+                    let cache = Arc::clone(&self.cache);
+                    return tokio::task::spawn_blocking(move || cache.store_block(&hash, &data))
+                        .await
+                        .map_err(|_| FetchError::Local)?
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "storing a fetched block");
+                            FetchError::Local
+                        });
+                }
+                Ok(_) => {
+                    reached_any = true;
+                    Counters::add(&self.counters.blocks_rejected, 1);
+                    tracing::warn!(source = source.name(), %hash, "source sent a block that does not match its hash; trying the next source");
+                }
+                Err(SourceError::Missing(why)) => {
+                    reached_any = true;
+                    tracing::warn!(source = source.name(), %hash, %why, "source does not have the block");
+                }
+                Err(SourceError::Unreachable(why)) => {
+                    tracing::debug!(source = source.name(), %hash, %why, "source unreachable");
+                }
+            }
+        }
+        Err(if reached_any { FetchError::NotFound(hash) } else { FetchError::Unreachable(hash) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Serves fixed bytes for every hash and counts calls.
+    struct Fixed {
+        data: Bytes,
+        calls: AtomicUsize,
+    }
+
+    impl BlockSource for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn get<'a>(&'a self, _: &'a str, _: &'a BlockHash) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let data = self.data.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Ok(data)
+            }
+            .boxed()
+        }
+    }
+
+    struct Down;
+    impl BlockSource for Down {
+        fn name(&self) -> &str {
+            "down"
+        }
+        fn get<'a>(&'a self, _: &'a str, _: &'a BlockHash) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+            async { Err(SourceError::Unreachable("down".into())) }.boxed()
+        }
+    }
+
+    fn fetcher(dir: &std::path::Path, sources: Vec<Arc<dyn BlockSource>>) -> Arc<Fetcher> {
+        let cache = Arc::new(Cache::open(dir).unwrap());
+        Arc::new(Fetcher::new(cache, sources, Arc::new(Counters::default())))
+    }
+
+    #[tokio::test]
+    async fn concurrent_readers_share_one_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = Arc::new(Fixed { data: Bytes::from_static(b"block"), calls: AtomicUsize::new(0) });
+        let f = fetcher(dir.path(), vec![good.clone()]);
+        let h = BlockHash::of(b"block");
+        let all = futures::future::join_all((0..8).map(|_| f.ensure("f", h))).await;
+        assert!(all.iter().all(Result::is_ok));
+        assert_eq!(good.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(f.cache.load_block(&h).unwrap().unwrap(), b"block");
+    }
+
+    #[tokio::test]
+    async fn a_lying_source_is_skipped_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let liar = Arc::new(Fixed { data: Bytes::from_static(b"wrong"), calls: AtomicUsize::new(0) });
+        let good = Arc::new(Fixed { data: Bytes::from_static(b"right"), calls: AtomicUsize::new(0) });
+        let f = fetcher(dir.path(), vec![liar, good]);
+        let h = BlockHash::of(b"right");
+        f.ensure("f", h).await.unwrap();
+        assert_eq!(f.cache.load_block(&h).unwrap().unwrap(), b"right");
+        assert_eq!(f.counters.blocks_rejected.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn only_liars_give_not_found_and_store_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let liar = Arc::new(Fixed { data: Bytes::from_static(b"wrong"), calls: AtomicUsize::new(0) });
+        let f = fetcher(dir.path(), vec![Arc::new(Down), liar]);
+        let h = BlockHash::of(b"right");
+        assert_eq!(f.ensure("f", h).await, Err(FetchError::NotFound(h)));
+        assert!(!f.cache.has_block(&h));
+        let f = fetcher(dir.path(), vec![Arc::new(Down)]);
+        assert_eq!(f.ensure("f", h).await, Err(FetchError::Unreachable(h)));
+    }
+}

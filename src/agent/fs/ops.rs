@@ -1,0 +1,602 @@
+//! Filesystem operations over the local cache. Metadata operations touch only sled and
+//! return at once (they never wait on the network); `read`, `open` for writing and the
+//! commit on `flush`/`fsync` are async because they may fetch blocks or hash content.
+//!
+//! Writes go to a staging file per inode. A commit cuts it into blocks, stores them,
+//! records the new manifest and a journal record in one sled batch, flushes sled, and only
+//! then returns: from that moment the version survives a crash of the agent.
+
+use crate::agent::cache::{Cache, Node, ROOT, Txn};
+use crate::agent::fetch::Fetcher;
+use crate::agent::fs::FsError;
+use crate::agent::journal::Journal;
+use crate::agent::status::Counters;
+use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind};
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Longest name a directory entry may have, in bytes.
+const NAME_MAX: usize = 255;
+/// Largest read-ahead window, in blocks.
+const MAX_READAHEAD_BLOCKS: u64 = 16;
+
+fn now_ns() -> i64 {
+    crate::proto::now_ms().saturating_mul(1_000_000)
+}
+
+fn check_name(name: &str) -> Result<(), FsError> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
+}
+
+/// A file being written: its local copy and whether it holds uncommitted writes.
+struct Staging {
+    file: std::fs::File,
+    /// Writes hold it shared; a commit holds it exclusively while it reads the file, so a
+    /// committed version never mixes bytes from before and after a concurrent write.
+    gate: RwLock<()>,
+    dirty: AtomicBool,
+    opens: AtomicU64,
+}
+
+struct Handle {
+    ino: u64,
+    writable: bool,
+    /// Where the next sequential read would start, and the read-ahead window in blocks.
+    next_offset: u64,
+    window: u64,
+}
+
+/// The state behind the mount.
+pub struct Fs {
+    cache: Arc<Cache>,
+    fetcher: Arc<Fetcher>,
+    journal: Arc<Journal>,
+    counters: Arc<Counters>,
+    /// Serializes read-modify-write of nodes and links.
+    meta: Mutex<()>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    staging: tokio::sync::Mutex<HashMap<u64, Arc<Staging>>>,
+}
+
+/// What `open` tells the kernel.
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep cached pages from earlier opens (the feed invalidates them when
+    /// the content changes elsewhere).
+    pub keep_cache: bool,
+}
+
+impl Fs {
+    pub fn new(cache: Arc<Cache>, fetcher: Arc<Fetcher>, journal: Arc<Journal>, counters: Arc<Counters>) -> Self {
+        Self {
+            cache,
+            fetcher,
+            journal,
+            counters,
+            meta: Mutex::new(()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            staging: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_meta(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn node(&self, ino: u64) -> Result<Node, FsError> {
+        self.cache.node(ino)?.ok_or(FsError::NotFound)
+    }
+
+    fn dir(&self, ino: u64) -> Result<Node, FsError> {
+        let n = self.node(ino)?;
+        if n.is_dir() { Ok(n) } else { Err(FsError::NotDir) }
+    }
+
+    // ---- reading metadata ----
+
+    pub fn getattr(&self, ino: u64) -> Result<Node, FsError> {
+        self.node(ino)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Node, FsError> {
+        self.dir(parent)?;
+        let ino = self.cache.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        self.node(ino)
+    }
+
+    /// The entries of a directory with their nodes, in name order.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<Node>, FsError> {
+        self.dir(ino)?;
+        let mut out = Vec::new();
+        for (_, child) in self.cache.children(ino)? {
+            if let Some(n) = self.cache.node(child)? {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<String, FsError> {
+        let n = self.node(ino)?;
+        n.target.filter(|_| n.kind == EntryKind::Symlink).ok_or(FsError::Invalid)
+    }
+
+    // ---- changing metadata ----
+
+    fn new_child(&self, parent: u64, name: &str, kind: EntryKind, mode: u32, target: Option<String>) -> Result<Node, FsError> {
+        check_name(name)?;
+        let _g = self.lock_meta();
+        let p = self.dir(parent)?;
+        if parent == ROOT {
+            return Err(FsError::NotPermitted("the mount root holds Mesh Folders: use `meshfs folder create`"));
+        }
+        if self.cache.lookup(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let folder = p.folder.clone().ok_or(FsError::Invalid)?;
+        let ino = self.cache.next_id()?;
+        let entry = uuid::Uuid::new_v4().to_string();
+        let size = target.as_ref().map_or(0, |t| t.len() as u64);
+        let node = Node {
+            ino,
+            parent,
+            name: name.to_string(),
+            folder: Some(folder.clone()),
+            entry: Some(entry.clone()),
+            kind,
+            mode: mode & 0o7777,
+            size,
+            mtime_ns: now_ns(),
+            version: 0,
+            manifest: Vec::new(),
+            target,
+            pending: 1,
+            linked: true,
+        };
+        let mut txn = Txn::default();
+        txn.put_node(&node);
+        txn.link(parent, name, ino);
+        txn.index_entry(&folder, &entry, ino);
+        self.journal.put(&self.cache, txn, ino, false)?;
+        Ok(node)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Node, FsError> {
+        self.new_child(parent, name, EntryKind::Dir, mode, None)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Node, FsError> {
+        self.new_child(parent, name, EntryKind::Symlink, 0o777, Some(target.to_string()))
+    }
+
+    /// Creates an empty file and opens it for writing.
+    pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Node, Opened), FsError> {
+        let node = self.new_child(parent, name, EntryKind::File, mode, None)?;
+        let staging = self.staging_empty(node.ino).await?;
+        staging.opens.fetch_add(1, Ordering::SeqCst);
+        Ok((node.clone(), self.new_handle(node.ino, true, false)))
+    }
+
+    /// Changes a node and journals the change in one batch.
+    fn update(&self, ino: u64, replace: bool, change: impl FnOnce(&mut Node)) -> Result<Node, FsError> {
+        let mut n = self.node(ino)?;
+        change(&mut n);
+        n.pending += 1;
+        let mut txn = Txn::default();
+        txn.put_node(&n);
+        self.journal.put(&self.cache, txn, ino, replace)?;
+        Ok(n)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &str) -> Result<(), FsError> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &str) -> Result<(), FsError> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &str, dir: bool) -> Result<(), FsError> {
+        let _g = self.lock_meta();
+        if parent == ROOT {
+            return Err(FsError::NotPermitted("Mesh Folders are removed through the cloud"));
+        }
+        let n = self.lookup(parent, name)?;
+        match (dir, n.is_dir()) {
+            (true, false) => return Err(FsError::NotDir),
+            (false, true) => return Err(FsError::IsDir),
+            (true, true) if self.cache.has_children(n.ino)? => return Err(FsError::NotEmpty),
+            _ => {}
+        }
+        let mut gone = n;
+        gone.linked = false;
+        gone.pending += 1;
+        let mut txn = Txn::default();
+        txn.unlink(parent, name);
+        txn.put_node(&gone);
+        self.journal.delete(&self.cache, txn, gone.ino)?;
+        Ok(())
+    }
+
+    /// `rename(2)`, within one Mesh Folder. `noreplace` is `RENAME_NOREPLACE`.
+    pub fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, noreplace: bool) -> Result<(), FsError> {
+        check_name(new_name)?;
+        let _g = self.lock_meta();
+        if parent == ROOT || new_parent == ROOT {
+            return Err(FsError::NotPermitted("Mesh Folders are renamed through the cloud"));
+        }
+        let src = self.lookup(parent, name)?;
+        let dst_dir = self.dir(new_parent)?;
+        if dst_dir.folder != src.folder {
+            return Err(FsError::CrossFolder);
+        }
+        if src.is_dir() {
+            // A directory may not move below itself.
+            let mut at = dst_dir;
+            loop {
+                if at.ino == src.ino {
+                    return Err(FsError::Invalid);
+                }
+                if at.entry.is_none() {
+                    break;
+                }
+                at = self.node(at.parent)?;
+            }
+        }
+        let target = self.cache.lookup(new_parent, new_name)?;
+        if target == Some(src.ino) {
+            return Ok(());
+        }
+        let mut txn = Txn::default();
+        if let Some(t) = target {
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            let mut old = self.node(t)?;
+            match (src.is_dir(), old.is_dir()) {
+                (true, false) => return Err(FsError::NotDir),
+                (false, true) => return Err(FsError::IsDir),
+                (true, true) if self.cache.has_children(t)? => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            // The cloud tombstones the replaced entry in the same step as the rename.
+            old.linked = false;
+            txn.put_node(&old);
+        }
+        let mut n = src;
+        txn.unlink(n.parent, &n.name);
+        n.parent = new_parent;
+        n.name = new_name.to_string();
+        n.pending += 1;
+        txn.link(new_parent, new_name, n.ino);
+        txn.put_node(&n);
+        self.journal.put(&self.cache, txn, n.ino, target.is_some())?;
+        Ok(())
+    }
+
+    /// `chmod` and `utimens`; size changes go through [`Fs::truncate`].
+    pub fn set_meta(&self, ino: u64, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<Node, FsError> {
+        let _g = self.lock_meta();
+        let n = self.node(ino)?;
+        if n.entry.is_none() {
+            return Err(FsError::NotPermitted("the roots of the mount are fixed"));
+        }
+        if mode.is_none() && mtime_ns.is_none() {
+            return Ok(n);
+        }
+        self.update(ino, false, |n| {
+            if let Some(m) = mode {
+                n.mode = m & 0o7777;
+            }
+            if let Some(t) = mtime_ns {
+                n.mtime_ns = t;
+            }
+        })
+    }
+
+    // ---- content ----
+
+    fn new_handle(&self, ino: u64, writable: bool, keep_cache: bool) -> Opened {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let h = Handle { ino, writable, next_offset: 0, window: 0 };
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, h);
+        Opened { fh, keep_cache }
+    }
+
+    async fn staging_of(&self, ino: u64) -> Option<Arc<Staging>> {
+        self.staging.lock().await.get(&ino).cloned()
+    }
+
+    async fn staging_empty(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
+        let mut map = self.staging.lock().await;
+        let path = self.cache.staging_path(ino);
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let s = Arc::new(Staging { file, gate: RwLock::new(()), dirty: AtomicBool::new(true), opens: AtomicU64::new(0) });
+        map.insert(ino, Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// The staging file of `ino`, made from its committed content if there is none yet.
+    async fn staging_full(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
+        let mut map = self.staging.lock().await;
+        if let Some(s) = map.get(&ino) {
+            return Ok(Arc::clone(s));
+        }
+        let n = self.node(ino)?;
+        let folder = n.folder.clone().ok_or(FsError::Invalid)?;
+        let path = self.cache.staging_path(ino);
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let mut at = 0u64;
+        for b in &n.manifest {
+            self.fetcher.ensure(&folder, b.hash).await?;
+            let data = self.cache.load_block(&b.hash)?.ok_or(FsError::Fetch(crate::agent::fetch::FetchError::Local))?;
+            file.write_all_at(&data, at)?;
+            at += data.len() as u64;
+        }
+        file.set_len(n.size)?;
+        let s = Arc::new(Staging { file, gate: RwLock::new(()), dirty: AtomicBool::new(false), opens: AtomicU64::new(0) });
+        map.insert(ino, Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// `open(2)` of a file. Opening for writing brings the whole content to the device
+    /// first (or none of it, with `O_TRUNC`).
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<Opened, FsError> {
+        let n = self.node(ino)?;
+        match n.kind {
+            EntryKind::Dir => return Err(FsError::IsDir),
+            EntryKind::Symlink => return Err(FsError::Invalid),
+            EntryKind::File => {}
+        }
+        if !write {
+            let keep = self.staging_of(ino).await.is_none();
+            return Ok(self.new_handle(ino, false, keep));
+        }
+        let s = if truncate && self.staging_of(ino).await.is_none() {
+            let s = self.staging_empty(ino).await?;
+            let _g = self.lock_meta();
+            self.update(ino, false, |n| {
+                n.size = 0;
+                n.manifest.clear();
+                n.mtime_ns = now_ns();
+            })?;
+            s
+        } else {
+            let s = self.staging_full(ino).await?;
+            if truncate {
+                s.file.set_len(0)?;
+                s.dirty.store(true, Ordering::SeqCst);
+                let _g = self.lock_meta();
+                self.update(ino, false, |n| n.size = 0)?;
+            }
+            s
+        };
+        s.opens.fetch_add(1, Ordering::SeqCst);
+        Ok(self.new_handle(ino, true, false))
+    }
+
+    /// Reads from the staging file if the file is being written, else from blocks,
+    /// fetching the ones not on the device.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let ino = self.handle_ino(fh)?;
+        if let Some(s) = self.staging_of(ino).await {
+            let mut buf = vec![0u8; size as usize];
+            let n = s.file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        let n = self.node(ino)?;
+        let folder = n.folder.clone().ok_or(FsError::Invalid)?;
+        let end = n.size.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        self.read_ahead(fh, &n, &folder, offset, end, last);
+        let mut out = vec![0u8; (end - offset) as usize];
+        for idx in first..=last {
+            let b = n.manifest.get(idx as usize).ok_or(FsError::Invalid)?;
+            self.fetcher.ensure(&folder, b.hash).await?;
+            let block_start = idx * BLOCK_SIZE;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + u64::from(b.len));
+            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+            let got = self.cache.read_block(&b.hash, from - block_start, dst)?;
+            if got != dst.len() {
+                return Err(FsError::Fetch(crate::agent::fetch::FetchError::Local));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Grows the window on sequential reads, resets it on a seek, and starts fetching the
+    /// blocks after `last` in the background.
+    fn read_ahead(&self, fh: u64, n: &Node, folder: &str, offset: u64, end: u64, last: u64) {
+        let window = {
+            let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(h) = handles.get_mut(&fh) else { return };
+            h.window = if offset == h.next_offset && offset != 0 { (h.window * 2).clamp(1, MAX_READAHEAD_BLOCKS) } else { 0 };
+            h.next_offset = end;
+            h.window
+        };
+        for idx in last + 1..=last + window {
+            let Some(b) = n.manifest.get(idx as usize) else { break };
+            if self.cache.has_block(&b.hash) {
+                continue;
+            }
+            let fetcher = Arc::clone(&self.fetcher);
+            let (folder, hash) = (folder.to_string(), b.hash);
+            tokio::spawn(async move {
+                let _ = fetcher.ensure(&folder, hash).await;
+            });
+        }
+    }
+
+    fn handle_ino(&self, fh: u64) -> Result<u64, FsError> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.get(&fh).map(|h| h.ino).ok_or(FsError::BadHandle)
+    }
+
+    /// Writes into the staging file. Local disk only.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let (ino, writable) = {
+            let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let h = handles.get(&fh).ok_or(FsError::BadHandle)?;
+            (h.ino, h.writable)
+        };
+        if !writable {
+            return Err(FsError::BadHandle);
+        }
+        let s = self.staging_of(ino).await.ok_or(FsError::BadHandle)?;
+        {
+            let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
+            s.file.write_all_at(data, offset)?;
+            s.dirty.store(true, Ordering::SeqCst);
+        }
+        let end = offset + data.len() as u64;
+        let _g = self.lock_meta();
+        let mut n = self.node(ino)?;
+        n.size = n.size.max(end);
+        n.mtime_ns = now_ns();
+        let mut txn = Txn::default();
+        txn.put_node(&n);
+        self.cache.apply(txn)?;
+        Ok(data.len() as u32)
+    }
+
+    /// `truncate(2)`/`ftruncate(2)`: changes the size and commits.
+    pub async fn truncate(&self, ino: u64, size: u64) -> Result<Node, FsError> {
+        let n = self.node(ino)?;
+        if n.kind != EntryKind::File {
+            return Err(if n.is_dir() { FsError::IsDir } else { FsError::Invalid });
+        }
+        let s = match self.staging_of(ino).await {
+            Some(s) => s,
+            None if size == 0 => self.staging_empty(ino).await?,
+            None => self.staging_full(ino).await?,
+        };
+        {
+            let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
+            s.file.set_len(size)?;
+            s.dirty.store(true, Ordering::SeqCst);
+        }
+        {
+            let _g = self.lock_meta();
+            let mut n = self.node(ino)?;
+            n.size = size;
+            n.mtime_ns = now_ns();
+            let mut txn = Txn::default();
+            txn.put_node(&n);
+            self.cache.apply(txn)?;
+        }
+        self.commit(ino).await?;
+        self.drop_staging_if_idle(ino).await;
+        self.node(ino)
+    }
+
+    /// Commits the staging file of `ino` as a new version, durably, if it has uncommitted
+    /// writes. Called on `flush`, `fsync` and `release`.
+    pub async fn commit(&self, ino: u64) -> Result<(), FsError> {
+        let Some(s) = self.staging_of(ino).await else { return Ok(()) };
+        if !s.dirty.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let cache = Arc::clone(&self.cache);
+        let s2 = Arc::clone(&s);
+        let manifest = tokio::task::spawn_blocking(move || -> Result<(Vec<BlockRef>, u64), FsError> {
+            let _x = s2.gate.write().unwrap_or_else(|p| p.into_inner());
+            s2.dirty.store(false, Ordering::SeqCst);
+            chunk(&cache, &s2.file)
+        })
+        .await
+        .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
+        {
+            let _g = self.lock_meta();
+            self.update(ino, false, |n| {
+                n.size = manifest.1;
+                n.manifest = manifest.0;
+            })?;
+        }
+        self.cache.flush().await?;
+        Counters::add(&self.counters.commits, 1);
+        Ok(())
+    }
+
+    /// `fsync`: commit, and make sure the journal is durable.
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        let ino = self.handle_ino(fh)?;
+        self.commit(ino).await?;
+        self.cache.flush().await?;
+        Ok(())
+    }
+
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let ino = self.handle_ino(fh)?;
+        self.commit(ino).await
+    }
+
+    /// The last close of a handle: commit what it wrote and let go of the staging file.
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh).ok_or(FsError::BadHandle)?;
+        if !h.writable {
+            return Ok(());
+        }
+        let result = self.commit(h.ino).await;
+        if let Some(s) = self.staging_of(h.ino).await {
+            s.opens.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.drop_staging_if_idle(h.ino).await;
+        result
+    }
+
+    async fn drop_staging_if_idle(&self, ino: u64) {
+        let mut map = self.staging.lock().await;
+        let idle = map.get(&ino).is_some_and(|s| s.opens.load(Ordering::SeqCst) == 0 && !s.dirty.load(Ordering::SeqCst));
+        if idle {
+            map.remove(&ino);
+            let _ = std::fs::remove_file(self.cache.staging_path(ino));
+        }
+    }
+}
+
+/// Cuts a file into blocks, stores each, and returns the manifest and the size.
+fn chunk(cache: &Cache, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), FsError> {
+    let mut manifest = Vec::new();
+    let mut total = 0u64;
+    let mut at = 0u64;
+    loop {
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read_at(&mut buf[filled..], at + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        at += filled as u64;
+        let hash = BlockHash::of(&buf);
+        cache.store_block(&hash, &buf)?;
+        manifest.push(BlockRef { hash, len: filled as u32 });
+        total += filled as u64;
+        if filled < BLOCK_SIZE as usize {
+            break;
+        }
+    }
+    Ok((manifest, total))
+}

@@ -1,0 +1,355 @@
+//! The durable log of local changes and the uploader that plays it to the cloud.
+//!
+//! A change to a node and its journal record go into sled in one batch. The uploader takes
+//! records oldest first, sends the node's current state (missing blocks first, then the
+//! entry with `If-Match`), and removes the record only after the cloud accepted it, so a
+//! crash at any point replays safely: a create that already happened comes back as 412
+//! with our own device as author and is adopted.
+
+use crate::agent::cache::{Cache, CacheError, JournalOp, Node, Txn};
+use crate::agent::client::{ClientError, CloudClient};
+use crate::agent::feed::{self, Invalidator};
+use crate::agent::status::Counters;
+use crate::proto::{Entry, EntryKind, EntryPut};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Appends records and wakes the uploader.
+#[derive(Default)]
+pub struct Journal {
+    wake: Notify,
+    /// Whether the last attempt to reach the cloud worked.
+    pub cloud_reachable: AtomicBool,
+    /// Records the cloud refused for good.
+    pub failed: AtomicU64,
+}
+
+impl Journal {
+    fn append(&self, cache: &Cache, mut txn: Txn, op: JournalOp) -> Result<(), CacheError> {
+        let seq = cache.next_id()?;
+        txn.journal(seq, &op);
+        cache.apply(txn)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Applies `txn` together with a record to upload the node `ino`.
+    pub fn put(&self, cache: &Cache, txn: Txn, ino: u64, replace: bool) -> Result<(), CacheError> {
+        self.append(cache, txn, JournalOp::Put { ino, replace })
+    }
+
+    /// Applies `txn` together with a record to delete the node's entry in the cloud.
+    pub fn delete(&self, cache: &Cache, txn: Txn, ino: u64) -> Result<(), CacheError> {
+        self.append(cache, txn, JournalOp::Delete { ino })
+    }
+}
+
+/// What became of one record.
+enum Outcome {
+    /// Done: the cloud has it (or it no longer applies).
+    Done,
+    /// Try again later (offline, server trouble).
+    Retry(ClientError),
+    /// The cloud refused it for good; it is set aside and logged.
+    Refused(String),
+}
+
+pub struct Uploader {
+    pub cache: Arc<Cache>,
+    pub client: Arc<CloudClient>,
+    pub journal: Arc<Journal>,
+    pub inv: Arc<dyn Invalidator>,
+    pub counters: Arc<Counters>,
+}
+
+impl Uploader {
+    /// Plays the journal forever.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let head = match self.cache.journal_head() {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the journal");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let Some((seq, op)) = head else {
+                // Wake on a new record, or look again after a while.
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.journal.wake.notified()).await;
+                continue;
+            };
+            let outcome = match &op {
+                JournalOp::Put { ino, replace } => self.put(*ino, *replace).await,
+                JournalOp::Delete { ino } => self.delete(*ino).await,
+            };
+            let outcome = outcome.unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")));
+            match outcome {
+                Outcome::Retry(e) => {
+                    self.journal.cloud_reachable.store(!e.is_unreachable(), Ordering::Relaxed);
+                    tracing::debug!(error = %e, "upload postponed");
+                    let _ = tokio::time::timeout(backoff, self.journal.wake.notified()).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Outcome::Refused(why) => {
+                    self.journal.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(?op, %why, "the cloud refused a local change; it stays on this device only");
+                }
+                Outcome::Done => {}
+            }
+            self.journal.cloud_reachable.store(true, Ordering::Relaxed);
+            backoff = Duration::from_millis(200);
+            if let Err(e) = self.finish(seq, op.ino()) {
+                tracing::error!(error = %e, "removing a journal record");
+            }
+        }
+    }
+
+    /// Drops the record and the node's pending count in one batch.
+    fn finish(&self, seq: u64, ino: u64) -> Result<(), CacheError> {
+        let mut txn = Txn::default();
+        txn.unjournal(seq);
+        if let Some(mut n) = self.cache.node(ino)? {
+            n.pending = n.pending.saturating_sub(1);
+            txn.put_node(&n);
+        }
+        self.cache.apply(txn)
+    }
+
+    fn parent_entry(&self, n: &Node) -> Result<Option<String>, CacheError> {
+        Ok(self.cache.node(n.parent)?.and_then(|p| p.entry))
+    }
+
+    async fn put(&self, ino: u64, replace: bool) -> Result<Outcome, CacheError> {
+        let Some(n) = self.cache.node(ino)? else { return Ok(Outcome::Done) };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else { return Ok(Outcome::Done) };
+        if !n.linked {
+            // Unlinked or replaced since: a later record (or the replacing rename) says so.
+            return Ok(Outcome::Done);
+        }
+        let device_only = self.cache.folder(&folder)?.is_some_and(|f| f.device_only);
+        if n.kind == EntryKind::File && !device_only {
+            if let Err(e) = self.upload_blocks(&folder, &n).await {
+                return Ok(classify(e));
+            }
+        }
+        let body = EntryPut {
+            parent: self.parent_entry(&n)?,
+            name: n.name.clone(),
+            kind: n.kind,
+            mode: n.mode,
+            size: n.size,
+            mtime_ns: n.mtime_ns,
+            manifest: n.manifest.clone(),
+            target: n.target.clone(),
+            replace,
+        };
+        let base = (n.version > 0).then_some(n.version);
+        match self.client.put_entry(&folder, &entry, base, &body).await {
+            Ok(e) => self.agreed(ino, &e).map(|()| Outcome::Done),
+            Err(e) if e.status() == Some(412) => self.lost_race(&n, &folder, &entry).await,
+            Err(e) if e.status() == Some(404) => {
+                // Deleted elsewhere while changed here: keep the change as a new entry.
+                self.reenter(ino, None)?;
+                Ok(Outcome::Retry(e))
+            }
+            Err(e) if e.code() == Some("name_taken") => {
+                Counters::add(&self.counters.conflicts, 1);
+                self.reenter(ino, Some(conflict_name(&n.name, self.client.device_id())))?;
+                Ok(Outcome::Retry(e))
+            }
+            Err(e) => Ok(classify(e)),
+        }
+    }
+
+    async fn upload_blocks(&self, folder: &str, n: &Node) -> Result<(), ClientError> {
+        let jobs: Vec<_> = n
+            .manifest
+            .iter()
+            .map(|b| {
+                let (client, cache, counters) = (Arc::clone(&self.client), Arc::clone(&self.cache), Arc::clone(&self.counters));
+                let (folder, hash) = (folder.to_string(), b.hash);
+                async move {
+                    if client.has_block(&folder, &hash).await? {
+                        return Ok(());
+                    }
+                    let Ok(Some(data)) = cache.load_block(&hash) else {
+                        return Err(ClientError::Api {
+                            status: 0,
+                            error: "local_block_missing".into(),
+                            message: format!("block {hash} is not in the local store"),
+                        });
+                    };
+                    let len = data.len() as u64;
+                    client.put_block(&folder, &hash, Bytes::from(data)).await?;
+                    Counters::add(&counters.blocks_uploaded, 1);
+                    Counters::add(&counters.bytes_uploaded, len);
+                    Ok(())
+                }
+            })
+            .collect();
+        let mut jobs = futures::stream::iter(jobs).buffer_unordered(4);
+        while let Some(r) = jobs.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Records the version the cloud gave our write.
+    fn agreed(&self, ino: u64, e: &Entry) -> Result<(), CacheError> {
+        if let Some(mut n) = self.cache.node(ino)? {
+            n.version = n.version.max(e.version);
+            let mut txn = Txn::default();
+            txn.put_node(&n);
+            self.cache.apply(txn)?;
+        }
+        Ok(())
+    }
+
+    /// Our `If-Match` lost: the entry changed in the cloud since this device last saw it.
+    async fn lost_race(&self, n: &Node, folder: &str, entry: &str) -> Result<Outcome, CacheError> {
+        let remote = match self.client.entry(folder, entry).await {
+            Ok(r) => r,
+            Err(e) => return Ok(classify(e)),
+        };
+        if remote.author == self.client.device_id() || n.kind != EntryKind::File {
+            // Our own earlier write (replayed after a crash), or a metadata change that
+            // simply goes on top: adopt the cloud's version and send again.
+            self.agreed(n.ino, &remote)?;
+            return Ok(Outcome::Retry(ClientError::Api { status: 412, error: "rebased".into(), message: String::new() }));
+        }
+        // Two devices changed one file: ours becomes a conflict copy beside theirs.
+        Counters::add(&self.counters.conflicts, 1);
+        tracing::warn!(name = %n.name, "the file changed on another device too; keeping this device's version as a conflict copy");
+        self.reenter(n.ino, Some(conflict_name(&n.name, self.client.device_id())))?;
+        if let Some(info) = self.cache.folder(folder)? {
+            feed::apply_entry(&self.cache, self.inv.as_ref(), &info, &remote)?;
+        }
+        Ok(Outcome::Retry(ClientError::Api { status: 412, error: "conflict_copy".into(), message: String::new() }))
+    }
+
+    /// Gives the node a new entry id (and maybe a new name) so that its next upload creates
+    /// a new entry instead of overwriting.
+    fn reenter(&self, ino: u64, new_name: Option<String>) -> Result<(), CacheError> {
+        let Some(mut n) = self.cache.node(ino)? else { return Ok(()) };
+        let (Some(folder), Some(old)) = (n.folder.clone(), n.entry.clone()) else { return Ok(()) };
+        let mut txn = Txn::default();
+        let new_entry = uuid::Uuid::new_v4().to_string();
+        txn.unindex_entry(&folder, &old);
+        txn.index_entry(&folder, &new_entry, ino);
+        if let Some(name) = new_name {
+            txn.unlink(n.parent, &n.name);
+            self.inv.entry(n.parent, &n.name);
+            txn.link(n.parent, &name, ino);
+            n.name = name;
+        }
+        n.entry = Some(new_entry);
+        n.version = 0;
+        txn.put_node(&n);
+        self.cache.apply(txn)?;
+        self.inv.entry(n.parent, &n.name);
+        Ok(())
+    }
+
+    async fn delete(&self, ino: u64) -> Result<Outcome, CacheError> {
+        let Some(n) = self.cache.node(ino)? else { return Ok(Outcome::Done) };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else { return Ok(Outcome::Done) };
+        if n.version == 0 {
+            self.forget(&n, &folder, &entry)?;
+            return Ok(Outcome::Done);
+        }
+        match self.client.delete_entry(&folder, &entry, n.version).await {
+            Ok(_) => {
+                self.forget(&n, &folder, &entry)?;
+                Ok(Outcome::Done)
+            }
+            Err(e) if e.status() == Some(404) => {
+                self.forget(&n, &folder, &entry)?;
+                Ok(Outcome::Done)
+            }
+            Err(e) if matches!(e.status(), Some(412 | 409)) => {
+                // Changed (or filled) elsewhere after we last saw it: deleting would lose
+                // that work, so the entry comes back here instead.
+                tracing::warn!(name = %n.name, "not deleting: it changed on another device; it reappears here");
+                let remote = match self.client.entry(&folder, &entry).await {
+                    Ok(r) => r,
+                    Err(e) => return Ok(classify(e)),
+                };
+                self.forget(&n, &folder, &entry)?;
+                if let Some(info) = self.cache.folder(&folder)? {
+                    feed::apply_entry(&self.cache, self.inv.as_ref(), &info, &remote)?;
+                }
+                Ok(Outcome::Done)
+            }
+            Err(e) => Ok(classify(e)),
+        }
+    }
+
+    /// Drops a deleted node from the cache.
+    fn forget(&self, n: &Node, folder: &str, entry: &str) -> Result<(), CacheError> {
+        let mut txn = Txn::default();
+        txn.unindex_entry(folder, entry);
+        txn.remove_node(n.ino);
+        self.cache.apply(txn)
+    }
+}
+
+fn classify(e: ClientError) -> Outcome {
+    match e.status() {
+        None | Some(401 | 408 | 429) => Outcome::Retry(e),
+        Some(s) if s >= 500 => Outcome::Retry(e),
+        Some(_) => Outcome::Refused(e.to_string()),
+    }
+}
+
+/// `report.txt` → `report (conflict abcd1234 2026-11-25 12.00.00).txt`.
+pub fn conflict_name(name: &str, device: &str) -> String {
+    let secs = crate::proto::now_secs();
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let stamp = format!("{y:04}-{m:02}-{d:02} {:02}.{:02}.{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    let dev = &device[..device.len().min(8)];
+    match name.rfind('.').filter(|&i| i > 0) {
+        Some(i) => format!("{} (conflict {dev} {stamp}){}", &name[..i], &name[i..]),
+        None => format!("{name} (conflict {dev} {stamp})"),
+    }
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_517), (2026, 3, 3));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let n = conflict_name("report.txt", "abcdef123456");
+        assert!(n.starts_with("report (conflict abcdef12 "), "{n}");
+        assert!(n.ends_with(").txt"), "{n}");
+        assert!(conflict_name(".bashrc", "d").starts_with(".bashrc (conflict d "));
+    }
+}

@@ -1,0 +1,185 @@
+//! `meshfs mount`: wires the cache, the cloud client, the fetcher, the journal's uploader,
+//! the change feed and the FUSE session together, and takes them down cleanly on SIGINT or
+//! SIGTERM.
+
+use crate::agent::cache::{Cache, CacheError};
+use crate::agent::client::{ClientError, CloudClient};
+use crate::agent::feed::{self, Invalidator};
+use crate::agent::fetch::{BlockSource, Fetcher};
+use crate::agent::fs::Fs;
+use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator, Owner};
+use crate::agent::home::{Home, HomeError};
+use crate::agent::journal::{Journal, Uploader};
+use crate::agent::status::{AgentStatus, Counters};
+use crate::crypto::keys::{self, KeyError};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("opening the local cache")]
+    Cache(#[from] CacheError),
+    #[error("mount point {path}")]
+    MountPoint {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mounting FUSE at {path}; is /dev/fuse there and are you allowed to use it?")]
+    Fuse {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything the agent runs on, built from a device home.
+pub struct Agent {
+    pub cache: Arc<Cache>,
+    pub client: Arc<CloudClient>,
+    pub counters: Arc<Counters>,
+    pub journal: Arc<Journal>,
+    pub fs: Arc<Fs>,
+}
+
+/// A client of the cloud for the device logged in at `home`.
+pub fn connect(home: &Home) -> Result<CloudClient, MountError> {
+    let dev = home.load_device()?;
+    let key = keys::load_private(&home.key())?;
+    let ca = std::fs::read(home.ca()).map_err(|source| ClientError::Ca { path: home.ca().display().to_string(), source })?;
+    let http = crate::agent::client::https(&ca)?;
+    Ok(CloudClient::new(http, &dev.cloud, &dev.user, &dev.device_id, key))
+}
+
+/// Opens the device's state and connects the parts (no mount yet).
+pub fn open_agent(home: &Home) -> Result<Agent, MountError> {
+    let client = Arc::new(connect(home)?);
+    let cache_dir = home.cache_dir();
+    let cache = Arc::new(Cache::open(&cache_dir)?);
+    // Staging files hold writes never committed by a close or fsync: nothing was promised
+    // about them, and committed versions live in blocks and the journal.
+    let staging = cache_dir.join("staging");
+    if let Ok(rd) = std::fs::read_dir(&staging) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let counters = Arc::new(Counters::default());
+    let sources: Vec<Arc<dyn BlockSource>> = vec![client.clone()];
+    let fetcher = Arc::new(Fetcher::new(Arc::clone(&cache), sources, Arc::clone(&counters)));
+    let journal = Arc::new(Journal::default());
+    let fs = Arc::new(Fs::new(Arc::clone(&cache), fetcher, Arc::clone(&journal), Arc::clone(&counters)));
+    Ok(Agent { cache, client, counters, journal, fs })
+}
+
+/// A mount point left behind by an agent that died answers ENOTCONN; clear it.
+fn clear_stale_mount(mountpoint: &Path) {
+    if let Err(e) = std::fs::metadata(mountpoint) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            tracing::warn!(path = %mountpoint.display(), "clearing a stale mount left by an agent that died");
+            let _ = std::process::Command::new("umount").arg("-l").arg(mountpoint).status();
+        }
+    }
+}
+
+/// Mounts the mesh at `mountpoint` and serves it until SIGINT or SIGTERM.
+pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
+    let agent = open_agent(home)?;
+    clear_stale_mount(mountpoint);
+    let meta = std::fs::metadata(mountpoint).map_err(|source| MountError::MountPoint { path: mountpoint.into(), source })?;
+    let home_meta = std::fs::metadata(home.root()).map_err(|source| MountError::MountPoint { path: home.root().into(), source })?;
+    let owner = Owner { uid: home_meta.uid(), gid: home_meta.gid() };
+    let _ = meta;
+
+    let adapter = FuseAdapter::new(Arc::clone(&agent.fs), tokio::runtime::Handle::current(), owner);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("meshfs".into()),
+        fuser::MountOption::Subtype("meshfs".into()),
+        fuser::MountOption::AutoUnmount,
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    config.acl = fuser::SessionACL::RootAndOwner;
+    config.n_threads = Some(2);
+    let fuse_err = |source| MountError::Fuse { path: mountpoint.into(), source };
+    let session = fuser::Session::new(adapter, mountpoint, &config).map_err(fuse_err)?;
+    let inv: Arc<dyn Invalidator> = Arc::new(KernelInvalidator(session.notifier()));
+    let bg = session.spawn().map_err(fuse_err)?;
+    tracing::info!(mountpoint = %mountpoint.display(), "mesh mounted");
+
+    let tasks = [
+        tokio::spawn(
+            Uploader {
+                cache: Arc::clone(&agent.cache),
+                client: Arc::clone(&agent.client),
+                journal: Arc::clone(&agent.journal),
+                inv: Arc::clone(&inv),
+                counters: Arc::clone(&agent.counters),
+            }
+            .run(),
+        ),
+        tokio::spawn(feed::run(Arc::clone(&agent.cache), Arc::clone(&agent.client), inv, Arc::clone(&agent.counters))),
+        tokio::spawn(report_status(home.status_file(), mountpoint.display().to_string(), Arc::clone(&agent.cache), Arc::clone(&agent.journal), Arc::clone(&agent.counters))),
+    ];
+
+    wait_for_signal().await;
+    tracing::info!("unmounting");
+    for t in tasks {
+        t.abort();
+    }
+    let unmount = tokio::task::spawn_blocking(move || bg.umount_and_join());
+    if let Ok(Err(e)) = unmount.await {
+        tracing::warn!(error = %e, "unmount");
+    }
+    agent.cache.flush().await?;
+    let _ = std::fs::remove_file(home.status_file());
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Writes `status.json` every second, atomically.
+async fn report_status(path: PathBuf, mountpoint: String, cache: Arc<Cache>, journal: Arc<Journal>, counters: Arc<Counters>) {
+    loop {
+        let status = AgentStatus {
+            pid: std::process::id(),
+            mountpoint: mountpoint.clone(),
+            written_ms: crate::proto::now_ms(),
+            cloud_reachable: journal.cloud_reachable.load(Ordering::Relaxed),
+            pending_uploads: cache.journal_len(),
+            failed_uploads: journal.failed.load(Ordering::Relaxed),
+            counters: counters.snapshot(),
+        };
+        let tmp = path.with_extension("json.tmp");
+        if let Ok(text) = serde_json::to_vec_pretty(&status) {
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

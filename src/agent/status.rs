@@ -1,0 +1,64 @@
+//! What the agent counts, for `meshfs status` and for tests that check how many bytes moved.
+//! The running agent writes a snapshot to `<home>/status.json` every second.
+
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Live counters, shared by the parts of the agent.
+#[derive(Default)]
+pub struct Counters {
+    pub blocks_fetched: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub blocks_rejected: AtomicU64,
+    pub blocks_uploaded: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub commits: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub changes_applied: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            blocks_fetched: self.blocks_fetched.load(Relaxed),
+            bytes_fetched: self.bytes_fetched.load(Relaxed),
+            blocks_rejected: self.blocks_rejected.load(Relaxed),
+            blocks_uploaded: self.blocks_uploaded.load(Relaxed),
+            bytes_uploaded: self.bytes_uploaded.load(Relaxed),
+            commits: self.commits.load(Relaxed),
+            conflicts: self.conflicts.load(Relaxed),
+            changes_applied: self.changes_applied.load(Relaxed),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CounterSnapshot {
+    pub blocks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub blocks_rejected: u64,
+    pub blocks_uploaded: u64,
+    pub bytes_uploaded: u64,
+    pub commits: u64,
+    pub conflicts: u64,
+    pub changes_applied: u64,
+}
+
+/// The agent's report in `status.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub mountpoint: String,
+    /// Milliseconds since the epoch when this report was written.
+    pub written_ms: i64,
+    pub cloud_reachable: bool,
+    /// Local changes not yet in the cloud.
+    pub pending_uploads: usize,
+    /// Uploads the cloud refused for good (see the agent's log).
+    pub failed_uploads: u64,
+    pub counters: CounterSnapshot,
+}

@@ -1,0 +1,49 @@
+//! `meshfs login`: makes the device's key (kept on the device, mode 0600), claims the
+//! device for the user with the password, pins the cloud's CA, and writes `device.toml`.
+
+use crate::agent::client;
+use crate::agent::home::DeviceFile;
+use crate::cli::args::LoginArgs;
+use crate::crypto::keys;
+use crate::proto::LoginRequest;
+use anyhow::Context;
+use std::os::unix::fs::DirBuilderExt;
+
+pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
+    let password = super::read_password()?;
+    let home = a.home.resolve()?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home.root())
+        .with_context(|| format!("creating the device home {}", home.root().display()))?;
+    let ca = std::fs::read(&a.ca).with_context(|| format!("reading the cloud's CA {}", a.ca.display()))?;
+
+    let key = if home.key().exists() {
+        keys::load_private(&home.key())?
+    } else {
+        eprintln!("Making this device's RSA key…");
+        let key = tokio::task::spawn_blocking(keys::generate).await.context("generating the device key")?;
+        keys::save_private(&key, &home.key())?;
+        key
+    };
+    let http = client::https(&ca)?;
+    let device_name = match a.device_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "device".into()),
+    };
+    let cloud = a.cloud.trim_end_matches('/').to_string();
+    let req = LoginRequest {
+        user: a.user.clone(),
+        password,
+        device_name: device_name.clone(),
+        device_key: keys::public_pem(&key.to_public_key())?,
+    };
+    let resp = client::login(&http, &cloud, &req)
+        .await
+        .with_context(|| format!("logging in to {cloud} as {}", a.user))?;
+    std::fs::write(home.ca(), &ca).with_context(|| format!("writing {}", home.ca().display()))?;
+    home.save_device(&DeviceFile { cloud, user: resp.user.clone(), device_id: resp.device_id.clone(), device_name })?;
+    eprintln!("Logged in as {}; this device is {}.", resp.user, resp.device_id);
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! `meshfs status`: what this device is, whether its agent runs (checked, not assumed),
+//! what waits to upload, what moved, and whether the cloud answers.
+
+use crate::agent::mount::connect;
+use crate::agent::status::AgentStatus;
+use crate::cli::args::StatusArgs;
+use serde::Serialize;
+
+/// A report older than this means the agent is not running any more.
+const STALE_MS: i64 = 5_000;
+
+#[derive(Serialize)]
+struct Report {
+    user: String,
+    device_id: String,
+    cloud: String,
+    cloud_reachable: bool,
+    cloud_error: Option<String>,
+    quota_used: Option<u64>,
+    quota: Option<u64>,
+    agent: Option<AgentStatus>,
+}
+
+fn live_agent(path: &std::path::Path) -> Option<AgentStatus> {
+    let s: AgentStatus = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let alive = std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
+    (alive && crate::proto::now_ms() - s.written_ms < STALE_MS).then_some(s)
+}
+
+pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
+    let home = a.home.resolve()?;
+    let dev = home.load_device()?;
+    let client = connect(&home)?;
+    let usage = client.usage().await;
+    let report = Report {
+        user: dev.user,
+        device_id: dev.device_id,
+        cloud: dev.cloud,
+        cloud_reachable: usage.is_ok(),
+        cloud_error: usage.as_ref().err().map(|e| format!("{e:#}")),
+        quota_used: usage.as_ref().ok().map(|u| u.bytes_stored),
+        quota: usage.as_ref().ok().map(|u| u.quota),
+        agent: live_agent(&home.status_file()),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("user:     {}", report.user);
+    println!("device:   {}", report.device_id);
+    match (&report.cloud_error, report.quota_used, report.quota) {
+        (None, Some(used), Some(q)) => println!("cloud:    {} (reachable; {} of {} MB used)", report.cloud, used / 1_000_000, q / 1_000_000),
+        (Some(e), _, _) => println!("cloud:    {} (NOT reachable: {e})", report.cloud),
+        _ => println!("cloud:    {}", report.cloud),
+    }
+    match &report.agent {
+        None => println!("agent:    not running (start it with `meshfs mount DIR`)"),
+        Some(s) => {
+            println!("agent:    running (pid {}) at {}", s.pid, s.mountpoint);
+            println!("pending:  {} local change(s) not yet in the cloud; {} refused", s.pending_uploads, s.failed_uploads);
+            let c = &s.counters;
+            println!(
+                "moved:    fetched {} blocks ({} bytes), uploaded {} blocks ({} bytes), {} rejected, {} conflicts",
+                c.blocks_fetched, c.bytes_fetched, c.blocks_uploaded, c.bytes_uploaded, c.blocks_rejected, c.conflicts
+            );
+        }
+    }
+    Ok(())
+}
