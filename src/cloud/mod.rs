@@ -1,0 +1,320 @@
+//! The cloud process (`meshfs cloud`): the account service and the mesh service over HTTPS,
+//! with SQLite metadata and blocks on the local disk (DESIGN §7). This file holds the
+//! configuration, the shared state, the router and the server's start and stop; the
+//! admin operations (`add_user`, `set_quota`, `share_folder`) open the same store.
+
+pub mod account;
+pub mod auth;
+pub mod blobs;
+pub mod error;
+pub mod graph;
+pub mod keys;
+pub mod store;
+pub mod tls;
+
+pub use auth::Role;
+
+use crate::proto::BLOCK_SIZE;
+use auth::TicketCache;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use blobs::Blobs;
+use keys::CloudKeys;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use store::{Store, StoreError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A new user's cloud storage quota: 5 GB.
+pub const DEFAULT_QUOTA: u64 = 5_000_000_000;
+/// How long a shutdown waits for requests in flight (long polls included).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the cloud could not start, serve or run an admin operation.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("file or directory {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listening on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {context}")]
+    Tls {
+        context: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error(
+        "{dir} holds only one of ca.pem and ca-key.pem; restore the other or remove both to make a new CA (clients must then trust the new ca.pem)"
+    )]
+    CaIncomplete { dir: String },
+    #[error("cloud signing key")]
+    Key(#[from] crate::crypto::keys::KeyError),
+    #[error("metadata store in {path}")]
+    Store {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("block store in {path}")]
+    Blobs {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("hashing the password")]
+    Password,
+    #[error(
+        "user name {0:?} is not valid: use 1 to 64 of a-z 0-9 . _ - starting with a letter or digit"
+    )]
+    BadUserName(String),
+    #[error("user {0:?} exists already")]
+    UserExists(String),
+    #[error("no user {0:?}")]
+    NoSuchUser(String),
+    #[error("no folder {0:?}")]
+    NoSuchFolder(String),
+    #[error("serving HTTPS")]
+    Serve(#[source] std::io::Error),
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// How to run the cloud.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Names (DNS or IP) the server certificate is made for.
+    pub tls_names: Vec<String>,
+    pub identity_ttl_secs: i64,
+    pub access_ttl_secs: i64,
+}
+
+impl CloudConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            tls_names: vec!["localhost".into(), "127.0.0.1".into()],
+            identity_ttl_secs: 1800,
+            access_ttl_secs: 900,
+        }
+    }
+}
+
+/// What every handler shares. Each part has its own lock or none.
+pub struct Shared {
+    store: Store,
+    keys: CloudKeys,
+    blobs: Blobs,
+    tickets: TicketCache,
+    /// The latest committed sequence number; long polls wait on it.
+    feed: watch::Sender<u64>,
+    identity_ttl_secs: i64,
+    access_ttl_secs: i64,
+}
+
+pub type AppState = Arc<Shared>;
+
+fn store_err(dir: &Path) -> impl FnOnce(StoreError) -> CloudError + '_ {
+    move |source| CloudError::Store {
+        path: dir.display().to_string(),
+        source,
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), CloudError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| CloudError::Io {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
+/// Opens (creating on first use) the data directory's store, keys and blocks.
+pub async fn open_state(cfg: &CloudConfig) -> Result<AppState, CloudError> {
+    let dir = &cfg.data_dir;
+    create_dir(dir)?;
+    let store = Store::open(dir).await.map_err(store_err(dir))?;
+    let keys = CloudKeys::load_or_create(dir).await?;
+    let blobs = Blobs::open(&dir.join("blocks"))?;
+    Ok(Arc::new(Shared {
+        store,
+        keys,
+        blobs,
+        tickets: TicketCache::default(),
+        feed: watch::Sender::new(0),
+        identity_ttl_secs: cfg.identity_ttl_secs,
+        access_ttl_secs: cfg.access_ttl_secs,
+    }))
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    tracing::debug!(%method, %path, status = res.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    res
+}
+
+/// The cloud's HTTP routes (the table in `proto::api`).
+pub fn app(state: AppState) -> Router {
+    let block_limit = usize::try_from(BLOCK_SIZE).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/.well-known/jwks.json", get(account::jwks))
+        .route("/login", post(account::login))
+        .route("/tickets/identity", post(account::renew))
+        .route("/tickets/access", post(account::access))
+        .route("/users/{user}", get(account::user_node))
+        .route("/users/{user}/devices", get(account::devices))
+        .route("/users/{user}/devices/{device}", delete(account::revoke))
+        .route("/users/{user}/folders", get(account::folders))
+        .route("/users/{user}/usage", get(account::usage))
+        .route("/folders", post(graph::create_folder))
+        .route("/folders/{folder}", get(graph::get_folder))
+        .route("/folders/{folder}/entries", get(graph::list_entries))
+        .route(
+            "/folders/{folder}/entries/{entry}",
+            get(graph::get_entry)
+                .put(graph::put_entry)
+                .delete(graph::delete_entry),
+        )
+        .route(
+            "/folders/{folder}/blocks/{hash}",
+            get(blobs::get_block)
+                .head(blobs::head_block)
+                .put(blobs::put_block)
+                .layer(DefaultBodyLimit::max(block_limit)),
+        )
+        .route("/folders/{folder}/changes", get(graph::changes))
+        .fallback(|| async { error::AppError::NotFound("resource") })
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// A cloud serving in the background.
+pub struct RunningCloud {
+    /// The address it listens on (the real port when asked for port 0).
+    pub addr: SocketAddr,
+    handle: axum_server::Handle<SocketAddr>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningCloud {
+    /// Stops accepting, lets requests in flight finish (a few seconds at most) and waits.
+    pub async fn shutdown(self) -> Result<(), CloudError> {
+        self.handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        self.wait().await
+    }
+
+    /// Runs until shut down or failed.
+    pub async fn wait(self) -> Result<(), CloudError> {
+        match self.task.await {
+            Ok(res) => res.map_err(CloudError::Serve),
+            Err(e) => Err(CloudError::Task(e.to_string())),
+        }
+    }
+}
+
+/// Starts the cloud: creates the data directory, keys and CA on first start, binds
+/// `cfg.listen` and serves HTTPS in the background.
+pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
+    let state = open_state(&cfg).await?;
+    let tls = tls::server_config(&cfg.data_dir, &cfg.tls_names).await?;
+    let bind = |source| CloudError::Bind {
+        addr: cfg.listen,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls).map_err(bind)?;
+    let handle = axum_server::Handle::new();
+    let service = app(state).into_make_service();
+    let task = tokio::spawn(server.handle(handle.clone()).serve(service));
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "meshfs cloud listening");
+    Ok(RunningCloud { addr, handle, task })
+}
+
+/// Adds a user of the built-in identity provider with the default quota.
+pub async fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), CloudError> {
+    if !account::valid_user_name(name) {
+        return Err(CloudError::BadUserName(name.into()));
+    }
+    create_dir(data_dir)?;
+    let store = Store::open(data_dir).await.map_err(store_err(data_dir))?;
+    let password = password.to_owned();
+    let phc = tokio::task::spawn_blocking(move || account::hash_password(&password))
+        .await
+        .map_err(|e| CloudError::Task(e.to_string()))?
+        .map_err(|_| CloudError::Password)?;
+    let created = store
+        .insert_user(name, &phc, DEFAULT_QUOTA, crate::proto::now_ms())
+        .await
+        .map_err(store_err(data_dir))?;
+    if created {
+        Ok(())
+    } else {
+        Err(CloudError::UserExists(name.into()))
+    }
+}
+
+/// Sets a user's cloud storage quota in bytes.
+pub async fn set_quota(data_dir: &Path, user: &str, bytes: u64) -> Result<(), CloudError> {
+    let store = Store::open(data_dir).await.map_err(store_err(data_dir))?;
+    if store
+        .set_quota(user, bytes)
+        .await
+        .map_err(store_err(data_dir))?
+    {
+        Ok(())
+    } else {
+        Err(CloudError::NoSuchUser(user.into()))
+    }
+}
+
+/// Gives `user` a role (writer or reader) on folder `folder`.
+pub async fn share_folder(
+    data_dir: &Path,
+    folder: &str,
+    user: &str,
+    role: Role,
+) -> Result<(), CloudError> {
+    let store = Store::open(data_dir).await.map_err(store_err(data_dir))?;
+    store
+        .folder(folder)
+        .await
+        .map_err(store_err(data_dir))?
+        .ok_or_else(|| CloudError::NoSuchFolder(folder.into()))?;
+    if store
+        .usage(user)
+        .await
+        .map_err(store_err(data_dir))?
+        .is_none()
+    {
+        return Err(CloudError::NoSuchUser(user.into()));
+    }
+    store
+        .set_member(folder, user, role)
+        .await
+        .map_err(store_err(data_dir))
+}

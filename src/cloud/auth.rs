@@ -1,0 +1,234 @@
+//! Who is calling: the `Authorization: Bearer` extractor and the checks on what a ticket
+//! grants. Verified tickets sit in an LRU keyed by the SHA-256 of the token, so a busy
+//! client costs one RSA verification per ticket; the time window and the device (exists,
+//! belongs to the ticket's user, not revoked) are checked against the database on every
+//! request, so a revocation takes effect at once.
+
+use super::AppState;
+use super::error::AppError;
+use crate::crypto::ticket::{KeySet, VerifiedTicket};
+use crate::proto::claims::AUDIENCE_CLOUD;
+use crate::proto::{Claims, Right, TicketKind, now_ms, now_secs};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+/// Verified tickets kept in memory.
+const TICKET_CACHE_ENTRIES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+/// A device's `last_seen_ms` is written at most this often.
+const LAST_SEEN_EVERY_MS: i64 = 60_000;
+
+/// A user's standing on a folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Owner,
+    Writer,
+    Reader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Writer => "writer",
+            Self::Reader => "reader",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Self::Owner),
+            "writer" => Some(Self::Writer),
+            "reader" => Some(Self::Reader),
+            _ => None,
+        }
+    }
+
+    /// The rights the role holds on its folder.
+    pub fn rights(self) -> &'static [Right] {
+        match self {
+            Self::Owner => &[Right::Read, Right::Write, Right::Admin],
+            Self::Writer => &[Right::Read, Right::Write],
+            Self::Reader => &[Right::Read],
+        }
+    }
+}
+
+/// The rights of `wanted` that `held` covers, sorted and without repeats.
+pub fn intersect(wanted: &[Right], held: &[Right]) -> Vec<Right> {
+    let mut out: Vec<Right> = wanted
+        .iter()
+        .copied()
+        .filter(|r| held.contains(r))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The server's memory of verified tickets and of when each device was last recorded.
+pub struct TicketCache {
+    verified: Mutex<LruCache<[u8; 32], VerifiedTicket>>,
+    seen: Mutex<LruCache<String, i64>>,
+}
+
+impl Default for TicketCache {
+    fn default() -> Self {
+        Self {
+            verified: Mutex::new(LruCache::new(TICKET_CACHE_ENTRIES)),
+            seen: Mutex::new(LruCache::new(TICKET_CACHE_ENTRIES)),
+        }
+    }
+}
+
+impl TicketCache {
+    /// Checks `token` at `now`: from the cache (time window only) or in full (then cached).
+    pub fn verify(&self, keys: &KeySet, token: &str, now: i64) -> Result<Claims, AppError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(&key).cloned());
+        let ticket = match cached {
+            Some(t) => t,
+            None => {
+                let t = keys.check(token, AUDIENCE_CLOUD, now)?;
+                if let Ok(mut c) = self.verified.lock() {
+                    c.put(key, t.clone());
+                }
+                t
+            }
+        };
+        if let Err(e) = ticket.still_valid(now) {
+            if let Ok(mut c) = self.verified.lock() {
+                c.pop(&key);
+            }
+            return Err(e.into());
+        }
+        Ok(ticket.claims().clone())
+    }
+
+    /// Whether `device`'s last-seen time is due for a write at `now_ms`; if so, notes it.
+    fn seen_due(&self, device: &str, now_ms: i64) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        match seen.get(device) {
+            Some(&last) if now_ms - last < LAST_SEEN_EVERY_MS => false,
+            _ => {
+                seen.put(device.to_owned(), now_ms);
+                true
+            }
+        }
+    }
+}
+
+/// A caller whose ticket verified and whose device is live. Handlers that take one cannot
+/// run on an unchecked token.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub claims: Claims,
+}
+
+fn bearer(parts: &Parts) -> Result<&str, AppError> {
+    let value = parts.headers.get(AUTHORIZATION).ok_or(AppError::NoTicket)?;
+    let value = value.to_str().map_err(|_| AppError::NoTicket)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AppError::NoTicket)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AppError::NoTicket);
+    }
+    Ok(token.trim())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let token = bearer(parts)?;
+        let claims = state
+            .tickets
+            .verify(state.keys.keyset(), token, now_secs())?;
+        let device = state
+            .store
+            .device(&claims.dev)
+            .await?
+            .ok_or(AppError::UnknownDevice)?;
+        if device.user != claims.sub {
+            return Err(AppError::UnknownDevice);
+        }
+        if device.revoked {
+            return Err(AppError::DeviceRevoked);
+        }
+        let now = now_ms();
+        if state.tickets.seen_due(&device.id, now) {
+            state.store.touch_device(&device.id, now).await?;
+        }
+        Ok(Self { claims })
+    }
+}
+
+/// Requires an access ticket granting `right` on `path`.
+pub fn require(caller: &Caller, path: &str, right: Right) -> Result<(), AppError> {
+    if caller.claims.kind == TicketKind::Access && caller.claims.grants(path, right) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden)
+    }
+}
+
+/// Requires an identity ticket (the device acting for its user), not an access ticket.
+pub fn require_identity(caller: &Caller) -> Result<(), AppError> {
+    if caller.claims.kind == TicketKind::Identity {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden)
+    }
+}
+
+/// Requires a ticket of `user` itself: its identity ticket, or its access ticket granting
+/// `right` on `/users/{user}`.
+pub fn require_user(caller: &Caller, user: &str, right: Right) -> Result<(), AppError> {
+    let c = &caller.claims;
+    let ok = c.sub == user
+        && match c.kind {
+            TicketKind::Identity => true,
+            TicketKind::Access => c.grants(&format!("/users/{user}"), right),
+        };
+    if ok { Ok(()) } else { Err(AppError::Forbidden) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn granted_rights_are_the_intersection_of_wanted_and_held() {
+        let held = Role::Writer.rights();
+        assert_eq!(
+            intersect(&[Right::Admin, Right::Read, Right::Read], held),
+            vec![Right::Read]
+        );
+        assert!(intersect(&[Right::Write], Role::Reader.rights()).is_empty());
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_names() {
+        for r in [Role::Owner, Role::Writer, Role::Reader] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("admin"), None);
+    }
+
+    #[test]
+    fn last_seen_is_written_at_most_once_a_minute() {
+        let cache = TicketCache::default();
+        assert!(cache.seen_due("d", 0));
+        assert!(!cache.seen_due("d", LAST_SEEN_EVERY_MS - 1));
+        assert!(cache.seen_due("d", LAST_SEEN_EVERY_MS));
+    }
+}

@@ -1,0 +1,204 @@
+//! Content blocks by hash: `PUT/GET/HEAD /folders/{folder}/blocks/{sha256}`, stored through
+//! `object_store` under `<data-dir>/blocks` at `{folder}/{hash}`.
+//!
+//! Durability: `LocalFileSystem` writes a staging file and renames it into place, but by
+//! default does not fsync (object_store 0.14 `with_fsync`, off by default). We turn it on,
+//! so a put returns only after the file and its parent directories are on stable storage;
+//! only then is the block recorded in the database, so a recorded block always exists.
+
+use super::AppState;
+use super::auth::{Caller, require};
+use super::error::AppError;
+use super::store::BlockRecord;
+use crate::proto::{BLOCK_SIZE, BlockHash, Right};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
+
+/// Where blocks are kept.
+pub struct Blobs {
+    store: LocalFileSystem,
+}
+
+fn location(folder: &str, hash: &BlockHash) -> ObjectPath {
+    ObjectPath::from_iter([folder.to_owned(), hash.to_hex()])
+}
+
+impl Blobs {
+    /// Opens (creating) the block directory, with fsync on every write.
+    pub fn open(dir: &std::path::Path) -> Result<Self, super::CloudError> {
+        std::fs::create_dir_all(dir).map_err(|source| super::CloudError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let store = LocalFileSystem::new_with_prefix(dir)
+            .map_err(|source| super::CloudError::Blobs {
+                path: dir.display().to_string(),
+                source,
+            })?
+            .with_fsync(true);
+        Ok(Self { store })
+    }
+
+    async fn put(&self, folder: &str, hash: &BlockHash, data: Bytes) -> Result<(), AppError> {
+        self.store
+            .put_opts(
+                &location(folder, hash),
+                PutPayload::from(data),
+                PutOptions::default(),
+            )
+            .await
+            .map_err(|e| AppError::internal("storing a block", e))?;
+        Ok(())
+    }
+
+    /// The block's bytes, checked against its hash (a corrupt file is an internal error,
+    /// never wrong data).
+    async fn get(&self, folder: &str, hash: &BlockHash) -> Result<Bytes, AppError> {
+        let data = self
+            .store
+            .get_opts(&location(folder, hash), GetOptions::default())
+            .await
+            .map_err(|e| AppError::internal("opening a block", e))?
+            .bytes()
+            .await
+            .map_err(|e| AppError::internal("reading a block", e))?;
+        if BlockHash::of(&data) != *hash {
+            return Err(AppError::internal(
+                "reading a block",
+                format!("{hash} is corrupt on disk"),
+            ));
+        }
+        Ok(data)
+    }
+}
+
+fn parse_hash(s: &str) -> Result<BlockHash, AppError> {
+    s.parse().map_err(|_| {
+        AppError::invalid(
+            "bad_hash",
+            "a block is named by its SHA-256 in 64 hex digits",
+        )
+    })
+}
+
+/// Checks the ticket and the folder, returning the hash and the folder.
+async fn target(
+    state: &AppState,
+    caller: &Caller,
+    folder: &str,
+    hash: &str,
+    right: Right,
+) -> Result<(BlockHash, crate::proto::Folder), AppError> {
+    require(caller, &format!("/folders/{folder}/blocks/{hash}"), right)?;
+    let hash = parse_hash(hash)?;
+    let folder = state
+        .store
+        .folder(folder)
+        .await?
+        .ok_or(AppError::NotFound("folder"))?;
+    Ok((hash, folder))
+}
+
+/// `PUT /folders/{folder}/blocks/{sha256}`: 201 when stored, 200 when it already was.
+pub async fn put_block(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((folder, hash)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, AppError> {
+    let (hash, folder) = target(&state, &caller, &folder, &hash, Right::Write).await?;
+    if folder.device_only {
+        return Err(AppError::DeviceOnly);
+    }
+    let data = body?;
+    let len = u64::try_from(data.len()).map_err(|_| AppError::TooLarge)?;
+    if len > BLOCK_SIZE {
+        return Err(AppError::TooLarge);
+    }
+    if BlockHash::of(&data) != hash {
+        return Err(AppError::invalid(
+            "hash_mismatch",
+            "the body's SHA-256 is not the hash in the URL; nothing was stored, send the block again",
+        ));
+    }
+    if state.store.has_block(&folder.id, &hash).await? {
+        return Ok(StatusCode::OK);
+    }
+    let usage = state
+        .store
+        .usage(&folder.owner)
+        .await?
+        .ok_or(AppError::NotFound("user"))?;
+    if usage.stored.saturating_add(len) > usage.quota {
+        return Err(AppError::QuotaExceeded);
+    }
+    state.blobs.put(&folder.id, &hash, data).await?;
+    match state
+        .store
+        .record_block(&folder.id, &hash, len, &folder.owner)
+        .await?
+    {
+        BlockRecord::Stored => Ok(StatusCode::CREATED),
+        BlockRecord::AlreadyStored => Ok(StatusCode::OK),
+        // A racing upload filled the quota; the unrecorded file is never served and is
+        // overwritten by the next put of the same block.
+        BlockRecord::OverQuota => Err(AppError::QuotaExceeded),
+    }
+}
+
+/// `GET /folders/{folder}/blocks/{sha256}`.
+pub async fn get_block(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((folder, hash)): Path<(String, String)>,
+) -> Result<impl IntoResponse, AppError> {
+    let (hash, folder) = target(&state, &caller, &folder, &hash, Right::Read).await?;
+    if !state.store.has_block(&folder.id, &hash).await? {
+        return Err(AppError::NotFound("block"));
+    }
+    let data = state.blobs.get(&folder.id, &hash).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        data,
+    ))
+}
+
+/// `HEAD /folders/{folder}/blocks/{sha256}`: 200 if the cloud has the block, else 404.
+pub async fn head_block(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((folder, hash)): Path<(String, String)>,
+) -> Result<StatusCode, AppError> {
+    let (hash, folder) = target(&state, &caller, &folder, &hash, Right::Read).await?;
+    if state.store.has_block(&folder.id, &hash).await? {
+        Ok(StatusCode::OK)
+    } else {
+        Err(AppError::NotFound("block"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stored_block_reads_back_and_corruption_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let data = Bytes::from_static(b"hello block");
+        let h = BlockHash::of(&data);
+        blobs.put("f", &h, data.clone()).await.unwrap();
+        assert_eq!(blobs.get("f", &h).await.unwrap(), data);
+        std::fs::write(dir.path().join("f").join(h.to_hex()), b"evil").unwrap();
+        assert!(matches!(
+            blobs.get("f", &h).await,
+            Err(AppError::Internal(_))
+        ));
+    }
+}

@@ -1,0 +1,250 @@
+//! The one error type of the cloud's HTTP handlers and its one mapping onto a response:
+//! a status code and an `ApiError` JSON body that says what went wrong and what to do next.
+//! Internal faults are logged here and reach the client only as `internal`.
+
+use crate::crypto::ticket::TicketError;
+use crate::proto::ApiError;
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("no ticket")]
+    NoTicket,
+    #[error("ticket refused: {0}")]
+    Ticket(TicketError),
+    #[error("the ticket's device is unknown or belongs to another user")]
+    UnknownDevice,
+    #[error("device revoked")]
+    DeviceRevoked,
+    #[error("bad credentials")]
+    BadCredentials,
+    #[error("bad renewal assertion")]
+    BadAssertion,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("device-only folder")]
+    DeviceOnly,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("invalid request ({code}): {message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("conflict ({code}): {message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("precondition required")]
+    PreconditionRequired,
+    #[error("body too large")]
+    TooLarge,
+    #[error("quota exceeded")]
+    QuotaExceeded,
+    /// A fault of the cloud itself; the text is logged, never sent.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Wraps any internal fault (database, disk, task) with where it happened.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        Self::Internal(format!("{context}: {err}"))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        use StatusCode as S;
+        match self {
+            Self::NoTicket => (
+                S::UNAUTHORIZED,
+                "no_ticket",
+                "send a ticket as `Authorization: Bearer <ticket>`; log in to get one".into(),
+            ),
+            Self::Ticket(e) => {
+                let code = match e {
+                    TicketError::Expired => "ticket_expired",
+                    TicketError::NotYetValid => "ticket_not_yet_valid",
+                    TicketError::BadSignature => "bad_signature",
+                    TicketError::UnknownKid => "unknown_kid",
+                    TicketError::WrongAudience => "wrong_audience",
+                    TicketError::Malformed | TicketError::UnsupportedAlg => "malformed_ticket",
+                };
+                (
+                    S::UNAUTHORIZED,
+                    code,
+                    format!("{e}; renew the ticket or log in again"),
+                )
+            }
+            Self::UnknownDevice => (
+                S::UNAUTHORIZED,
+                "unknown_device",
+                "the ticket names a device this account does not have; log in again".into(),
+            ),
+            Self::DeviceRevoked => (
+                S::UNAUTHORIZED,
+                "device_revoked",
+                "this device was revoked; log in again to claim it anew".into(),
+            ),
+            Self::BadCredentials => (
+                S::UNAUTHORIZED,
+                "bad_credentials",
+                "unknown user or wrong password; check both and try again".into(),
+            ),
+            Self::BadAssertion => (
+                S::UNAUTHORIZED,
+                "bad_assertion",
+                "the renewal assertion was not signed by this device's key or is out of its \
+                 time window; check the clock or log in again"
+                    .into(),
+            ),
+            Self::Forbidden => (
+                S::FORBIDDEN,
+                "forbidden",
+                "the ticket does not grant this operation on this resource; ask for an access \
+                 ticket that covers it"
+                    .into(),
+            ),
+            Self::DeviceOnly => (
+                S::FORBIDDEN,
+                "device_only",
+                "this folder is device-only: its content never goes to the cloud; send blocks \
+                 peer to peer"
+                    .into(),
+            ),
+            Self::NotFound(what) => (
+                S::NOT_FOUND,
+                "not_found",
+                format!("no such {what}; check the id"),
+            ),
+            Self::Invalid { code, message } => (S::BAD_REQUEST, code, message.clone()),
+            Self::Conflict { code, message } => (S::CONFLICT, code, message.clone()),
+            Self::PreconditionFailed => (
+                S::PRECONDITION_FAILED,
+                "precondition_failed",
+                "the resource changed since you read it (or already exists); fetch it again \
+                 and retry"
+                    .into(),
+            ),
+            Self::PreconditionRequired => (
+                S::PRECONDITION_REQUIRED,
+                "precondition_required",
+                "send `If-Match: \"<version>\"` to update or `If-None-Match: *` to create".into(),
+            ),
+            Self::TooLarge => (
+                S::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "a block holds at most {} bytes; split the data",
+                    crate::proto::BLOCK_SIZE
+                ),
+            ),
+            Self::QuotaExceeded => (
+                S::INSUFFICIENT_STORAGE,
+                "quota_exceeded",
+                "the cloud storage quota is full; keep the content peer to peer or free space"
+                    .into(),
+            ),
+            Self::Internal(_) => (
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the cloud failed to handle this request; retry later".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        } else {
+            tracing::debug!(%status, code, "request refused");
+        }
+        (
+            status,
+            Json(ApiError {
+                error: code.into(),
+                message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<TicketError> for AppError {
+    fn from(e: TicketError) -> Self {
+        Self::Ticket(e)
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(e: JsonRejection) -> Self {
+        Self::invalid(
+            "bad_body",
+            format!("the JSON body is not valid: {}", e.body_text()),
+        )
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(e: QueryRejection) -> Self {
+        Self::invalid(
+            "bad_query",
+            format!("the query string is not valid: {}", e.body_text()),
+        )
+    }
+}
+
+impl From<BytesRejection> for AppError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::TooLarge
+        } else {
+            Self::invalid("bad_body", "the body could not be read; send it again")
+        }
+    }
+}
+
+impl From<super::store::StoreError> for AppError {
+    fn from(e: super::store::StoreError) -> Self {
+        Self::internal("store", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_error_does_not_leak_its_detail() {
+        let (status, code, message) =
+            AppError::internal("store", "disk /secret/path failed").parts();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(code, "internal");
+        assert!(!message.contains("secret"));
+    }
+
+    #[test]
+    fn ticket_errors_map_to_401_with_precise_codes() {
+        let (s, c, _) = AppError::from(TicketError::Expired).parts();
+        assert_eq!((s, c), (StatusCode::UNAUTHORIZED, "ticket_expired"));
+        let (s, c, _) = AppError::from(TicketError::UnknownKid).parts();
+        assert_eq!((s, c), (StatusCode::UNAUTHORIZED, "unknown_kid"));
+    }
+}

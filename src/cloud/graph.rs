@@ -1,0 +1,558 @@
+//! The mesh service's resource graph: folders, their entries (create, update, delete under
+//! ETag conditions, with the tree's rules) and the change feed with long-poll.
+
+use super::AppState;
+use super::account::{grants, valid_display_name};
+use super::auth::{Caller, Role, require, require_identity};
+use super::error::AppError;
+use super::store::Change;
+use crate::proto::{
+    BLOCK_SIZE, BlockHash, ChangeBatch, Entry, EntryKind, EntryList, EntryPut, Folder, FolderGrant,
+    NewFolder, Right, now_ms,
+};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ETAG, IF_MATCH, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Most entries one change batch holds.
+const FEED_LIMIT: u32 = 1000;
+/// Longest a change request waits for a change.
+const MAX_WAIT_SECS: u64 = 30;
+/// Deepest directory chain walked when checking a move for a cycle.
+const MAX_DEPTH: usize = 4096;
+
+/// What a write requires of the entry's current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Condition {
+    /// `If-None-Match: *`: the id must not exist, not even as a tombstone.
+    Create,
+    /// `If-Match: "<version>"`: the entry must be at this version.
+    Version(u64),
+}
+
+fn condition(headers: &HeaderMap) -> Result<Condition, AppError> {
+    if let Some(v) = headers.get(IF_NONE_MATCH) {
+        return match v.to_str().map(str::trim) {
+            Ok("*") => Ok(Condition::Create),
+            _ => Err(AppError::invalid(
+                "bad_precondition",
+                "If-None-Match must be `*`",
+            )),
+        };
+    }
+    let Some(v) = headers.get(IF_MATCH) else {
+        return Err(AppError::PreconditionRequired);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().strip_prefix('"')?.strip_suffix('"')?.parse().ok())
+        .map(Condition::Version)
+        .ok_or_else(|| {
+            AppError::invalid(
+                "bad_precondition",
+                "If-Match must be a quoted version, e.g. \"42\"",
+            )
+        })
+}
+
+fn etag(version: u64) -> Result<HeaderValue, AppError> {
+    HeaderValue::from_str(&format!("\"{version}\"")).map_err(|e| AppError::internal("etag", e))
+}
+
+fn with_etag(status: StatusCode, entry: Entry) -> Result<Response, AppError> {
+    let tag = etag(entry.version)?;
+    Ok((status, [(ETAG, tag)], Json(entry)).into_response())
+}
+
+/// An entry name: non-empty, at most 255 bytes, no '/', not `.` or `..`.
+fn check_name(name: &str) -> Result<(), AppError> {
+    if name.is_empty() || name.len() > 255 || name.contains('/') || name == "." || name == ".." {
+        return Err(AppError::invalid(
+            "bad_name",
+            "an entry name is 1 to 255 bytes, without '/', and not \".\" or \"..\"",
+        ));
+    }
+    Ok(())
+}
+
+/// An entry id (chosen by the client): 1 to 128 of `A-Z a-z 0-9 - _`.
+fn check_id(id: &str) -> Result<(), AppError> {
+    let ok = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::invalid(
+            "bad_id",
+            "an entry id is 1 to 128 of A-Z a-z 0-9 - _ (a UUID fits)",
+        ))
+    }
+}
+
+/// The content rules of a body, apart from the tree: a file's size is the sum of its blocks,
+/// each at most a block long; a directory has no content; a symlink has a target.
+fn check_content(put: &EntryPut) -> Result<(), AppError> {
+    match put.kind {
+        EntryKind::File => {
+            if put
+                .manifest
+                .iter()
+                .any(|b| b.len == 0 || u64::from(b.len) > BLOCK_SIZE)
+            {
+                return Err(AppError::invalid(
+                    "bad_manifest",
+                    format!("every block of a manifest holds 1 to {BLOCK_SIZE} bytes"),
+                ));
+            }
+            let sum: u64 = put.manifest.iter().map(|b| u64::from(b.len)).sum();
+            if sum != put.size {
+                return Err(AppError::invalid(
+                    "size_mismatch",
+                    format!(
+                        "size is {} but the manifest's blocks hold {sum} bytes",
+                        put.size
+                    ),
+                ));
+            }
+        }
+        EntryKind::Dir => {
+            if !put.manifest.is_empty() || put.target.is_some() {
+                return Err(AppError::invalid(
+                    "bad_manifest",
+                    "a directory has no manifest or target",
+                ));
+            }
+        }
+        EntryKind::Symlink => {
+            if put.target.as_deref().is_none_or(str::is_empty) || !put.manifest.is_empty() {
+                return Err(AppError::invalid(
+                    "bad_target",
+                    "a symlink needs a target and no manifest",
+                ));
+            }
+        }
+    }
+    if i64::try_from(put.size).is_err() {
+        return Err(AppError::invalid("size_mismatch", "size is too large"));
+    }
+    Ok(())
+}
+
+/// The folder named in the path, if the caller's ticket grants `right` on `path`.
+async fn folder_for(
+    state: &AppState,
+    caller: &Caller,
+    folder: &str,
+    path: &str,
+    right: Right,
+) -> Result<Folder, AppError> {
+    require(caller, path, right)?;
+    state
+        .store
+        .folder(folder)
+        .await?
+        .ok_or(AppError::NotFound("folder"))
+}
+
+/// `POST /folders`: a new folder owned by the caller, with an owner's access ticket.
+pub async fn create_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<NewFolder>, JsonRejection>,
+) -> Result<(StatusCode, Json<FolderGrant>), AppError> {
+    require_identity(&caller)?;
+    let Json(req) = body?;
+    if !valid_display_name(&req.name) {
+        return Err(AppError::invalid(
+            "bad_name",
+            "a folder name is 1 to 255 bytes without '/' or control characters",
+        ));
+    }
+    let folder = Folder {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: req.name,
+        owner: caller.claims.sub.clone(),
+        device_only: req.device_only,
+        created_ms: now_ms(),
+    };
+    if !state.store.insert_folder(&folder).await? {
+        return Err(AppError::conflict(
+            "name_taken",
+            "you already have a folder of that name; pick another",
+        ));
+    }
+    tracing::info!(owner = %folder.owner, folder = %folder.id, "folder created");
+    let grant = grants(&state, &caller, vec![(folder, Role::Owner)])
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::internal("folder grant", "no grant made"))?;
+    Ok((StatusCode::CREATED, Json(grant)))
+}
+
+/// `GET /folders/{folder}`.
+pub async fn get_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+) -> Result<Json<Folder>, AppError> {
+    let path = format!("/folders/{folder}");
+    Ok(Json(
+        folder_for(&state, &caller, &folder, &path, Right::Read).await?,
+    ))
+}
+
+/// `GET /folders/{folder}/entries`: the live entries and the feed position they reflect.
+pub async fn list_entries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+) -> Result<Json<EntryList>, AppError> {
+    let path = format!("/folders/{folder}/entries");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let (entries, seq) = state.store.live_entries(&folder.id).await?;
+    Ok(Json(EntryList { entries, seq }))
+}
+
+/// `GET /folders/{folder}/entries/{entry}`: the entry (tombstones too) with its ETag.
+pub async fn get_entry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((folder, id)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let path = format!("/folders/{folder}/entries/{id}");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let entry = state
+        .store
+        .entry(&folder.id, &id)
+        .await?
+        .ok_or(AppError::NotFound("entry"))?;
+    with_etag(StatusCode::OK, entry)
+}
+
+/// Checks the entry's current state against the condition.
+fn check_condition(cond: Condition, current: Option<&Entry>) -> Result<(), AppError> {
+    match (cond, current) {
+        (Condition::Create, Some(_)) => Err(AppError::PreconditionFailed),
+        (Condition::Create, None) => Ok(()),
+        (Condition::Version(_), None) => Err(AppError::NotFound("entry")),
+        (Condition::Version(v), Some(e)) if e.version != v => Err(AppError::PreconditionFailed),
+        (Condition::Version(_), Some(_)) => Ok(()),
+    }
+}
+
+/// Checks that `parent` is a live directory of the folder and that placing `id` below it
+/// makes no cycle.
+async fn check_parent(
+    change: &mut Change,
+    folder: &str,
+    id: &str,
+    parent: Option<&str>,
+) -> Result<(), AppError> {
+    let Some(parent) = parent else {
+        return Ok(());
+    };
+    let no_parent = || {
+        AppError::conflict(
+            "no_parent",
+            "the parent is not a live directory of this folder",
+        )
+    };
+    let p = change.entry(folder, parent).await?.ok_or_else(no_parent)?;
+    if p.deleted || p.kind != EntryKind::Dir {
+        return Err(no_parent());
+    }
+    let mut ancestor = Some(p);
+    for _ in 0..MAX_DEPTH {
+        let Some(a) = ancestor else {
+            return Ok(());
+        };
+        if a.id == id {
+            return Err(AppError::conflict(
+                "cycle",
+                "a directory cannot move below itself",
+            ));
+        }
+        ancestor = match a.parent {
+            Some(up) => change.entry(folder, &up).await?,
+            None => None,
+        };
+    }
+    Err(AppError::conflict(
+        "cycle",
+        "the directory chain is too deep",
+    ))
+}
+
+/// `PUT /folders/{folder}/entries/{entry}`: create (`If-None-Match: *`) or update
+/// (`If-Match`), as one transaction that either changes everything or nothing.
+pub async fn put_entry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((folder, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<EntryPut>, JsonRejection>,
+) -> Result<Response, AppError> {
+    let path = format!("/folders/{folder}/entries/{id}");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
+    let cond = condition(&headers)?;
+    let Json(put) = body?;
+    check_id(&id)?;
+    check_name(&put.name)?;
+    check_content(&put)?;
+
+    let mut change = state.store.begin_change().await?;
+    let version = change.version();
+    let current = change.entry(&folder.id, &id).await?;
+    check_condition(cond, current.as_ref())?;
+    if let Some(cur) = current
+        .as_ref()
+        .filter(|c| !c.deleted && c.kind != put.kind)
+    {
+        return Err(AppError::conflict(
+            "kind_mismatch",
+            format!(
+                "this entry is a {:?}; delete it first to make another kind",
+                cur.kind
+            ),
+        ));
+    }
+    check_parent(&mut change, &folder.id, &id, put.parent.as_deref()).await?;
+    if put.kind == EntryKind::File && !folder.device_only {
+        let hashes: Vec<BlockHash> = put.manifest.iter().map(|b| b.hash).collect();
+        let missing = change.missing_blocks(&folder.id, &hashes).await?;
+        if missing > 0 {
+            return Err(AppError::conflict(
+                "missing_blocks",
+                format!(
+                    "{missing} block(s) of the manifest are not in the cloud; upload them first"
+                ),
+            ));
+        }
+    }
+    let occupant = change
+        .live_at(&folder.id, put.parent.as_deref(), &put.name)
+        .await?;
+    if let Some(mut other) = occupant.filter(|o| o.id != id) {
+        if !put.replace {
+            return Err(AppError::conflict(
+                "name_taken",
+                "another entry has this name here; pick another name or set replace",
+            ));
+        }
+        if (other.kind == EntryKind::Dir) != (put.kind == EntryKind::Dir) {
+            return Err(AppError::conflict(
+                "kind_mismatch",
+                "a directory and a non-directory cannot replace each other",
+            ));
+        }
+        if other.kind == EntryKind::Dir && change.has_live_children(&folder.id, &other.id).await? {
+            return Err(AppError::conflict(
+                "not_empty",
+                "the directory to replace is not empty",
+            ));
+        }
+        other.deleted = true;
+        other.version = version;
+        other.author = caller.claims.dev.clone();
+        change.save(&other).await?;
+    }
+    let entry = Entry {
+        id,
+        folder: folder.id,
+        parent: put.parent,
+        name: put.name,
+        kind: put.kind,
+        mode: put.mode,
+        size: put.size,
+        mtime_ns: put.mtime_ns,
+        version,
+        deleted: false,
+        manifest: put.manifest,
+        target: put.target,
+        author: caller.claims.dev,
+    };
+    change.save(&entry).await?;
+    change.commit().await?;
+    state.feed.send_modify(|seq| *seq = (*seq).max(version));
+    let status = if current.is_none() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    with_etag(status, entry)
+}
+
+/// `DELETE /folders/{folder}/entries/{entry}` with `If-Match`: leaves a tombstone.
+pub async fn delete_entry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((folder, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let path = format!("/folders/{folder}/entries/{id}");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
+    let Condition::Version(v) = condition(&headers)? else {
+        return Err(AppError::PreconditionRequired);
+    };
+    let mut change = state.store.begin_change().await?;
+    let version = change.version();
+    let mut entry = change
+        .entry(&folder.id, &id)
+        .await?
+        .filter(|e| !e.deleted)
+        .ok_or(AppError::NotFound("entry"))?;
+    check_condition(Condition::Version(v), Some(&entry))?;
+    if entry.kind == EntryKind::Dir && change.has_live_children(&folder.id, &id).await? {
+        return Err(AppError::conflict(
+            "not_empty",
+            "the directory is not empty; delete its entries first",
+        ));
+    }
+    entry.deleted = true;
+    entry.version = version;
+    entry.author = caller.claims.dev;
+    change.save(&entry).await?;
+    change.commit().await?;
+    state.feed.send_modify(|seq| *seq = (*seq).max(version));
+    with_etag(StatusCode::OK, entry)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChangesQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET /folders/{folder}/changes?since=N&wait=S`: entries changed after `N`; with none and
+/// `wait > 0`, waits up to `S` seconds (at most 30) for one.
+pub async fn changes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
+) -> Result<Json<ChangeBatch>, AppError> {
+    let path = format!("/folders/{folder}/changes");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let Query(q) = query?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
+    let mut feed = state.feed.subscribe();
+    loop {
+        feed.borrow_and_update();
+        let (changes, seq) = state.store.changes(&folder.id, q.since, FEED_LIMIT).await?;
+        let full = changes.len() >= FEED_LIMIT as usize;
+        if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
+            let next = match changes.last() {
+                Some(last) if full => last.version,
+                _ => seq.max(q.since),
+            };
+            return Ok(Json(ChangeBatch { changes, next }));
+        }
+        // Any commit wakes us; a change of another folder just means looking again.
+        match tokio::time::timeout_at(deadline, feed.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => {
+                return Ok(Json(ChangeBatch {
+                    changes,
+                    next: seq.max(q.since),
+                }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::BlockRef;
+
+    fn put(kind: EntryKind, size: u64, lens: &[u32]) -> EntryPut {
+        EntryPut {
+            parent: None,
+            name: "n".into(),
+            kind,
+            mode: 0o644,
+            size,
+            mtime_ns: 0,
+            manifest: lens
+                .iter()
+                .map(|&len| BlockRef {
+                    hash: BlockHash::of(b"x"),
+                    len,
+                })
+                .collect(),
+            target: None,
+            replace: false,
+        }
+    }
+
+    #[test]
+    fn names_must_be_single_path_components() {
+        assert!(check_name("a.txt").is_ok());
+        for bad in ["", ".", "..", "a/b", &"x".repeat(256)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn file_size_must_equal_the_sum_of_its_blocks() {
+        assert!(check_content(&put(EntryKind::File, 5, &[2, 3])).is_ok());
+        assert!(check_content(&put(EntryKind::File, 6, &[2, 3])).is_err());
+        assert!(check_content(&put(EntryKind::File, 0, &[])).is_ok());
+        assert!(check_content(&put(EntryKind::Dir, 0, &[1])).is_err());
+        assert!(check_content(&put(EntryKind::Symlink, 0, &[])).is_err());
+    }
+
+    #[test]
+    fn preconditions_parse_from_headers() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(condition(&h), Err(AppError::PreconditionRequired)));
+        h.insert(IF_MATCH, HeaderValue::from_static("\"7\""));
+        assert_eq!(condition(&h).unwrap(), Condition::Version(7));
+        h.insert(IF_MATCH, HeaderValue::from_static("7"));
+        assert!(condition(&h).is_err());
+        h.insert(IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert_eq!(condition(&h).unwrap(), Condition::Create);
+    }
+
+    #[test]
+    fn create_fails_on_an_existing_id_and_update_on_a_stale_version() {
+        let e = Entry {
+            id: "e".into(),
+            folder: "f".into(),
+            parent: None,
+            name: "n".into(),
+            kind: EntryKind::File,
+            mode: 0,
+            size: 0,
+            mtime_ns: 0,
+            version: 3,
+            deleted: true,
+            manifest: vec![],
+            target: None,
+            author: "d".into(),
+        };
+        assert!(matches!(
+            check_condition(Condition::Create, Some(&e)),
+            Err(AppError::PreconditionFailed)
+        ));
+        assert!(matches!(
+            check_condition(Condition::Version(2), Some(&e)),
+            Err(AppError::PreconditionFailed)
+        ));
+        assert!(check_condition(Condition::Version(3), Some(&e)).is_ok());
+        assert!(matches!(
+            check_condition(Condition::Version(3), None),
+            Err(AppError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,766 @@
+//! The cloud's metadata store: users, devices, folders, members, entries, blocks and the
+//! global change sequence, in SQLite through sqlx. The only file that names sqlx.
+//!
+//! The SQL is plain and portable to PostgreSQL (TEXT/BIGINT, booleans as 0/1, `ON CONFLICT`,
+//! a partial unique index). Writers that change entries start their transaction by bumping
+//! the one sequence row: in SQLite that takes the write lock before anything is read (so
+//! `busy_timeout` applies and no snapshot goes stale), in PostgreSQL it row-locks the
+//! sequence, so versions are handed out and committed in one order either way.
+
+use super::auth::Role;
+use crate::proto::{BlockHash, BlockRef, Device, Entry, EntryKind, Folder};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::path::Path;
+use std::time::Duration;
+
+/// The schema this code writes; stored in `meta` so a later version can tell.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (
+        id BIGINT PRIMARY KEY,
+        schema_version BIGINT NOT NULL,
+        seq BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        quota BIGINT NOT NULL,
+        stored_bytes BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name),
+        name TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL,
+        revoked BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS devices_user ON devices (user_name)",
+    "CREATE TABLE IF NOT EXISTS folders (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL REFERENCES users(name),
+        device_only BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        UNIQUE (owner, name))",
+    "CREATE TABLE IF NOT EXISTS members (
+        folder TEXT NOT NULL REFERENCES folders(id),
+        user_name TEXT NOT NULL REFERENCES users(name),
+        role TEXT NOT NULL,
+        PRIMARY KEY (folder, user_name))",
+    "CREATE INDEX IF NOT EXISTS members_user ON members (user_name)",
+    "CREATE TABLE IF NOT EXISTS entries (
+        folder TEXT NOT NULL REFERENCES folders(id),
+        id TEXT NOT NULL,
+        parent TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        mode BIGINT NOT NULL,
+        size BIGINT NOT NULL,
+        mtime_ns BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        deleted BIGINT NOT NULL,
+        manifest TEXT NOT NULL,
+        target TEXT,
+        author TEXT NOT NULL,
+        PRIMARY KEY (folder, id))",
+    // One live entry per name in a directory; the folder root is parent ''.
+    "CREATE UNIQUE INDEX IF NOT EXISTS entries_live_name
+        ON entries (folder, parent, name) WHERE deleted = 0",
+    "CREATE INDEX IF NOT EXISTS entries_feed ON entries (folder, version)",
+    "CREATE TABLE IF NOT EXISTS blocks (
+        folder TEXT NOT NULL REFERENCES folders(id),
+        hash TEXT NOT NULL,
+        len BIGINT NOT NULL,
+        PRIMARY KEY (folder, hash))",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 1, 0) ON CONFLICT (id) DO NOTHING",
+];
+
+const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author";
+
+/// A fault of the database or of what it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database query")]
+    Db(#[from] sqlx::Error),
+    #[error("the database has schema version {found}; this meshfs knows {SCHEMA_VERSION}")]
+    Schema { found: i64 },
+    #[error("stored value out of range: {0}")]
+    Corrupt(&'static str),
+}
+
+/// How recording a block went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockRecord {
+    Stored,
+    AlreadyStored,
+    OverQuota,
+}
+
+/// A user's stored bytes and quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserUsage {
+    pub stored: u64,
+    pub quota: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn to_i64(v: u64, what: &'static str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn to_u64(v: i64, what: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn kind_str(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::File => "file",
+        EntryKind::Dir => "dir",
+        EntryKind::Symlink => "symlink",
+    }
+}
+
+fn parse_kind(s: &str) -> Result<EntryKind, StoreError> {
+    match s {
+        "file" => Ok(EntryKind::File),
+        "dir" => Ok(EntryKind::Dir),
+        "symlink" => Ok(EntryKind::Symlink),
+        _ => Err(StoreError::Corrupt("entry kind")),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn entry_from(row: &SqliteRow) -> Result<Entry, StoreError> {
+    let parent: String = row.try_get("parent")?;
+    let manifest: String = row.try_get("manifest")?;
+    let mode: i64 = row.try_get("mode")?;
+    Ok(Entry {
+        folder: row.try_get("folder")?,
+        id: row.try_get("id")?,
+        parent: (!parent.is_empty()).then_some(parent),
+        name: row.try_get("name")?,
+        kind: parse_kind(&row.try_get::<String, _>("kind")?)?,
+        mode: u32::try_from(mode).map_err(|_| StoreError::Corrupt("entry mode"))?,
+        size: to_u64(row.try_get("size")?, "entry size")?,
+        mtime_ns: row.try_get("mtime_ns")?,
+        version: to_u64(row.try_get("version")?, "entry version")?,
+        deleted: row.try_get::<i64, _>("deleted")? != 0,
+        manifest: serde_json::from_str::<Vec<BlockRef>>(&manifest)
+            .map_err(|_| StoreError::Corrupt("entry manifest"))?,
+        target: row.try_get("target")?,
+        author: row.try_get("author")?,
+    })
+}
+
+fn device_from(row: &SqliteRow) -> Result<Device, StoreError> {
+    Ok(Device {
+        id: row.try_get("id")?,
+        user: row.try_get("user_name")?,
+        name: row.try_get("name")?,
+        public_key: row.try_get("public_key")?,
+        created_ms: row.try_get("created_ms")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+        revoked: row.try_get::<i64, _>("revoked")? != 0,
+    })
+}
+
+fn folder_from(row: &SqliteRow) -> Result<Folder, StoreError> {
+    Ok(Folder {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        owner: row.try_get("owner")?,
+        device_only: row.try_get::<i64, _>("device_only")? != 0,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+async fn current_seq(conn: &mut sqlx::SqliteConnection) -> Result<u64, StoreError> {
+    let row = sqlx::query("SELECT seq FROM meta WHERE id = 1")
+        .fetch_one(conn)
+        .await?;
+    to_u64(row.try_get("seq")?, "sequence")
+}
+
+impl Store {
+    /// Opens (creating if needed) `<dir>/meshfs.db` in WAL mode with synchronous commits, and
+    /// creates the schema.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("meshfs.db");
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let mut tx = pool.begin().await?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&mut *tx).await?;
+        }
+        let row = sqlx::query("SELECT schema_version FROM meta WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let found: i64 = row.try_get("schema_version")?;
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::Schema { found });
+        }
+        tx.commit().await?;
+        Ok(Self { pool })
+    }
+
+    // ---- users ----
+
+    /// Adds a user; false if the name is taken.
+    pub async fn insert_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        quota: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO users (name, password_hash, quota, stored_bytes, created_ms)
+             VALUES (?, ?, ?, 0, ?)",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .bind(to_i64(quota, "quota")?)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT password_hash FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("password_hash")).transpose()?)
+    }
+
+    /// Sets a user's quota; false if there is no such user.
+    pub async fn set_quota(&self, name: &str, bytes: u64) -> Result<bool, StoreError> {
+        let res = sqlx::query("UPDATE users SET quota = ? WHERE name = ?")
+            .bind(to_i64(bytes, "quota")?)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    pub async fn usage(&self, name: &str) -> Result<Option<UserUsage>, StoreError> {
+        let row = sqlx::query("SELECT stored_bytes, quota FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(UserUsage {
+                stored: to_u64(r.try_get("stored_bytes")?, "stored bytes")?,
+                quota: to_u64(r.try_get("quota")?, "quota")?,
+            })
+        })
+        .transpose()
+    }
+
+    // ---- devices ----
+
+    pub async fn insert_device(&self, d: &Device) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO devices (id, user_name, name, public_key, created_ms, last_seen_ms, revoked)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&d.id)
+        .bind(&d.user)
+        .bind(&d.name)
+        .bind(&d.public_key)
+        .bind(d.created_ms)
+        .bind(d.last_seen_ms)
+        .bind(i64::from(d.revoked))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
+        let row = sqlx::query("SELECT * FROM devices WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(device_from).transpose()
+    }
+
+    pub async fn devices_of(&self, user: &str) -> Result<Vec<Device>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM devices WHERE user_name = ? ORDER BY created_ms, id")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(device_from).collect()
+    }
+
+    /// Marks a device of `user` revoked; `None` if the user has no such device.
+    pub async fn revoke_device(&self, user: &str, id: &str) -> Result<Option<Device>, StoreError> {
+        sqlx::query("UPDATE devices SET revoked = 1 WHERE id = ? AND user_name = ?")
+            .bind(id)
+            .bind(user)
+            .execute(&self.pool)
+            .await?;
+        Ok(self.device(id).await?.filter(|d| d.user == user))
+    }
+
+    pub async fn touch_device(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET last_seen_ms = ? WHERE id = ?")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- folders and members ----
+
+    /// Adds a folder; false if its owner already has a folder of that name.
+    pub async fn insert_folder(&self, f: &Folder) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO folders (id, name, owner, device_only, created_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&f.id)
+        .bind(&f.name)
+        .bind(&f.owner)
+        .bind(i64::from(f.device_only))
+        .bind(f.created_ms)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn folder(&self, id: &str) -> Result<Option<Folder>, StoreError> {
+        let row = sqlx::query("SELECT * FROM folders WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(folder_from).transpose()
+    }
+
+    /// The role `user` holds on folder `id`, if any.
+    pub async fn role(&self, id: &str, user: &str) -> Result<Option<Role>, StoreError> {
+        let Some(folder) = self.folder(id).await? else {
+            return Ok(None);
+        };
+        if folder.owner == user {
+            return Ok(Some(Role::Owner));
+        }
+        let row = sqlx::query("SELECT role FROM members WHERE folder = ? AND user_name = ?")
+            .bind(id)
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Role::parse(&r.try_get::<String, _>("role")?)
+                .map(Some)
+                .ok_or(StoreError::Corrupt("member role")),
+        }
+    }
+
+    /// Folders `user` owns or is a member of, with the role held on each.
+    pub async fn folders_of(&self, user: &str) -> Result<Vec<(Folder, Role)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT f.*, 'owner' AS role FROM folders f WHERE f.owner = ?
+             UNION ALL
+             SELECT f.*, m.role AS role FROM folders f JOIN members m ON m.folder = f.id
+              WHERE m.user_name = ?
+             ORDER BY created_ms, id",
+        )
+        .bind(user)
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let role = Role::parse(&r.try_get::<String, _>("role")?)
+                    .ok_or(StoreError::Corrupt("member role"))?;
+                Ok((folder_from(r)?, role))
+            })
+            .collect()
+    }
+
+    /// Gives `user` a role on a folder (replacing an earlier one).
+    pub async fn set_member(&self, folder: &str, user: &str, role: Role) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO members (folder, user_name, role) VALUES (?, ?, ?)
+             ON CONFLICT (folder, user_name) DO UPDATE SET role = excluded.role",
+        )
+        .bind(folder)
+        .bind(user)
+        .bind(role.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ---- blocks ----
+
+    pub async fn has_block(&self, folder: &str, hash: &BlockHash) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM blocks WHERE folder = ? AND hash = ?")
+            .bind(folder)
+            .bind(hash.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records a durably stored block and charges its length to `owner` in one transaction,
+    /// unless that would pass the owner's quota.
+    pub async fn record_block(
+        &self,
+        folder: &str,
+        hash: &BlockHash,
+        len: u64,
+        owner: &str,
+    ) -> Result<BlockRecord, StoreError> {
+        let len = to_i64(len, "block length")?;
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO blocks (folder, hash, len) VALUES (?, ?, ?)
+             ON CONFLICT (folder, hash) DO NOTHING",
+        )
+        .bind(folder)
+        .bind(hash.to_hex())
+        .bind(len)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(BlockRecord::AlreadyStored);
+        }
+        let charged = sqlx::query(
+            "UPDATE users SET stored_bytes = stored_bytes + ?
+             WHERE name = ? AND stored_bytes + ? <= quota",
+        )
+        .bind(len)
+        .bind(owner)
+        .bind(len)
+        .execute(&mut *tx)
+        .await?;
+        if charged.rows_affected() == 0 {
+            return Ok(BlockRecord::OverQuota);
+        }
+        tx.commit().await?;
+        Ok(BlockRecord::Stored)
+    }
+
+    // ---- entries ----
+
+    pub async fn entry(&self, folder: &str, id: &str) -> Result<Option<Entry>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        entry_in(&mut conn, folder, id).await
+    }
+
+    /// The live entries of a folder and the sequence they reflect, read in one snapshot.
+    pub async fn live_entries(&self, folder: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seq = current_seq(&mut tx).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM entries WHERE folder = ? AND deleted = 0 AND version <= ?
+             ORDER BY parent, name",
+        )
+        .bind(folder)
+        .bind(to_i64(seq, "sequence")?)
+        .fetch_all(&mut *tx)
+        .await?;
+        let entries = rows.iter().map(entry_from).collect::<Result<_, _>>()?;
+        tx.commit().await?;
+        Ok((entries, seq))
+    }
+
+    /// Up to `limit` entries of a folder changed after `since` (tombstones too) in version
+    /// order, and the current sequence, read in one snapshot.
+    pub async fn changes(
+        &self,
+        folder: &str,
+        since: u64,
+        limit: u32,
+    ) -> Result<(Vec<Entry>, u64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seq = current_seq(&mut tx).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM entries WHERE folder = ? AND version > ? AND version <= ?
+             ORDER BY version LIMIT ?",
+        )
+        .bind(folder)
+        .bind(to_i64(since, "since")?)
+        .bind(to_i64(seq, "sequence")?)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let entries = rows.iter().map(entry_from).collect::<Result<_, _>>()?;
+        tx.commit().await?;
+        Ok((entries, seq))
+    }
+
+    /// Starts a change: takes the next sequence number as the version every entry saved in
+    /// this transaction gets. Dropping the `Change` without `commit` undoes it all.
+    pub async fn begin_change(&self) -> Result<Change, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE meta SET seq = seq + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        let version = current_seq(&mut tx).await?;
+        Ok(Change { tx, version })
+    }
+}
+
+async fn entry_in(
+    conn: &mut sqlx::SqliteConnection,
+    folder: &str,
+    id: &str,
+) -> Result<Option<Entry>, StoreError> {
+    let row = sqlx::query("SELECT * FROM entries WHERE folder = ? AND id = ?")
+        .bind(folder)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(entry_from).transpose()
+}
+
+/// One write transaction on entries, holding its version.
+pub struct Change {
+    tx: Transaction<'static, Sqlite>,
+    version: u64,
+}
+
+impl Change {
+    /// The version entries saved in this change get.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub async fn entry(&mut self, folder: &str, id: &str) -> Result<Option<Entry>, StoreError> {
+        entry_in(&mut self.tx, folder, id).await
+    }
+
+    /// The live entry named `name` under `parent` (`None`: the folder root).
+    pub async fn live_at(
+        &mut self,
+        folder: &str,
+        parent: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Entry>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM entries WHERE folder = ? AND parent = ? AND name = ? AND deleted = 0",
+        )
+        .bind(folder)
+        .bind(parent.unwrap_or(""))
+        .bind(name)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(entry_from).transpose()
+    }
+
+    pub async fn has_live_children(&mut self, folder: &str, id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM entries WHERE folder = ? AND parent = ? AND deleted = 0 LIMIT 1",
+        )
+        .bind(folder)
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// How many distinct blocks of `hashes` the cloud has not recorded for `folder`.
+    pub async fn missing_blocks(
+        &mut self,
+        folder: &str,
+        hashes: &[BlockHash],
+    ) -> Result<usize, StoreError> {
+        let mut unique: Vec<&BlockHash> = hashes.iter().collect();
+        unique.sort_unstable();
+        unique.dedup();
+        let mut missing = 0;
+        for h in unique {
+            let row = sqlx::query("SELECT 1 AS one FROM blocks WHERE folder = ? AND hash = ?")
+                .bind(folder)
+                .bind(h.to_hex())
+                .fetch_optional(&mut *self.tx)
+                .await?;
+            missing += usize::from(row.is_none());
+        }
+        Ok(missing)
+    }
+
+    /// Writes an entry (insert or overwrite by folder and id).
+    pub async fn save(&mut self, e: &Entry) -> Result<(), StoreError> {
+        let manifest = serde_json::to_string(&e.manifest)
+            .map_err(|_| StoreError::Corrupt("entry manifest"))?;
+        let sql = format!(
+            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (folder, id) DO UPDATE SET
+               parent = excluded.parent, name = excluded.name, kind = excluded.kind,
+               mode = excluded.mode, size = excluded.size, mtime_ns = excluded.mtime_ns,
+               version = excluded.version, deleted = excluded.deleted,
+               manifest = excluded.manifest, target = excluded.target, author = excluded.author"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&e.folder)
+            .bind(&e.id)
+            .bind(e.parent.as_deref().unwrap_or(""))
+            .bind(&e.name)
+            .bind(kind_str(e.kind))
+            .bind(i64::from(e.mode))
+            .bind(to_i64(e.size, "entry size")?)
+            .bind(e.mtime_ns)
+            .bind(to_i64(e.version, "entry version")?)
+            .bind(i64::from(e.deleted))
+            .bind(manifest)
+            .bind(e.target.as_deref())
+            .bind(&e.author)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the change durable; returns its version.
+    pub async fn commit(self) -> Result<u64, StoreError> {
+        self.tx.commit().await?;
+        Ok(self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, parent: Option<&str>, name: &str, version: u64) -> Entry {
+        Entry {
+            id: id.into(),
+            folder: "f".into(),
+            parent: parent.map(Into::into),
+            name: name.into(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            size: 0,
+            mtime_ns: 1,
+            version,
+            deleted: false,
+            manifest: vec![],
+            target: None,
+            author: "d".into(),
+        }
+    }
+
+    async fn store_with_folder() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert!(store.insert_user("ann", "x", 10, 0).await.unwrap());
+        let f = Folder {
+            id: "f".into(),
+            name: "docs".into(),
+            owner: "ann".into(),
+            device_only: false,
+            created_ms: 0,
+        };
+        assert!(store.insert_folder(&f).await.unwrap());
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn dropped_change_leaves_sequence_and_entries_unchanged() {
+        let (_dir, store) = store_with_folder().await;
+        let mut c = store.begin_change().await.unwrap();
+        assert_eq!(c.version(), 1);
+        c.save(&entry("a", None, "a", 1)).await.unwrap();
+        drop(c);
+        let (entries, seq) = store.live_entries("f").await.unwrap();
+        assert!(entries.is_empty());
+        assert_eq!(seq, 0);
+    }
+
+    #[tokio::test]
+    async fn live_names_are_unique_per_directory_but_tombstones_are_not() {
+        let (_dir, store) = store_with_folder().await;
+        let mut c = store.begin_change().await.unwrap();
+        c.save(&entry("a", None, "x", 1)).await.unwrap();
+        assert!(c.save(&entry("b", None, "x", 1)).await.is_err());
+        drop(c);
+        let mut c = store.begin_change().await.unwrap();
+        let mut a = entry("a", None, "x", 1);
+        a.deleted = true;
+        c.save(&a).await.unwrap();
+        c.save(&entry("b", None, "x", 1)).await.unwrap();
+        assert_eq!(c.commit().await.unwrap(), 1);
+        let (entries, _) = store.live_entries("f").await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, "b");
+    }
+
+    #[tokio::test]
+    async fn block_over_quota_is_not_recorded() {
+        let (_dir, store) = store_with_folder().await;
+        let h = BlockHash::of(b"0123456789");
+        assert_eq!(
+            store.record_block("f", &h, 10, "ann").await.unwrap(),
+            BlockRecord::Stored
+        );
+        assert_eq!(
+            store.record_block("f", &h, 10, "ann").await.unwrap(),
+            BlockRecord::AlreadyStored
+        );
+        let h2 = BlockHash::of(b"x");
+        assert_eq!(
+            store.record_block("f", &h2, 1, "ann").await.unwrap(),
+            BlockRecord::OverQuota
+        );
+        assert!(!store.has_block("f", &h2).await.unwrap());
+        assert_eq!(
+            store.usage("ann").await.unwrap(),
+            Some(UserUsage {
+                stored: 10,
+                quota: 10
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_schema_version() {
+        let (dir, store) = store_with_folder().await;
+        drop(store);
+        let store = Store::open(dir.path()).await.unwrap();
+        assert!(store.folder("f").await.unwrap().is_some());
+        assert!(!store.insert_user("ann", "y", 1, 0).await.unwrap());
+    }
+}

@@ -1,0 +1,146 @@
+//! HTTPS for the cloud: a private CA made on first start (`<data-dir>/ca.pem`, and
+//! `ca-key.pem` with mode 0600) that clients pin, and a server certificate for the
+//! configured names signed by it. The CA is reused on every later start; the server
+//! certificate and its key are made afresh at each start (in memory only), so a change of
+//! names needs nothing but a restart.
+
+use super::CloudError;
+use axum_server::tls_rustls::RustlsConfig;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+pub const CA_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+const CA_NAME: &str = "meshfs cloud CA";
+
+/// Makes rustls use the `ring` provider for this process (once; later calls are no-ops).
+pub fn install_crypto_provider() {
+    // An error only says a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The CA's parameters. Fixed, so the issuer rebuilt at a later start from `ca-key.pem`
+/// names the same subject and key identifier as the saved `ca.pem`.
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.distinguished_name.push(DnType::CommonName, CA_NAME);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p
+}
+
+fn tls_err(context: &'static str) -> impl FnOnce(rcgen::Error) -> CloudError {
+    move |source| CloudError::Tls { context, source }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CloudError + '_ {
+    move |source| CloudError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn write_file(path: &Path, data: &str, mode: u32) -> Result<(), CloudError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(data.as_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+/// The CA's key: loaded, or made with its certificate on first start.
+fn load_or_create_ca(dir: &Path) -> Result<KeyPair, CloudError> {
+    let cert_path = dir.join(CA_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {
+            let pem = std::fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+            KeyPair::from_pem(&pem).map_err(tls_err("reading ca-key.pem"))
+        }
+        (false, false) => {
+            tracing::info!(path = %cert_path.display(), "creating the cloud's CA");
+            let key = KeyPair::generate().map_err(tls_err("generating the CA key"))?;
+            let cert = ca_params()
+                .self_signed(&key)
+                .map_err(tls_err("signing the CA"))?;
+            write_file(&key_path, &key.serialize_pem(), 0o600)?;
+            write_file(&cert_path, &cert.pem(), 0o644)?;
+            Ok(key)
+        }
+        _ => Err(CloudError::CaIncomplete {
+            dir: dir.display().to_string(),
+        }),
+    }
+}
+
+/// The server certificate for `names` signed by the CA in `dir`: (certificate DER, PKCS#8
+/// key DER).
+fn server_cert(dir: &Path, names: &[String]) -> Result<(Vec<u8>, Vec<u8>), CloudError> {
+    let issuer = Issuer::new(ca_params(), load_or_create_ca(dir)?);
+    let mut params = CertificateParams::new(names.to_vec()).map_err(tls_err("server names"))?;
+    if let Some(first) = names.first() {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, first.as_str());
+    }
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().map_err(tls_err("generating the server key"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(tls_err("signing the server certificate"))?;
+    Ok((cert.der().to_vec(), key.serialize_der()))
+}
+
+/// The rustls server configuration for the cloud.
+pub async fn server_config(dir: &Path, names: &[String]) -> Result<RustlsConfig, CloudError> {
+    install_crypto_provider();
+    let (cert, key) = server_cert(dir, names)?;
+    RustlsConfig::from_der(vec![cert], key)
+        .await
+        .map_err(|source| CloudError::Io {
+            path: "TLS configuration".into(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn ca_is_made_once_with_a_private_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        server_cert(dir.path(), &["localhost".into()]).unwrap();
+        let ca = std::fs::read_to_string(dir.path().join(CA_FILE)).unwrap();
+        let key_mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(key_mode.mode() & 0o777, 0o600);
+        server_cert(dir.path(), &["127.0.0.1".into()]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(CA_FILE)).unwrap(),
+            ca
+        );
+    }
+
+    #[test]
+    fn a_ca_certificate_without_its_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CA_FILE), "x").unwrap();
+        assert!(matches!(
+            server_cert(dir.path(), &["localhost".into()]),
+            Err(CloudError::CaIncomplete { .. })
+        ));
+    }
+}
