@@ -18,12 +18,6 @@ pub const CA_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
 const CA_NAME: &str = "meshfs cloud CA";
 
-/// Makes rustls use the `ring` provider for this process (once; later calls are no-ops).
-pub fn install_crypto_provider() {
-    // An error only says a provider is installed already, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// The CA's parameters. Fixed, so the issuer rebuilt at a later start from `ca-key.pem`
 /// names the same subject and key identifier as the saved `ca.pem`.
 fn ca_params() -> CertificateParams {
@@ -103,7 +97,7 @@ fn server_cert(dir: &Path, names: &[String]) -> Result<(Vec<u8>, Vec<u8>), Cloud
 
 /// The rustls server configuration for the cloud.
 pub async fn server_config(dir: &Path, names: &[String]) -> Result<RustlsConfig, CloudError> {
-    install_crypto_provider();
+    crate::crypto::install_tls_provider();
     let (cert, key) = server_cert(dir, names)?;
     RustlsConfig::from_der(vec![cert], key)
         .await

@@ -1,0 +1,1037 @@
+//! The cloud's REST API over real HTTPS on 127.0.0.1, trusting only the CA the cloud made
+//! on first start. Each refusal test shows the status and that nothing changed.
+
+use meshfs::cloud::{self, CloudConfig, Role, RunningCloud};
+use meshfs::crypto::keys;
+use meshfs::crypto::ticket::{KeySet, Signer};
+use meshfs::proto::claims::{AUDIENCE_CLOUD, ISSUER};
+use meshfs::proto::{
+    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, BlockRef, ChangeBatch, Claims,
+    DeviceAssertion, Entry, EntryKind, EntryList, EntryPut, FolderGrant, Jwks, LoginRequest,
+    LoginResponse, NewFolder, RenewRequest, Right, TicketKind, TicketResponse, Usage, now_secs,
+};
+use reqwest::header::{AUTHORIZATION, ETAG, IF_MATCH, IF_NONE_MATCH};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use rsa::PrivateKey;
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+/// Device keys, made once for all tests (RSA key generation is slow).
+static KEY_A: LazyLock<PrivateKey> = LazyLock::new(keys::generate);
+static KEY_B: LazyLock<PrivateKey> = LazyLock::new(keys::generate);
+
+struct Env {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    base: String,
+    http: reqwest::Client,
+    cloud: RunningCloud,
+}
+
+/// A device logged in: its id and identity ticket.
+struct Dev {
+    user: String,
+    id: String,
+    identity: String,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cloud");
+    cloud::add_user(&data, "ann", "ann-password").await.unwrap();
+    cloud::add_user(&data, "bob", "bob-password").await.unwrap();
+    let cloud = cloud::start(CloudConfig::new(
+        data.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    meshfs::crypto::install_tls_provider();
+    let ca = std::fs::read(data.join("ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", cloud.addr.port());
+    Env {
+        _dir: dir,
+        data,
+        base,
+        http,
+        cloud,
+    }
+}
+
+impl Env {
+    fn req(&self, method: Method, path: &str, ticket: Option<&str>) -> RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match ticket {
+            Some(t) => r.header(AUTHORIZATION, format!("Bearer {t}")),
+            None => r,
+        }
+    }
+
+    async fn login_with(&self, user: &str, password: &str, key: &PrivateKey) -> reqwest::Response {
+        let body = LoginRequest {
+            user: user.into(),
+            password: password.into(),
+            device_name: "laptop".into(),
+            device_key: keys::public_pem(&key.to_public_key()).unwrap(),
+        };
+        self.req(Method::POST, "/login", None)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn login(&self, user: &str) -> Dev {
+        let res = self
+            .login_with(user, &format!("{user}-password"), &KEY_A)
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let l: LoginResponse = res.json().await.unwrap();
+        Dev {
+            user: l.user,
+            id: l.device_id,
+            identity: l.identity.ticket,
+        }
+    }
+
+    async fn new_folder(&self, dev: &Dev, name: &str, device_only: bool) -> FolderGrant {
+        let res = self
+            .req(Method::POST, "/folders", Some(&dev.identity))
+            .json(&NewFolder {
+                name: name.into(),
+                device_only,
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json().await.unwrap()
+    }
+
+    async fn access(&self, dev: &Dev, resource: &str, rights: &[Right]) -> reqwest::Response {
+        let body = AccessRequest {
+            resource: resource.into(),
+            rights: rights.to_vec(),
+        };
+        self.req(Method::POST, "/tickets/access", Some(&dev.identity))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn put_entry(
+        &self,
+        ticket: &str,
+        folder: &str,
+        id: &str,
+        body: &EntryPut,
+        cond: Option<(reqwest::header::HeaderName, String)>,
+    ) -> reqwest::Response {
+        let mut r = self.req(
+            Method::PUT,
+            &format!("/folders/{folder}/entries/{id}"),
+            Some(ticket),
+        );
+        if let Some((name, value)) = cond {
+            r = r.header(name, value);
+        }
+        r.json(body).send().await.unwrap()
+    }
+
+    async fn create(
+        &self,
+        ticket: &str,
+        folder: &str,
+        id: &str,
+        body: &EntryPut,
+    ) -> reqwest::Response {
+        self.put_entry(ticket, folder, id, body, Some((IF_NONE_MATCH, "*".into())))
+            .await
+    }
+
+    async fn entries(&self, ticket: &str, folder: &str) -> EntryList {
+        let res = self
+            .req(
+                Method::GET,
+                &format!("/folders/{folder}/entries"),
+                Some(ticket),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        res.json().await.unwrap()
+    }
+
+    async fn put_block(
+        &self,
+        ticket: &str,
+        folder: &str,
+        hash: &str,
+        data: &[u8],
+    ) -> reqwest::Response {
+        self.req(
+            Method::PUT,
+            &format!("/folders/{folder}/blocks/{hash}"),
+            Some(ticket),
+        )
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap()
+    }
+
+    async fn block_status(&self, ticket: &str, folder: &str, hash: &str) -> StatusCode {
+        self.req(
+            Method::HEAD,
+            &format!("/folders/{folder}/blocks/{hash}"),
+            Some(ticket),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+    }
+
+    /// A signer holding the cloud's own key, under `kid`.
+    fn cloud_signer(&self, kid: Option<&str>) -> Signer {
+        let key = keys::load_private(&self.data.join("signing-key.pem")).unwrap();
+        let pem = keys::public_pem(&key.to_public_key()).unwrap();
+        let kid = kid.map_or_else(|| cloud::keys::kid_of(&pem), str::to_owned);
+        Signer::new(kid, key)
+    }
+}
+
+fn dir(name: &str, parent: Option<&str>) -> EntryPut {
+    EntryPut {
+        parent: parent.map(Into::into),
+        name: name.into(),
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        size: 0,
+        mtime_ns: 1,
+        manifest: vec![],
+        target: None,
+        replace: false,
+    }
+}
+
+fn file(name: &str, blocks: &[&[u8]]) -> EntryPut {
+    let manifest: Vec<BlockRef> = blocks
+        .iter()
+        .map(|b| BlockRef {
+            hash: BlockHash::of(b),
+            len: b.len() as u32,
+        })
+        .collect();
+    EntryPut {
+        size: manifest.iter().map(|b| u64::from(b.len)).sum(),
+        kind: EntryKind::File,
+        mode: 0o644,
+        manifest,
+        ..dir(name, None)
+    }
+}
+
+async fn api_error(res: reqwest::Response) -> (StatusCode, String) {
+    let status = res.status();
+    let body: ApiError = res.json().await.unwrap();
+    assert!(!body.message.is_empty());
+    (status, body.error)
+}
+
+fn etag_of(res: &reqwest::Response) -> String {
+    res.headers()
+        .get(ETAG)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn access_claims(dev: &Dev, folder: &str, iat: i64, exp: i64) -> Claims {
+    Claims {
+        iss: ISSUER.into(),
+        sub: dev.user.clone(),
+        aud: AUDIENCE_CLOUD.into(),
+        iat,
+        nbf: iat,
+        exp,
+        jti: "test".into(),
+        dev: dev.id.clone(),
+        kind: TicketKind::Access,
+        res: Some(format!("/folders/{folder}")),
+        rights: vec![Right::Read, Right::Write, Right::Admin],
+    }
+}
+
+/// A folder of ann's with one directory in it: (env, ann's device, folder grant).
+async fn ann_with_folder() -> (Env, Dev, FolderGrant) {
+    let env = env().await;
+    let ann = env.login("ann").await;
+    let grant = env.new_folder(&ann, "docs", false).await;
+    let res = env
+        .create(
+            &grant.ticket.ticket,
+            &grant.folder.id,
+            "d1",
+            &dir("photos", None),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    (env, ann, grant)
+}
+
+#[tokio::test]
+async fn login_returns_an_identity_ticket_that_verifies_through_the_jwks() {
+    let env = env().await;
+    let health = env.req(Method::GET, "/health", None).send().await.unwrap();
+    assert_eq!(health.text().await.unwrap(), "ok");
+    let ann = env.login("ann").await;
+    let jwks: Jwks = env
+        .req(Method::GET, "/.well-known/jwks.json", None)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let set = KeySet::from_jwks(&jwks).unwrap();
+    let ticket = set
+        .check(&ann.identity, AUDIENCE_CLOUD, now_secs())
+        .unwrap();
+    let c = ticket.claims();
+    assert_eq!(
+        (c.sub.as_str(), c.dev.as_str(), c.kind),
+        ("ann", ann.id.as_str(), TicketKind::Identity)
+    );
+    assert!(c.exp - c.iat <= 1800);
+
+    let wrong = env.login_with("ann", "not-the-password", &KEY_A).await;
+    assert_eq!(
+        api_error(wrong).await,
+        (StatusCode::UNAUTHORIZED, "bad_credentials".into())
+    );
+    let nobody = env.login_with("nobody", "x", &KEY_A).await;
+    assert_eq!(
+        api_error(nobody).await,
+        (StatusCode::UNAUTHORIZED, "bad_credentials".into())
+    );
+    env.cloud.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn listing_folders_returns_a_ticket_per_folder() {
+    let env = env().await;
+    let ann = env.login("ann").await;
+    let a = env.new_folder(&ann, "docs", false).await;
+    let b = env.new_folder(&ann, "music", true).await;
+    let dup = env
+        .req(Method::POST, "/folders", Some(&ann.identity))
+        .json(&NewFolder {
+            name: "docs".into(),
+            device_only: false,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(dup).await,
+        (StatusCode::CONFLICT, "name_taken".into())
+    );
+
+    let res = env
+        .req(Method::GET, "/users/ann/folders", Some(&ann.identity))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let grants: Vec<FolderGrant> = res.json().await.unwrap();
+    assert_eq!(grants.len(), 2);
+    for g in &grants {
+        assert_eq!(g.rights, vec![Right::Read, Right::Write, Right::Admin]);
+        let folder = env
+            .req(
+                Method::GET,
+                &format!("/folders/{}", g.folder.id),
+                Some(&g.ticket.ticket),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(folder.status(), StatusCode::OK);
+    }
+    let ids: Vec<&str> = grants.iter().map(|g| g.folder.id.as_str()).collect();
+    assert!(ids.contains(&a.folder.id.as_str()) && ids.contains(&b.folder.id.as_str()));
+    // A folder's ticket does not open the other folder.
+    let cross = env
+        .req(
+            Method::GET,
+            &format!("/folders/{}", b.folder.id),
+            Some(&a.ticket.ticket),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn entries_change_only_under_their_etag_conditions() {
+    let (env, _ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+
+    let again = env.create(t, f, "d1", &dir("other", None)).await;
+    assert_eq!(
+        api_error(again).await,
+        (
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed".into()
+        )
+    );
+    let blind = env.put_entry(t, f, "d1", &dir("renamed", None), None).await;
+    assert_eq!(
+        api_error(blind).await,
+        (
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition_required".into()
+        )
+    );
+
+    let got = env
+        .req(Method::GET, &format!("/folders/{f}/entries/d1"), Some(t))
+        .send()
+        .await
+        .unwrap();
+    let tag = etag_of(&got);
+    let v1: Entry = got.json().await.unwrap();
+    assert_eq!(tag, format!("\"{}\"", v1.version));
+
+    let upd = env
+        .put_entry(
+            t,
+            f,
+            "d1",
+            &dir("renamed", None),
+            Some((IF_MATCH, tag.clone())),
+        )
+        .await;
+    assert_eq!(upd.status(), StatusCode::OK);
+    let v2: Entry = upd.json().await.unwrap();
+    assert!(v2.version > v1.version);
+    assert_eq!(v2.name, "renamed");
+
+    // A stale If-Match is refused and leaves the entry as it was.
+    let stale = env
+        .put_entry(
+            t,
+            f,
+            "d1",
+            &dir("stale", None),
+            Some((IF_MATCH, tag.clone())),
+        )
+        .await;
+    assert_eq!(
+        api_error(stale).await,
+        (
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed".into()
+        )
+    );
+    let list = env.entries(t, f).await;
+    assert_eq!(list.entries, vec![v2.clone()]);
+    assert_eq!(list.seq, v2.version);
+
+    let path = format!("/folders/{f}/entries/d1");
+    let del = env
+        .req(Method::DELETE, &path, Some(t))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::PRECONDITION_REQUIRED);
+    let del = env
+        .req(Method::DELETE, &path, Some(t))
+        .header(IF_MATCH, format!("\"{}\"", v2.version))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::OK);
+    let tomb: Entry = env
+        .req(Method::GET, &path, Some(t))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(tomb.deleted && tomb.version > v2.version);
+    assert!(env.entries(t, f).await.entries.is_empty());
+    // Even a tombstone's id cannot be created again.
+    let recreate = env.create(t, f, "d1", &dir("photos", None)).await;
+    assert_eq!(recreate.status(), StatusCode::PRECONDITION_FAILED);
+}
+
+#[tokio::test]
+async fn a_taken_name_needs_replace_and_the_tree_stays_a_tree() {
+    let (env, _ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    assert_eq!(
+        env.create(t, f, "a1", &file("a", &[])).await.status(),
+        StatusCode::CREATED
+    );
+
+    let taken = env.create(t, f, "a2", &file("a", &[])).await;
+    assert_eq!(
+        api_error(taken).await,
+        (StatusCode::CONFLICT, "name_taken".into())
+    );
+    let over_file = EntryPut {
+        replace: true,
+        ..dir("a", None)
+    };
+    let res = env.create(t, f, "a3", &over_file).await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::CONFLICT, "kind_mismatch".into())
+    );
+    let replace = EntryPut {
+        replace: true,
+        ..file("a", &[])
+    };
+    assert_eq!(
+        env.create(t, f, "a2", &replace).await.status(),
+        StatusCode::CREATED
+    );
+    let list = env.entries(t, f).await;
+    let names: Vec<(&str, &str)> = list
+        .entries
+        .iter()
+        .map(|e| (e.id.as_str(), e.name.as_str()))
+        .collect();
+    assert_eq!(names, vec![("a2", "a"), ("d1", "photos")]);
+
+    let orphan = env.create(t, f, "x", &dir("x", Some("nope"))).await;
+    assert_eq!(
+        api_error(orphan).await,
+        (StatusCode::CONFLICT, "no_parent".into())
+    );
+    let under_file = env.create(t, f, "x", &dir("x", Some("a2"))).await;
+    assert_eq!(
+        api_error(under_file).await,
+        (StatusCode::CONFLICT, "no_parent".into())
+    );
+    let bad = env.create(t, f, "x", &dir("..", None)).await;
+    assert_eq!(
+        api_error(bad).await,
+        (StatusCode::BAD_REQUEST, "bad_name".into())
+    );
+
+    let sub = env.create(t, f, "d2", &dir("sub", Some("d1"))).await;
+    assert_eq!(sub.status(), StatusCode::CREATED);
+    let d1: Entry = env
+        .req(Method::GET, &format!("/folders/{f}/entries/d1"), Some(t))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cond = Some((IF_MATCH, format!("\"{}\"", d1.version)));
+    let cycle = env
+        .put_entry(t, f, "d1", &dir("photos", Some("d2")), cond)
+        .await;
+    assert_eq!(
+        api_error(cycle).await,
+        (StatusCode::CONFLICT, "cycle".into())
+    );
+    let del = env
+        .req(Method::DELETE, &format!("/folders/{f}/entries/d1"), Some(t))
+        .header(IF_MATCH, format!("\"{}\"", d1.version))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(del).await,
+        (StatusCode::CONFLICT, "not_empty".into())
+    );
+    assert_eq!(env.entries(t, f).await.entries.len(), 3);
+}
+
+#[tokio::test]
+async fn a_file_is_published_only_when_its_blocks_are_in_the_cloud() {
+    let (env, ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let (b1, b2): (&[u8], &[u8]) = (b"first block", b"second");
+    let body = file("notes.txt", &[b1, b2]);
+
+    let early = env.create(t, f, "n1", &body).await;
+    assert_eq!(
+        api_error(early).await,
+        (StatusCode::CONFLICT, "missing_blocks".into())
+    );
+    let wrong_size = EntryPut {
+        size: 3,
+        ..body.clone()
+    };
+    let res = env.create(t, f, "n1", &wrong_size).await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::BAD_REQUEST, "size_mismatch".into())
+    );
+
+    for b in [b1, b2] {
+        let h = BlockHash::of(b).to_hex();
+        assert_eq!(env.block_status(t, f, &h).await, StatusCode::NOT_FOUND);
+        assert_eq!(
+            env.put_block(t, f, &h, b).await.status(),
+            StatusCode::CREATED
+        );
+        assert_eq!(env.put_block(t, f, &h, b).await.status(), StatusCode::OK);
+        assert_eq!(env.block_status(t, f, &h).await, StatusCode::OK);
+        let got = env
+            .req(Method::GET, &format!("/folders/{f}/blocks/{h}"), Some(t))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.bytes().await.unwrap().as_ref(), b);
+    }
+    let res = env.create(t, f, "n1", &body).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let e: Entry = res.json().await.unwrap();
+    assert_eq!(
+        (e.size, e.manifest.len(), e.author.as_str()),
+        (17, 2, ann.id.as_str())
+    );
+
+    let usage: Usage = env
+        .req(Method::GET, "/users/ann/usage", Some(&ann.identity))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (usage.bytes_stored, usage.quota),
+        (17, cloud::DEFAULT_QUOTA)
+    );
+}
+
+#[tokio::test]
+async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
+    let (env, ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let h = BlockHash::of(b"what the name promises").to_hex();
+    let res = env.put_block(t, f, &h, b"something else").await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::BAD_REQUEST, "hash_mismatch".into())
+    );
+    assert_eq!(env.block_status(t, f, &h).await, StatusCode::NOT_FOUND);
+    let big = vec![0u8; meshfs::proto::BLOCK_SIZE as usize + 1];
+    let res = env
+        .put_block(t, f, &BlockHash::of(&big).to_hex(), &big)
+        .await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large".into())
+    );
+
+    cloud::set_quota(&env.data, "ann", 10).await.unwrap();
+    let data = b"eleven byte";
+    let h = BlockHash::of(data).to_hex();
+    let res = env.put_block(t, f, &h, data).await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded".into())
+    );
+    assert_eq!(env.block_status(t, f, &h).await, StatusCode::NOT_FOUND);
+
+    let local = env.new_folder(&ann, "local", true).await;
+    let res = env
+        .put_block(&local.ticket.ticket, &local.folder.id, &h, data)
+        .await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::FORBIDDEN, "device_only".into())
+    );
+    // A device-only folder publishes manifests without their blocks.
+    let res = env
+        .create(
+            &local.ticket.ticket,
+            &local.folder.id,
+            "n1",
+            &file("n", &[data]),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn the_change_feed_returns_changes_and_a_long_poll_wakes_on_one() {
+    let (env, _ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.clone(), g.folder.id.clone());
+    let feed = |since: u64, wait: u64| {
+        env.req(
+            Method::GET,
+            &format!("/folders/{f}/changes?since={since}&wait={wait}"),
+            Some(&t),
+        )
+        .send()
+    };
+    let batch: ChangeBatch = feed(0, 0).await.unwrap().json().await.unwrap();
+    assert_eq!(batch.changes.len(), 1);
+    assert_eq!(batch.changes[0].id, "d1");
+    assert_eq!(batch.next, batch.changes[0].version);
+
+    let empty: ChangeBatch = feed(batch.next, 0).await.unwrap().json().await.unwrap();
+    assert!(empty.changes.is_empty());
+    assert_eq!(empty.next, batch.next);
+
+    let started = Instant::now();
+    let poll = feed(batch.next, 20);
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let res = env.create(&t, &f, "d2", &dir("new", None)).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    };
+    let (res, ()) = tokio::join!(poll, write);
+    let woke: ChangeBatch = res.unwrap().json().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the long poll did not wake"
+    );
+    assert_eq!(woke.changes.len(), 1);
+    assert_eq!(woke.changes[0].id, "d2");
+    assert_eq!(woke.next, woke.changes[0].version);
+}
+
+#[tokio::test]
+async fn a_request_without_a_ticket_is_401_and_changes_nothing() {
+    let (env, _ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let before = env.entries(t, f).await;
+    let res = env
+        .req(Method::PUT, &format!("/folders/{f}/entries/x"), None)
+        .header(IF_NONE_MATCH, "*")
+        .json(&dir("x", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::UNAUTHORIZED, "no_ticket".into())
+    );
+    assert_eq!(env.entries(t, f).await.entries, before.entries);
+}
+
+#[tokio::test]
+async fn expired_forged_and_unknown_kid_tickets_are_401_and_change_nothing() {
+    let (env, ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let before = env.entries(t, f).await;
+    let now = now_secs();
+
+    let expired = env
+        .cloud_signer(None)
+        .sign(&access_claims(&ann, f, now - 1000, now - 100));
+    let (input, sig) = t.rsplit_once('.').unwrap();
+    let mut sig = sig.as_bytes().to_vec();
+    sig[5] = if sig[5] == b'A' { b'B' } else { b'A' };
+    let flipped = format!("{input}.{}", String::from_utf8(sig).unwrap());
+    let other_kid = env
+        .cloud_signer(Some("0123456789abcdef"))
+        .sign(&access_claims(&ann, f, now, now + 60));
+
+    for (ticket, code) in [
+        (expired.as_str(), "ticket_expired"),
+        (flipped.as_str(), "bad_signature"),
+        (other_kid.as_str(), "unknown_kid"),
+        ("not-a-ticket", "malformed_ticket"),
+    ] {
+        let res = env.create(ticket, f, "x", &dir("x", None)).await;
+        assert_eq!(
+            api_error(res).await,
+            (StatusCode::UNAUTHORIZED, code.into()),
+            "{code}"
+        );
+    }
+    assert_eq!(env.entries(t, f).await.entries, before.entries);
+    // The cloud's own key under its own kid does work: the refusals were for the faults.
+    let good = env
+        .cloud_signer(None)
+        .sign(&access_claims(&ann, f, now, now + 60));
+    assert_eq!(
+        env.create(&good, f, "x", &dir("x", None)).await.status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn another_users_tickets_are_403_on_this_users_folder() {
+    let (env, _ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let before = env.entries(t, f).await;
+    let bob = env.login("bob").await;
+
+    let res = env
+        .access(&bob, &format!("/folders/{f}"), &[Right::Read, Right::Write])
+        .await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    let bobs = env.new_folder(&bob, "docs", false).await;
+    let res = env
+        .create(&bobs.ticket.ticket, f, "x", &dir("x", None))
+        .await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    let res = env
+        .req(Method::GET, "/users/ann/folders", Some(&bob.identity))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = env
+        .req(Method::GET, "/users/ann/devices", Some(&bob.identity))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(env.entries(t, f).await.entries, before.entries);
+}
+
+#[tokio::test]
+async fn a_read_only_ticket_cannot_write_entries_or_blocks() {
+    let (env, ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let before = env.entries(t, f).await;
+    let res = env
+        .access(&ann, &format!("/folders/{f}"), &[Right::Read])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let ro: TicketResponse = res.json().await.unwrap();
+
+    assert_eq!(env.entries(&ro.ticket, f).await.entries, before.entries);
+    let res = env.create(&ro.ticket, f, "x", &dir("x", None)).await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    let h = BlockHash::of(b"data").to_hex();
+    let res = env.put_block(&ro.ticket, f, &h, b"data").await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    assert_eq!(env.entries(t, f).await.entries, before.entries);
+    assert_eq!(env.block_status(t, f, &h).await, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_shared_reader_gets_only_read_rights() {
+    let (env, _ann, g) = ann_with_folder().await;
+    let f = g.folder.id.as_str();
+    let bob = env.login("bob").await;
+    cloud::share_folder(&env.data, f, "bob", Role::Reader)
+        .await
+        .unwrap();
+
+    let grants: Vec<FolderGrant> = env
+        .req(Method::GET, "/users/bob/folders", Some(&bob.identity))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].rights, vec![Right::Read]);
+    assert_eq!(
+        env.entries(&grants[0].ticket.ticket, f).await.entries.len(),
+        1
+    );
+    let res = env
+        .access(&bob, &format!("/folders/{f}"), &[Right::Write])
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = env
+        .create(&grants[0].ticket.ticket, f, "x", &dir("x", None))
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_revoked_devices_tickets_stop_working_at_once() {
+    let (env, ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let second = env.login("ann").await;
+    let res = env
+        .access(
+            &second,
+            &format!("/folders/{f}"),
+            &[Right::Read, Right::Write],
+        )
+        .await;
+    let access: TicketResponse = res.json().await.unwrap();
+    // Used once, so the server holds it as verified in its cache.
+    let before = env.entries(&access.ticket, f).await;
+
+    let res = env
+        .req(
+            Method::DELETE,
+            &format!("/users/ann/devices/{}", second.id),
+            Some(&ann.identity),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let res = env.create(&access.ticket, f, "x", &dir("x", None)).await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+    );
+    let res = env
+        .req(
+            Method::GET,
+            &format!("/folders/{f}/entries"),
+            Some(&access.ticket),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+    );
+    let res = env
+        .access(&second, &format!("/folders/{f}"), &[Right::Read])
+        .await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+    );
+    let assertion = Signer::new(second.id.clone(), KEY_A.clone()).sign(&DeviceAssertion {
+        iss: second.id.clone(),
+        aud: AUDIENCE_RENEW.into(),
+        iat: now_secs(),
+        exp: now_secs() + 60,
+        jti: "r1".into(),
+    });
+    let renew = RenewRequest {
+        device_id: second.id.clone(),
+        assertion,
+    };
+    let res = env
+        .req(Method::POST, "/tickets/identity", None)
+        .json(&renew)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+    );
+
+    assert_eq!(env.entries(t, f).await.entries, before.entries);
+    let devices: Vec<meshfs::proto::Device> = env
+        .req(Method::GET, "/users/ann/devices", Some(&ann.identity))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let revoked: Vec<bool> = devices.iter().map(|d| d.revoked).collect();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(revoked.iter().filter(|r| **r).count(), 1);
+}
+
+#[tokio::test]
+async fn an_identity_ticket_is_403_where_an_access_ticket_is_needed() {
+    let (env, ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let before = env.entries(t, f).await;
+    let res = env.create(&ann.identity, f, "x", &dir("x", None)).await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    let res = env
+        .req(
+            Method::GET,
+            &format!("/folders/{f}/entries"),
+            Some(&ann.identity),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let h = BlockHash::of(b"b").to_hex();
+    assert_eq!(
+        env.put_block(&ann.identity, f, &h, b"b").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // And an access ticket cannot mint more tickets.
+    let body = AccessRequest {
+        resource: format!("/folders/{f}"),
+        rights: vec![Right::Read],
+    };
+    let res = env
+        .req(Method::POST, "/tickets/access", Some(t))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(env.entries(t, f).await.entries, before.entries);
+}
+
+#[tokio::test]
+async fn renewal_needs_an_assertion_signed_by_the_devices_own_key() {
+    let env = env().await;
+    let ann = env.login("ann").await;
+    let assertion = |key: &PrivateKey| {
+        Signer::new(ann.id.clone(), key.clone()).sign(&DeviceAssertion {
+            iss: ann.id.clone(),
+            aud: AUDIENCE_RENEW.into(),
+            iat: now_secs(),
+            exp: now_secs() + 60,
+            jti: uuid::Uuid::new_v4().to_string(),
+        })
+    };
+    let renew = |a: String| {
+        env.req(Method::POST, "/tickets/identity", None)
+            .json(&RenewRequest {
+                device_id: ann.id.clone(),
+                assertion: a,
+            })
+            .send()
+    };
+    let res = renew(assertion(&KEY_B)).await.unwrap();
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::UNAUTHORIZED, "bad_assertion".into())
+    );
+
+    let res = renew(assertion(&KEY_A)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let fresh: TicketResponse = res.json().await.unwrap();
+    let res = env
+        .req(Method::GET, "/users/ann", Some(&fresh.ticket))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
