@@ -3,14 +3,14 @@
 //! configuration, the shared state, the router and the server's start and stop; the
 //! admin operations (`add_user`, `set_quota`, `share_folder`) open the same store.
 
-pub mod account;
-pub mod auth;
-pub mod blobs;
-pub mod error;
-pub mod graph;
+pub(crate) mod account;
+pub(crate) mod auth;
+pub(crate) mod blobs;
+pub(crate) mod error;
+pub(crate) mod graph;
 pub mod keys;
-pub mod store;
-pub mod tls;
+pub(crate) mod store;
+pub(crate) mod tls;
 
 pub use auth::Role;
 
