@@ -86,7 +86,7 @@ fn clear_stale_mount(mountpoint: &Path) {
     if let Err(e) = std::fs::metadata(mountpoint) {
         if e.raw_os_error() == Some(libc::ENOTCONN) {
             tracing::warn!(path = %mountpoint.display(), "clearing a stale mount left by an agent that died");
-            let _ = std::process::Command::new("umount").arg("-l").arg(mountpoint).status();
+            unmount(mountpoint);
         }
     }
 }
@@ -138,13 +138,30 @@ pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
     for t in tasks {
         t.abort();
     }
-    let unmount = tokio::task::spawn_blocking(move || bg.umount_and_join());
-    if let Ok(Err(e)) = unmount.await {
-        tracing::warn!(error = %e, "unmount");
+    // fusermount's auto-unmount only acts on a dead filesystem, so a live one is unmounted
+    // here. Lazily: open files must not keep the agent from stopping.
+    unmount(mountpoint);
+    let joined = tokio::task::spawn_blocking(move || bg.umount_and_join());
+    match tokio::time::timeout(Duration::from_secs(5), joined).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+        Ok(Err(_)) | Err(_) => tracing::warn!("files are still open on the mount; leaving them to the kernel"),
     }
     agent.cache.flush().await?;
     let _ = std::fs::remove_file(home.status_file());
     Ok(())
+}
+
+/// Detaches the mount (`fusermount3 -u -z`, or `umount -l` where fusermount3 is absent).
+fn unmount(mountpoint: &Path) {
+    let done = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mountpoint)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !done {
+        let _ = std::process::Command::new("umount").arg("-l").arg(mountpoint).status();
+    }
 }
 
 async fn wait_for_signal() {

@@ -19,7 +19,11 @@ pub fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(dispatch(cli.command))
+    let result = rt.block_on(dispatch(cli.command));
+    // Do not wait on a blocking task stuck in the kernel (e.g. a FUSE session with files
+    // still open after unmount).
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn init_logging(service: bool) {

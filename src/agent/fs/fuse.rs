@@ -375,6 +375,27 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+        // No extended attributes are kept: every name is absent.
+        match self.fs.getattr(ino.0) {
+            Ok(_) => reply.error(Errno::from_i32(libc::ENODATA)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        match self.fs.getattr(ino.0) {
+            Ok(_) if size == 0 => reply.size(0),
+            Ok(_) => reply.data(&[]),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _v: &[u8], _f: i32, _p: u32, reply: ReplyEmpty) {
+        // Extended attributes do not travel between devices; refuse rather than drop them.
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // The mesh has no fixed size; report a large, honest-looking free space so that
         // programs which check before writing go ahead (the cloud enforces the quota).

@@ -1,0 +1,323 @@
+//! Test harness: a real `meshfs cloud` process on 127.0.0.1, devices logged in with the real
+//! CLI, and real FUSE mounts served by `meshfs mount` processes. Every guard cleans up in
+//! `Drop`, also when a test fails: processes are killed and mounts detached.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meshfs")
+}
+
+/// Polls `f` every 100 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = path.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*p))
+}
+
+/// A `meshfs cloud` process with its own data directory.
+pub struct Cloud {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cloud {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("cloud");
+        let log = dir.path().join("cloud.log");
+        let mut cloud = Cloud { child: None, url: String::new(), data, dir };
+        cloud.spawn("127.0.0.1:0", &log);
+        cloud
+    }
+
+    fn spawn(&mut self, listen: &str, log: &Path) {
+        let out = std::fs::File::create(log).expect("log file");
+        let child = Command::new(bin())
+            .args(["cloud", "--data-dir"])
+            .arg(&self.data)
+            .args(["--listen", listen])
+            .env("MESHFS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start meshfs cloud");
+        self.child = Some(child);
+        let mut url = None;
+        let ok = eventually(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            url = text
+                .lines()
+                .find_map(|l| l.split("listening on ").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string);
+            url.is_some()
+        });
+        assert!(ok, "cloud did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+        self.url = url.unwrap_or_default();
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data.join("ca.pem")
+    }
+
+    pub fn add_user(&self, name: &str) {
+        let out = run_with_stdin(Command::new(bin()).args(["user", "add", name, "--data-dir"]).arg(&self.data), PASSWORD);
+        assert!(out.status.success(), "user add: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Freezes the cloud (SIGSTOP): connections hang as with a network outage.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
+    /// All files under the cloud's block store.
+    pub fn block_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data.join("blocks"), &mut out);
+        out
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "CONT");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn meshfs");
+    child.stdin.take().expect("stdin").write_all(format!("{input}\n").as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("wait meshfs")
+}
+
+/// A device logged in to a cloud, with its own home.
+pub struct Device {
+    pub home: PathBuf,
+    pub name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Device {
+    pub fn login(cloud: &Cloud, user: &str, name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let out = run_with_stdin(
+            Command::new(bin())
+                .args(["login", "--cloud", &cloud.url, "--ca"])
+                .arg(cloud.ca())
+                .args(["--user", user, "--password-stdin", "--device-name", name, "--home"])
+                .arg(&home),
+            PASSWORD,
+        );
+        assert!(out.status.success(), "login: {}", String::from_utf8_lossy(&out.stderr));
+        Device { home, name: name.into(), _dir: dir }
+    }
+
+    /// Runs `meshfs ARGS --home HOME` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin()).args(args).arg("--home").arg(&self.home).output().expect("run meshfs")
+    }
+
+    pub fn create_folder(&self, name: &str) {
+        let out = self.cli(&["folder", "create", name]);
+        assert!(out.status.success(), "folder create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn device_id(&self) -> String {
+        let text = std::fs::read_to_string(self.home.join("device.toml")).expect("device.toml");
+        let v: toml::Value = toml::from_str(&text).expect("toml");
+        v["device_id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// The running agent's last report.
+    pub fn status(&self) -> Option<meshfs::agent::status::AgentStatus> {
+        serde_json::from_slice(&std::fs::read(self.home.join("status.json")).ok()?).ok()
+    }
+
+    /// Waits until a report written after this call shows nothing left to upload.
+    pub fn uploaded(&self) -> bool {
+        let since = meshfs::proto::now_ms();
+        eventually(Duration::from_secs(60), || self.status().is_some_and(|s| s.written_ms > since && s.pending_uploads == 0))
+    }
+
+    pub fn mount(&self) -> Mount {
+        Mount::start(self)
+    }
+}
+
+/// A `meshfs mount` process serving a real FUSE mount.
+pub struct Mount {
+    child: Option<Child>,
+    pub path: PathBuf,
+    home: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    pub fn start(dev: &Device) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("mountpoint");
+        let log = dir.path().join("agent.log");
+        let mut m = Mount { child: None, path, home: dev.home.clone(), log, _dir: dir };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let child = Command::new(bin())
+            .arg("mount")
+            .arg(&self.path)
+            .arg("--home")
+            .arg(&self.home)
+            .env("MESHFS_LOG", "info,fuser=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start meshfs mount");
+        self.child = Some(child);
+        let ok = eventually(Duration::from_secs(20), || is_mounted(&self.path));
+        assert!(ok, "mount did not come up: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Path of `rel` inside the mount.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// SIGKILL: the agent dies with no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the agent again on the same mount point and home.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait: the clean way down.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&self.path).status();
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failure can be reproduced.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A cloud with one user and two logged-in, mounted devices sharing folder "Docs".
+/// Fields drop in order: mounts first, then the homes, then the cloud.
+pub struct Mesh {
+    pub ma: Mount,
+    pub mb: Mount,
+    pub a: Device,
+    pub b: Device,
+    pub cloud: Cloud,
+}
+
+impl Mesh {
+    pub fn new() -> Self {
+        let cloud = Cloud::start();
+        cloud.add_user("ann");
+        let a = Device::login(&cloud, "ann", "laptop");
+        let b = Device::login(&cloud, "ann", "desktop");
+        a.create_folder("Docs");
+        let ma = a.mount();
+        let mb = b.mount();
+        assert!(eventually(Duration::from_secs(20), || ma.join("Docs").is_dir() && mb.join("Docs").is_dir()), "folder did not appear");
+        Mesh { ma, mb, a, b, cloud }
+    }
+
+    /// Waits until device A has uploaded everything.
+    pub fn a_uploaded(&self) -> bool {
+        self.a.uploaded()
+    }
+}
