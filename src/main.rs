@@ -4,7 +4,10 @@
 fn main() {
     if let Err(err) = meshfs::cli::run() {
         // A closed pipe (e.g. `meshfs folder list | head`) is not a failure.
-        if err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+        if err.chain().any(|e| {
+            e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
             std::process::exit(0);
         }
         eprintln!("meshfs: {err:#}");

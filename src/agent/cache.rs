@@ -146,13 +146,15 @@ impl Txn {
         self.batch.remove(node_key(ino));
     }
     pub fn link(&mut self, parent: u64, name: &str, ino: u64) {
-        self.batch.insert(child_key(parent, name), &ino.to_be_bytes());
+        self.batch
+            .insert(child_key(parent, name), &ino.to_be_bytes());
     }
     pub fn unlink(&mut self, parent: u64, name: &str) {
         self.batch.remove(child_key(parent, name));
     }
     pub fn index_entry(&mut self, folder: &str, entry: &str, ino: u64) {
-        self.batch.insert(entry_key(folder, entry), &ino.to_be_bytes());
+        self.batch
+            .insert(entry_key(folder, entry), &ino.to_be_bytes());
     }
     pub fn unindex_entry(&mut self, folder: &str, entry: &str) {
         self.batch.remove(entry_key(folder, entry));
@@ -169,7 +171,10 @@ impl Txn {
         self.batch.remove(journal_key(seq));
     }
     pub fn set_cursor(&mut self, folder: &str, seq: u64) {
-        self.batch.insert(format!("m/cursor/{folder}").into_bytes(), &seq.to_be_bytes());
+        self.batch.insert(
+            format!("m/cursor/{folder}").into_bytes(),
+            &seq.to_be_bytes(),
+        );
     }
 }
 
@@ -187,11 +192,19 @@ impl Cache {
         let blocks = dir.join("blocks");
         let staging = dir.join("staging");
         for d in [&blocks, &staging] {
-            std::fs::create_dir_all(d).map_err(|source| CacheError::Io { path: d.clone(), source })?;
+            std::fs::create_dir_all(d).map_err(|source| CacheError::Io {
+                path: d.clone(),
+                source,
+            })?;
         }
         let db = sled::Config::new().path(dir.join("db")).open()?;
         let tree = db.open_tree("meshfs")?;
-        let cache = Self { db, tree, blocks, staging };
+        let cache = Self {
+            db,
+            tree,
+            blocks,
+            staging,
+        };
         if cache.node(ROOT)?.is_none() {
             let mut t = Txn::default();
             t.put_node(&Node {
@@ -240,7 +253,10 @@ impl Cache {
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Option<u64>, CacheError> {
-        Ok(self.tree.get(child_key(parent, name))?.and_then(|v| u64_of(&v)))
+        Ok(self
+            .tree
+            .get(child_key(parent, name))?
+            .and_then(|v| u64_of(&v)))
     }
 
     /// The children of `parent` as (name, ino), in name order.
@@ -258,11 +274,19 @@ impl Cache {
     }
 
     pub fn has_children(&self, parent: u64) -> Result<bool, CacheError> {
-        Ok(self.tree.scan_prefix(child_prefix(parent)).next().transpose()?.is_some())
+        Ok(self
+            .tree
+            .scan_prefix(child_prefix(parent))
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     pub fn ino_of_entry(&self, folder: &str, entry: &str) -> Result<Option<u64>, CacheError> {
-        Ok(self.tree.get(entry_key(folder, entry))?.and_then(|v| u64_of(&v)))
+        Ok(self
+            .tree
+            .get(entry_key(folder, entry))?
+            .and_then(|v| u64_of(&v)))
     }
 
     pub fn folders(&self) -> Result<Vec<FolderInfo>, CacheError> {
@@ -280,16 +304,18 @@ impl Cache {
     }
 
     pub fn cursor(&self, folder: &str) -> Result<Option<u64>, CacheError> {
-        Ok(self.tree.get(format!("m/cursor/{folder}").as_bytes())?.and_then(|v| u64_of(&v)))
+        Ok(self
+            .tree
+            .get(format!("m/cursor/{folder}").as_bytes())?
+            .and_then(|v| u64_of(&v)))
     }
 
     /// The oldest journal record, if any.
     pub fn journal_head(&self) -> Result<Option<(u64, JournalOp)>, CacheError> {
         match self.tree.scan_prefix(b"j/").next().transpose()? {
             Some((k, v)) => {
-                let seq = u64_of(&k[2..]).ok_or_else(|| {
-                    CacheError::Corrupt(serde::de::Error::custom("journal key"))
-                })?;
+                let seq = u64_of(&k[2..])
+                    .ok_or_else(|| CacheError::Corrupt(serde::de::Error::custom("journal key")))?;
                 Ok(Some((seq, serde_json::from_slice(&v)?)))
             }
             None => Ok(None),
@@ -317,7 +343,10 @@ impl Cache {
         if path.exists() {
             return Ok(());
         }
-        let io = |source| CacheError::Io { path: path.clone(), source };
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
         let dir = path.parent().unwrap_or(&self.blocks);
         std::fs::create_dir_all(dir).map_err(io)?;
         let tmp = dir.join(format!(".{}.tmp{}", hash.to_hex(), std::process::id()));
@@ -329,13 +358,23 @@ impl Cache {
     }
 
     /// Reads `len` bytes at `offset` of a stored block into `out`; returns how many.
-    pub fn read_block(&self, hash: &BlockHash, offset: u64, out: &mut [u8]) -> Result<usize, CacheError> {
+    pub fn read_block(
+        &self,
+        hash: &BlockHash,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<usize, CacheError> {
         let path = self.block_path(hash);
-        let io = |source| CacheError::Io { path: path.clone(), source };
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
         let f = std::fs::File::open(&path).map_err(io)?;
         let mut done = 0;
         while done < out.len() {
-            let n = f.read_at(&mut out[done..], offset + done as u64).map_err(io)?;
+            let n = f
+                .read_at(&mut out[done..], offset + done as u64)
+                .map_err(io)?;
             if n == 0 {
                 break;
             }
@@ -400,7 +439,13 @@ mod tests {
             t.put_node(&file(ino, ROOT, "a"));
             t.link(ROOT, "a", ino);
             t.index_entry("f", "e1", ino);
-            t.journal(7, &JournalOp::Put { ino, replace: false });
+            t.journal(
+                7,
+                &JournalOp::Put {
+                    ino,
+                    replace: false,
+                },
+            );
             c.apply(t).unwrap();
             futures::executor::block_on(c.flush()).unwrap();
         }
@@ -409,7 +454,16 @@ mod tests {
         assert_eq!(c.node(ino).unwrap().unwrap().name, "a");
         assert_eq!(c.ino_of_entry("f", "e1").unwrap(), Some(ino));
         assert_eq!(c.children(ROOT).unwrap(), vec![("a".to_string(), ino)]);
-        assert_eq!(c.journal_head().unwrap(), Some((7, JournalOp::Put { ino, replace: false })));
+        assert_eq!(
+            c.journal_head().unwrap(),
+            Some((
+                7,
+                JournalOp::Put {
+                    ino,
+                    replace: false
+                }
+            ))
+        );
         // Children of another parent do not leak into this listing.
         assert!(c.children(ino).unwrap().is_empty());
     }

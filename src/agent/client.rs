@@ -4,9 +4,9 @@
 
 use crate::crypto::ticket::Signer;
 use crate::proto::{
-    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, Device, DeviceAssertion, Entry, EntryList,
-    EntryPut, FolderGrant, LoginRequest, LoginResponse, NewFolder, RenewRequest, Right, TicketResponse, Usage,
-    now_secs,
+    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, Device, DeviceAssertion,
+    Entry, EntryList, EntryPut, FolderGrant, LoginRequest, LoginResponse, NewFolder, RenewRequest,
+    Right, TicketResponse, Usage, now_secs,
 };
 use bytes::Bytes;
 use lru::LruCache;
@@ -29,7 +29,11 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     #[error("the cloud answered {status}: {message}")]
-    Api { status: u16, error: String, message: String },
+    Api {
+        status: u16,
+        error: String,
+        message: String,
+    },
     #[error("could not read the cloud's CA at {path}")]
     Ca {
         path: String,
@@ -79,7 +83,10 @@ async fn send(url: &str, req: RequestBuilder) -> Result<reqwest::Response, Clien
     let resp = req
         .send()
         .await
-        .map_err(|source| ClientError::Unreachable { url: url.to_string(), source })?;
+        .map_err(|source| ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        })?;
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -87,15 +94,25 @@ async fn send(url: &str, req: RequestBuilder) -> Result<reqwest::Response, Clien
     let body = resp.bytes().await.unwrap_or_default();
     let (error, message) = match serde_json::from_slice::<ApiError>(&body) {
         Ok(e) => (e.error, e.message),
-        Err(_) => ("http".into(), String::from_utf8_lossy(&body).chars().take(200).collect()),
+        Err(_) => (
+            "http".into(),
+            String::from_utf8_lossy(&body).chars().take(200).collect(),
+        ),
     };
-    Err(ClientError::Api { status, error, message })
+    Err(ClientError::Api {
+        status,
+        error,
+        message,
+    })
 }
 
 async fn json<T: DeserializeOwned>(url: &str, resp: reqwest::Response) -> Result<T, ClientError> {
     resp.json()
         .await
-        .map_err(|source| ClientError::Unreachable { url: url.to_string(), source })
+        .map_err(|source| ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        })
 }
 
 /// Logs a device in with the user's password and claims it; returns the device id.
@@ -123,7 +140,10 @@ impl Held {
 
 impl From<TicketResponse> for Held {
     fn from(t: TicketResponse) -> Self {
-        Held { token: t.ticket, expires_at: t.expires_at }
+        Held {
+            token: t.ticket,
+            expires_at: t.expires_at,
+        }
     }
 }
 
@@ -139,7 +159,13 @@ pub struct CloudClient {
 }
 
 impl CloudClient {
-    pub fn new(http: reqwest::Client, base: &str, user: &str, device_id: &str, key: PrivateKey) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        base: &str,
+        user: &str,
+        device_id: &str,
+        key: PrivateKey,
+    ) -> Self {
         Self {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -147,7 +173,9 @@ impl CloudClient {
             device_id: device_id.to_string(),
             assertion_signer: Signer::new(device_id, key),
             identity: tokio::sync::Mutex::new(None),
-            access: Mutex::new(LruCache::new(NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN))),
+            access: Mutex::new(LruCache::new(
+                NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -178,7 +206,10 @@ impl CloudClient {
             jti: uuid::Uuid::new_v4().to_string(),
         });
         let url = self.url("/tickets/identity");
-        let body = RenewRequest { device_id: self.device_id.clone(), assertion };
+        let body = RenewRequest {
+            device_id: self.device_id.clone(),
+            assertion,
+        };
         let resp = send(&url, self.http.post(&url).json(&body)).await?;
         let t: TicketResponse = json(&url, resp).await?;
         let token = t.ticket.clone();
@@ -188,7 +219,9 @@ impl CloudClient {
 
     fn cached_access(&self, folder: &str) -> Option<String> {
         let mut lru = self.access.lock().unwrap_or_else(|p| p.into_inner());
-        lru.get(folder).filter(|h| h.fresh()).map(|h| h.token.clone())
+        lru.get(folder)
+            .filter(|h| h.fresh())
+            .map(|h| h.token.clone())
     }
 
     fn remember_access(&self, folder: &str, t: TicketResponse) {
@@ -203,7 +236,10 @@ impl CloudClient {
         }
         let id = self.identity().await?;
         let url = self.url("/tickets/access");
-        let body = AccessRequest { resource: format!("/folders/{folder}"), rights: vec![Right::Read, Right::Write] };
+        let body = AccessRequest {
+            resource: format!("/folders/{folder}"),
+            rights: vec![Right::Read, Right::Write],
+        };
         let resp = send(&url, self.http.post(&url).bearer_auth(id).json(&body)).await?;
         let t: TicketResponse = json(&url, resp).await?;
         let token = t.ticket.clone();
@@ -227,7 +263,11 @@ impl CloudClient {
             };
             let req = build(self.http.request(method.clone(), &url).bearer_auth(token));
             match send(&url, req).await {
-                Err(ClientError::Api { status: 401, ref error, .. }) if attempt == 0 && error == "ticket_expired" => {
+                Err(ClientError::Api {
+                    status: 401,
+                    ref error,
+                    ..
+                }) if attempt == 0 && error == "ticket_expired" => {
                     self.forget_tickets(folder).await;
                 }
                 other => return other,
@@ -255,9 +295,18 @@ impl CloudClient {
         Ok(grants)
     }
 
-    pub async fn create_folder(&self, name: &str, device_only: bool) -> Result<FolderGrant, ClientError> {
-        let body = NewFolder { name: name.to_string(), device_only };
-        let resp = self.authed(None, Method::POST, "/folders", |r| r.json(&body)).await?;
+    pub async fn create_folder(
+        &self,
+        name: &str,
+        device_only: bool,
+    ) -> Result<FolderGrant, ClientError> {
+        let body = NewFolder {
+            name: name.to_string(),
+            device_only,
+        };
+        let resp = self
+            .authed(None, Method::POST, "/folders", |r| r.json(&body))
+            .await?;
         json("/folders", resp).await
     }
 
@@ -292,7 +341,13 @@ impl CloudClient {
     }
 
     /// Creates (`base` = None, `If-None-Match: *`) or updates (`If-Match: "base"`) an entry.
-    pub async fn put_entry(&self, folder: &str, id: &str, base: Option<u64>, body: &EntryPut) -> Result<Entry, ClientError> {
+    pub async fn put_entry(
+        &self,
+        folder: &str,
+        id: &str,
+        base: Option<u64>,
+        body: &EntryPut,
+    ) -> Result<Entry, ClientError> {
         let path = format!("/folders/{folder}/entries/{id}");
         let resp = self
             .authed(Some(folder), Method::PUT, &path, |r| {
@@ -306,18 +361,32 @@ impl CloudClient {
         json(&path, resp).await
     }
 
-    pub async fn delete_entry(&self, folder: &str, id: &str, base: u64) -> Result<Entry, ClientError> {
+    pub async fn delete_entry(
+        &self,
+        folder: &str,
+        id: &str,
+        base: u64,
+    ) -> Result<Entry, ClientError> {
         let path = format!("/folders/{folder}/entries/{id}");
         let resp = self
-            .authed(Some(folder), Method::DELETE, &path, |r| r.header("If-Match", format!("\"{base}\"")))
+            .authed(Some(folder), Method::DELETE, &path, |r| {
+                r.header("If-Match", format!("\"{base}\""))
+            })
             .await?;
         json(&path, resp).await
     }
 
-    pub async fn changes(&self, folder: &str, since: u64, wait_secs: u64) -> Result<ChangeBatch, ClientError> {
+    pub async fn changes(
+        &self,
+        folder: &str,
+        since: u64,
+        wait_secs: u64,
+    ) -> Result<ChangeBatch, ClientError> {
         let path = format!("/folders/{folder}/changes?since={since}&wait={wait_secs}");
         let timeout = Duration::from_secs(wait_secs + 15);
-        let resp = self.authed(Some(folder), Method::GET, &path, |r| r.timeout(timeout)).await?;
+        let resp = self
+            .authed(Some(folder), Method::GET, &path, |r| r.timeout(timeout))
+            .await?;
         json(&path, resp).await
     }
 
@@ -330,9 +399,15 @@ impl CloudClient {
         }
     }
 
-    pub async fn put_block(&self, folder: &str, hash: &BlockHash, data: Bytes) -> Result<(), ClientError> {
+    pub async fn put_block(
+        &self,
+        folder: &str,
+        hash: &BlockHash,
+        data: Bytes,
+    ) -> Result<(), ClientError> {
         let path = format!("/folders/{folder}/blocks/{hash}");
-        self.authed(Some(folder), Method::PUT, &path, |r| r.body(data.clone())).await?;
+        self.authed(Some(folder), Method::PUT, &path, |r| r.body(data.clone()))
+            .await?;
         Ok(())
     }
 
@@ -340,8 +415,12 @@ impl CloudClient {
     pub async fn get_block(&self, folder: &str, hash: &BlockHash) -> Result<Bytes, ClientError> {
         let path = format!("/folders/{folder}/blocks/{hash}");
         let resp = self
-            .authed(Some(folder), Method::GET, &path, |r| r.timeout(Duration::from_secs(60)))
+            .authed(Some(folder), Method::GET, &path, |r| {
+                r.timeout(Duration::from_secs(60))
+            })
             .await?;
-        resp.bytes().await.map_err(|source| ClientError::Unreachable { url: path, source })
+        resp.bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable { url: path, source })
     }
 }

@@ -11,6 +11,7 @@ use crate::agent::status::Counters;
 use crate::proto::{Entry, EntryKind};
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Tells the kernel to drop what it cached. The FUSE adapter implements it with the
@@ -60,7 +61,12 @@ fn ino_for(cache: &Cache, txn: &mut Txn, folder: &str, entry: &str) -> Result<u6
 }
 
 /// Applies one entry of `folder` to the cache. Returns whether anything changed.
-pub fn apply_entry(cache: &Cache, inv: &dyn Invalidator, folder: &FolderInfo, e: &Entry) -> Result<bool, CacheError> {
+pub fn apply_entry(
+    cache: &Cache,
+    inv: &dyn Invalidator,
+    folder: &FolderInfo,
+    e: &Entry,
+) -> Result<bool, CacheError> {
     let existing = match cache.ino_of_entry(&folder.id, &e.id)? {
         Some(ino) => cache.node(ino)?.map(|n| (ino, n)),
         None => None,
@@ -72,7 +78,9 @@ pub fn apply_entry(cache: &Cache, inv: &dyn Invalidator, folder: &FolderInfo, e:
     }
     let mut txn = Txn::default();
     if e.deleted {
-        let Some((ino, n)) = existing else { return Ok(false) };
+        let Some((ino, n)) = existing else {
+            return Ok(false);
+        };
         if cache.lookup(n.parent, &n.name)? == Some(ino) {
             txn.unlink(n.parent, &n.name);
         }
@@ -105,7 +113,9 @@ pub fn apply_entry(cache: &Cache, inv: &dyn Invalidator, folder: &FolderInfo, e:
         }
     }
     if let Some((_, old)) = &existing {
-        if (old.parent, &old.name) != (parent, &e.name) && cache.lookup(old.parent, &old.name)? == Some(ino) {
+        if (old.parent, &old.name) != (parent, &e.name)
+            && cache.lookup(old.parent, &old.name)? == Some(ino)
+        {
             txn.unlink(old.parent, &old.name);
         }
     }
@@ -123,7 +133,12 @@ pub fn apply_entry(cache: &Cache, inv: &dyn Invalidator, folder: &FolderInfo, e:
 }
 
 /// Makes sure a folder has its root node under the mount root; returns what the cache knows.
-pub fn ensure_folder(cache: &Cache, id: &str, name: &str, device_only: bool) -> Result<FolderInfo, CacheError> {
+pub fn ensure_folder(
+    cache: &Cache,
+    id: &str,
+    name: &str,
+    device_only: bool,
+) -> Result<FolderInfo, CacheError> {
     if let Some(f) = cache.folder(id)? {
         return Ok(f);
     }
@@ -132,7 +147,12 @@ pub fn ensure_folder(cache: &Cache, id: &str, name: &str, device_only: bool) -> 
     while cache.lookup(ROOT, &display)?.is_some() {
         display = format!("{display} ({})", &id[..id.len().min(8)]);
     }
-    let info = FolderInfo { id: id.to_string(), name: display.clone(), ino, device_only };
+    let info = FolderInfo {
+        id: id.to_string(),
+        name: display.clone(),
+        ino,
+        device_only,
+    };
     let mut txn = Txn::default();
     txn.put_node(&Node {
         ino,
@@ -162,7 +182,12 @@ const POLL_WAIT_SECS: u64 = 20;
 const FOLDER_REFRESH: Duration = Duration::from_secs(10);
 
 /// Follows the list of folders and each folder's feed, forever.
-pub async fn run(cache: Arc<Cache>, client: Arc<CloudClient>, inv: Arc<dyn Invalidator>, counters: Arc<Counters>) {
+pub async fn run(
+    cache: Arc<Cache>,
+    client: Arc<CloudClient>,
+    inv: Arc<dyn Invalidator>,
+    counters: Arc<Counters>,
+) {
     let mut following = HashSet::new();
     loop {
         match client.folders().await {
@@ -171,7 +196,8 @@ pub async fn run(cache: Arc<Cache>, client: Arc<CloudClient>, inv: Arc<dyn Inval
                     if following.contains(&g.folder.id) {
                         continue;
                     }
-                    match ensure_folder(&cache, &g.folder.id, &g.folder.name, g.folder.device_only) {
+                    match ensure_folder(&cache, &g.folder.id, &g.folder.name, g.folder.device_only)
+                    {
                         Ok(info) => {
                             inv.entry(ROOT, &info.name);
                             following.insert(info.id.clone());
@@ -193,12 +219,24 @@ pub async fn run(cache: Arc<Cache>, client: Arc<CloudClient>, inv: Arc<dyn Inval
     }
 }
 
-async fn follow(cache: Arc<Cache>, client: Arc<CloudClient>, inv: Arc<dyn Invalidator>, counters: Arc<Counters>, folder: FolderInfo) {
+async fn follow(
+    cache: Arc<Cache>,
+    client: Arc<CloudClient>,
+    inv: Arc<dyn Invalidator>,
+    counters: Arc<Counters>,
+    folder: FolderInfo,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
         match step(&cache, &client, inv.as_ref(), &counters, &folder).await {
-            Ok(()) => backoff = Duration::from_millis(250),
+            Ok(()) => {
+                counters.cloud_reachable.store(true, Ordering::Relaxed);
+                backoff = Duration::from_millis(250);
+            }
             Err(e) => {
+                if matches!(&e, StepError::Cloud(c) if c.is_unreachable()) {
+                    counters.cloud_reachable.store(false, Ordering::Relaxed);
+                }
                 tracing::debug!(folder = %folder.name, error = %e, "change feed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -215,7 +253,13 @@ enum StepError {
     Cache(#[from] CacheError),
 }
 
-async fn step(cache: &Cache, client: &CloudClient, inv: &dyn Invalidator, counters: &Counters, folder: &FolderInfo) -> Result<(), StepError> {
+async fn step(
+    cache: &Cache,
+    client: &CloudClient,
+    inv: &dyn Invalidator,
+    counters: &Counters,
+    folder: &FolderInfo,
+) -> Result<(), StepError> {
     let (entries, next) = match cache.cursor(&folder.id)? {
         None => {
             let mut list = client.entries(&folder.id).await?;
@@ -247,7 +291,10 @@ mod tests {
     struct Recorder(Mutex<Vec<String>>);
     impl Invalidator for Recorder {
         fn entry(&self, parent: u64, name: &str) {
-            self.0.lock().unwrap().push(format!("entry {parent} {name}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("entry {parent} {name}"));
         }
         fn inode(&self, ino: u64) {
             self.0.lock().unwrap().push(format!("inode {ino}"));
@@ -283,9 +330,25 @@ mod tests {
     fn a_child_arriving_before_its_parent_is_linked_once_the_parent_comes() {
         let (_d, cache, f) = setup();
         let inv = Recorder::default();
-        assert!(apply_entry(&cache, &inv, &f, &entry("c", Some("p"), "child", EntryKind::File, 2)).unwrap());
+        assert!(
+            apply_entry(
+                &cache,
+                &inv,
+                &f,
+                &entry("c", Some("p"), "child", EntryKind::File, 2)
+            )
+            .unwrap()
+        );
         assert!(cache.lookup(f.ino, "dir").unwrap().is_none());
-        assert!(apply_entry(&cache, &inv, &f, &entry("p", None, "dir", EntryKind::Dir, 3)).unwrap());
+        assert!(
+            apply_entry(
+                &cache,
+                &inv,
+                &f,
+                &entry("p", None, "dir", EntryKind::Dir, 3)
+            )
+            .unwrap()
+        );
         let p = cache.lookup(f.ino, "dir").unwrap().unwrap();
         let c = cache.lookup(p, "child").unwrap().unwrap();
         assert_eq!(cache.node(c).unwrap().unwrap().entry.as_deref(), Some("c"));
@@ -295,10 +358,22 @@ mod tests {
     fn rename_moves_the_link_and_invalidates_both_names() {
         let (_d, cache, f) = setup();
         let inv = Recorder::default();
-        apply_entry(&cache, &inv, &f, &entry("a", None, "old", EntryKind::File, 1)).unwrap();
+        apply_entry(
+            &cache,
+            &inv,
+            &f,
+            &entry("a", None, "old", EntryKind::File, 1),
+        )
+        .unwrap();
         let ino = cache.lookup(f.ino, "old").unwrap().unwrap();
         inv.0.lock().unwrap().clear();
-        apply_entry(&cache, &inv, &f, &entry("a", None, "new", EntryKind::File, 2)).unwrap();
+        apply_entry(
+            &cache,
+            &inv,
+            &f,
+            &entry("a", None, "new", EntryKind::File, 2),
+        )
+        .unwrap();
         assert_eq!(cache.lookup(f.ino, "new").unwrap(), Some(ino));
         assert!(cache.lookup(f.ino, "old").unwrap().is_none());
         let log = inv.0.lock().unwrap().clone();
@@ -313,7 +388,9 @@ mod tests {
         let e = entry("a", None, "x", EntryKind::File, 5);
         assert!(apply_entry(&cache, &inv, &f, &e).unwrap());
         assert!(!apply_entry(&cache, &inv, &f, &e).unwrap());
-        assert!(!apply_entry(&cache, &inv, &f, &entry("a", None, "y", EntryKind::File, 4)).unwrap());
+        assert!(
+            !apply_entry(&cache, &inv, &f, &entry("a", None, "y", EntryKind::File, 4)).unwrap()
+        );
         let mut gone = entry("a", None, "x", EntryKind::File, 6);
         gone.deleted = true;
         assert!(apply_entry(&cache, &inv, &f, &gone).unwrap());
@@ -332,7 +409,15 @@ mod tests {
         let mut t = Txn::default();
         t.put_node(&n);
         cache.apply(t).unwrap();
-        assert!(!apply_entry(&cache, &inv, &f, &entry("a", None, "remote", EntryKind::File, 9)).unwrap());
+        assert!(
+            !apply_entry(
+                &cache,
+                &inv,
+                &f,
+                &entry("a", None, "remote", EntryKind::File, 9)
+            )
+            .unwrap()
+        );
         assert_eq!(cache.lookup(f.ino, "x").unwrap(), Some(ino));
     }
 }

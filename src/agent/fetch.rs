@@ -23,7 +23,11 @@ pub enum SourceError {
 /// Somewhere blocks come from: the cloud today, peers later.
 pub trait BlockSource: Send + Sync {
     fn name(&self) -> &str;
-    fn get<'a>(&'a self, folder: &'a str, hash: &'a BlockHash) -> BoxFuture<'a, Result<Bytes, SourceError>>;
+    fn get<'a>(
+        &'a self,
+        folder: &'a str,
+        hash: &'a BlockHash,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>>;
 }
 
 impl BlockSource for CloudClient {
@@ -31,12 +35,18 @@ impl BlockSource for CloudClient {
         "cloud"
     }
 
-    fn get<'a>(&'a self, folder: &'a str, hash: &'a BlockHash) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+    fn get<'a>(
+        &'a self,
+        folder: &'a str,
+        hash: &'a BlockHash,
+    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
         async move {
-            self.get_block(folder, hash).await.map_err(|e| match e.status() {
-                Some(_) => SourceError::Missing(e.to_string()),
-                None => SourceError::Unreachable(e.to_string()),
-            })
+            self.get_block(folder, hash)
+                .await
+                .map_err(|e| match e.status() {
+                    Some(_) => SourceError::Missing(e.to_string()),
+                    None => SourceError::Unreachable(e.to_string()),
+                })
         }
         .boxed()
     }
@@ -65,8 +75,17 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    pub fn new(cache: Arc<Cache>, sources: Vec<Arc<dyn BlockSource>>, counters: Arc<Counters>) -> Self {
-        Self { cache, sources, inflight: Mutex::new(HashMap::new()), counters }
+    pub fn new(
+        cache: Arc<Cache>,
+        sources: Vec<Arc<dyn BlockSource>>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            cache,
+            sources,
+            inflight: Mutex::new(HashMap::new()),
+            counters,
+        }
     }
 
     /// Makes sure the block is in the local cache, fetching it if needed.
@@ -82,7 +101,10 @@ impl Fetcher {
                     let folder = folder.to_string();
                     async move {
                         let r = this.fetch(&folder, hash).await;
-                        this.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+                        this.inflight
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&hash);
                         r
                     }
                     .boxed()
@@ -123,7 +145,11 @@ impl Fetcher {
                 }
             }
         }
-        Err(if reached_any { FetchError::NotFound(hash) } else { FetchError::Unreachable(hash) })
+        Err(if reached_any {
+            FetchError::NotFound(hash)
+        } else {
+            FetchError::Unreachable(hash)
+        })
     }
 }
 
@@ -142,7 +168,11 @@ mod tests {
         fn name(&self) -> &str {
             "fixed"
         }
-        fn get<'a>(&'a self, _: &'a str, _: &'a BlockHash) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a BlockHash,
+        ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let data = self.data.clone();
             async move {
@@ -158,7 +188,11 @@ mod tests {
         fn name(&self) -> &str {
             "down"
         }
-        fn get<'a>(&'a self, _: &'a str, _: &'a BlockHash) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        fn get<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a BlockHash,
+        ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
             async { Err(SourceError::Unreachable("down".into())) }.boxed()
         }
     }
@@ -171,7 +205,10 @@ mod tests {
     #[tokio::test]
     async fn concurrent_readers_share_one_request() {
         let dir = tempfile::tempdir().unwrap();
-        let good = Arc::new(Fixed { data: Bytes::from_static(b"block"), calls: AtomicUsize::new(0) });
+        let good = Arc::new(Fixed {
+            data: Bytes::from_static(b"block"),
+            calls: AtomicUsize::new(0),
+        });
         let f = fetcher(dir.path(), vec![good.clone()]);
         let h = BlockHash::of(b"block");
         let all = futures::future::join_all((0..8).map(|_| f.ensure("f", h))).await;
@@ -183,19 +220,33 @@ mod tests {
     #[tokio::test]
     async fn a_lying_source_is_skipped_for_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let liar = Arc::new(Fixed { data: Bytes::from_static(b"wrong"), calls: AtomicUsize::new(0) });
-        let good = Arc::new(Fixed { data: Bytes::from_static(b"right"), calls: AtomicUsize::new(0) });
+        let liar = Arc::new(Fixed {
+            data: Bytes::from_static(b"wrong"),
+            calls: AtomicUsize::new(0),
+        });
+        let good = Arc::new(Fixed {
+            data: Bytes::from_static(b"right"),
+            calls: AtomicUsize::new(0),
+        });
         let f = fetcher(dir.path(), vec![liar, good]);
         let h = BlockHash::of(b"right");
         f.ensure("f", h).await.unwrap();
         assert_eq!(f.cache.load_block(&h).unwrap().unwrap(), b"right");
-        assert_eq!(f.counters.blocks_rejected.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            f.counters
+                .blocks_rejected
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     #[tokio::test]
     async fn only_liars_give_not_found_and_store_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let liar = Arc::new(Fixed { data: Bytes::from_static(b"wrong"), calls: AtomicUsize::new(0) });
+        let liar = Arc::new(Fixed {
+            data: Bytes::from_static(b"wrong"),
+            calls: AtomicUsize::new(0),
+        });
         let f = fetcher(dir.path(), vec![Arc::new(Down), liar]);
         let h = BlockHash::of(b"right");
         assert_eq!(f.ensure("f", h).await, Err(FetchError::NotFound(h)));

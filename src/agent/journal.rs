@@ -14,7 +14,7 @@ use crate::proto::{Entry, EntryKind, EntryPut};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -22,8 +22,6 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Journal {
     wake: Notify,
-    /// Whether the last attempt to reach the cloud worked.
-    pub cloud_reachable: AtomicBool,
     /// Records the cloud refused for good.
     pub failed: AtomicU64,
 }
@@ -81,7 +79,8 @@ impl Uploader {
             };
             let Some((seq, op)) = head else {
                 // Wake on a new record, or look again after a while.
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.journal.wake.notified()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.journal.wake.notified())
+                    .await;
                 continue;
             };
             let outcome = match &op {
@@ -91,7 +90,9 @@ impl Uploader {
             let outcome = outcome.unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")));
             match outcome {
                 Outcome::Retry(e) => {
-                    self.journal.cloud_reachable.store(!e.is_unreachable(), Ordering::Relaxed);
+                    self.counters
+                        .cloud_reachable
+                        .store(!e.is_unreachable(), Ordering::Relaxed);
                     tracing::debug!(error = %e, "upload postponed");
                     let _ = tokio::time::timeout(backoff, self.journal.wake.notified()).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -103,7 +104,7 @@ impl Uploader {
                 }
                 Outcome::Done => {}
             }
-            self.journal.cloud_reachable.store(true, Ordering::Relaxed);
+            self.counters.cloud_reachable.store(true, Ordering::Relaxed);
             backoff = Duration::from_millis(200);
             if let Err(e) = self.finish(seq, op.ino()) {
                 tracing::error!(error = %e, "removing a journal record");
@@ -127,8 +128,12 @@ impl Uploader {
     }
 
     async fn put(&self, ino: u64, replace: bool) -> Result<Outcome, CacheError> {
-        let Some(n) = self.cache.node(ino)? else { return Ok(Outcome::Done) };
-        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else { return Ok(Outcome::Done) };
+        let Some(n) = self.cache.node(ino)? else {
+            return Ok(Outcome::Done);
+        };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(Outcome::Done);
+        };
         if !n.linked {
             // Unlinked or replaced since: a later record (or the replacing rename) says so.
             return Ok(Outcome::Done);
@@ -173,7 +178,11 @@ impl Uploader {
             .manifest
             .iter()
             .map(|b| {
-                let (client, cache, counters) = (Arc::clone(&self.client), Arc::clone(&self.cache), Arc::clone(&self.counters));
+                let (client, cache, counters) = (
+                    Arc::clone(&self.client),
+                    Arc::clone(&self.cache),
+                    Arc::clone(&self.counters),
+                );
                 let (folder, hash) = (folder.to_string(), b.hash);
                 async move {
                     if client.has_block(&folder, &hash).await? {
@@ -222,7 +231,11 @@ impl Uploader {
             // Our own earlier write (replayed after a crash), or a metadata change that
             // simply goes on top: adopt the cloud's version and send again.
             self.agreed(n.ino, &remote)?;
-            return Ok(Outcome::Retry(ClientError::Api { status: 412, error: "rebased".into(), message: String::new() }));
+            return Ok(Outcome::Retry(ClientError::Api {
+                status: 412,
+                error: "rebased".into(),
+                message: String::new(),
+            }));
         }
         // Two devices changed one file: ours becomes a conflict copy beside theirs.
         Counters::add(&self.counters.conflicts, 1);
@@ -231,14 +244,22 @@ impl Uploader {
         if let Some(info) = self.cache.folder(folder)? {
             feed::apply_entry(&self.cache, self.inv.as_ref(), &info, &remote)?;
         }
-        Ok(Outcome::Retry(ClientError::Api { status: 412, error: "conflict_copy".into(), message: String::new() }))
+        Ok(Outcome::Retry(ClientError::Api {
+            status: 412,
+            error: "conflict_copy".into(),
+            message: String::new(),
+        }))
     }
 
     /// Gives the node a new entry id (and maybe a new name) so that its next upload creates
     /// a new entry instead of overwriting.
     fn reenter(&self, ino: u64, new_name: Option<String>) -> Result<(), CacheError> {
-        let Some(mut n) = self.cache.node(ino)? else { return Ok(()) };
-        let (Some(folder), Some(old)) = (n.folder.clone(), n.entry.clone()) else { return Ok(()) };
+        let Some(mut n) = self.cache.node(ino)? else {
+            return Ok(());
+        };
+        let (Some(folder), Some(old)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(());
+        };
         let mut txn = Txn::default();
         let new_entry = uuid::Uuid::new_v4().to_string();
         txn.unindex_entry(&folder, &old);
@@ -258,8 +279,12 @@ impl Uploader {
     }
 
     async fn delete(&self, ino: u64) -> Result<Outcome, CacheError> {
-        let Some(n) = self.cache.node(ino)? else { return Ok(Outcome::Done) };
-        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else { return Ok(Outcome::Done) };
+        let Some(n) = self.cache.node(ino)? else {
+            return Ok(Outcome::Done);
+        };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(Outcome::Done);
+        };
         if n.version == 0 {
             self.forget(&n, &folder, &entry)?;
             return Ok(Outcome::Done);
@@ -313,7 +338,12 @@ pub fn conflict_name(name: &str, device: &str) -> String {
     let secs = crate::proto::now_secs();
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    let stamp = format!("{y:04}-{m:02}-{d:02} {:02}.{:02}.{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    let stamp = format!(
+        "{y:04}-{m:02}-{d:02} {:02}.{:02}.{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
     let dev = &device[..device.len().min(8)];
     match name.rfind('.').filter(|&i| i > 0) {
         Some(i) => format!("{} (conflict {dev} {stamp}){}", &name[..i], &name[i..]),

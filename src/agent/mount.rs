@@ -55,9 +55,18 @@ pub struct Agent {
 pub fn connect(home: &Home) -> Result<CloudClient, MountError> {
     let dev = home.load_device()?;
     let key = keys::load_private(&home.key())?;
-    let ca = std::fs::read(home.ca()).map_err(|source| ClientError::Ca { path: home.ca().display().to_string(), source })?;
+    let ca = std::fs::read(home.ca()).map_err(|source| ClientError::Ca {
+        path: home.ca().display().to_string(),
+        source,
+    })?;
     let http = crate::agent::client::https(&ca)?;
-    Ok(CloudClient::new(http, &dev.cloud, &dev.user, &dev.device_id, key))
+    Ok(CloudClient::new(
+        http,
+        &dev.cloud,
+        &dev.user,
+        &dev.device_id,
+        key,
+    ))
 }
 
 /// Opens the device's state and connects the parts (no mount yet).
@@ -75,10 +84,25 @@ pub fn open_agent(home: &Home) -> Result<Agent, MountError> {
     }
     let counters = Arc::new(Counters::default());
     let sources: Vec<Arc<dyn BlockSource>> = vec![client.clone()];
-    let fetcher = Arc::new(Fetcher::new(Arc::clone(&cache), sources, Arc::clone(&counters)));
+    let fetcher = Arc::new(Fetcher::new(
+        Arc::clone(&cache),
+        sources,
+        Arc::clone(&counters),
+    ));
     let journal = Arc::new(Journal::default());
-    let fs = Arc::new(Fs::new(Arc::clone(&cache), fetcher, Arc::clone(&journal), Arc::clone(&counters)));
-    Ok(Agent { cache, client, counters, journal, fs })
+    let fs = Arc::new(Fs::new(
+        Arc::clone(&cache),
+        fetcher,
+        Arc::clone(&journal),
+        Arc::clone(&counters),
+    ));
+    Ok(Agent {
+        cache,
+        client,
+        counters,
+        journal,
+        fs,
+    })
 }
 
 /// A mount point left behind by an agent that died answers ENOTCONN; clear it.
@@ -95,12 +119,25 @@ fn clear_stale_mount(mountpoint: &Path) {
 pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
     let agent = open_agent(home)?;
     clear_stale_mount(mountpoint);
-    let meta = std::fs::metadata(mountpoint).map_err(|source| MountError::MountPoint { path: mountpoint.into(), source })?;
-    let home_meta = std::fs::metadata(home.root()).map_err(|source| MountError::MountPoint { path: home.root().into(), source })?;
-    let owner = Owner { uid: home_meta.uid(), gid: home_meta.gid() };
+    let meta = std::fs::metadata(mountpoint).map_err(|source| MountError::MountPoint {
+        path: mountpoint.into(),
+        source,
+    })?;
+    let home_meta = std::fs::metadata(home.root()).map_err(|source| MountError::MountPoint {
+        path: home.root().into(),
+        source,
+    })?;
+    let owner = Owner {
+        uid: home_meta.uid(),
+        gid: home_meta.gid(),
+    };
     let _ = meta;
 
-    let adapter = FuseAdapter::new(Arc::clone(&agent.fs), tokio::runtime::Handle::current(), owner);
+    let adapter = FuseAdapter::new(
+        Arc::clone(&agent.fs),
+        tokio::runtime::Handle::current(),
+        owner,
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("meshfs".into()),
@@ -112,7 +149,10 @@ pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
     ];
     config.acl = fuser::SessionACL::RootAndOwner;
     config.n_threads = Some(2);
-    let fuse_err = |source| MountError::Fuse { path: mountpoint.into(), source };
+    let fuse_err = |source| MountError::Fuse {
+        path: mountpoint.into(),
+        source,
+    };
     let session = fuser::Session::new(adapter, mountpoint, &config).map_err(fuse_err)?;
     let inv: Arc<dyn Invalidator> = Arc::new(KernelInvalidator(session.notifier()));
     let bg = session.spawn().map_err(fuse_err)?;
@@ -129,8 +169,19 @@ pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
             }
             .run(),
         ),
-        tokio::spawn(feed::run(Arc::clone(&agent.cache), Arc::clone(&agent.client), inv, Arc::clone(&agent.counters))),
-        tokio::spawn(report_status(home.status_file(), mountpoint.display().to_string(), Arc::clone(&agent.cache), Arc::clone(&agent.journal), Arc::clone(&agent.counters))),
+        tokio::spawn(feed::run(
+            Arc::clone(&agent.cache),
+            Arc::clone(&agent.client),
+            inv,
+            Arc::clone(&agent.counters),
+        )),
+        tokio::spawn(report_status(
+            home.status_file(),
+            mountpoint.display().to_string(),
+            Arc::clone(&agent.cache),
+            Arc::clone(&agent.journal),
+            Arc::clone(&agent.counters),
+        )),
     ];
 
     wait_for_signal().await;
@@ -145,7 +196,9 @@ pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
     match tokio::time::timeout(Duration::from_secs(5), joined).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "FUSE session ended with an error"),
-        Ok(Err(_)) | Err(_) => tracing::warn!("files are still open on the mount; leaving them to the kernel"),
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!("files are still open on the mount; leaving them to the kernel")
+        }
     }
     agent.cache.flush().await?;
     let _ = std::fs::remove_file(home.status_file());
@@ -160,13 +213,19 @@ fn unmount(mountpoint: &Path) {
         .status()
         .is_ok_and(|s| s.success());
     if !done {
-        let _ = std::process::Command::new("umount").arg("-l").arg(mountpoint).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(mountpoint)
+            .status();
     }
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}
@@ -180,13 +239,19 @@ async fn wait_for_signal() {
 }
 
 /// Writes `status.json` every second, atomically.
-async fn report_status(path: PathBuf, mountpoint: String, cache: Arc<Cache>, journal: Arc<Journal>, counters: Arc<Counters>) {
+async fn report_status(
+    path: PathBuf,
+    mountpoint: String,
+    cache: Arc<Cache>,
+    journal: Arc<Journal>,
+    counters: Arc<Counters>,
+) {
     loop {
         let status = AgentStatus {
             pid: std::process::id(),
             mountpoint: mountpoint.clone(),
             written_ms: crate::proto::now_ms(),
-            cloud_reachable: journal.cloud_reachable.load(Ordering::Relaxed),
+            cloud_reachable: counters.cloud_reachable.load(Ordering::Relaxed),
             pending_uploads: cache.journal_len(),
             failed_uploads: journal.failed.load(Ordering::Relaxed),
             counters: counters.snapshot(),

@@ -2,7 +2,7 @@
 //! The running agent writes a snapshot to `<home>/status.json` every second.
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// Live counters, shared by the parts of the agent.
 #[derive(Default)]
@@ -15,6 +15,8 @@ pub struct Counters {
     pub commits: AtomicU64,
     pub conflicts: AtomicU64,
     pub changes_applied: AtomicU64,
+    /// Whether the last request to the cloud (feed or upload) got an answer.
+    pub cloud_reachable: AtomicBool,
 }
 
 impl Counters {

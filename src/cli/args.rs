@@ -94,8 +94,9 @@ impl HomeArg {
         if let Some(h) = &self.home {
             return Ok(Home::new(h));
         }
-        let dirs = directories::ProjectDirs::from("", "", "meshfs")
-            .ok_or_else(|| anyhow::anyhow!("no home directory found; pass --home or set MESHFS_HOME"))?;
+        let dirs = directories::ProjectDirs::from("", "", "meshfs").ok_or_else(|| {
+            anyhow::anyhow!("no home directory found; pass --home or set MESHFS_HOME")
+        })?;
         Ok(Home::new(dirs.data_dir()))
     }
 }
@@ -182,7 +183,16 @@ mod tests {
 
     #[test]
     fn login_requires_password_stdin() {
-        let r = Cli::try_parse_from(["meshfs", "login", "--cloud", "https://x", "--ca", "c", "--user", "u"]);
+        let r = Cli::try_parse_from([
+            "meshfs",
+            "login",
+            "--cloud",
+            "https://x",
+            "--ca",
+            "c",
+            "--user",
+            "u",
+        ]);
         assert!(r.is_err());
     }
 }

@@ -20,7 +20,10 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
         }
         DeviceCommand::Revoke { id, home } => {
             let client = connect(&home.resolve()?)?;
-            client.revoke(&id).await.with_context(|| format!("revoking device {id}"))?;
+            client
+                .revoke(&id)
+                .await
+                .with_context(|| format!("revoking device {id}"))?;
             eprintln!("device {id} revoked; its tickets no longer work");
         }
     }

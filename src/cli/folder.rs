@@ -7,15 +7,25 @@ use anyhow::Context;
 
 pub async fn run(cmd: FolderCommand) -> anyhow::Result<()> {
     match cmd {
-        FolderCommand::Create { name, device_only, home } => {
+        FolderCommand::Create {
+            name,
+            device_only,
+            home,
+        } => {
             let client = connect(&home.resolve()?)?;
-            let g = client.create_folder(&name, device_only).await.with_context(|| format!("creating folder {name}"))?;
+            let g = client
+                .create_folder(&name, device_only)
+                .await
+                .with_context(|| format!("creating folder {name}"))?;
             println!("{}\t{}", g.folder.id, g.folder.name);
         }
         FolderCommand::List { home } => {
             let client = connect(&home.resolve()?)?;
             let grants = client.folders().await.context("listing folders")?;
-            println!("{:<36}  {:<24}  {:<10}  {:<12}  RIGHTS", "ID", "NAME", "OWNER", "CONTENT");
+            println!(
+                "{:<36}  {:<24}  {:<10}  {:<12}  RIGHTS",
+                "ID", "NAME", "OWNER", "CONTENT"
+            );
             for g in grants {
                 let rights: Vec<&str> = g
                     .rights
@@ -26,8 +36,19 @@ pub async fn run(cmd: FolderCommand) -> anyhow::Result<()> {
                         Right::Admin => "admin",
                     })
                     .collect();
-                let content = if g.folder.device_only { "device-only" } else { "cloud" };
-                println!("{:<36}  {:<24}  {:<10}  {:<12}  {}", g.folder.id, g.folder.name, g.folder.owner, content, rights.join(","));
+                let content = if g.folder.device_only {
+                    "device-only"
+                } else {
+                    "cloud"
+                };
+                println!(
+                    "{:<36}  {:<24}  {:<10}  {:<12}  {}",
+                    g.folder.id,
+                    g.folder.name,
+                    g.folder.owner,
+                    content,
+                    rights.join(",")
+                );
             }
         }
     }

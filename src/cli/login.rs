@@ -17,20 +17,25 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
         .mode(0o700)
         .create(home.root())
         .with_context(|| format!("creating the device home {}", home.root().display()))?;
-    let ca = std::fs::read(&a.ca).with_context(|| format!("reading the cloud's CA {}", a.ca.display()))?;
+    let ca = std::fs::read(&a.ca)
+        .with_context(|| format!("reading the cloud's CA {}", a.ca.display()))?;
 
     let key = if home.key().exists() {
         keys::load_private(&home.key())?
     } else {
         eprintln!("Making this device's RSA key…");
-        let key = tokio::task::spawn_blocking(keys::generate).await.context("generating the device key")?;
+        let key = tokio::task::spawn_blocking(keys::generate)
+            .await
+            .context("generating the device key")?;
         keys::save_private(&key, &home.key())?;
         key
     };
     let http = client::https(&ca)?;
     let device_name = match a.device_name {
         Some(n) => n,
-        None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "device".into()),
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "device".into()),
     };
     let cloud = a.cloud.trim_end_matches('/').to_string();
     let req = LoginRequest {
@@ -43,7 +48,15 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("logging in to {cloud} as {}", a.user))?;
     std::fs::write(home.ca(), &ca).with_context(|| format!("writing {}", home.ca().display()))?;
-    home.save_device(&DeviceFile { cloud, user: resp.user.clone(), device_id: resp.device_id.clone(), device_name })?;
-    eprintln!("Logged in as {}; this device is {}.", resp.user, resp.device_id);
+    home.save_device(&DeviceFile {
+        cloud,
+        user: resp.user.clone(),
+        device_id: resp.device_id.clone(),
+        device_name,
+    })?;
+    eprintln!(
+        "Logged in as {}; this device is {}.",
+        resp.user, resp.device_id
+    );
     Ok(())
 }

@@ -28,8 +28,12 @@ pub fn run() -> anyhow::Result<()> {
 
 fn init_logging(service: bool) {
     let default = if service { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHFS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESHFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn dispatch(cmd: Command) -> anyhow::Result<()> {
@@ -37,7 +41,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Cloud(a) => {
             let mut cfg = crate::cloud::CloudConfig::new(a.data_dir.clone(), a.listen);
             cfg.tls_names.extend(a.tls_name);
-            let running = crate::cloud::start(cfg).await.context("starting the cloud")?;
+            let running = crate::cloud::start(cfg)
+                .await
+                .context("starting the cloud")?;
             eprintln!(
                 "meshfs cloud listening on https://{} (CA for clients: {})",
                 running.addr,
@@ -58,7 +64,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 eprintln!("user {name} added");
                 Ok(())
             }
-            UserCommand::Quota { name, bytes, data_dir } => {
+            UserCommand::Quota {
+                name,
+                bytes,
+                data_dir,
+            } => {
                 crate::cloud::set_quota(&data_dir, &name, bytes)
                     .await
                     .with_context(|| format!("setting the quota of {name}"))?;
@@ -81,15 +91,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
 /// The password, from the first line of standard input.
 fn read_password() -> anyhow::Result<String> {
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
     let password = line.trim_end_matches(['\r', '\n']).to_string();
-    anyhow::ensure!(!password.is_empty(), "no password on standard input; pipe it in, e.g. `echo secret | meshfs ...`");
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password on standard input; pipe it in, e.g. `echo secret | meshfs ...`"
+    );
     Ok(password)
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    if let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    if let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}

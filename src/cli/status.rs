@@ -49,7 +49,12 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     println!("user:     {}", report.user);
     println!("device:   {}", report.device_id);
     match (&report.cloud_error, report.quota_used, report.quota) {
-        (None, Some(used), Some(q)) => println!("cloud:    {} (reachable; {} of {} MB used)", report.cloud, used / 1_000_000, q / 1_000_000),
+        (None, Some(used), Some(q)) => println!(
+            "cloud:    {} (reachable; {} of {} MB used)",
+            report.cloud,
+            used / 1_000_000,
+            q / 1_000_000
+        ),
         (Some(e), _, _) => println!("cloud:    {} (NOT reachable: {e})", report.cloud),
         _ => println!("cloud:    {}", report.cloud),
     }
@@ -57,11 +62,19 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         None => println!("agent:    not running (start it with `meshfs mount DIR`)"),
         Some(s) => {
             println!("agent:    running (pid {}) at {}", s.pid, s.mountpoint);
-            println!("pending:  {} local change(s) not yet in the cloud; {} refused", s.pending_uploads, s.failed_uploads);
+            println!(
+                "pending:  {} local change(s) not yet in the cloud; {} refused",
+                s.pending_uploads, s.failed_uploads
+            );
             let c = &s.counters;
             println!(
                 "moved:    fetched {} blocks ({} bytes), uploaded {} blocks ({} bytes), {} rejected, {} conflicts",
-                c.blocks_fetched, c.bytes_fetched, c.blocks_uploaded, c.bytes_uploaded, c.blocks_rejected, c.conflicts
+                c.blocks_fetched,
+                c.bytes_fetched,
+                c.blocks_uploaded,
+                c.bytes_uploaded,
+                c.blocks_rejected,
+                c.conflicts
             );
         }
     }

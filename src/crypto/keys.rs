@@ -1,7 +1,9 @@
 //! RSA key pairs: generated on the device (never leaves it) or by the cloud for signing;
 //! stored as PKCS#8 PEM with mode 0600; public halves travel as SPKI PEM.
 
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::{Generate, PrivateKey, PublicKey};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -30,8 +32,13 @@ pub fn generate() -> PrivateKey {
 
 /// Writes `key` to `path` as PKCS#8 PEM, created with mode 0600 so no other user reads it.
 pub fn save_private(key: &PrivateKey, path: &Path) -> Result<(), KeyError> {
-    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|_| KeyError::Encode)?;
-    let io = |source| KeyError::Io { path: path.display().to_string(), source };
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|_| KeyError::Encode)?;
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -43,15 +50,19 @@ pub fn save_private(key: &PrivateKey, path: &Path) -> Result<(), KeyError> {
 }
 
 pub fn load_private(path: &Path) -> Result<PrivateKey, KeyError> {
-    let pem = std::fs::read_to_string(path)
-        .map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
-    PrivateKey::from_pkcs8_pem(&pem)
-        .map_err(|_| KeyError::BadPrivate { path: path.display().to_string() })
+    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    PrivateKey::from_pkcs8_pem(&pem).map_err(|_| KeyError::BadPrivate {
+        path: path.display().to_string(),
+    })
 }
 
 /// The public half as SPKI PEM, the form the cloud records under the device node.
 pub fn public_pem(key: &PublicKey) -> Result<String, KeyError> {
-    key.to_public_key_pem(LineEnding::LF).map_err(|_| KeyError::Encode)
+    key.to_public_key_pem(LineEnding::LF)
+        .map_err(|_| KeyError::Encode)
 }
 
 pub fn parse_public_pem(pem: &str) -> Result<PublicKey, KeyError> {

@@ -58,7 +58,11 @@ pub struct Signer {
 impl Signer {
     pub fn new(kid: impl Into<String>, key: PrivateKey) -> Self {
         let public = key.to_public_key();
-        Self { kid: kid.into(), key: SigningKey::new(key), public }
+        Self {
+            kid: kid.into(),
+            key: SigningKey::new(key),
+            public,
+        }
     }
 
     pub fn kid(&self) -> &str {
@@ -67,7 +71,11 @@ impl Signer {
 
     /// `base64url(header) . base64url(payload) . base64url(PS256 signature)`.
     pub fn sign<T: Serialize>(&self, payload: &T) -> String {
-        let header = Header { alg: "PS256".into(), kid: Some(self.kid.clone()), typ: Some("JWT".into()) };
+        let header = Header {
+            alg: "PS256".into(),
+            kid: Some(self.kid.clone()),
+            typ: Some("JWT".into()),
+        };
         // Serializing plain structs of strings and integers cannot fail.
         let h = serde_json::to_vec(&header).unwrap_or_default();
         let p = serde_json::to_vec(payload).unwrap_or_default();
@@ -102,23 +110,35 @@ fn parse(token: &str) -> Result<Parsed<'_>, TicketError> {
         return Err(TicketError::Malformed);
     }
     let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(TicketError::Malformed)?;
-    let (h_b64, p_b64) = signing_input.split_once('.').ok_or(TicketError::Malformed)?;
+    let (h_b64, p_b64) = signing_input
+        .split_once('.')
+        .ok_or(TicketError::Malformed)?;
     let decode = |s: &str| B64.decode(s).map_err(|_| TicketError::Malformed);
     let header: Header =
         serde_json::from_slice(&decode(h_b64)?).map_err(|_| TicketError::Malformed)?;
     if header.alg != "PS256" {
         return Err(TicketError::UnsupportedAlg);
     }
-    Ok(Parsed { header, payload: decode(p_b64)?, signing_input, signature: decode(sig_b64)? })
+    Ok(Parsed {
+        header,
+        payload: decode(p_b64)?,
+        signing_input,
+        signature: decode(sig_b64)?,
+    })
 }
 
 fn verify_sig(key: &VerifyingKey<Sha256>, parsed: &Parsed<'_>) -> Result<(), TicketError> {
-    let sig = Signature::try_from(parsed.signature.as_slice()).map_err(|_| TicketError::BadSignature)?;
-    key.verify(parsed.signing_input.as_bytes(), &sig).map_err(|_| TicketError::BadSignature)
+    let sig =
+        Signature::try_from(parsed.signature.as_slice()).map_err(|_| TicketError::BadSignature)?;
+    key.verify(parsed.signing_input.as_bytes(), &sig)
+        .map_err(|_| TicketError::BadSignature)
 }
 
 /// Checks a token signed by one known key (a device's assertion) and returns its payload.
-pub fn verify_with_key<T: DeserializeOwned>(token: &str, key: &PublicKey) -> Result<T, TicketError> {
+pub fn verify_with_key<T: DeserializeOwned>(
+    token: &str,
+    key: &PublicKey,
+) -> Result<T, TicketError> {
     let parsed = parse(token)?;
     verify_sig(&VerifyingKey::new(key.clone()), &parsed)?;
     serde_json::from_slice(&parsed.payload).map_err(|_| TicketError::Malformed)
@@ -165,11 +185,18 @@ impl KeySet {
     /// Builds a key set from a JWKS document; keys that are not RSA PS256 are skipped.
     pub fn from_jwks(jwks: &Jwks) -> Result<Self, TicketError> {
         let mut set = Self::default();
-        for k in jwks.keys.iter().filter(|k| k.kty == "RSA" && k.alg == "PS256") {
+        for k in jwks
+            .keys
+            .iter()
+            .filter(|k| k.kty == "RSA" && k.alg == "PS256")
+        {
             let n = B64.decode(&k.n).map_err(|_| TicketError::Malformed)?;
             let e = B64.decode(&k.e).map_err(|_| TicketError::Malformed)?;
-            let key = PublicKey::new(BoxedUint::from_be_slice_vartime(&n), BoxedUint::from_be_slice_vartime(&e))
-                .map_err(|_| TicketError::Malformed)?;
+            let key = PublicKey::new(
+                BoxedUint::from_be_slice_vartime(&n),
+                BoxedUint::from_be_slice_vartime(&e),
+            )
+            .map_err(|_| TicketError::Malformed)?;
             set.insert(k.kid.clone(), key);
         }
         Ok(set)
@@ -179,10 +206,15 @@ impl KeySet {
     /// and audience, inside its time window at `now` (seconds).
     pub fn check(&self, token: &str, aud: &str, now: i64) -> Result<VerifiedTicket, TicketError> {
         let parsed = parse(token)?;
-        let kid = parsed.header.kid.as_deref().ok_or(TicketError::UnknownKid)?;
+        let kid = parsed
+            .header
+            .kid
+            .as_deref()
+            .ok_or(TicketError::UnknownKid)?;
         let key = self.keys.get(kid).ok_or(TicketError::UnknownKid)?;
         verify_sig(key, &parsed)?;
-        let claims: Claims = serde_json::from_slice(&parsed.payload).map_err(|_| TicketError::Malformed)?;
+        let claims: Claims =
+            serde_json::from_slice(&parsed.payload).map_err(|_| TicketError::Malformed)?;
         if claims.iss != ISSUER || claims.aud != aud {
             return Err(TicketError::WrongAudience);
         }
@@ -220,7 +252,10 @@ mod tests {
 
     fn setup() -> (Signer, KeySet) {
         let signer = Signer::new("k1", KEY.clone());
-        let set = KeySet::from_jwks(&Jwks { keys: vec![signer.jwk()] }).unwrap();
+        let set = KeySet::from_jwks(&Jwks {
+            keys: vec![signer.jwk()],
+        })
+        .unwrap();
         (signer, set)
     }
 
@@ -244,8 +279,14 @@ mod tests {
     fn rejects_expired_and_not_yet_valid() {
         let (signer, set) = setup();
         let t = signer.sign(&claims(1000));
-        assert_eq!(set.check(&t, AUDIENCE_CLOUD, 1600).unwrap_err(), TicketError::Expired);
-        assert_eq!(set.check(&t, AUDIENCE_CLOUD, 900).unwrap_err(), TicketError::NotYetValid);
+        assert_eq!(
+            set.check(&t, AUDIENCE_CLOUD, 1600).unwrap_err(),
+            TicketError::Expired
+        );
+        assert_eq!(
+            set.check(&t, AUDIENCE_CLOUD, 900).unwrap_err(),
+            TicketError::NotYetValid
+        );
     }
 
     #[test]
@@ -256,7 +297,10 @@ mod tests {
         let mut raw = B64.decode(sig).unwrap();
         raw[10] ^= 1;
         let forged = format!("{input}.{}", B64.encode(&raw));
-        assert_eq!(set.check(&forged, AUDIENCE_CLOUD, 1001).unwrap_err(), TicketError::BadSignature);
+        assert_eq!(
+            set.check(&forged, AUDIENCE_CLOUD, 1001).unwrap_err(),
+            TicketError::BadSignature
+        );
 
         let mut c = claims(1000);
         c.rights = vec![Right::Admin];
@@ -267,7 +311,10 @@ mod tests {
             other.split('.').nth(1).unwrap(),
             sig
         );
-        assert_eq!(set.check(&swapped, AUDIENCE_CLOUD, 1001).unwrap_err(), TicketError::BadSignature);
+        assert_eq!(
+            set.check(&swapped, AUDIENCE_CLOUD, 1001).unwrap_err(),
+            TicketError::BadSignature
+        );
     }
 
     #[test]
@@ -275,20 +322,40 @@ mod tests {
         let (_, set) = setup();
         let stranger = Signer::new("k2", KEY.clone());
         let t = stranger.sign(&claims(1000));
-        assert_eq!(set.check(&t, AUDIENCE_CLOUD, 1001).unwrap_err(), TicketError::UnknownKid);
+        assert_eq!(
+            set.check(&t, AUDIENCE_CLOUD, 1001).unwrap_err(),
+            TicketError::UnknownKid
+        );
 
-        let none_alg = format!("{}.{}.", B64.encode(br#"{"alg":"none"}"#), B64.encode(b"{}"));
-        assert_eq!(set.check(&none_alg, AUDIENCE_CLOUD, 1).unwrap_err(), TicketError::UnsupportedAlg);
+        let none_alg = format!(
+            "{}.{}.",
+            B64.encode(br#"{"alg":"none"}"#),
+            B64.encode(b"{}")
+        );
+        assert_eq!(
+            set.check(&none_alg, AUDIENCE_CLOUD, 1).unwrap_err(),
+            TicketError::UnsupportedAlg
+        );
 
         let (signer, _) = setup();
         let t = signer.sign(&claims(1000));
-        assert_eq!(set.check(&t, "other", 1001).unwrap_err(), TicketError::WrongAudience);
+        assert_eq!(
+            set.check(&t, "other", 1001).unwrap_err(),
+            TicketError::WrongAudience
+        );
     }
 
     #[test]
     fn rejects_garbage_without_panicking() {
         let (_, set) = setup();
-        for t in ["", ".", "..", "a.b.c", "e30.e30.", &"a".repeat(MAX_TOKEN_LEN + 1)] {
+        for t in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "e30.e30.",
+            &"a".repeat(MAX_TOKEN_LEN + 1),
+        ] {
             assert!(set.check(t, AUDIENCE_CLOUD, 0).is_err(), "{t:?}");
         }
     }

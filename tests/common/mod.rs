@@ -27,7 +27,10 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub fn is_mounted(path: &Path) -> bool {
@@ -49,7 +52,12 @@ impl Cloud {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("cloud");
         let log = dir.path().join("cloud.log");
-        let mut cloud = Cloud { child: None, url: String::new(), data, dir };
+        let mut cloud = Cloud {
+            child: None,
+            url: String::new(),
+            data,
+            dir,
+        };
         cloud.spawn("127.0.0.1:0", &log);
         cloud
     }
@@ -77,7 +85,11 @@ impl Cloud {
                 .map(str::to_string);
             url.is_some()
         });
-        assert!(ok, "cloud did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+        assert!(
+            ok,
+            "cloud did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         self.url = url.unwrap_or_default();
     }
 
@@ -86,8 +98,17 @@ impl Cloud {
     }
 
     pub fn add_user(&self, name: &str) {
-        let out = run_with_stdin(Command::new(bin()).args(["user", "add", name, "--data-dir"]).arg(&self.data), PASSWORD);
-        assert!(out.status.success(), "user add: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run_with_stdin(
+            Command::new(bin())
+                .args(["user", "add", name, "--data-dir"])
+                .arg(&self.data),
+            PASSWORD,
+        );
+        assert!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -132,8 +153,18 @@ impl Drop for Cloud {
 }
 
 pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn meshfs");
-    child.stdin.take().expect("stdin").write_all(format!("{input}\n").as_bytes()).expect("write stdin");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meshfs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{input}\n").as_bytes())
+        .expect("write stdin");
     child.wait_with_output().expect("wait meshfs")
 }
 
@@ -152,22 +183,46 @@ impl Device {
             Command::new(bin())
                 .args(["login", "--cloud", &cloud.url, "--ca"])
                 .arg(cloud.ca())
-                .args(["--user", user, "--password-stdin", "--device-name", name, "--home"])
+                .args([
+                    "--user",
+                    user,
+                    "--password-stdin",
+                    "--device-name",
+                    name,
+                    "--home",
+                ])
                 .arg(&home),
             PASSWORD,
         );
-        assert!(out.status.success(), "login: {}", String::from_utf8_lossy(&out.stderr));
-        Device { home, name: name.into(), _dir: dir }
+        assert!(
+            out.status.success(),
+            "login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Device {
+            home,
+            name: name.into(),
+            _dir: dir,
+        }
     }
 
     /// Runs `meshfs ARGS --home HOME` and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin()).args(args).arg("--home").arg(&self.home).output().expect("run meshfs")
+        Command::new(bin())
+            .args(args)
+            .arg("--home")
+            .arg(&self.home)
+            .output()
+            .expect("run meshfs")
     }
 
     pub fn create_folder(&self, name: &str) {
         let out = self.cli(&["folder", "create", name]);
-        assert!(out.status.success(), "folder create: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "folder create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn device_id(&self) -> String {
@@ -184,7 +239,10 @@ impl Device {
     /// Waits until a report written after this call shows nothing left to upload.
     pub fn uploaded(&self) -> bool {
         let since = meshfs::proto::now_ms();
-        eventually(Duration::from_secs(60), || self.status().is_some_and(|s| s.written_ms > since && s.pending_uploads == 0))
+        eventually(Duration::from_secs(60), || {
+            self.status()
+                .is_some_and(|s| s.written_ms > since && s.pending_uploads == 0)
+        })
     }
 
     pub fn mount(&self) -> Mount {
@@ -207,13 +265,23 @@ impl Mount {
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");
         let log = dir.path().join("agent.log");
-        let mut m = Mount { child: None, path, home: dev.home.clone(), log, _dir: dir };
+        let mut m = Mount {
+            child: None,
+            path,
+            home: dev.home.clone(),
+            log,
+            _dir: dir,
+        };
         m.spawn();
         m
     }
 
     fn spawn(&mut self) {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
         let child = Command::new(bin())
             .arg("mount")
             .arg(&self.path)
@@ -273,7 +341,10 @@ impl Drop for Mount {
     fn drop(&mut self) {
         self.stop();
         if is_mounted(&self.path) {
-            let _ = Command::new("fusermount3").args(["-u", "-z"]).arg(&self.path).status();
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.path)
+                .status();
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
     }
@@ -312,8 +383,18 @@ impl Mesh {
         a.create_folder("Docs");
         let ma = a.mount();
         let mb = b.mount();
-        assert!(eventually(Duration::from_secs(20), || ma.join("Docs").is_dir() && mb.join("Docs").is_dir()), "folder did not appear");
-        Mesh { ma, mb, a, b, cloud }
+        assert!(
+            eventually(Duration::from_secs(20), || ma.join("Docs").is_dir()
+                && mb.join("Docs").is_dir()),
+            "folder did not appear"
+        );
+        Mesh {
+            ma,
+            mb,
+            a,
+            b,
+            cloud,
+        }
     }
 
     /// Waits until device A has uploaded everything.

@@ -9,9 +9,10 @@ use crate::agent::feed::Invalidator;
 use crate::agent::fs::{Fs, FsError};
 use crate::proto::EntryKind;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -97,12 +98,20 @@ fn time_ns(t: TimeOrNow) -> i64 {
 }
 
 fn open_flags(keep_cache: bool) -> FopenFlags {
-    if keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }
+    if keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
 }
 
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for cap in [InitFlags::FUSE_PARALLEL_DIROPS, InitFlags::FUSE_DO_READDIRPLUS, InitFlags::FUSE_READDIRPLUS_AUTO] {
+        for cap in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks a FUSE capability");
             }
@@ -176,15 +185,36 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, mode: u32, _u: u32, _r: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        mode: u32,
+        _u: u32,
+        _r: u32,
+        reply: ReplyEntry,
+    ) {
         // Only regular files, made through create(); device nodes, FIFOs and sockets have
         // no meaning on other devices.
         let _ = mode;
         reply.error(Errno::from_i32(libc::EPERM));
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let r = name_of(name).and_then(|n| self.fs.mkdir(parent.0, n, mode & !umask).map_err(|e| errno(&e)));
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = name_of(name).and_then(|n| {
+            self.fs
+                .mkdir(parent.0, n, mode & !umask)
+                .map_err(|e| errno(&e))
+        });
         match r {
             Ok(n) => reply.entry(&TTL, &self.attr(&n), Generation(0)),
             Err(e) => reply.error(e),
@@ -205,7 +235,14 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let r = name_of(name).and_then(|n| {
             let t = target.to_str().ok_or(Errno::EINVAL)?;
             self.fs.symlink(parent.0, n, t).map_err(|e| errno(&e))
@@ -226,13 +263,17 @@ impl fuser::Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let r = name_of(name).and_then(|a| {
             let b = name_of(newname)?;
-            self.fs.rename(parent.0, a, newparent.0, b, noreplace).map_err(|e| errno(&e))
+            self.fs
+                .rename(parent.0, a, newparent.0, b, noreplace)
+                .map_err(|e| errno(&e))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -257,7 +298,16 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn create(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         let name = match name_of(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
@@ -265,7 +315,13 @@ impl fuser::Filesystem for FuseAdapter {
         let (fs, owner) = (Arc::clone(&self.fs), self.owner);
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask).await {
-                Ok((n, o)) => reply.created(&TTL, &attr_of(&n, owner), Generation(0), FileHandle(o.fh), open_flags(false)),
+                Ok((n, o)) => reply.created(
+                    &TTL,
+                    &attr_of(&n, owner),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    open_flags(false),
+                ),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -313,7 +369,14 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
             match fs.flush(fh.0).await {
@@ -323,7 +386,16 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn release(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _f: OpenFlags, _l: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _f: OpenFlags,
+        _l: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
             match fs.release(fh.0).await {
@@ -333,7 +405,14 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
             match fs.fsync(fh.0).await {
@@ -343,14 +422,28 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let children = match self.fs.readdir(ino.0) {
             Ok(c) => c,
             Err(e) => return reply.error(errno(&e)),
         };
         let parent = self.fs.getattr(ino.0).map_or(ino.0, |n| n.parent);
-        let dots = [(ino.0, FileType::Directory, "."), (parent, FileType::Directory, "..")];
-        let all = dots.into_iter().chain(children.iter().map(|n| (n.ino, attr_of(n, self.owner).kind, n.name.as_str())));
+        let dots = [
+            (ino.0, FileType::Directory, "."),
+            (parent, FileType::Directory, ".."),
+        ];
+        let all = dots.into_iter().chain(
+            children
+                .iter()
+                .map(|n| (n.ino, attr_of(n, self.owner).kind, n.name.as_str())),
+        );
         for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
                 break;
@@ -359,23 +452,53 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let (this, children) = match self.fs.getattr(ino.0).and_then(|n| Ok((n, self.fs.readdir(ino.0)?))) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (this, children) = match self
+            .fs
+            .getattr(ino.0)
+            .and_then(|n| Ok((n, self.fs.readdir(ino.0)?)))
+        {
             Ok(c) => c,
             Err(e) => return reply.error(errno(&e)),
         };
-        let parent = self.fs.getattr(this.parent).unwrap_or_else(|_| this.clone());
+        let parent = self
+            .fs
+            .getattr(this.parent)
+            .unwrap_or_else(|_| this.clone());
         let dots = [(".", &this), ("..", &parent)];
-        let all = dots.into_iter().chain(children.iter().map(|n| (n.name.as_str(), n)));
+        let all = dots
+            .into_iter()
+            .chain(children.iter().map(|n| (n.name.as_str(), n)));
         for (i, (name, n)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(n.ino), i as u64 + 1, name, &TTL, &self.attr(n), Generation(0)) {
+            if reply.add(
+                INodeNo(n.ino),
+                i as u64 + 1,
+                name,
+                &TTL,
+                &self.attr(n),
+                Generation(0),
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
         // No extended attributes are kept: every name is absent.
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.error(Errno::from_i32(libc::ENODATA)),
@@ -391,7 +514,16 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    fn setxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _v: &[u8], _f: i32, _p: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _f: i32,
+        _p: u32,
+        reply: ReplyEmpty,
+    ) {
         // Extended attributes do not travel between devices; refuse rather than drop them.
         reply.error(Errno::from_i32(libc::ENOTSUP));
     }

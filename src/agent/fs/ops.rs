@@ -76,7 +76,12 @@ pub struct Opened {
 }
 
 impl Fs {
-    pub fn new(cache: Arc<Cache>, fetcher: Arc<Fetcher>, journal: Arc<Journal>, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        cache: Arc<Cache>,
+        fetcher: Arc<Fetcher>,
+        journal: Arc<Journal>,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             cache,
             fetcher,
@@ -99,7 +104,11 @@ impl Fs {
 
     fn dir(&self, ino: u64) -> Result<Node, FsError> {
         let n = self.node(ino)?;
-        if n.is_dir() { Ok(n) } else { Err(FsError::NotDir) }
+        if n.is_dir() {
+            Ok(n)
+        } else {
+            Err(FsError::NotDir)
+        }
     }
 
     // ---- reading metadata ----
@@ -128,17 +137,28 @@ impl Fs {
 
     pub fn readlink(&self, ino: u64) -> Result<String, FsError> {
         let n = self.node(ino)?;
-        n.target.filter(|_| n.kind == EntryKind::Symlink).ok_or(FsError::Invalid)
+        n.target
+            .filter(|_| n.kind == EntryKind::Symlink)
+            .ok_or(FsError::Invalid)
     }
 
     // ---- changing metadata ----
 
-    fn new_child(&self, parent: u64, name: &str, kind: EntryKind, mode: u32, target: Option<String>) -> Result<Node, FsError> {
+    fn new_child(
+        &self,
+        parent: u64,
+        name: &str,
+        kind: EntryKind,
+        mode: u32,
+        target: Option<String>,
+    ) -> Result<Node, FsError> {
         check_name(name)?;
         let _g = self.lock_meta();
         let p = self.dir(parent)?;
         if parent == ROOT {
-            return Err(FsError::NotPermitted("the mount root holds Mesh Folders: use `meshfs folder create`"));
+            return Err(FsError::NotPermitted(
+                "the mount root holds Mesh Folders: use `meshfs folder create`",
+            ));
         }
         if self.cache.lookup(parent, name)?.is_some() {
             return Err(FsError::Exists);
@@ -176,11 +196,22 @@ impl Fs {
     }
 
     pub fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Node, FsError> {
-        self.new_child(parent, name, EntryKind::Symlink, 0o777, Some(target.to_string()))
+        self.new_child(
+            parent,
+            name,
+            EntryKind::Symlink,
+            0o777,
+            Some(target.to_string()),
+        )
     }
 
     /// Creates an empty file and opens it for writing.
-    pub async fn create(&self, parent: u64, name: &str, mode: u32) -> Result<(Node, Opened), FsError> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+    ) -> Result<(Node, Opened), FsError> {
         let node = self.new_child(parent, name, EntryKind::File, mode, None)?;
         let staging = self.staging_empty(node.ino).await?;
         staging.opens.fetch_add(1, Ordering::SeqCst);
@@ -188,7 +219,12 @@ impl Fs {
     }
 
     /// Changes a node and journals the change in one batch.
-    fn update(&self, ino: u64, replace: bool, change: impl FnOnce(&mut Node)) -> Result<Node, FsError> {
+    fn update(
+        &self,
+        ino: u64,
+        replace: bool,
+        change: impl FnOnce(&mut Node),
+    ) -> Result<Node, FsError> {
         let mut n = self.node(ino)?;
         change(&mut n);
         n.pending += 1;
@@ -209,7 +245,9 @@ impl Fs {
     fn remove(&self, parent: u64, name: &str, dir: bool) -> Result<(), FsError> {
         let _g = self.lock_meta();
         if parent == ROOT {
-            return Err(FsError::NotPermitted("Mesh Folders are removed through the cloud"));
+            return Err(FsError::NotPermitted(
+                "Mesh Folders are removed through the cloud",
+            ));
         }
         let n = self.lookup(parent, name)?;
         match (dir, n.is_dir()) {
@@ -229,11 +267,20 @@ impl Fs {
     }
 
     /// `rename(2)`, within one Mesh Folder. `noreplace` is `RENAME_NOREPLACE`.
-    pub fn rename(&self, parent: u64, name: &str, new_parent: u64, new_name: &str, noreplace: bool) -> Result<(), FsError> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        noreplace: bool,
+    ) -> Result<(), FsError> {
         check_name(new_name)?;
         let _g = self.lock_meta();
         if parent == ROOT || new_parent == ROOT {
-            return Err(FsError::NotPermitted("Mesh Folders are renamed through the cloud"));
+            return Err(FsError::NotPermitted(
+                "Mesh Folders are renamed through the cloud",
+            ));
         }
         let src = self.lookup(parent, name)?;
         let dst_dir = self.dir(new_parent)?;
@@ -280,12 +327,18 @@ impl Fs {
         n.pending += 1;
         txn.link(new_parent, new_name, n.ino);
         txn.put_node(&n);
-        self.journal.put(&self.cache, txn, n.ino, target.is_some())?;
+        self.journal
+            .put(&self.cache, txn, n.ino, target.is_some())?;
         Ok(())
     }
 
     /// `chmod` and `utimens`; size changes go through [`Fs::truncate`].
-    pub fn set_meta(&self, ino: u64, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<Node, FsError> {
+    pub fn set_meta(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Node, FsError> {
         let _g = self.lock_meta();
         let n = self.node(ino)?;
         if n.entry.is_none() {
@@ -308,8 +361,16 @@ impl Fs {
 
     fn new_handle(&self, ino: u64, writable: bool, keep_cache: bool) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let h = Handle { ino, writable, next_offset: 0, window: 0 };
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, h);
+        let h = Handle {
+            ino,
+            writable,
+            next_offset: 0,
+            window: 0,
+        };
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, h);
         Opened { fh, keep_cache }
     }
 
@@ -320,8 +381,18 @@ impl Fs {
     async fn staging_empty(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
         let mut map = self.staging.lock().await;
         let path = self.cache.staging_path(ino);
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
-        let s = Arc::new(Staging { file, gate: RwLock::new(()), dirty: AtomicBool::new(true), opens: AtomicU64::new(0) });
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let s = Arc::new(Staging {
+            file,
+            gate: RwLock::new(()),
+            dirty: AtomicBool::new(true),
+            opens: AtomicU64::new(0),
+        });
         map.insert(ino, Arc::clone(&s));
         Ok(s)
     }
@@ -335,16 +406,29 @@ impl Fs {
         let n = self.node(ino)?;
         let folder = n.folder.clone().ok_or(FsError::Invalid)?;
         let path = self.cache.staging_path(ino);
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
         let mut at = 0u64;
         for b in &n.manifest {
             self.fetcher.ensure(&folder, b.hash).await?;
-            let data = self.cache.load_block(&b.hash)?.ok_or(FsError::Fetch(crate::agent::fetch::FetchError::Local))?;
+            let data = self
+                .cache
+                .load_block(&b.hash)?
+                .ok_or(FsError::Fetch(crate::agent::fetch::FetchError::Local))?;
             file.write_all_at(&data, at)?;
             at += data.len() as u64;
         }
         file.set_len(n.size)?;
-        let s = Arc::new(Staging { file, gate: RwLock::new(()), dirty: AtomicBool::new(false), opens: AtomicU64::new(0) });
+        let s = Arc::new(Staging {
+            file,
+            gate: RwLock::new(()),
+            dirty: AtomicBool::new(false),
+            opens: AtomicU64::new(0),
+        });
         map.insert(ino, Arc::clone(&s));
         Ok(s)
     }
@@ -425,13 +509,21 @@ impl Fs {
     fn read_ahead(&self, fh: u64, n: &Node, folder: &str, offset: u64, end: u64, last: u64) {
         let window = {
             let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(h) = handles.get_mut(&fh) else { return };
-            h.window = if offset == h.next_offset && offset != 0 { (h.window * 2).clamp(1, MAX_READAHEAD_BLOCKS) } else { 0 };
+            let Some(h) = handles.get_mut(&fh) else {
+                return;
+            };
+            h.window = if offset == h.next_offset && offset != 0 {
+                (h.window * 2).clamp(1, MAX_READAHEAD_BLOCKS)
+            } else {
+                0
+            };
             h.next_offset = end;
             h.window
         };
         for idx in last + 1..=last + window {
-            let Some(b) = n.manifest.get(idx as usize) else { break };
+            let Some(b) = n.manifest.get(idx as usize) else {
+                break;
+            };
             if self.cache.has_block(&b.hash) {
                 continue;
             }
@@ -479,7 +571,11 @@ impl Fs {
     pub async fn truncate(&self, ino: u64, size: u64) -> Result<Node, FsError> {
         let n = self.node(ino)?;
         if n.kind != EntryKind::File {
-            return Err(if n.is_dir() { FsError::IsDir } else { FsError::Invalid });
+            return Err(if n.is_dir() {
+                FsError::IsDir
+            } else {
+                FsError::Invalid
+            });
         }
         let s = match self.staging_of(ino).await {
             Some(s) => s,
@@ -508,19 +604,22 @@ impl Fs {
     /// Commits the staging file of `ino` as a new version, durably, if it has uncommitted
     /// writes. Called on `flush`, `fsync` and `release`.
     pub async fn commit(&self, ino: u64) -> Result<(), FsError> {
-        let Some(s) = self.staging_of(ino).await else { return Ok(()) };
+        let Some(s) = self.staging_of(ino).await else {
+            return Ok(());
+        };
         if !s.dirty.load(Ordering::SeqCst) {
             return Ok(());
         }
         let cache = Arc::clone(&self.cache);
         let s2 = Arc::clone(&s);
-        let manifest = tokio::task::spawn_blocking(move || -> Result<(Vec<BlockRef>, u64), FsError> {
-            let _x = s2.gate.write().unwrap_or_else(|p| p.into_inner());
-            s2.dirty.store(false, Ordering::SeqCst);
-            chunk(&cache, &s2.file)
-        })
-        .await
-        .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
+        let manifest =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<BlockRef>, u64), FsError> {
+                let _x = s2.gate.write().unwrap_or_else(|p| p.into_inner());
+                s2.dirty.store(false, Ordering::SeqCst);
+                chunk(&cache, &s2.file)
+            })
+            .await
+            .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
         {
             let _g = self.lock_meta();
             self.update(ino, false, |n| {
@@ -548,7 +647,12 @@ impl Fs {
 
     /// The last close of a handle: commit what it wrote and let go of the staging file.
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
-        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh).ok_or(FsError::BadHandle)?;
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
         if !h.writable {
             return Ok(());
         }
@@ -562,7 +666,9 @@ impl Fs {
 
     async fn drop_staging_if_idle(&self, ino: u64) {
         let mut map = self.staging.lock().await;
-        let idle = map.get(&ino).is_some_and(|s| s.opens.load(Ordering::SeqCst) == 0 && !s.dirty.load(Ordering::SeqCst));
+        let idle = map.get(&ino).is_some_and(|s| {
+            s.opens.load(Ordering::SeqCst) == 0 && !s.dirty.load(Ordering::SeqCst)
+        });
         if idle {
             map.remove(&ino);
             let _ = std::fs::remove_file(self.cache.staging_path(ino));
@@ -592,7 +698,10 @@ fn chunk(cache: &Cache, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), Fs
         at += filled as u64;
         let hash = BlockHash::of(&buf);
         cache.store_block(&hash, &buf)?;
-        manifest.push(BlockRef { hash, len: filled as u32 });
+        manifest.push(BlockRef {
+            hash,
+            len: filled as u32,
+        });
         total += filled as u64;
         if filled < BLOCK_SIZE as usize {
             break;
