@@ -71,10 +71,10 @@ pub fn apply_entry(
         Some(ino) => cache.node(ino)?.map(|n| (ino, n)),
         None => None,
     };
-    if let Some((_, n)) = &existing {
-        if n.pending > 0 || e.version <= n.version {
-            return Ok(false);
-        }
+    if let Some((_, n)) = &existing
+        && (n.pending > 0 || e.version <= n.version)
+    {
+        return Ok(false);
     }
     let mut txn = Txn::default();
     if e.deleted {
@@ -112,20 +112,20 @@ pub fn apply_entry(
             }
         }
     }
-    if let Some((_, old)) = &existing {
-        if (old.parent, &old.name) != (parent, &e.name)
-            && cache.lookup(old.parent, &old.name)? == Some(ino)
-        {
-            txn.unlink(old.parent, &old.name);
-        }
+    let moved_from = existing
+        .as_ref()
+        .map(|(_, old)| (old.parent, old.name.as_str()))
+        .filter(|&(p, n)| (p, n) != (parent, e.name.as_str()));
+    if let Some((p, n)) = moved_from
+        && cache.lookup(p, n)? == Some(ino)
+    {
+        txn.unlink(p, n);
     }
     txn.link(parent, &e.name, ino);
     txn.put_node(&new);
     cache.apply(txn)?;
-    if let Some((_, old)) = &existing {
-        if (old.parent, &old.name) != (parent, &e.name) {
-            inv.entry(old.parent, &old.name);
-        }
+    if let Some((p, n)) = moved_from {
+        inv.entry(p, n);
     }
     inv.entry(parent, &e.name);
     inv.inode(ino);

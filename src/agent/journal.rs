@@ -139,10 +139,11 @@ impl Uploader {
             return Ok(Outcome::Done);
         }
         let device_only = self.cache.folder(&folder)?.is_some_and(|f| f.device_only);
-        if n.kind == EntryKind::File && !device_only {
-            if let Err(e) = self.upload_blocks(&folder, &n).await {
-                return Ok(classify(e));
-            }
+        if n.kind == EntryKind::File
+            && !device_only
+            && let Err(e) = self.upload_blocks(&folder, &n).await
+        {
+            return Ok(classify(e));
         }
         let body = EntryPut {
             parent: self.parent_entry(&n)?,

@@ -107,11 +107,11 @@ pub fn open_agent(home: &Home) -> Result<Agent, MountError> {
 
 /// A mount point left behind by an agent that died answers ENOTCONN; clear it.
 fn clear_stale_mount(mountpoint: &Path) {
-    if let Err(e) = std::fs::metadata(mountpoint) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            tracing::warn!(path = %mountpoint.display(), "clearing a stale mount left by an agent that died");
-            unmount(mountpoint);
-        }
+    if let Err(e) = std::fs::metadata(mountpoint)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        tracing::warn!(path = %mountpoint.display(), "clearing a stale mount left by an agent that died");
+        unmount(mountpoint);
     }
 }
 
@@ -119,7 +119,7 @@ fn clear_stale_mount(mountpoint: &Path) {
 pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
     let agent = open_agent(home)?;
     clear_stale_mount(mountpoint);
-    let meta = std::fs::metadata(mountpoint).map_err(|source| MountError::MountPoint {
+    std::fs::metadata(mountpoint).map_err(|source| MountError::MountPoint {
         path: mountpoint.into(),
         source,
     })?;
@@ -131,7 +131,6 @@ pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
         uid: home_meta.uid(),
         gid: home_meta.gid(),
     };
-    let _ = meta;
 
     let adapter = FuseAdapter::new(
         Arc::clone(&agent.fs),
@@ -257,10 +256,10 @@ async fn report_status(
             counters: counters.snapshot(),
         };
         let tmp = path.with_extension("json.tmp");
-        if let Ok(text) = serde_json::to_vec_pretty(&status) {
-            if std::fs::write(&tmp, text).is_ok() {
-                let _ = std::fs::rename(&tmp, &path);
-            }
+        if let Ok(text) = serde_json::to_vec_pretty(&status)
+            && std::fs::write(&tmp, text).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &path);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
