@@ -79,13 +79,45 @@ pub struct FolderInfo {
     pub device_only: bool,
 }
 
-/// A local change waiting to reach the cloud. Records name an inode, not a snapshot: the
-/// uploader sends the node's state at upload time, which is always a whole committed
-/// version, so replay after a crash is idempotent.
+/// A node's state as one local operation left it: where it is, its metadata and its
+/// content manifest (blocks are immutable and stored locally, so the snapshot stays whole).
+/// Replaying snapshots in order replays the device's history step by step, so a swap of two
+/// names or a rename over a file reaches the cloud as the same valid sequence of states.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The parent's inode; its cloud entry id is looked up at upload time.
+    pub parent: u64,
+    pub name: String,
+    pub mode: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub manifest: Vec<BlockRef>,
+    pub target: Option<String>,
+    /// This step replaced what was at (parent, name): `rename` over an existing file.
+    pub replace: bool,
+}
+
+impl Snapshot {
+    pub fn of(n: &Node, replace: bool) -> Self {
+        Self {
+            parent: n.parent,
+            name: n.name.clone(),
+            mode: n.mode,
+            size: n.size,
+            mtime_ns: n.mtime_ns,
+            manifest: n.manifest.clone(),
+            target: n.target.clone(),
+            replace,
+        }
+    }
+}
+
+/// A local change waiting to reach the cloud. Replaying a record twice is harmless: the
+/// cloud names our device as the author of what it already has.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JournalOp {
-    /// Create or update the node's entry (metadata and content manifest).
-    Put { ino: u64, replace: bool },
+    /// Create or update the node's entry to this state.
+    Put { ino: u64, snap: Snapshot },
     /// Delete the node's entry.
     Delete { ino: u64 },
 }
@@ -322,6 +354,18 @@ impl Cache {
         }
     }
 
+    /// All journal records, oldest first.
+    pub fn journal(&self) -> Result<Vec<(u64, JournalOp)>, CacheError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"j/") {
+            let (k, v) = kv?;
+            if let Some(seq) = u64_of(&k[2..]) {
+                out.push((seq, serde_json::from_slice(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn journal_len(&self) -> usize {
         self.tree.scan_prefix(b"j/").count()
     }
@@ -439,13 +483,7 @@ mod tests {
             t.put_node(&file(ino, ROOT, "a"));
             t.link(ROOT, "a", ino);
             t.index_entry("f", "e1", ino);
-            t.journal(
-                7,
-                &JournalOp::Put {
-                    ino,
-                    replace: false,
-                },
-            );
+            t.journal(7, &JournalOp::Delete { ino });
             c.apply(t).unwrap();
             futures::executor::block_on(c.flush()).unwrap();
         }
@@ -456,13 +494,7 @@ mod tests {
         assert_eq!(c.children(ROOT).unwrap(), vec![("a".to_string(), ino)]);
         assert_eq!(
             c.journal_head().unwrap(),
-            Some((
-                7,
-                JournalOp::Put {
-                    ino,
-                    replace: false
-                }
-            ))
+            Some((7, JournalOp::Delete { ino }))
         );
         // Children of another parent do not leak into this listing.
         assert!(c.children(ino).unwrap().is_empty());

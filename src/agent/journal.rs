@@ -6,11 +6,11 @@
 //! crash at any point replays safely: a create that already happened comes back as 412
 //! with our own device as author and is adopted.
 
-use crate::agent::cache::{Cache, CacheError, JournalOp, Node, Txn};
+use crate::agent::cache::{Cache, CacheError, JournalOp, Node, Snapshot, Txn};
 use crate::agent::client::{ClientError, CloudClient};
 use crate::agent::feed::{self, Invalidator};
 use crate::agent::status::Counters;
-use crate::proto::{Entry, EntryKind, EntryPut};
+use crate::proto::{BlockRef, Entry, EntryKind, EntryPut};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -35,9 +35,23 @@ impl Journal {
         Ok(())
     }
 
-    /// Applies `txn` together with a record to upload the node `ino`.
-    pub fn put(&self, cache: &Cache, txn: Txn, ino: u64, replace: bool) -> Result<(), CacheError> {
-        self.append(cache, txn, JournalOp::Put { ino, replace })
+    /// Applies `txn` together with a record to upload `node` in the state it has now.
+    pub fn put(
+        &self,
+        cache: &Cache,
+        txn: Txn,
+        node: &Node,
+        replace: bool,
+    ) -> Result<(), CacheError> {
+        let snap = Snapshot::of(node, replace);
+        self.append(
+            cache,
+            txn,
+            JournalOp::Put {
+                ino: node.ino,
+                snap,
+            },
+        )
     }
 
     /// Applies `txn` together with a record to delete the node's entry in the cloud.
@@ -84,7 +98,7 @@ impl Uploader {
                 continue;
             };
             let outcome = match &op {
-                JournalOp::Put { ino, replace } => self.put(*ino, *replace).await,
+                JournalOp::Put { ino, snap } => self.put(*ino, snap).await,
                 JournalOp::Delete { ino } => self.delete(*ino).await,
             };
             let outcome = outcome.unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")));
@@ -123,38 +137,34 @@ impl Uploader {
         self.cache.apply(txn)
     }
 
-    fn parent_entry(&self, n: &Node) -> Result<Option<String>, CacheError> {
-        Ok(self.cache.node(n.parent)?.and_then(|p| p.entry))
-    }
-
-    async fn put(&self, ino: u64, replace: bool) -> Result<Outcome, CacheError> {
+    async fn put(&self, ino: u64, snap: &Snapshot) -> Result<Outcome, CacheError> {
         let Some(n) = self.cache.node(ino)? else {
             return Ok(Outcome::Done);
         };
         let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
             return Ok(Outcome::Done);
         };
-        if !n.linked {
-            // Unlinked or replaced since: a later record (or the replacing rename) says so.
+        // Unlinked or replaced since: a later record (or the replacing rename) says so.
+        let Some(parent) = self.cache.node(snap.parent)?.filter(|_| n.linked) else {
             return Ok(Outcome::Done);
-        }
+        };
         let device_only = self.cache.folder(&folder)?.is_some_and(|f| f.device_only);
         if n.kind == EntryKind::File
             && !device_only
-            && let Err(e) = self.upload_blocks(&folder, &n).await
+            && let Err(e) = self.upload_blocks(&folder, &snap.manifest).await
         {
             return Ok(classify(e));
         }
         let body = EntryPut {
-            parent: self.parent_entry(&n)?,
-            name: n.name.clone(),
+            parent: parent.entry,
+            name: snap.name.clone(),
             kind: n.kind,
-            mode: n.mode,
-            size: n.size,
-            mtime_ns: n.mtime_ns,
-            manifest: n.manifest.clone(),
-            target: n.target.clone(),
-            replace,
+            mode: snap.mode,
+            size: snap.size,
+            mtime_ns: snap.mtime_ns,
+            manifest: snap.manifest.clone(),
+            target: snap.target.clone(),
+            replace: snap.replace,
         };
         let base = (n.version > 0).then_some(n.version);
         match self.client.put_entry(&folder, &entry, base, &body).await {
@@ -167,16 +177,16 @@ impl Uploader {
             }
             Err(e) if e.code() == Some("name_taken") => {
                 Counters::add(&self.counters.conflicts, 1);
-                self.reenter(ino, Some(conflict_name(&n.name, self.client.device_id())))?;
+                let name = conflict_name(&snap.name, self.client.device_id());
+                self.reenter(ino, Some(name))?;
                 Ok(Outcome::Retry(e))
             }
             Err(e) => Ok(classify(e)),
         }
     }
 
-    async fn upload_blocks(&self, folder: &str, n: &Node) -> Result<(), ClientError> {
-        let jobs: Vec<_> = n
-            .manifest
+    async fn upload_blocks(&self, folder: &str, manifest: &[BlockRef]) -> Result<(), ClientError> {
+        let jobs: Vec<_> = manifest
             .iter()
             .map(|b| {
                 let (client, cache, counters) = (
@@ -266,6 +276,16 @@ impl Uploader {
         txn.unindex_entry(&folder, &old);
         txn.index_entry(&folder, &new_entry, ino);
         if let Some(name) = new_name {
+            // Records still waiting carry the old name: they now mean the new one.
+            for (seq, op) in self.cache.journal()? {
+                if let JournalOp::Put { ino: i, mut snap } = op
+                    && i == ino
+                    && snap.name == n.name
+                {
+                    snap.name = name.clone();
+                    txn.journal(seq, &JournalOp::Put { ino, snap });
+                }
+            }
             txn.unlink(n.parent, &n.name);
             self.inv.entry(n.parent, &n.name);
             txn.link(n.parent, &name, ino);

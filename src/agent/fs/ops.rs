@@ -187,7 +187,7 @@ impl Fs {
         txn.put_node(&node);
         txn.link(parent, name, ino);
         txn.index_entry(&folder, &entry, ino);
-        self.journal.put(&self.cache, txn, ino, false)?;
+        self.journal.put(&self.cache, txn, &node, false)?;
         Ok(node)
     }
 
@@ -219,18 +219,13 @@ impl Fs {
     }
 
     /// Changes a node and journals the change in one batch.
-    fn update(
-        &self,
-        ino: u64,
-        replace: bool,
-        change: impl FnOnce(&mut Node),
-    ) -> Result<Node, FsError> {
+    fn update(&self, ino: u64, change: impl FnOnce(&mut Node)) -> Result<Node, FsError> {
         let mut n = self.node(ino)?;
         change(&mut n);
         n.pending += 1;
         let mut txn = Txn::default();
         txn.put_node(&n);
-        self.journal.put(&self.cache, txn, ino, replace)?;
+        self.journal.put(&self.cache, txn, &n, false)?;
         Ok(n)
     }
 
@@ -327,8 +322,7 @@ impl Fs {
         n.pending += 1;
         txn.link(new_parent, new_name, n.ino);
         txn.put_node(&n);
-        self.journal
-            .put(&self.cache, txn, n.ino, target.is_some())?;
+        self.journal.put(&self.cache, txn, &n, target.is_some())?;
         Ok(())
     }
 
@@ -347,7 +341,7 @@ impl Fs {
         if mode.is_none() && mtime_ns.is_none() {
             return Ok(n);
         }
-        self.update(ino, false, |n| {
+        self.update(ino, |n| {
             if let Some(m) = mode {
                 n.mode = m & 0o7777;
             }
@@ -449,7 +443,7 @@ impl Fs {
         let s = if truncate && self.staging_of(ino).await.is_none() {
             let s = self.staging_empty(ino).await?;
             let _g = self.lock_meta();
-            self.update(ino, false, |n| {
+            self.update(ino, |n| {
                 n.size = 0;
                 n.manifest.clear();
                 n.mtime_ns = now_ns();
@@ -461,7 +455,7 @@ impl Fs {
                 s.file.set_len(0)?;
                 s.dirty.store(true, Ordering::SeqCst);
                 let _g = self.lock_meta();
-                self.update(ino, false, |n| n.size = 0)?;
+                self.update(ino, |n| n.size = 0)?;
             }
             s
         };
@@ -622,7 +616,7 @@ impl Fs {
             .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
         {
             let _g = self.lock_meta();
-            self.update(ino, false, |n| {
+            self.update(ino, |n| {
                 n.size = manifest.1;
                 n.manifest = manifest.0;
             })?;

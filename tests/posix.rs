@@ -1,0 +1,184 @@
+//! File operations through a real mount arrive on the other device with the same meaning,
+//! and operations the mesh cannot represent fail with a clear errno instead of a false
+//! success.
+
+mod common;
+
+use common::{Mesh, eventually};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, UNIX_EPOCH};
+
+const SOON: Duration = Duration::from_secs(10);
+
+#[test]
+fn truncate_chmod_utimens_and_symlinks_arrive_on_the_other_device() {
+    let mesh = Mesh::new();
+    let (a, b) = (&mesh.ma, &mesh.mb);
+    let path = a.join("Docs/t.bin");
+    std::fs::write(&path, vec![7u8; 3 << 20]).unwrap();
+
+    // Shrink through an open descriptor, then grow sparse by path.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(1000).unwrap();
+    drop(f);
+    assert!(eventually(SOON, || std::fs::read(b.join("Docs/t.bin"))
+        .is_ok_and(|d| d == vec![7u8; 1000])));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(5000)
+        .unwrap();
+    let mut want = vec![7u8; 1000];
+    want.resize(5000, 0);
+    assert!(
+        eventually(SOON, || std::fs::read(b.join("Docs/t.bin"))
+            .is_ok_and(|d| d == want)),
+        "grown file"
+    );
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o751)).unwrap();
+    assert!(
+        eventually(SOON, || std::fs::metadata(b.join("Docs/t.bin"))
+            .is_ok_and(|m| m.permissions().mode() & 0o7777 == 0o751)),
+        "chmod"
+    );
+
+    let when = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    assert!(
+        eventually(SOON, || std::fs::metadata(b.join("Docs/t.bin"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t == when)),
+        "utimens"
+    );
+
+    std::os::unix::fs::symlink("t.bin", a.join("Docs/link")).unwrap();
+    assert!(
+        eventually(SOON, || std::fs::read_link(b.join("Docs/link"))
+            .is_ok_and(|t| t.to_str() == Some("t.bin"))),
+        "symlink"
+    );
+    assert_eq!(std::fs::read(b.join("Docs/link")).unwrap(), want);
+}
+
+#[test]
+fn rename_over_an_existing_file_replaces_it_everywhere() {
+    let mesh = Mesh::new();
+    let (a, b) = (&mesh.ma, &mesh.mb);
+    std::fs::write(a.join("Docs/doc.txt"), b"old").unwrap();
+    std::fs::write(a.join("Docs/doc.txt.tmp"), b"new content").unwrap();
+    std::fs::rename(a.join("Docs/doc.txt.tmp"), a.join("Docs/doc.txt")).unwrap();
+    assert_eq!(
+        std::fs::read(a.join("Docs/doc.txt")).unwrap(),
+        b"new content"
+    );
+    assert!(eventually(SOON, || std::fs::read(b.join("Docs/doc.txt"))
+        .is_ok_and(|d| d == b"new content")));
+    assert!(!b.join("Docs/doc.txt.tmp").exists());
+    let names: Vec<_> = std::fs::read_dir(b.join("Docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec!["doc.txt"]);
+}
+
+#[test]
+fn unsupported_and_invalid_operations_fail_with_clear_errnos() {
+    let mesh = Mesh::new();
+    let a = &mesh.ma;
+    std::fs::write(a.join("Docs/f"), b"x").unwrap();
+    std::fs::create_dir(a.join("Docs/d")).unwrap();
+    std::fs::write(a.join("Docs/d/inner"), b"y").unwrap();
+
+    let e = std::fs::hard_link(a.join("Docs/f"), a.join("Docs/f2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "hard link: {e}");
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(a.join("Docs/pipe"))
+        .output()
+        .unwrap();
+    assert!(!fifo.status.success(), "mkfifo must fail");
+    assert!(!a.join("Docs/pipe").exists());
+
+    let e = std::fs::remove_dir(a.join("Docs/d")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(a.join("Docs/f"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+    let e = std::fs::rename(a.join("Docs/d"), a.join("Docs/d/inner/x")).unwrap_err();
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTDIR)),
+        "{e}"
+    );
+    let e = std::fs::create_dir(a.join("NotAFolder")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    // Nothing of the refused operations reached the other device.
+    assert!(mesh.a_uploaded());
+    let mut names: Vec<_> = std::fs::read_dir(mesh.mb.join("Docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["d", "f"]);
+}
+
+#[test]
+fn concurrent_edits_of_one_file_keep_both_versions_as_a_conflict_copy() {
+    let mesh = Mesh::new();
+    let (a, b) = (&mesh.ma, &mesh.mb);
+    std::fs::write(a.join("Docs/shared.txt"), b"base").unwrap();
+    assert!(eventually(SOON, || std::fs::read(
+        b.join("Docs/shared.txt")
+    )
+    .is_ok_and(|d| d == b"base")));
+    assert!(mesh.b.uploaded());
+
+    // Both devices edit while the cloud is unreachable; then it comes back.
+    mesh.cloud.pause();
+    std::fs::write(a.join("Docs/shared.txt"), b"from laptop").unwrap();
+    std::fs::write(b.join("Docs/shared.txt"), b"from desktop").unwrap();
+    mesh.cloud.resume();
+    assert!(mesh.a_uploaded() && mesh.b.uploaded());
+
+    let contents = |m: &common::Mount| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(m.join("Docs"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        (
+                            e.file_name().into_string().unwrap(),
+                            std::fs::read(e.path()).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let settled = eventually(Duration::from_secs(20), || {
+        let (ca, cb) = (contents(a), contents(b));
+        ca.len() == 2 && ca == cb
+    });
+    let (ca, cb) = (contents(a), contents(b));
+    assert!(settled, "devices disagree: {ca:?} vs {cb:?}");
+    let bodies: Vec<&[u8]> = ca.iter().map(|(_, d)| d.as_slice()).collect();
+    assert!(
+        bodies.contains(&&b"from laptop"[..]) && bodies.contains(&&b"from desktop"[..]),
+        "{ca:?}"
+    );
+    assert!(ca.iter().any(|(n, _)| n == "shared.txt"));
+    assert!(
+        ca.iter()
+            .any(|(n, _)| n.starts_with("shared (conflict ") && n.ends_with(".txt")),
+        "{ca:?}"
+    );
+}
