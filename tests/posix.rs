@@ -89,6 +89,25 @@ fn rename_over_an_existing_file_replaces_it_everywhere() {
 }
 
 #[test]
+fn swapping_two_names_through_a_temporary_replays_in_order() {
+    let mesh = Mesh::new();
+    let (a, b) = (&mesh.ma, &mesh.mb);
+    std::fs::write(a.join("Docs/left"), b"L").unwrap();
+    std::fs::write(a.join("Docs/right"), b"R").unwrap();
+    std::fs::rename(a.join("Docs/left"), a.join("Docs/tmp")).unwrap();
+    std::fs::rename(a.join("Docs/right"), a.join("Docs/left")).unwrap();
+    std::fs::rename(a.join("Docs/tmp"), a.join("Docs/right")).unwrap();
+    assert!(mesh.a_uploaded());
+    let swapped = || {
+        std::fs::read(b.join("Docs/left")).is_ok_and(|d| d == b"R")
+            && std::fs::read(b.join("Docs/right")).is_ok_and(|d| d == b"L")
+            && !b.join("Docs/tmp").exists()
+    };
+    assert!(eventually(SOON, swapped), "{}", a.log_text());
+    assert_eq!(mesh.a.status().unwrap().counters.conflicts, 0);
+}
+
+#[test]
 fn unsupported_and_invalid_operations_fail_with_clear_errnos() {
     let mesh = Mesh::new();
     let a = &mesh.ma;

@@ -17,7 +17,8 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Renew a ticket once less than this share of its life is left.
+/// Renew a ticket once less than this much of its life is left, or a quarter of its life
+/// for short-lived tickets, so a request never leaves with a ticket about to expire.
 const RENEW_BEFORE_SECS: i64 = 60;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,9 @@ pub fn https(ca_pem: &[u8]) -> Result<reqwest::Client, ClientError> {
         .tls_certs_only([cert])
         .https_only(true)
         .connect_timeout(Duration::from_secs(5))
+        // A cloud that accepts but never answers must not hang a request forever; long
+        // polls and block transfers set their own, longer timeouts.
+        .timeout(Duration::from_secs(30))
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .map_err(ClientError::Setup)
@@ -130,19 +134,23 @@ pub async fn login(
 struct Held {
     token: String,
     expires_at: i64,
+    /// Seconds before expiry at which the ticket counts as stale.
+    margin: i64,
 }
 
 impl Held {
     fn fresh(&self) -> bool {
-        now_secs() + RENEW_BEFORE_SECS < self.expires_at
+        now_secs() + self.margin < self.expires_at
     }
 }
 
 impl From<TicketResponse> for Held {
     fn from(t: TicketResponse) -> Self {
+        let life = (t.expires_at - now_secs()).max(0);
         Held {
             token: t.ticket,
             expires_at: t.expires_at,
+            margin: RENEW_BEFORE_SECS.min(life / 4),
         }
     }
 }
@@ -324,7 +332,11 @@ impl CloudClient {
 
     pub async fn usage(&self) -> Result<Usage, ClientError> {
         let path = format!("/users/{}/usage", self.user);
-        let resp = self.authed(None, Method::GET, &path, |r| r).await?;
+        let resp = self
+            .authed(None, Method::GET, &path, |r| {
+                r.timeout(Duration::from_secs(5))
+            })
+            .await?;
         json(&path, resp).await
     }
 

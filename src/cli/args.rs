@@ -62,6 +62,12 @@ pub struct CloudArgs {
     /// Extra DNS name or IP address for the server certificate (repeatable).
     #[arg(long)]
     pub tls_name: Vec<String>,
+    /// Lifetime of identity tickets, in seconds.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(i64).range(5..=86_400))]
+    pub identity_ttl: i64,
+    /// Lifetime of access tickets, in seconds.
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(i64).range(5..=86_400))]
+    pub access_ttl: i64,
 }
 
 #[derive(Subcommand, Debug)]

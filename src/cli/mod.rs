@@ -41,6 +41,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Cloud(a) => {
             let mut cfg = crate::cloud::CloudConfig::new(a.data_dir.clone(), a.listen);
             cfg.tls_names.extend(a.tls_name);
+            cfg.identity_ttl_secs = a.identity_ttl;
+            cfg.access_ttl_secs = a.access_ttl;
             let running = crate::cloud::start(cfg)
                 .await
                 .context("starting the cloud")?;
@@ -49,11 +51,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 running.addr,
                 a.data_dir.join("ca.pem").display()
             );
-            tokio::select! {
-                r = running.wait() => r.context("the cloud stopped")?,
-                () = shutdown_signal() => {}
-            }
-            Ok(())
+            running
+                .serve_until(shutdown_signal())
+                .await
+                .context("the cloud stopped")
         }
         Command::User { command } => match command {
             UserCommand::Add { name, data_dir } => {

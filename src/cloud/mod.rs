@@ -227,12 +227,24 @@ impl RunningCloud {
         self.wait().await
     }
 
-    /// Runs until shut down or failed.
-    pub async fn wait(self) -> Result<(), CloudError> {
-        match self.task.await {
-            Ok(res) => res.map_err(CloudError::Serve),
-            Err(e) => Err(CloudError::Task(e.to_string())),
+    /// Serves until `stop` completes (then shuts down gracefully) or the server fails.
+    pub async fn serve_until(mut self, stop: impl Future<Output = ()>) -> Result<(), CloudError> {
+        tokio::select! {
+            r = &mut self.task => return served(r),
+            () = stop => {}
         }
+        self.shutdown().await
+    }
+
+    async fn wait(self) -> Result<(), CloudError> {
+        served(self.task.await)
+    }
+}
+
+fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), CloudError> {
+    match r {
+        Ok(res) => res.map_err(CloudError::Serve),
+        Err(e) => Err(CloudError::Task(e.to_string())),
     }
 }
 

@@ -49,6 +49,11 @@ pub struct Cloud {
 
 impl Cloud {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a cloud with extra `meshfs cloud` flags.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("cloud");
         let log = dir.path().join("cloud.log");
@@ -58,16 +63,17 @@ impl Cloud {
             data,
             dir,
         };
-        cloud.spawn("127.0.0.1:0", &log);
+        cloud.spawn("127.0.0.1:0", &log, extra);
         cloud
     }
 
-    fn spawn(&mut self, listen: &str, log: &Path) {
+    fn spawn(&mut self, listen: &str, log: &Path, extra: &[&str]) {
         let out = std::fs::File::create(log).expect("log file");
         let child = Command::new(bin())
             .args(["cloud", "--data-dir"])
             .arg(&self.data)
             .args(["--listen", listen])
+            .args(extra)
             .env("MESHFS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -109,6 +115,14 @@ impl Cloud {
             "user add: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Stops the cloud process for good.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -376,7 +390,11 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn new() -> Self {
-        let cloud = Cloud::start();
+        Self::on(Cloud::start())
+    }
+
+    /// Two devices on a cloud started by the caller.
+    pub fn on(cloud: Cloud) -> Self {
         cloud.add_user("ann");
         let a = Device::login(&cloud, "ann", "laptop");
         let b = Device::login(&cloud, "ann", "desktop");

@@ -1,0 +1,126 @@
+//! The command line as a user meets it: help, status that tells the truth, device
+//! revocation, and tickets renewed before they expire.
+
+mod common;
+
+use common::{Cloud, Device, Mesh, eventually};
+use std::process::Command;
+use std::time::Duration;
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+#[test]
+fn help_names_every_command() {
+    let out = Command::new(common::bin()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for cmd in [
+        "cloud", "user", "login", "folder", "device", "mount", "status",
+    ] {
+        assert!(help.contains(cmd), "--help does not mention {cmd}:\n{help}");
+    }
+}
+
+#[test]
+fn status_tells_whether_the_agent_runs_and_the_cloud_answers() {
+    let mut cloud = Cloud::start();
+    cloud.add_user("ann");
+    let dev = Device::login(&cloud, "ann", "laptop");
+    dev.create_folder("Docs");
+
+    let s = json(&dev.cli(&["status", "--json"]));
+    assert_eq!(
+        s["agent"],
+        serde_json::Value::Null,
+        "no agent runs yet: {s}"
+    );
+    assert_eq!(s["cloud_reachable"], true);
+
+    let mut m = dev.mount();
+    assert!(eventually(Duration::from_secs(10), || m
+        .join("Docs")
+        .is_dir()));
+    std::fs::write(m.join("Docs/a.txt"), b"hello").unwrap();
+    assert!(dev.uploaded());
+    let s = json(&dev.cli(&["status", "--json"]));
+    assert_eq!(s["agent"]["pending_uploads"], 0, "{s}");
+    assert!(
+        s["agent"]["counters"]["bytes_uploaded"].as_u64() >= Some(5),
+        "{s}"
+    );
+    assert!(s["quota_used"].as_u64() >= Some(5), "{s}");
+    let text = String::from_utf8(dev.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("running"), "{text}");
+
+    m.stop();
+    cloud.kill();
+    let out = dev.cli(&["status", "--json"]);
+    let s = json(&out);
+    assert_eq!(
+        s["agent"],
+        serde_json::Value::Null,
+        "a stopped agent is not running: {s}"
+    );
+    assert_eq!(s["cloud_reachable"], false, "{s}");
+}
+
+#[test]
+fn a_revoked_device_is_refused_at_once_and_others_go_on() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    let a = Device::login(&cloud, "ann", "laptop");
+    let b = Device::login(&cloud, "ann", "stolen-phone");
+    a.create_folder("Docs");
+    assert!(b.cli(&["folder", "list"]).status.success());
+
+    let out = a.cli(&["device", "revoke", &b.device_id()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = b.cli(&["folder", "list"]);
+    assert!(
+        !out.status.success(),
+        "a revoked device still lists folders"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("revoked"), "the error should say why: {err}");
+
+    let list = String::from_utf8(a.cli(&["device", "list"]).stdout).unwrap();
+    let line = list.lines().find(|l| l.contains("stolen-phone")).unwrap();
+    assert!(line.contains("revoked"), "{list}");
+    assert!(a.cli(&["folder", "list"]).status.success());
+}
+
+#[test]
+fn tickets_are_renewed_before_they_expire() {
+    // Tickets live 8 seconds; the mesh keeps working for several lifetimes.
+    let mesh = Mesh::on(Cloud::start_with(&[
+        "--identity-ttl",
+        "8",
+        "--access-ttl",
+        "8",
+    ]));
+    for round in 0..4 {
+        let name = format!("Docs/round-{round}.txt");
+        std::fs::write(mesh.ma.join(&name), format!("round {round}")).unwrap();
+        assert!(
+            eventually(Duration::from_secs(15), || std::fs::read_to_string(
+                mesh.mb.join(&name)
+            )
+            .is_ok_and(|s| s == format!("round {round}"))),
+            "round {round} did not arrive: {}",
+            mesh.ma.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(4));
+    }
+}
