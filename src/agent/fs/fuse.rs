@@ -1,8 +1,8 @@
 //! The FUSE adapter: decodes each kernel request, runs it against [`Fs`], and replies.
-//! Operations that only touch the local metadata store answer inline; those that may wait
-//! on the network or on hashing (open, create, read, write, flush, fsync, release,
-//! truncate) move their reply into a tokio task, so the session thread never blocks on the
-//! network (fuser's `TokioAdapter` habit).
+//! Operations that only touch local state (metadata in sled, writes into a staging file)
+//! answer inline; those that may wait on the network or on hashing (open, create, read,
+//! flush, fsync, release, truncate) move their reply into a tokio task, so the session
+//! thread never blocks on the network (fuser's `TokioAdapter` habit).
 
 use crate::agent::cache::Node;
 use crate::agent::feed::Invalidator;
@@ -359,14 +359,11 @@ impl fuser::Filesystem for FuseAdapter {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let fs = Arc::clone(&self.fs);
-        let data = data.to_vec();
-        self.rt.spawn(async move {
-            match fs.write(fh.0, offset, &data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        // Local disk only: answered here, without a task.
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn flush(

@@ -14,7 +14,7 @@ use crate::agent::status::Counters;
 use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind};
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Longest name a directory entry may have, in bytes.
@@ -44,6 +44,33 @@ struct Staging {
     gate: RwLock<()>,
     dirty: AtomicBool,
     opens: AtomicU64,
+    /// The live size and mtime while writes go on; the node gets them at commit, so a
+    /// write costs no metadata update.
+    size: AtomicU64,
+    mtime_ns: AtomicI64,
+}
+
+impl Staging {
+    /// Sets the length (`O_TRUNC`, `ftruncate`), as a write would.
+    fn resize(&self, size: u64) -> Result<(), FsError> {
+        let _w = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.file.set_len(size)?;
+        self.dirty.store(true, Ordering::SeqCst);
+        self.size.store(size, Ordering::SeqCst);
+        self.mtime_ns.store(now_ns(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn new(file: std::fs::File, size: u64, dirty: bool) -> Arc<Self> {
+        Arc::new(Self {
+            file,
+            gate: RwLock::new(()),
+            dirty: AtomicBool::new(dirty),
+            opens: AtomicU64::new(0),
+            size: AtomicU64::new(size),
+            mtime_ns: AtomicI64::new(now_ns()),
+        })
+    }
 }
 
 struct Handle {
@@ -64,7 +91,9 @@ pub struct Fs {
     meta: Mutex<()>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    staging: tokio::sync::Mutex<HashMap<u64, Arc<Staging>>>,
+    staging: Mutex<HashMap<u64, Arc<Staging>>>,
+    /// One file is brought to the device for writing at a time.
+    materializing: tokio::sync::Mutex<()>,
 }
 
 /// What `open` tells the kernel.
@@ -90,7 +119,8 @@ impl Fs {
             meta: Mutex::new(()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            staging: tokio::sync::Mutex::new(HashMap::new()),
+            staging: Mutex::new(HashMap::new()),
+            materializing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -113,14 +143,23 @@ impl Fs {
 
     // ---- reading metadata ----
 
+    /// A node as the kernel should see it: a file being written shows its live size.
+    fn live(&self, mut n: Node) -> Node {
+        if let Some(s) = self.staging_of(n.ino) {
+            n.size = s.size.load(Ordering::SeqCst);
+            n.mtime_ns = s.mtime_ns.load(Ordering::SeqCst);
+        }
+        n
+    }
+
     pub fn getattr(&self, ino: u64) -> Result<Node, FsError> {
-        self.node(ino)
+        self.node(ino).map(|n| self.live(n))
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Node, FsError> {
         self.dir(parent)?;
         let ino = self.cache.lookup(parent, name)?.ok_or(FsError::NotFound)?;
-        self.node(ino)
+        self.node(ino).map(|n| self.live(n))
     }
 
     /// The entries of a directory with their nodes, in name order.
@@ -129,7 +168,7 @@ impl Fs {
         let mut out = Vec::new();
         for (_, child) in self.cache.children(ino)? {
             if let Some(n) = self.cache.node(child)? {
-                out.push(n);
+                out.push(self.live(n));
             }
         }
         Ok(out)
@@ -213,7 +252,7 @@ impl Fs {
         mode: u32,
     ) -> Result<(Node, Opened), FsError> {
         let node = self.new_child(parent, name, EntryKind::File, mode, None)?;
-        let staging = self.staging_empty(node.ino).await?;
+        let staging = self.staging_empty(node.ino)?;
         staging.opens.fetch_add(1, Ordering::SeqCst);
         Ok((node.clone(), self.new_handle(node.ino, true, false)))
     }
@@ -368,44 +407,38 @@ impl Fs {
         Opened { fh, keep_cache }
     }
 
-    async fn staging_of(&self, ino: u64) -> Option<Arc<Staging>> {
-        self.staging.lock().await.get(&ino).cloned()
+    fn staging_of(&self, ino: u64) -> Option<Arc<Staging>> {
+        let map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ino).cloned()
     }
 
-    async fn staging_empty(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
-        let mut map = self.staging.lock().await;
+    fn create_staging_file(&self, ino: u64) -> Result<std::fs::File, FsError> {
         let path = self.cache.staging_path(ino);
-        let file = std::fs::OpenOptions::new()
+        Ok(std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)?;
-        let s = Arc::new(Staging {
-            file,
-            gate: RwLock::new(()),
-            dirty: AtomicBool::new(true),
-            opens: AtomicU64::new(0),
-        });
+            .open(path)?)
+    }
+
+    /// A new, empty staging file for `ino` (creation or `O_TRUNC`).
+    fn staging_empty(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
+        let s = Staging::new(self.create_staging_file(ino)?, 0, true);
+        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(ino, Arc::clone(&s));
         Ok(s)
     }
 
     /// The staging file of `ino`, made from its committed content if there is none yet.
     async fn staging_full(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
-        let mut map = self.staging.lock().await;
-        if let Some(s) = map.get(&ino) {
-            return Ok(Arc::clone(s));
+        let _one = self.materializing.lock().await;
+        if let Some(s) = self.staging_of(ino) {
+            return Ok(s);
         }
         let n = self.node(ino)?;
         let folder = n.folder.clone().ok_or(FsError::Invalid)?;
-        let path = self.cache.staging_path(ino);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let file = self.create_staging_file(ino)?;
         let mut at = 0u64;
         for b in &n.manifest {
             self.fetcher.ensure(&folder, b.hash).await?;
@@ -417,12 +450,9 @@ impl Fs {
             at += data.len() as u64;
         }
         file.set_len(n.size)?;
-        let s = Arc::new(Staging {
-            file,
-            gate: RwLock::new(()),
-            dirty: AtomicBool::new(false),
-            opens: AtomicU64::new(0),
-        });
+        let s = Staging::new(file, n.size, false);
+        s.mtime_ns.store(n.mtime_ns, Ordering::SeqCst);
+        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(ino, Arc::clone(&s));
         Ok(s)
     }
@@ -437,28 +467,17 @@ impl Fs {
             EntryKind::File => {}
         }
         if !write {
-            let keep = self.staging_of(ino).await.is_none();
+            let keep = self.staging_of(ino).is_none();
             return Ok(self.new_handle(ino, false, keep));
         }
-        let s = if truncate && self.staging_of(ino).await.is_none() {
-            let s = self.staging_empty(ino).await?;
-            let _g = self.lock_meta();
-            self.update(ino, |n| {
-                n.size = 0;
-                n.manifest.clear();
-                n.mtime_ns = now_ns();
-            })?;
-            s
-        } else {
-            let s = self.staging_full(ino).await?;
-            if truncate {
-                s.file.set_len(0)?;
-                s.dirty.store(true, Ordering::SeqCst);
-                let _g = self.lock_meta();
-                self.update(ino, |n| n.size = 0)?;
-            }
-            s
+        let s = match (self.staging_of(ino), truncate) {
+            (Some(s), _) => s,
+            (None, true) => self.staging_empty(ino)?,
+            (None, false) => self.staging_full(ino).await?,
         };
+        if truncate {
+            s.resize(0)?;
+        }
         s.opens.fetch_add(1, Ordering::SeqCst);
         Ok(self.new_handle(ino, true, false))
     }
@@ -467,7 +486,7 @@ impl Fs {
     /// fetching the ones not on the device.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let ino = self.handle_ino(fh)?;
-        if let Some(s) = self.staging_of(ino).await {
+        if let Some(s) = self.staging_of(ino) {
             let mut buf = vec![0u8; size as usize];
             let n = s.file.read_at(&mut buf, offset)?;
             buf.truncate(n);
@@ -535,7 +554,7 @@ impl Fs {
     }
 
     /// Writes into the staging file. Local disk only.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let (ino, writable) = {
             let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
             let h = handles.get(&fh).ok_or(FsError::BadHandle)?;
@@ -544,81 +563,59 @@ impl Fs {
         if !writable {
             return Err(FsError::BadHandle);
         }
-        let s = self.staging_of(ino).await.ok_or(FsError::BadHandle)?;
-        {
-            let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
-            s.file.write_all_at(data, offset)?;
-            s.dirty.store(true, Ordering::SeqCst);
-        }
-        let end = offset + data.len() as u64;
-        let _g = self.lock_meta();
-        let mut n = self.node(ino)?;
-        n.size = n.size.max(end);
-        n.mtime_ns = now_ns();
-        let mut txn = Txn::default();
-        txn.put_node(&n);
-        self.cache.apply(txn)?;
-        Ok(data.len() as u32)
+        let s = self.staging_of(ino).ok_or(FsError::BadHandle)?;
+        let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
+        s.file.write_all_at(data, offset)?;
+        s.dirty.store(true, Ordering::SeqCst);
+        s.size
+            .fetch_max(offset + data.len() as u64, Ordering::SeqCst);
+        s.mtime_ns.store(now_ns(), Ordering::SeqCst);
+        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
     }
 
     /// `truncate(2)`/`ftruncate(2)`: changes the size and commits.
     pub async fn truncate(&self, ino: u64, size: u64) -> Result<Node, FsError> {
         let n = self.node(ino)?;
-        if n.kind != EntryKind::File {
-            return Err(if n.is_dir() {
-                FsError::IsDir
-            } else {
-                FsError::Invalid
-            });
+        match n.kind {
+            EntryKind::File => {}
+            EntryKind::Dir => return Err(FsError::IsDir),
+            EntryKind::Symlink => return Err(FsError::Invalid),
         }
-        let s = match self.staging_of(ino).await {
+        let s = match self.staging_of(ino) {
             Some(s) => s,
-            None if size == 0 => self.staging_empty(ino).await?,
+            None if size == 0 => self.staging_empty(ino)?,
             None => self.staging_full(ino).await?,
         };
-        {
-            let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
-            s.file.set_len(size)?;
-            s.dirty.store(true, Ordering::SeqCst);
-        }
-        {
-            let _g = self.lock_meta();
-            let mut n = self.node(ino)?;
-            n.size = size;
-            n.mtime_ns = now_ns();
-            let mut txn = Txn::default();
-            txn.put_node(&n);
-            self.cache.apply(txn)?;
-        }
+        s.resize(size)?;
         self.commit(ino).await?;
-        self.drop_staging_if_idle(ino).await;
-        self.node(ino)
+        self.drop_staging_if_idle(ino);
+        self.getattr(ino)
     }
 
     /// Commits the staging file of `ino` as a new version, durably, if it has uncommitted
     /// writes. Called on `flush`, `fsync` and `release`.
     pub async fn commit(&self, ino: u64) -> Result<(), FsError> {
-        let Some(s) = self.staging_of(ino).await else {
+        let Some(s) = self.staging_of(ino) else {
             return Ok(());
         };
         if !s.dirty.load(Ordering::SeqCst) {
             return Ok(());
         }
         let cache = Arc::clone(&self.cache);
-        let s2 = Arc::clone(&s);
-        let manifest =
-            tokio::task::spawn_blocking(move || -> Result<(Vec<BlockRef>, u64), FsError> {
-                let _x = s2.gate.write().unwrap_or_else(|p| p.into_inner());
-                s2.dirty.store(false, Ordering::SeqCst);
-                chunk(&cache, &s2.file)
-            })
-            .await
-            .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
+        let (manifest, size, mtime_ns) = tokio::task::spawn_blocking(move || {
+            let _x = s.gate.write().unwrap_or_else(|p| p.into_inner());
+            s.dirty.store(false, Ordering::SeqCst);
+            let (manifest, size) = chunk(&cache, &s.file)?;
+            Ok::<_, FsError>((manifest, size, s.mtime_ns.load(Ordering::SeqCst)))
+        })
+        .await
+        .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
         {
             let _g = self.lock_meta();
             self.update(ino, |n| {
-                n.size = manifest.1;
-                n.manifest = manifest.0;
+                n.size = size;
+                n.manifest = manifest;
+                n.mtime_ns = mtime_ns;
             })?;
         }
         self.cache.flush().await?;
@@ -651,15 +648,15 @@ impl Fs {
             return Ok(());
         }
         let result = self.commit(h.ino).await;
-        if let Some(s) = self.staging_of(h.ino).await {
+        if let Some(s) = self.staging_of(h.ino) {
             s.opens.fetch_sub(1, Ordering::SeqCst);
         }
-        self.drop_staging_if_idle(h.ino).await;
+        self.drop_staging_if_idle(h.ino);
         result
     }
 
-    async fn drop_staging_if_idle(&self, ino: u64) {
-        let mut map = self.staging.lock().await;
+    fn drop_staging_if_idle(&self, ino: u64) {
+        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
         let idle = map.get(&ino).is_some_and(|s| {
             s.opens.load(Ordering::SeqCst) == 0 && !s.dirty.load(Ordering::SeqCst)
         });
