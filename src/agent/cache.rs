@@ -342,26 +342,14 @@ impl Cache {
             .and_then(|v| u64_of(&v)))
     }
 
-    /// The oldest journal record, if any.
-    pub fn journal_head(&self) -> Result<Option<(u64, JournalOp)>, CacheError> {
-        match self.tree.scan_prefix(b"j/").next().transpose()? {
-            Some((k, v)) => {
-                let seq = u64_of(&k[2..])
-                    .ok_or_else(|| CacheError::Corrupt(serde::de::Error::custom("journal key")))?;
-                Ok(Some((seq, serde_json::from_slice(&v)?)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// All journal records, oldest first.
-    pub fn journal(&self) -> Result<Vec<(u64, JournalOp)>, CacheError> {
+    /// The oldest `limit` journal records, oldest first.
+    pub fn journal(&self, limit: usize) -> Result<Vec<(u64, JournalOp)>, CacheError> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(b"j/") {
+        for kv in self.tree.scan_prefix(b"j/").take(limit) {
             let (k, v) = kv?;
-            if let Some(seq) = u64_of(&k[2..]) {
-                out.push((seq, serde_json::from_slice(&v)?));
-            }
+            let seq = u64_of(&k[2..])
+                .ok_or_else(|| CacheError::Corrupt(serde::de::Error::custom("journal key")))?;
+            out.push((seq, serde_json::from_slice(&v)?));
         }
         Ok(out)
     }
@@ -493,8 +481,8 @@ mod tests {
         assert_eq!(c.ino_of_entry("f", "e1").unwrap(), Some(ino));
         assert_eq!(c.children(ROOT).unwrap(), vec![("a".to_string(), ino)]);
         assert_eq!(
-            c.journal_head().unwrap(),
-            Some((7, JournalOp::Delete { ino }))
+            c.journal(usize::MAX).unwrap(),
+            vec![(7, JournalOp::Delete { ino })]
         );
         // Children of another parent do not leak into this listing.
         assert!(c.children(ino).unwrap().is_empty());

@@ -251,7 +251,8 @@ mod tests {
         let h = BlockHash::of(b"right");
         assert_eq!(f.ensure("f", h).await, Err(FetchError::NotFound(h)));
         assert!(!f.cache.has_block(&h));
-        let f = fetcher(dir.path(), vec![Arc::new(Down)]);
+        let other = tempfile::tempdir().unwrap();
+        let f = fetcher(other.path(), vec![Arc::new(Down)]);
         assert_eq!(f.ensure("f", h).await, Err(FetchError::Unreachable(h)));
     }
 }
