@@ -1,0 +1,464 @@
+#!/usr/bin/env bash
+# Benchmarks a real meshfs mount side by side with the native disk (and, when bindfs is
+# available, a passthrough-FUSE baseline) and prints a table of medians and ratios to native.
+#
+# Setup: a `meshfs cloud` on 127.0.0.1, one user, two devices A and B logged in, folder
+# `Bench` mounted on both. The test data is written through A's mount and uploaded; every
+# measurement is taken on B's mount, so B's first read of a file is an on-demand fetch from
+# the cloud. The same data is laid out on the native disk in the same temp filesystem.
+#
+# Usage:   sudo scripts/bench.sh            (root: cold runs need /proc/sys/vm/drop_caches)
+#          BENCH_QUICK=1 scripts/bench.sh   (256 MiB, 2,000 files, 3 runs)
+# Env:     MESHFS_BIN=path        use this binary instead of `cargo build --release --locked`
+#          BENCH_RUNS=N           runs per measurement (default 5, quick 3)
+#          BENCH_SIZE_MIB=N       size of the sequential file (default 1024, quick 256)
+#          BENCH_DIRS=N BENCH_FILES_PER_DIR=N   small-file tree (default 100 x 100, quick 20 x 100)
+#          BENCH_BINDFS=0         skip the bindfs column
+#          BENCH_NO_INSTALL=1     never apt-get install missing tools
+#          BENCH_TMP=dir          parent of the temp dir (default /var/tmp; must not be tmpfs)
+# Output:  the table on stdout and in target/bench/results.md; agent/cloud logs and
+#          hyperfine JSON in target/bench/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT="$ROOT/target/bench"
+LOGS="$OUT/logs"
+
+QUICK=${BENCH_QUICK:-0}
+if [[ "$QUICK" == 1 ]]; then
+    RUNS=${BENCH_RUNS:-3}; SIZE_MIB=${BENCH_SIZE_MIB:-256}
+    DIRS=${BENCH_DIRS:-20}; PER_DIR=${BENCH_FILES_PER_DIR:-100}
+else
+    RUNS=${BENCH_RUNS:-5}; SIZE_MIB=${BENCH_SIZE_MIB:-1024}
+    DIRS=${BENCH_DIRS:-100}; PER_DIR=${BENCH_FILES_PER_DIR:-100}
+fi
+NFILES=$((DIRS * PER_DIR))
+SIZE_BYTES=$((SIZE_MIB * 1024 * 1024))
+PASSWORD="bench password $$"
+WAIT_UPLOAD_S=${BENCH_UPLOAD_TIMEOUT:-1800}
+
+LOGLEVEL_RE='^[^ ]+ +(WARN|ERROR) '
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup (always runs)
+T=""
+CLOUD_PID=""
+AGENT_PIDS=()
+MOUNTS=()
+FAILED=0
+
+is_mounted() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' /proc/self/mounts; }
+
+show_log_tails() {
+    local f
+    for f in "$LOGS"/*.log; do
+        [[ -s "$f" ]] || continue
+        echo "----- tail of $f -----" >&2
+        tail -n 25 "$f" >&2
+    done
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [[ $rc -ne 0 ]]; then
+        log "failed (exit $rc); logs:"
+        show_log_tails
+    fi
+    local pid m i
+    for pid in "${AGENT_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for pid in "${AGENT_PIDS[@]}"; do
+        for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "agent $pid ignored SIGTERM for 15 s; killing it"
+            kill -KILL "$pid" 2>/dev/null
+        fi
+        wait "$pid" 2>/dev/null
+    done
+    for m in "${MOUNTS[@]}"; do
+        if is_mounted "$m"; then
+            log "detaching leftover mount $m"
+            fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+        fi
+    done
+    if [[ -n "$CLOUD_PID" ]]; then
+        kill -TERM "$CLOUD_PID" 2>/dev/null
+        for ((i = 0; i < 50; i++)); do kill -0 "$CLOUD_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$CLOUD_PID" 2>/dev/null
+        wait "$CLOUD_PID" 2>/dev/null
+    fi
+    if [[ -n "$T" && -d "$T" ]]; then
+        if awk -v t="$T/" 'index($2, t) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
+            log "a mount is still under $T; leaving the directory in place"
+        else
+            rm -rf --one-file-system "$T"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+CAN_DROP=0
+[[ -w /proc/sys/vm/drop_caches ]] && CAN_DROP=1
+
+apt_install() {
+    [[ "${BENCH_NO_INSTALL:-0}" == 1 || $EUID -ne 0 ]] && return 1
+    command -v apt-get >/dev/null || return 1
+    log "installing $*"
+    apt-get install -y -qq "$@" >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "$@" >/dev/null 2>&1; }
+}
+
+command -v fusermount3 >/dev/null || apt_install fuse3 || die "fusermount3 is missing (Debian package fuse3)"
+command -v hyperfine >/dev/null || apt_install hyperfine || log "hyperfine not available; timing runs with date"
+HAVE_HYPERFINE=0
+command -v hyperfine >/dev/null && HAVE_HYPERFINE=1
+USE_BINDFS=0
+if [[ "${BENCH_BINDFS:-1}" != 0 ]]; then
+    command -v bindfs >/dev/null || apt_install bindfs || true
+    command -v bindfs >/dev/null && USE_BINDFS=1
+fi
+[[ $CAN_DROP == 1 ]] || log "not root: /proc/sys/vm/drop_caches is not writable, cold rows are skipped"
+
+json_get() { # json_get FILE JQ_PATH (simple dotted paths only)
+    if command -v jq >/dev/null; then
+        jq -r "$2" "$1"
+    else
+        python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))
+for k in sys.argv[2].strip(".").replace("[",".").replace("]","").split("."):
+    v = v[int(k)] if k.isdigit() else v[k]
+print(v)' "$1" "$2"
+    fi
+}
+
+# ---------------------------------------------------------------- build
+if [[ -n "${MESHFS_BIN:-}" ]]; then
+    BIN=$MESHFS_BIN
+else
+    log "building release (cargo build --release --locked)"
+    (cd "$ROOT" && cargo build --release --locked --quiet)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/meshfs"
+fi
+[[ -x "$BIN" ]] || die "no meshfs binary at $BIN"
+
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    COMMIT="$COMMIT (working tree has uncommitted changes)"
+fi
+[[ -n "${MESHFS_BIN:-}" ]] && COMMIT="$COMMIT; binary from MESHFS_BIN, built $(date -r "$BIN" +'%F %T')"
+
+# ---------------------------------------------------------------- temp dir, cloud, devices
+mkdir -p "$OUT" "$LOGS"
+rm -f "$LOGS"/*.log "$OUT"/*.json
+BENCH_TMP=${BENCH_TMP:-/var/tmp}
+T=$(mktemp -d "$BENCH_TMP/meshfs-bench.XXXXXX")
+FSTYPE=$(stat -f -c %T "$T")
+[[ "$FSTYPE" == tmpfs ]] && die "$T is on tmpfs; set BENCH_TMP to a disk directory"
+
+CLOUD_DATA="$T/cloud"
+HOME_A="$T/home-a"; HOME_B="$T/home-b"
+MNT_A="$T/mnt-a"; MNT_B="$T/mnt-b"
+NATIVE="$T/native"; BINDMNT="$T/mnt-bindfs"
+mkdir -p "$MNT_A" "$MNT_B" "$NATIVE/Bench"
+export MESHFS_LOG=${MESHFS_LOG:-info,fuser=warn}
+export NO_COLOR=1 # plain log files
+
+log "temp dir $T ($FSTYPE)"
+"$BIN" cloud --data-dir "$CLOUD_DATA" --listen 127.0.0.1:0 </dev/null >/dev/null 2>"$LOGS/cloud.log" &
+CLOUD_PID=$!
+ADDR=""
+for ((i = 0; i < 300; i++)); do
+    ADDR=$(sed -n 's/.*listening on https:\/\/\([^ ]*\).*/\1/p' "$LOGS/cloud.log" | head -n1)
+    [[ -n "$ADDR" ]] && break
+    kill -0 "$CLOUD_PID" 2>/dev/null || die "the cloud exited"
+    sleep 0.1
+done
+[[ -n "$ADDR" ]] || die "the cloud did not print its address within 30 s"
+log "cloud at https://$ADDR"
+
+echo "$PASSWORD" | "$BIN" user add bench --data-dir "$CLOUD_DATA" >>"$LOGS/cli.log" 2>&1 || die "user add failed"
+for dev in a b; do
+    home="$T/home-$dev"
+    echo "$PASSWORD" | "$BIN" login --cloud "https://$ADDR" --ca "$CLOUD_DATA/ca.pem" --user bench \
+        --password-stdin --home "$home" --device-name "bench-$dev" >>"$LOGS/cli.log" 2>&1 ||
+        die "login of device $dev failed"
+done
+"$BIN" folder create Bench --home "$HOME_A" >>"$LOGS/cli.log" 2>&1 || die "folder create failed"
+
+start_agent() { # start_agent NAME HOME MOUNTPOINT
+    "$BIN" mount "$3" --home "$2" </dev/null >/dev/null 2>"$LOGS/agent-$1.log" &
+    local pid=$!
+    AGENT_PIDS+=("$pid")
+    MOUNTS+=("$3")
+    for ((i = 0; i < 200; i++)); do
+        is_mounted "$3" && return 0
+        kill -0 "$pid" 2>/dev/null || die "agent $1 exited before mounting"
+        sleep 0.1
+    done
+    die "agent $1 did not mount $3 within 20 s"
+}
+start_agent a "$HOME_A" "$MNT_A"
+start_agent b "$HOME_B" "$MNT_B"
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+    local secs=$1 what=$2; shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@"; do
+        ((SECONDS < deadline)) || die "timed out after ${secs}s waiting for $what"
+        local p
+        for p in "${AGENT_PIDS[@]}"; do kill -0 "$p" 2>/dev/null || die "an agent died while waiting for $what"; done
+        sleep 0.2
+    done
+}
+wait_for 30 "folder Bench on both mounts" test -d "$MNT_A/Bench" -a -d "$MNT_B/Bench"
+
+now_ms() { date +%s%3N; }
+status_field() { json_get "$1/status.json" "$2" 2>/dev/null || true; }
+# True when a status report written after $2 (ms) shows nothing left to upload.
+uploaded_since() {
+    local w p
+    w=$(status_field "$1" .written_ms) || return 1
+    p=$(status_field "$1" .pending_uploads) || return 1
+    [[ -n "$w" && "$w" -gt "$2" && "$p" == 0 ]]
+}
+
+# ---------------------------------------------------------------- test data
+BIG=big.bin
+SMALL=small
+log "creating native data: ${SIZE_MIB} MiB file, $NFILES x 4 KiB files in $DIRS dirs"
+head -c "$SIZE_BYTES" /dev/urandom >"$NATIVE/Bench/$BIG"
+for ((d = 0; d < DIRS; d++)); do
+    dir=$(printf '%s/Bench/%s/d%03d' "$NATIVE" "$SMALL" "$d")
+    mkdir -p "$dir"
+    head -c $((PER_DIR * 4096)) /dev/urandom | (cd "$dir" && split -b 4096 -a 3 -d - f)
+done
+[[ $(find "$NATIVE/Bench/$SMALL" -type f | wc -l) == "$NFILES" ]] || die "native tree is incomplete"
+
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+
+log "writing the data through A's mount"
+t0=$(date +%s%N)
+cp "$NATIVE/Bench/$BIG" "$MNT_A/Bench/$BIG"
+t1=$(date +%s%N)
+cp -r "$NATIVE/Bench/$SMALL" "$MNT_A/Bench/$SMALL"
+t2=$(date +%s%N)
+WRITE_BIG_S=$(elapsed "$t0" "$t1"); WRITE_SMALL_S=$(elapsed "$t1" "$t2")
+log "wrote ${SIZE_MIB} MiB in ${WRITE_BIG_S}s, $NFILES files in ${WRITE_SMALL_S}s; waiting for A's uploads"
+since=$(now_ms)
+deadline=$((SECONDS + WAIT_UPLOAD_S)); last=$SECONDS
+until uploaded_since "$HOME_A" "$since"; do
+    ((SECONDS < deadline)) || die "A still has $(status_field "$HOME_A" .pending_uploads) pending uploads after ${WAIT_UPLOAD_S}s"
+    kill -0 "${AGENT_PIDS[0]}" 2>/dev/null || die "agent A died during upload"
+    if ((SECONDS - last >= 15)); then
+        log "  pending_uploads=$(status_field "$HOME_A" .pending_uploads) bytes_uploaded=$(status_field "$HOME_A" .counters.bytes_uploaded)"
+        last=$SECONDS
+    fi
+    sleep 0.5
+done
+t3=$(date +%s%N)
+UPLOAD_WAIT_S=$(elapsed "$t2" "$t3")
+FAILED_UPLOADS=$(status_field "$HOME_A" .failed_uploads)
+log "A uploaded everything ${UPLOAD_WAIT_S}s after the last close (failed_uploads=$FAILED_UPLOADS)"
+
+b_sees_all() {
+    [[ "$(stat -c %s "$MNT_B/Bench/$BIG" 2>/dev/null)" == "$SIZE_BYTES" ]] &&
+        [[ "$(find "$MNT_B/Bench/$SMALL" -type f 2>/dev/null | wc -l)" == "$NFILES" ]]
+}
+wait_for 600 "B to see all files" b_sees_all
+t4=$(date +%s%N)
+SEE_WAIT_S=$(elapsed "$t3" "$t4")
+log "B sees all files ${SEE_WAIT_S}s later"
+B_FETCHED_BEFORE=$(status_field "$HOME_B" .counters.bytes_fetched)
+[[ "$B_FETCHED_BEFORE" == 0 ]] || log "WARNING: B fetched $B_FETCHED_BEFORE bytes before any read"
+
+if [[ $USE_BINDFS == 1 ]]; then
+    mkdir -p "$BINDMNT"
+    MOUNTS+=("$BINDMNT")
+    if ! bindfs "$NATIVE" "$BINDMNT" 2>>"$LOGS/bindfs.log"; then
+        log "bindfs mount failed; skipping the bindfs column"
+        USE_BINDFS=0
+    fi
+fi
+
+# ---------------------------------------------------------------- measuring
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+DROP='sync; echo 3 > /proc/sys/vm/drop_caches'
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+median_of() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# measure ID MODE COMMAND  -> prints the median in seconds, or ERR
+# MODE: cold (drop caches before each run) | warm (one warm-up run, caches intact)
+measure() {
+    local id=$1 mode=$2 cmd=$3
+    if [[ $HAVE_HYPERFINE == 1 ]]; then
+        local args=(--runs "$RUNS" --export-json "$OUT/$id.json" --style none)
+        if [[ $mode == cold ]]; then args+=(--prepare "$DROP"); else args+=(--warmup 1); fi
+        if hyperfine "${args[@]}" "$cmd" >"$LOGS/hyperfine-$id.out" 2>&1; then
+            json_get "$OUT/$id.json" '.results[0].median'
+        else
+            log "FAILED: $id: $cmd"; tail -n 5 "$LOGS/hyperfine-$id.out" >&2
+            echo ERR
+        fi
+    else
+        local i t0 t1 times=""
+        if [[ $mode == warm ]]; then bash -c "$cmd" || { log "FAILED: $id: $cmd"; echo ERR; return; }; fi
+        for ((i = 0; i < RUNS; i++)); do
+            if [[ $mode == cold ]]; then drop_caches; fi
+            t0=$(date +%s%N)
+            bash -c "$cmd" || { log "FAILED: $id: $cmd"; echo ERR; return; }
+            t1=$(date +%s%N)
+            times+="$(elapsed "$t0" "$t1")"$'\n'
+        done
+        printf '%s' "$times" | median_of
+    fi
+}
+
+# once ID COMMAND -> one timed run after dropping caches (for the first, fetching read)
+once() {
+    local t0 t1
+    [[ $CAN_DROP == 1 ]] && drop_caches
+    t0=$(date +%s%N)
+    if bash -c "$2" 2>>"$LOGS/first-read.err"; then
+        t1=$(date +%s%N)
+        elapsed "$t0" "$t1"
+    else
+        log "FAILED: $1: $2"
+        echo ERR
+    fi
+}
+
+# Rows: label | native | meshfs | bindfs | aim | bytes (for MB/s, 0 if none)
+ROW_LABEL=(); ROW_NAT=(); ROW_MESH=(); ROW_BIND=(); ROW_AIM=(); ROW_BYTES=()
+add_row() { ROW_LABEL+=("$1"); ROW_NAT+=("$2"); ROW_MESH+=("$3"); ROW_BIND+=("$4"); ROW_AIM+=("$5"); ROW_BYTES+=("$6"); }
+
+q() { printf '%q' "$1"; }
+# bench_row ID LABEL MODE AIM BYTES TEMPLATE  (TEMPLATE uses @ for the Bench directory)
+bench_row() {
+    local id=$1 label=$2 mode=$3 aim=$4 bytes=$5 tpl=$6 nat mesh bind=-
+    if [[ $mode == cold && $CAN_DROP == 0 ]]; then return; fi
+    log "measuring: $label"
+    nat=$(measure "$id-native" "$mode" "${tpl//@/$(q "$NATIVE/Bench")}")
+    mesh=$(measure "$id-meshfs" "$mode" "${tpl//@/$(q "$MNT_B/Bench")}")
+    if [[ $USE_BINDFS == 1 ]]; then bind=$(measure "$id-bindfs" "$mode" "${tpl//@/$(q "$BINDMNT/Bench")}"); fi
+    [[ "$nat $mesh $bind" == *ERR* ]] && FAILED=1
+    add_row "$label" "$nat" "$mesh" "$bind" "$aim" "$bytes"
+}
+
+if ((SIZE_MIB % 1024 == 0)); then SIZE_H="$((SIZE_MIB / 1024)) GiB"; else SIZE_H="$SIZE_MIB MiB"; fi
+SEQ="seq read $SIZE_H"
+READ_BIG="cat @/$BIG > /dev/null"
+
+# 1. Sequential read. The very first read on B fetches every block from the cloud.
+log "measuring: $SEQ, first read on B (fetched from cloud)"
+first=$(once seq-first "cat $(q "$MNT_B/Bench/$BIG") > /dev/null")
+[[ $first == ERR ]] && FAILED=1
+sleep 1.2 # let the next status report land
+B_FETCHED_SEQ=$(status_field "$HOME_B" .counters.bytes_fetched)
+B_BLOCKS_SEQ=$(status_field "$HOME_B" .counters.blocks_fetched)
+add_row "$SEQ, first (fetch)" - "$first" - "" "$SIZE_BYTES"
+DATA_OK=yes
+cmp -s "$NATIVE/Bench/$BIG" "$MNT_B/Bench/$BIG" || { DATA_OK="NO: $BIG differs on B"; FAILED=1; }
+bench_row seq-cold "$SEQ, cold" cold "" "$SIZE_BYTES" "$READ_BIG"
+bench_row seq-warm "$SEQ, warm" warm "<= 1.1x" "$SIZE_BYTES" "$READ_BIG"
+
+# 2. Small files: metadata first (no content fetched), then content.
+FILES_H="$NFILES files"
+bench_row find-cold "find $FILES_H, cold" cold "" 0 "find @/$SMALL > /dev/null"
+bench_row find-warm "find $FILES_H, warm" warm "" 0 "find @/$SMALL > /dev/null"
+bench_row ls-cold "ls -lR $FILES_H, cold" cold "" 0 "ls -lR @/$SMALL > /dev/null"
+bench_row ls-warm "ls -lR $FILES_H, warm" warm "<= 1.1x" 0 "ls -lR @/$SMALL > /dev/null"
+CAT_SMALL="find @/$SMALL -type f -exec cat {} + > /dev/null"
+log "measuring: cat $FILES_H, first read on B (fetched from cloud)"
+f0=$(status_field "$HOME_B" .counters.bytes_fetched)
+first=$(once cat-first "${CAT_SMALL//@/$(q "$MNT_B/Bench")}")
+[[ $first == ERR ]] && FAILED=1
+sleep 1.2
+B_FETCHED_SMALL=$(( $(status_field "$HOME_B" .counters.bytes_fetched) - f0 ))
+add_row "cat $FILES_H, first (fetch)" - "$first" - "" 0
+diff -rq "$NATIVE/Bench/$SMALL" "$MNT_B/Bench/$SMALL" >"$LOGS/diff-small.out" 2>&1 ||
+    { DATA_OK="NO: small files differ on B (see $LOGS/diff-small.out)"; FAILED=1; }
+bench_row cat-cold "cat $FILES_H, cold" cold "" 0 "$CAT_SMALL"
+bench_row cat-warm "cat $FILES_H, warm" warm "<= 3x" 0 "$CAT_SMALL"
+
+if [[ $USE_BINDFS == 1 ]]; then fusermount3 -u "$BINDMNT" 2>>"$LOGS/bindfs.log" || true; fi
+sleep 1.2
+B_FETCHED_END=$(status_field "$HOME_B" .counters.bytes_fetched)
+B_BLOCKS_END=$(status_field "$HOME_B" .counters.blocks_fetched)
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- report
+ratio() { # ratio NUM DEN
+    if [[ "$1" =~ ^[0-9.]+$ && "$2" =~ ^[0-9.]+$ ]]; then
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'
+    else echo -; fi
+}
+fmt() { [[ "$1" =~ ^[0-9.]+$ ]] && printf '%.3f' "$1" || printf '%s' "$1"; }
+mbps() { [[ "$1" =~ ^[0-9.]+$ && "$2" -gt 0 ]] && awk -v s="$1" -v b="$2" 'BEGIN { printf "%.0f", b / 1e6 / s }' || printf -- -; }
+
+report() {
+    echo "meshfs benchmark  $(date -u +'%Y-%m-%d %H:%M UTC')"
+    echo "machine: $(nproc) cores, kernel $(uname -r), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo), temp fs $FSTYPE"
+    echo "meshfs:  tree at commit $COMMIT"
+    echo "         binary $BIN"
+    echo "load:    $LOAD_START before measuring, $LOAD_END after (other work on the machine skews the numbers)"
+    echo "method:  medians of $RUNS runs ($([[ $HAVE_HYPERFINE == 1 ]] && echo hyperfine || echo date)); cold = sync + drop_caches before each run;"
+    echo "         warm = 1 warm-up run; meshfs measured on device B (data written on A); first = B's first read, fetched from the cloud"
+    echo
+    local hdr i bind_cols=""
+    if [[ $USE_BINDFS == 1 ]]; then
+        printf '%-34s %11s %11s %11s %9s %9s   %s\n' benchmark "native (s)" "meshfs (s)" "bindfs (s)" ratio "bindfs" aim
+    else
+        printf '%-34s %11s %11s %9s   %s\n' benchmark "native (s)" "meshfs (s)" ratio aim
+    fi
+    for i in "${!ROW_LABEL[@]}"; do
+        if [[ $USE_BINDFS == 1 ]]; then
+            printf '%-34s %11s %11s %11s %9s %9s   %s\n' "${ROW_LABEL[$i]}" "$(fmt "${ROW_NAT[$i]}")" \
+                "$(fmt "${ROW_MESH[$i]}")" "$(fmt "${ROW_BIND[$i]}")" "$(ratio "${ROW_MESH[$i]}" "${ROW_NAT[$i]}")" \
+                "$(ratio "${ROW_BIND[$i]}" "${ROW_NAT[$i]}")" "${ROW_AIM[$i]}"
+        else
+            printf '%-34s %11s %11s %9s   %s\n' "${ROW_LABEL[$i]}" "$(fmt "${ROW_NAT[$i]}")" \
+                "$(fmt "${ROW_MESH[$i]}")" "$(ratio "${ROW_MESH[$i]}" "${ROW_NAT[$i]}")" "${ROW_AIM[$i]}"
+        fi
+    done
+    echo
+    printf '%-34s %11s %11s %11s\n' "throughput (MB/s)" native meshfs "$([[ $USE_BINDFS == 1 ]] && echo bindfs)"
+    for i in "${!ROW_LABEL[@]}"; do
+        [[ "${ROW_BYTES[$i]}" -gt 0 ]] || continue
+        printf '%-34s %11s %11s %11s\n' "${ROW_LABEL[$i]}" "$(mbps "${ROW_NAT[$i]}" "${ROW_BYTES[$i]}")" \
+            "$(mbps "${ROW_MESH[$i]}" "${ROW_BYTES[$i]}")" \
+            "$([[ $USE_BINDFS == 1 ]] && mbps "${ROW_BIND[$i]}" "${ROW_BYTES[$i]}")"
+    done
+    echo
+    echo "setup:   write through A: $SIZE_H in ${WRITE_BIG_S}s ($(mbps "$WRITE_BIG_S" "$SIZE_BYTES") MB/s), $FILES_H in ${WRITE_SMALL_S}s;"
+    echo "         A's uploads done ${UPLOAD_WAIT_S}s after the last close (failed_uploads=$FAILED_UPLOADS); B saw everything ${SEE_WAIT_S}s later"
+    echo "fetched: B bytes_fetched $B_FETCHED_BEFORE before reading, $B_FETCHED_SEQ ($B_BLOCKS_SEQ blocks) after the first $SEQ, +$B_FETCHED_SMALL for the first cat of $FILES_H, $B_FETCHED_END ($B_BLOCKS_END blocks) at the end"
+    echo "data:    B's copy equals native: $DATA_OK"
+    local n
+    n=$(grep -cE "$LOGLEVEL_RE" "$LOGS"/agent-*.log "$LOGS"/cloud.log 2>/dev/null | awk -F: '{ s += $NF } END { print s + 0 }')
+    echo "logs:    $n WARN/ERROR lines in agent and cloud logs ($LOGS)"
+}
+
+REPORT=$(report)
+echo
+echo "$REPORT"
+{
+    echo "# meshfs benchmark"
+    echo
+    echo '```'
+    echo "$REPORT"
+    echo '```'
+    echo
+    echo "Command: \`$( [[ $QUICK == 1 ]] && echo 'BENCH_QUICK=1 ')$( [[ -n "${MESHFS_BIN:-}" ]] && echo "MESHFS_BIN=$MESHFS_BIN ")scripts/bench.sh\`"
+} >"$OUT/results.md"
+log "table written to $OUT/results.md"
+if grep -qE "$LOGLEVEL_RE" "$LOGS"/agent-*.log "$LOGS"/cloud.log 2>/dev/null; then
+    log "first WARN/ERROR lines from the logs:"
+    grep -hE "$LOGLEVEL_RE" "$LOGS"/agent-*.log "$LOGS"/cloud.log | head -n 10 >&2
+fi
+exit "$FAILED"
