@@ -369,8 +369,15 @@ impl Cache {
         self.block_path(hash).exists()
     }
 
-    /// Stores a block whose hash the caller has checked. Whole or absent after a crash.
-    pub fn store_block(&self, hash: &BlockHash, data: &[u8]) -> Result<(), CacheError> {
+    /// Stores a block whose hash the caller has checked. Whole or absent after a crash;
+    /// `durable` blocks (written here, maybe nowhere else yet) are fsynced first, while a
+    /// fetched block can be fetched again and skips the cost.
+    pub fn store_block(
+        &self,
+        hash: &BlockHash,
+        data: &[u8],
+        durable: bool,
+    ) -> Result<(), CacheError> {
         let path = self.block_path(hash);
         if path.exists() {
             return Ok(());
@@ -384,7 +391,9 @@ impl Cache {
         let tmp = dir.join(format!(".{}.tmp{}", hash.to_hex(), std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(data).map_err(io)?;
-        f.sync_data().map_err(io)?;
+        if durable {
+            f.sync_data().map_err(io)?;
+        }
         std::fs::rename(&tmp, &path).map_err(io)?;
         Ok(())
     }
@@ -494,7 +503,7 @@ mod tests {
         let c = Cache::open(dir.path()).unwrap();
         let data = b"hello block".to_vec();
         let h = BlockHash::of(&data);
-        c.store_block(&h, &data).unwrap();
+        c.store_block(&h, &data, true).unwrap();
         assert_eq!(c.load_block(&h).unwrap(), Some(data));
         std::fs::write(c.block_path(&h), b"evil").unwrap();
         assert_eq!(c.load_block(&h).unwrap(), None);

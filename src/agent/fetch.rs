@@ -90,27 +90,30 @@ impl Fetcher {
 
     /// Makes sure the block is in the local cache, fetching it if needed.
     pub async fn ensure(self: &Arc<Self>, folder: &str, hash: BlockHash) -> Result<(), FetchError> {
-        if self.cache.has_block(&hash) {
-            return Ok(());
-        }
         let pending = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(hash)
-                .or_insert_with(|| {
-                    let this = Arc::clone(self);
-                    let folder = folder.to_string();
-                    async move {
-                        let r = this.fetch(&folder, hash).await;
-                        this.inflight
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&hash);
-                        r
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+            // Checked under the lock: a fetch finishing now stores the block before it
+            // leaves the map, so the block is either seen here or joined there.
+            if let Some(p) = map.get(&hash) {
+                p.clone()
+            } else if self.cache.has_block(&hash) {
+                return Ok(());
+            } else {
+                let this = Arc::clone(self);
+                let folder = folder.to_string();
+                let p = async move {
+                    let r = this.fetch(&folder, hash).await;
+                    this.inflight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&hash);
+                    r
+                }
+                .boxed()
+                .shared();
+                map.insert(hash, p.clone());
+                p
+            }
         };
         pending.await
     }
@@ -123,13 +126,15 @@ impl Fetcher {
                     Counters::add(&self.counters.blocks_fetched, 1);
                     Counters::add(&self.counters.bytes_fetched, data.len() as u64);
                     let cache = Arc::clone(&self.cache);
-                    return tokio::task::spawn_blocking(move || cache.store_block(&hash, &data))
-                        .await
-                        .map_err(|_| FetchError::Local)?
-                        .map_err(|e| {
-                            tracing::error!(error = %e, "storing a fetched block");
-                            FetchError::Local
-                        });
+                    return tokio::task::spawn_blocking(move || {
+                        cache.store_block(&hash, &data, false)
+                    })
+                    .await
+                    .map_err(|_| FetchError::Local)?
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "storing a fetched block");
+                        FetchError::Local
+                    });
                 }
                 Ok(_) => {
                     reached_any = true;

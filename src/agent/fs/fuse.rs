@@ -289,6 +289,12 @@ impl fuser::Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        if !write {
+            return match self.fs.open_read(ino.0) {
+                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o.keep_cache)),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
             match fs.open(ino.0, write, truncate).await {
@@ -374,6 +380,9 @@ impl fuser::Filesystem for FuseAdapter {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if !self.fs.has_uncommitted(fh.0) {
+            return reply.ok();
+        }
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
             match fs.flush(fh.0).await {
@@ -393,9 +402,14 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = match self.fs.close(fh.0) {
+            Ok(Some(ino)) => ino,
+            Ok(None) => return reply.ok(),
+            Err(e) => return reply.error(errno(&e)),
+        };
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
-            match fs.release(fh.0).await {
+            match fs.finish_write(ino).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -488,27 +502,22 @@ impl fuser::Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    // Extended attributes do not travel between devices. ENOSYS tells the kernel once and
+    // for all, so `ls -l` stops asking for security labels and ACLs on every file, and
+    // callers get EOPNOTSUPP.
     fn getxattr(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         _name: &OsStr,
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        // No extended attributes are kept: every name is absent.
-        match self.fs.getattr(ino.0) {
-            Ok(_) => reply.error(Errno::from_i32(libc::ENODATA)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        match self.fs.getattr(ino.0) {
-            Ok(_) if size == 0 => reply.size(0),
-            Ok(_) => reply.data(&[]),
-            Err(e) => reply.error(errno(&e)),
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn setxattr(
@@ -521,8 +530,24 @@ impl fuser::Filesystem for FuseAdapter {
         _p: u32,
         reply: ReplyEmpty,
     ) {
-        // Extended attributes do not travel between devices; refuse rather than drop them.
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel may cache listings: local changes go through it, and the feed
+        // invalidates a directory whose children change elsewhere.
+        match self.fs.getattr(ino.0) {
+            Ok(n) if n.is_dir() => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -538,8 +563,10 @@ pub struct KernelInvalidator(pub Notifier);
 
 impl Invalidator for KernelInvalidator {
     fn entry(&self, parent: u64, name: &str) {
-        // ENOENT means the kernel had nothing cached: fine.
+        // ENOENT means the kernel had nothing cached: fine. The parent's cached listing
+        // (FOPEN_CACHE_DIR) goes too.
         let _ = self.0.inval_entry(INodeNo(parent), OsStr::new(name));
+        let _ = self.0.inval_inode(INodeNo(parent), 0, -1);
     }
     fn inode(&self, ino: u64) {
         let _ = self.0.inval_inode(INodeNo(ino), 0, -1);

@@ -457,19 +457,29 @@ impl Fs {
         Ok(s)
     }
 
+    fn file(&self, ino: u64) -> Result<Node, FsError> {
+        let n = self.node(ino)?;
+        match n.kind {
+            EntryKind::File => Ok(n),
+            EntryKind::Dir => Err(FsError::IsDir),
+            EntryKind::Symlink => Err(FsError::Invalid),
+        }
+    }
+
+    /// `open(2)` for reading: local state only (blocks are fetched by `read`).
+    pub fn open_read(&self, ino: u64) -> Result<Opened, FsError> {
+        self.file(ino)?;
+        let keep = self.staging_of(ino).is_none();
+        Ok(self.new_handle(ino, false, keep))
+    }
+
     /// `open(2)` of a file. Opening for writing brings the whole content to the device
     /// first (or none of it, with `O_TRUNC`).
     pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<Opened, FsError> {
-        let n = self.node(ino)?;
-        match n.kind {
-            EntryKind::Dir => return Err(FsError::IsDir),
-            EntryKind::Symlink => return Err(FsError::Invalid),
-            EntryKind::File => {}
-        }
         if !write {
-            let keep = self.staging_of(ino).is_none();
-            return Ok(self.new_handle(ino, false, keep));
+            return self.open_read(ino);
         }
+        self.file(ino)?;
         let s = match (self.staging_of(ino), truncate) {
             (Some(s), _) => s,
             (None, true) => self.staging_empty(ino)?,
@@ -636,22 +646,33 @@ impl Fs {
         self.commit(ino).await
     }
 
-    /// The last close of a handle: commit what it wrote and let go of the staging file.
-    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+    /// Whether a `flush` of this handle has writes to commit.
+    pub fn has_uncommitted(&self, fh: u64) -> bool {
+        self.handle_ino(fh)
+            .ok()
+            .and_then(|ino| self.staging_of(ino))
+            .is_some_and(|s| s.dirty.load(Ordering::SeqCst))
+    }
+
+    /// The last close of a handle. Returns the inode whose writes [`Fs::finish_write`] must
+    /// still commit, or `None` when the handle only read.
+    pub fn close(&self, fh: u64) -> Result<Option<u64>, FsError> {
         let h = self
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh)
             .ok_or(FsError::BadHandle)?;
-        if !h.writable {
-            return Ok(());
-        }
-        let result = self.commit(h.ino).await;
-        if let Some(s) = self.staging_of(h.ino) {
+        Ok(h.writable.then_some(h.ino))
+    }
+
+    /// After the close of a writing handle: commit and let go of the staging file.
+    pub async fn finish_write(&self, ino: u64) -> Result<(), FsError> {
+        let result = self.commit(ino).await;
+        if let Some(s) = self.staging_of(ino) {
             s.opens.fetch_sub(1, Ordering::SeqCst);
         }
-        self.drop_staging_if_idle(h.ino);
+        self.drop_staging_if_idle(ino);
         result
     }
 
@@ -688,7 +709,7 @@ fn chunk(cache: &Cache, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), Fs
         buf.truncate(filled);
         at += filled as u64;
         let hash = BlockHash::of(&buf);
-        cache.store_block(&hash, &buf)?;
+        cache.store_block(&hash, &buf, true)?;
         manifest.push(BlockRef {
             hash,
             len: filled as u32,
