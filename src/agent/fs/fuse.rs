@@ -6,6 +6,7 @@
 
 use crate::agent::cache::Node;
 use crate::agent::feed::Invalidator;
+use crate::agent::fs::ops::Opened;
 use crate::agent::fs::{Fs, FsError};
 use crate::proto::EntryKind;
 use fuser::{
@@ -97,12 +98,17 @@ fn time_ns(t: TimeOrNow) -> i64 {
     }
 }
 
-fn open_flags(keep_cache: bool) -> FopenFlags {
-    if keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
-    } else {
-        FopenFlags::empty()
+/// Flags for a file handle. A read-only handle has nothing to commit, so the kernel need not
+/// send a FLUSH when it is closed (`FOPEN_NOFLUSH`): one round trip less per `cat`.
+fn open_flags(o: &Opened, write: bool) -> FopenFlags {
+    let mut flags = FopenFlags::empty();
+    if o.keep_cache {
+        flags |= FopenFlags::FOPEN_KEEP_CACHE;
     }
+    if !write {
+        flags |= FopenFlags::FOPEN_NOFLUSH;
+    }
+    flags
 }
 
 impl fuser::Filesystem for FuseAdapter {
@@ -291,14 +297,14 @@ impl fuser::Filesystem for FuseAdapter {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         if !write {
             return match self.fs.open_read(ino.0) {
-                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o.keep_cache)),
+                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o, false)),
                 Err(e) => reply.error(errno(&e)),
             };
         }
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
             match fs.open(ino.0, write, truncate).await {
-                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o.keep_cache)),
+                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o, true)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -326,7 +332,7 @@ impl fuser::Filesystem for FuseAdapter {
                     &attr_of(&n, owner),
                     Generation(0),
                     FileHandle(o.fh),
-                    open_flags(false),
+                    open_flags(&o, true),
                 ),
                 Err(e) => reply.error(errno(&e)),
             }
