@@ -108,6 +108,35 @@ fn swapping_two_names_through_a_temporary_replays_in_order() {
 }
 
 #[test]
+fn an_unlinked_file_stays_readable_through_an_open_descriptor() {
+    use std::io::{Read, Seek, SeekFrom};
+    let mesh = Mesh::new();
+    let (a, b) = (&mesh.ma, &mesh.mb);
+    let data = common::pseudo_random(2 << 20, 3);
+    std::fs::write(a.join("Docs/doomed.bin"), &data).unwrap();
+    assert!(eventually(SOON, || b.join("Docs/doomed.bin").exists()));
+
+    let mut on_a = std::fs::File::open(a.join("Docs/doomed.bin")).unwrap();
+    let mut on_b = std::fs::File::open(b.join("Docs/doomed.bin")).unwrap();
+    std::fs::remove_file(a.join("Docs/doomed.bin")).unwrap();
+    assert!(mesh.a_uploaded());
+    assert!(
+        eventually(SOON, || !b.join("Docs/doomed.bin").exists()),
+        "the unlink did not arrive"
+    );
+
+    for f in [&mut on_a, &mut on_b] {
+        let mut got = Vec::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut got).unwrap();
+        assert!(
+            got == data,
+            "an open descriptor lost the unlinked file's content"
+        );
+    }
+}
+
+#[test]
 fn unsupported_and_invalid_operations_fail_with_clear_errnos() {
     let mesh = Mesh::new();
     let a = &mesh.ma;

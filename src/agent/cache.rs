@@ -260,6 +260,22 @@ impl Cache {
         Ok(cache)
     }
 
+    /// Removes nodes that are unlinked and have nothing left to upload; run at start, when no
+    /// descriptor can refer to them. Returns how many went.
+    pub fn sweep_unlinked(&self) -> Result<usize, CacheError> {
+        let mut txn = Txn::default();
+        let mut n = 0;
+        for kv in self.tree.scan_prefix(b"n/") {
+            let node: Node = serde_json::from_slice(&kv?.1)?;
+            if !node.linked && node.pending == 0 {
+                txn.remove_node(node.ino);
+                n += 1;
+            }
+        }
+        self.apply(txn)?;
+        Ok(n)
+    }
+
     pub fn apply(&self, txn: Txn) -> Result<(), CacheError> {
         self.tree.apply_batch(txn.batch)?;
         Ok(())

@@ -85,7 +85,11 @@ pub fn apply_entry(
             txn.unlink(n.parent, &n.name);
         }
         txn.unindex_entry(&folder.id, &e.id);
-        txn.remove_node(ino);
+        // Kept, unlinked, for descriptors still open on it; removed at their last close or
+        // at the next start.
+        let mut gone = n.clone();
+        gone.linked = false;
+        txn.put_node(&gone);
         cache.apply(txn)?;
         inv.entry(n.parent, &n.name);
         inv.inode(ino);

@@ -317,16 +317,16 @@ impl Uploader {
             return Ok(Outcome::Done);
         };
         if n.version == 0 {
-            self.forget(&n, &folder, &entry)?;
+            self.forget(&folder, &entry)?;
             return Ok(Outcome::Done);
         }
         match self.client.delete_entry(&folder, &entry, n.version).await {
             Ok(_) => {
-                self.forget(&n, &folder, &entry)?;
+                self.forget(&folder, &entry)?;
                 Ok(Outcome::Done)
             }
             Err(e) if e.status() == Some(404) => {
-                self.forget(&n, &folder, &entry)?;
+                self.forget(&folder, &entry)?;
                 Ok(Outcome::Done)
             }
             Err(e) if matches!(e.status(), Some(412 | 409)) => {
@@ -337,7 +337,7 @@ impl Uploader {
                     Ok(r) => r,
                     Err(e) => return Ok(classify(e)),
                 };
-                self.forget(&n, &folder, &entry)?;
+                self.forget(&folder, &entry)?;
                 if let Some(info) = self.cache.folder(&folder)? {
                     feed::apply_entry(&self.cache, self.inv.as_ref(), &info, &remote)?;
                 }
@@ -348,10 +348,11 @@ impl Uploader {
     }
 
     /// Drops a deleted node from the cache.
-    fn forget(&self, n: &Node, folder: &str, entry: &str) -> Result<(), CacheError> {
+    /// The entry is gone from the cloud. The node stays (unlinked) while a descriptor may
+    /// still read it; the last close, or the next start, removes it.
+    fn forget(&self, folder: &str, entry: &str) -> Result<(), CacheError> {
         let mut txn = Txn::default();
         txn.unindex_entry(folder, entry);
-        txn.remove_node(n.ino);
         self.cache.apply(txn)
     }
 }

@@ -82,6 +82,8 @@ pub fn open_agent(home: &Home) -> Result<Agent, MountError> {
             let _ = std::fs::remove_file(e.path());
         }
     }
+    let swept = cache.sweep_unlinked()?;
+    tracing::debug!(swept, "removed unlinked nodes left from the last run");
     let counters = Arc::new(Counters::default());
     let sources: Vec<Arc<dyn BlockSource>> = vec![client.clone()];
     let fetcher = Arc::new(Fetcher::new(

@@ -657,13 +657,33 @@ impl Fs {
     /// The last close of a handle. Returns the inode whose writes [`Fs::finish_write`] must
     /// still commit, or `None` when the handle only read.
     pub fn close(&self, fh: u64) -> Result<Option<u64>, FsError> {
-        let h = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh)
-            .ok_or(FsError::BadHandle)?;
-        Ok(h.writable.then_some(h.ino))
+        let (h, last) = {
+            let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let h = handles.remove(&fh).ok_or(FsError::BadHandle)?;
+            let last = !handles.values().any(|o| o.ino == h.ino);
+            (h, last)
+        };
+        if h.writable {
+            return Ok(Some(h.ino));
+        }
+        if last {
+            self.drop_if_unlinked(h.ino)?;
+        }
+        Ok(None)
+    }
+
+    /// Removes a node that was unlinked (here or elsewhere) once nothing needs it.
+    fn drop_if_unlinked(&self, ino: u64) -> Result<(), FsError> {
+        let _g = self.lock_meta();
+        if let Some(n) = self.cache.node(ino)?
+            && !n.linked
+            && n.pending == 0
+        {
+            let mut txn = Txn::default();
+            txn.remove_node(ino);
+            self.cache.apply(txn)?;
+        }
+        Ok(())
     }
 
     /// After the close of a writing handle: commit and let go of the staging file.
@@ -673,6 +693,13 @@ impl Fs {
             s.opens.fetch_sub(1, Ordering::SeqCst);
         }
         self.drop_staging_if_idle(ino);
+        let open = {
+            let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            handles.values().any(|h| h.ino == ino)
+        };
+        if !open {
+            self.drop_if_unlinked(ino)?;
+        }
         result
     }
 
