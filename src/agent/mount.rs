@@ -109,7 +109,9 @@ pub fn open_agent(home: &Home) -> Result<Agent, MountError> {
 
 /// A mount point left behind by an agent that died answers ENOTCONN; clear it.
 fn clear_stale_mount(mountpoint: &Path) {
-    if let Err(e) = std::fs::metadata(mountpoint)
+    // Opening the directory always reaches the filesystem; a stat may be answered from
+    // attributes the kernel still caches for the dead mount.
+    if let Err(e) = std::fs::read_dir(mountpoint)
         && e.raw_os_error() == Some(libc::ENOTCONN)
     {
         tracing::warn!(path = %mountpoint.display(), "clearing a stale mount left by an agent that died");

@@ -117,6 +117,15 @@ impl Cloud {
         );
     }
 
+    /// Starts the cloud again on the same address and data (after [`Cloud::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.url.trim_start_matches("https://").to_string();
+        let log = self.dir.path().join("cloud-restart.log");
+        let _ = std::fs::remove_file(&log);
+        self.spawn(&listen, &log, &[]);
+    }
+
     /// Stops the cloud process for good.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -308,7 +317,11 @@ impl Mount {
             .spawn()
             .expect("start meshfs mount");
         self.child = Some(child);
-        let ok = eventually(Duration::from_secs(20), || is_mounted(&self.path));
+        // Mounted and answering: a stale mount left by a killed agent is listed too, but
+        // answers ENOTCONN until the new agent has replaced it.
+        let ok = eventually(Duration::from_secs(20), || {
+            is_mounted(&self.path) && std::fs::read_dir(&self.path).is_ok()
+        });
         assert!(ok, "mount did not come up: {}", self.log_text());
     }
 
@@ -319,6 +332,17 @@ impl Mount {
     /// Path of `rel` inside the mount.
     pub fn join(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The agent's peak resident memory so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// SIGKILL: the agent dies with no chance to clean up.
