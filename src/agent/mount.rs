@@ -157,7 +157,8 @@ pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
         source,
     };
     let session = fuser::Session::new(adapter, mountpoint, &config).map_err(fuse_err)?;
-    let inv: Arc<dyn Invalidator> = Arc::new(KernelInvalidator(session.notifier()));
+    let inv: Arc<dyn Invalidator> =
+        Arc::new(KernelInvalidator::new(session.notifier()).map_err(fuse_err)?);
     let bg = session.spawn().map_err(fuse_err)?;
     tracing::info!(mountpoint = %mountpoint.display(), "mesh mounted");
 

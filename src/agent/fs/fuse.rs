@@ -564,17 +564,50 @@ impl fuser::Filesystem for FuseAdapter {
     }
 }
 
-/// Sends the feed's invalidations to the kernel through the session's notifier.
-pub struct KernelInvalidator(pub Notifier);
+/// One thing for the kernel to forget.
+enum Inval {
+    Entry(u64, String),
+    Inode(u64),
+}
+
+/// Sends the feed's invalidations to the kernel through the session's notifier, from a
+/// thread of its own. Invalidating an inode waits for the kernel to lock its cached pages,
+/// and a page stays locked while a read of it waits for this filesystem's reply: were the
+/// notifier called from a tokio worker, that worker could be the one the reply needs.
+pub struct KernelInvalidator {
+    tx: std::sync::mpsc::Sender<Inval>,
+}
+
+impl KernelInvalidator {
+    pub fn new(notifier: Notifier) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Inval>();
+        std::thread::Builder::new()
+            .name("meshfs-inval".into())
+            .spawn(move || {
+                // Errors (ENOENT: nothing cached) need no action. The thread ends with the
+                // last sender.
+                for msg in rx {
+                    match msg {
+                        Inval::Entry(parent, name) => {
+                            let _ = notifier.inval_entry(INodeNo(parent), OsStr::new(&name));
+                            // The parent's cached listing (FOPEN_CACHE_DIR) goes too.
+                            let _ = notifier.inval_inode(INodeNo(parent), 0, -1);
+                        }
+                        Inval::Inode(ino) => {
+                            let _ = notifier.inval_inode(INodeNo(ino), 0, -1);
+                        }
+                    }
+                }
+            })?;
+        Ok(Self { tx })
+    }
+}
 
 impl Invalidator for KernelInvalidator {
     fn entry(&self, parent: u64, name: &str) {
-        // ENOENT means the kernel had nothing cached: fine. The parent's cached listing
-        // (FOPEN_CACHE_DIR) goes too.
-        let _ = self.0.inval_entry(INodeNo(parent), OsStr::new(name));
-        let _ = self.0.inval_inode(INodeNo(parent), 0, -1);
+        let _ = self.tx.send(Inval::Entry(parent, name.to_string()));
     }
     fn inode(&self, ino: u64) {
-        let _ = self.0.inval_inode(INodeNo(ino), 0, -1);
+        let _ = self.tx.send(Inval::Inode(ino));
     }
 }
