@@ -6,16 +6,24 @@
 # `Bench` mounted on both. The test data is written through A's mount and uploaded; every
 # measurement is taken on B's mount, so B's first read of a file is an on-demand fetch from
 # the cloud. The same data is laid out on the native disk in the same temp filesystem.
+# Two further workloads: `git status` in a repository cloned through A's mount (measured on
+# B, which did not write it, and on A), and SQLite inserts into a database on A's mount (the
+# writing device), each run on a fresh database file.
 #
 # Usage:   sudo scripts/bench.sh            (root: cold runs need /proc/sys/vm/drop_caches)
-#          BENCH_QUICK=1 scripts/bench.sh   (256 MiB, 2,000 files, 3 runs)
+#          BENCH_QUICK=1 scripts/bench.sh   (256 MiB, 2,000 files, git 2,000 files, sqlite 500 txns
+#                                            and 20,000 inserts, 3 runs)
 # Env:     MESHFS_BIN=path        use this binary instead of `cargo build --release --locked`
 #          BENCH_RUNS=N           runs per measurement (default 5, quick 3)
 #          BENCH_SIZE_MIB=N       size of the sequential file (default 1024, quick 256)
 #          BENCH_DIRS=N BENCH_FILES_PER_DIR=N   small-file tree (default 100 x 100, quick 20 x 100)
+#          BENCH_GIT_DIRS=N BENCH_GIT_FILES_PER_DIR=N   git repository (default 50 x 100, quick 20 x 100)
+#          BENCH_SQLITE_TXNS=N    inserts, each in its own transaction (default 2000, quick 500)
+#          BENCH_SQLITE_BATCH=N   inserts in one transaction (default 100000, quick 20000)
 #          BENCH_BINDFS=0         skip the bindfs column
 #          BENCH_NO_INSTALL=1     never apt-get install missing tools
 #          BENCH_TMP=dir          parent of the temp dir (default /var/tmp; must not be tmpfs)
+#          BENCH_COLD=0           skip cold rows (no sync, no drop_caches)
 # Output:  the table on stdout and in target/bench/results.md; agent/cloud logs and
 #          hyperfine JSON in target/bench/.
 set -euo pipefail
@@ -28,11 +36,16 @@ QUICK=${BENCH_QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
     RUNS=${BENCH_RUNS:-3}; SIZE_MIB=${BENCH_SIZE_MIB:-256}
     DIRS=${BENCH_DIRS:-20}; PER_DIR=${BENCH_FILES_PER_DIR:-100}
+    GIT_DIRS=${BENCH_GIT_DIRS:-20}; GIT_PER_DIR=${BENCH_GIT_FILES_PER_DIR:-100}
+    SQL_TXNS=${BENCH_SQLITE_TXNS:-500}; SQL_BATCH=${BENCH_SQLITE_BATCH:-20000}
 else
     RUNS=${BENCH_RUNS:-5}; SIZE_MIB=${BENCH_SIZE_MIB:-1024}
     DIRS=${BENCH_DIRS:-100}; PER_DIR=${BENCH_FILES_PER_DIR:-100}
+    GIT_DIRS=${BENCH_GIT_DIRS:-50}; GIT_PER_DIR=${BENCH_GIT_FILES_PER_DIR:-100}
+    SQL_TXNS=${BENCH_SQLITE_TXNS:-2000}; SQL_BATCH=${BENCH_SQLITE_BATCH:-100000}
 fi
 NFILES=$((DIRS * PER_DIR))
+GIT_NFILES=$((GIT_DIRS * GIT_PER_DIR))
 SIZE_BYTES=$((SIZE_MIB * 1024 * 1024))
 PASSWORD="bench password $$"
 WAIT_UPLOAD_S=${BENCH_UPLOAD_TIMEOUT:-1800}
@@ -104,7 +117,7 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- tools
 CAN_DROP=0
-[[ -w /proc/sys/vm/drop_caches ]] && CAN_DROP=1
+[[ -w /proc/sys/vm/drop_caches && "${BENCH_COLD:-1}" != 0 ]] && CAN_DROP=1
 
 apt_install() {
     [[ "${BENCH_NO_INSTALL:-0}" == 1 || $EUID -ne 0 ]] && return 1
@@ -116,6 +129,8 @@ apt_install() {
 
 command -v fusermount3 >/dev/null || apt_install fuse3 || die "fusermount3 is missing (Debian package fuse3)"
 command -v hyperfine >/dev/null || apt_install hyperfine || log "hyperfine not available; timing runs with date"
+command -v git >/dev/null || apt_install git || die "git is missing (Debian package git)"
+command -v sqlite3 >/dev/null || apt_install sqlite3 || die "the sqlite3 CLI is missing (Debian package sqlite3)"
 HAVE_HYPERFINE=0
 command -v hyperfine >/dev/null && HAVE_HYPERFINE=1
 USE_BINDFS=0
@@ -123,7 +138,20 @@ if [[ "${BENCH_BINDFS:-1}" != 0 ]]; then
     command -v bindfs >/dev/null || apt_install bindfs || true
     command -v bindfs >/dev/null && USE_BINDFS=1
 fi
-[[ $CAN_DROP == 1 ]] || log "not root: /proc/sys/vm/drop_caches is not writable, cold rows are skipped"
+[[ -w /proc/sys/vm/drop_caches ]] || log "not root: /proc/sys/vm/drop_caches is not writable, cold rows are skipped"
+# A FUSE mount whose daemon no longer answers (say, one left by a killed test) can hang every
+# `sync` on the machine in the kernel; then cold rows would wait forever.
+if [[ $CAN_DROP == 1 ]]; then
+    sync &
+    SYNC_PID=$!
+    for ((i = 0; i < 300; i++)); do kill -0 "$SYNC_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$SYNC_PID" 2>/dev/null; then
+        log "WARNING: sync (pid $SYNC_PID) has not returned in 30 s (a hung mount? see ps -eo pid,stat,cmd | awk '\$2 ~ /D/'); cold rows are skipped"
+        CAN_DROP=0
+    else
+        wait "$SYNC_PID" || true
+    fi
+fi
 
 json_get() { # json_get FILE JQ_PATH (simple dotted paths only)
     if command -v jq >/dev/null; then
@@ -154,7 +182,7 @@ fi
 
 # ---------------------------------------------------------------- temp dir, cloud, devices
 mkdir -p "$OUT" "$LOGS"
-rm -f "$LOGS"/*.log "$OUT"/*.json
+rm -f "$LOGS"/*.log "$LOGS"/*.out "$LOGS"/*.err "$LOGS"/*.txt "$OUT"/*.json
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 T=$(mktemp -d "$BENCH_TMP/meshfs-bench.XXXXXX")
 FSTYPE=$(stat -f -c %T "$T")
@@ -227,6 +255,22 @@ uploaded_since() {
     [[ -n "$w" && "$w" -gt "$2" && "$p" == 0 ]]
 }
 
+# Waits until a status report of A written from now on shows no pending uploads.
+wait_a_uploaded() {
+    local since deadline last
+    since=$(now_ms)
+    deadline=$((SECONDS + WAIT_UPLOAD_S)); last=$SECONDS
+    until uploaded_since "$HOME_A" "$since"; do
+        ((SECONDS < deadline)) || die "A still has $(status_field "$HOME_A" .pending_uploads) pending uploads after ${WAIT_UPLOAD_S}s"
+        kill -0 "${AGENT_PIDS[0]}" 2>/dev/null || die "agent A died during upload"
+        if ((SECONDS - last >= 15)); then
+            log "  pending_uploads=$(status_field "$HOME_A" .pending_uploads) bytes_uploaded=$(status_field "$HOME_A" .counters.bytes_uploaded)"
+            last=$SECONDS
+        fi
+        sleep 0.5
+    done
+}
+
 # ---------------------------------------------------------------- test data
 BIG=big.bin
 SMALL=small
@@ -249,17 +293,7 @@ cp -r "$NATIVE/Bench/$SMALL" "$MNT_A/Bench/$SMALL"
 t2=$(date +%s%N)
 WRITE_BIG_S=$(elapsed "$t0" "$t1"); WRITE_SMALL_S=$(elapsed "$t1" "$t2")
 log "wrote ${SIZE_MIB} MiB in ${WRITE_BIG_S}s, $NFILES files in ${WRITE_SMALL_S}s; waiting for A's uploads"
-since=$(now_ms)
-deadline=$((SECONDS + WAIT_UPLOAD_S)); last=$SECONDS
-until uploaded_since "$HOME_A" "$since"; do
-    ((SECONDS < deadline)) || die "A still has $(status_field "$HOME_A" .pending_uploads) pending uploads after ${WAIT_UPLOAD_S}s"
-    kill -0 "${AGENT_PIDS[0]}" 2>/dev/null || die "agent A died during upload"
-    if ((SECONDS - last >= 15)); then
-        log "  pending_uploads=$(status_field "$HOME_A" .pending_uploads) bytes_uploaded=$(status_field "$HOME_A" .counters.bytes_uploaded)"
-        last=$SECONDS
-    fi
-    sleep 0.5
-done
+wait_a_uploaded
 t3=$(date +%s%N)
 UPLOAD_WAIT_S=$(elapsed "$t2" "$t3")
 FAILED_UPLOADS=$(status_field "$HOME_A" .failed_uploads)
@@ -292,13 +326,18 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 median_of() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# measure ID MODE COMMAND  -> prints the median in seconds, or ERR
+# measure ID MODE COMMAND [PREPARE] -> prints the median in seconds, or ERR
 # MODE: cold (drop caches before each run) | warm (one warm-up run, caches intact)
+#       | fresh (PREPARE before each run, no warm-up; e.g. a new database file for each run)
 measure() {
-    local id=$1 mode=$2 cmd=$3
+    local id=$1 mode=$2 cmd=$3 prep=${4:-true}
     if [[ $HAVE_HYPERFINE == 1 ]]; then
         local args=(--runs "$RUNS" --export-json "$OUT/$id.json" --style none)
-        if [[ $mode == cold ]]; then args+=(--prepare "$DROP"); else args+=(--warmup 1); fi
+        case $mode in
+            cold) args+=(--prepare "$DROP") ;;
+            fresh) args+=(--prepare "$prep") ;;
+            *) args+=(--warmup 1) ;;
+        esac
         if hyperfine "${args[@]}" "$cmd" >"$LOGS/hyperfine-$id.out" 2>&1; then
             json_get "$OUT/$id.json" '.results[0].median'
         else
@@ -310,6 +349,7 @@ measure() {
         if [[ $mode == warm ]]; then bash -c "$cmd" || { log "FAILED: $id: $cmd"; echo ERR; return; }; fi
         for ((i = 0; i < RUNS; i++)); do
             if [[ $mode == cold ]]; then drop_caches; fi
+            if [[ $mode == fresh ]]; then bash -c "$prep" || { log "FAILED: $id: $prep"; echo ERR; return; }; fi
             t0=$(date +%s%N)
             bash -c "$cmd" || { log "FAILED: $id: $cmd"; echo ERR; return; }
             t1=$(date +%s%N)
@@ -338,14 +378,17 @@ ROW_LABEL=(); ROW_NAT=(); ROW_MESH=(); ROW_BIND=(); ROW_AIM=(); ROW_BYTES=()
 add_row() { ROW_LABEL+=("$1"); ROW_NAT+=("$2"); ROW_MESH+=("$3"); ROW_BIND+=("$4"); ROW_AIM+=("$5"); ROW_BYTES+=("$6"); }
 
 q() { printf '%q' "$1"; }
-# bench_row ID LABEL MODE AIM BYTES TEMPLATE  (TEMPLATE uses @ for the Bench directory)
+MESH_AT=$MNT_B # the meshfs mount measured by bench_row: B, except for rows that write
+# bench_row ID LABEL MODE AIM BYTES TEMPLATE [PREPARE]  (TEMPLATE and PREPARE use @ for the Bench directory)
 bench_row() {
-    local id=$1 label=$2 mode=$3 aim=$4 bytes=$5 tpl=$6 nat mesh bind=-
+    local id=$1 label=$2 mode=$3 aim=$4 bytes=$5 tpl=$6 prep=${7:-true} nat mesh bind=- d
     if [[ $mode == cold && $CAN_DROP == 0 ]]; then return; fi
     log "measuring: $label"
-    nat=$(measure "$id-native" "$mode" "${tpl//@/$(q "$NATIVE/Bench")}")
-    mesh=$(measure "$id-meshfs" "$mode" "${tpl//@/$(q "$MNT_B/Bench")}")
-    if [[ $USE_BINDFS == 1 ]]; then bind=$(measure "$id-bindfs" "$mode" "${tpl//@/$(q "$BINDMNT/Bench")}"); fi
+    d=$(q "$NATIVE/Bench"); nat=$(measure "$id-native" "$mode" "${tpl//@/$d}" "${prep//@/$d}")
+    d=$(q "$MESH_AT/Bench"); mesh=$(measure "$id-meshfs" "$mode" "${tpl//@/$d}" "${prep//@/$d}")
+    if [[ $USE_BINDFS == 1 ]]; then
+        d=$(q "$BINDMNT/Bench"); bind=$(measure "$id-bindfs" "$mode" "${tpl//@/$d}" "${prep//@/$d}")
+    fi
     [[ "$nat $mesh $bind" == *ERR* ]] && FAILED=1
     add_row "$label" "$nat" "$mesh" "$bind" "$aim" "$bytes"
 }
@@ -386,6 +429,188 @@ diff -rq "$NATIVE/Bench/$SMALL" "$MNT_B/Bench/$SMALL" >"$LOGS/diff-small.out" 2>
 bench_row cat-cold "cat $FILES_H, cold" cold "" 0 "$CAT_SMALL"
 bench_row cat-warm "cat $FILES_H, warm" warm "<= 3x" 0 "$CAT_SMALL"
 
+# 3. git status in a repository of GIT_NFILES small files. Both clones come from one source
+#    repository outside Bench (`git clone --no-local`, so each gets a pack as from a remote):
+#    one on the native disk, one written through A's mount. Measured on B, which did not
+#    write it, and on A (rows marked (A)). The user's first `git status` after the clone is
+#    run once on the writer (native and A), as it re-hashes racily clean entries.
+GIT_H="$GIT_NFILES files"
+GIT_HOME="$T/git-home"
+GIT_SRC="$T/git-src"
+mkdir -p "$GIT_HOME"
+cat >"$GIT_HOME/.gitconfig" <<'EOF'
+[user]
+	name = meshfs bench
+	email = bench@example.invalid
+[init]
+	defaultBranch = main
+[safe]
+	directory = *
+[gc]
+	auto = 0
+[maintenance]
+	auto = false
+EOF
+GIT_OPTS="-c core.fsmonitor=false -c core.untrackedCache=false"
+GIT="env HOME=$(q "$GIT_HOME") GIT_CONFIG_NOSYSTEM=1 git $GIT_OPTS"
+git_() { env HOME="$GIT_HOME" GIT_CONFIG_NOSYSTEM=1 git $GIT_OPTS "$@"; }
+stamp() { stat -c '%s %y' "$1" 2>/dev/null; } # size and mtime
+
+log "creating a git repository of $GIT_H in $GIT_DIRS dirs"
+for ((d = 0; d < GIT_DIRS; d++)); do
+    dir=$(printf '%s/src/m%03d' "$GIT_SRC" "$d")
+    mkdir -p "$dir"
+    # 570 random bytes = 10 base64 lines of 76 characters: one 770-byte text file
+    head -c $((GIT_PER_DIR * 570)) /dev/urandom | base64 -w 76 |
+        (cd "$dir" && split -l 10 -a 3 -d --additional-suffix=.txt - f)
+done
+echo "meshfs benchmark repository: $GIT_H" >"$GIT_SRC/README"
+git_ -C "$GIT_SRC" init -q
+git_ -C "$GIT_SRC" add -A
+git_ -C "$GIT_SRC" commit -q -m "bench: $GIT_H"
+[[ $(git_ -C "$GIT_SRC" ls-files | wc -l) == $((GIT_NFILES + 1)) ]] || die "the git source repository is incomplete"
+git_ clone -q --no-local "$GIT_SRC" "$NATIVE/Bench/repo"
+log "cloning it into A's mount"
+t0=$(date +%s%N)
+git_ clone -q --no-local "$GIT_SRC" "$MNT_A/Bench/repo" 2>>"$LOGS/git.err" || die "git clone into A's mount failed (see $LOGS/git.err)"
+t1=$(date +%s%N)
+GIT_CLONE_S=$(elapsed "$t0" "$t1")
+sleep 1.1
+settle() { # settle REPO -> whether the first status rewrote the index
+    local before
+    before=$(stamp "$1/.git/index")
+    git_ -C "$1" status >/dev/null 2>>"$LOGS/git.err" || { echo ERR; return; }
+    [[ "$(stamp "$1/.git/index")" == "$before" ]] && echo kept || echo rewrote
+}
+t0=$(date +%s%N)
+GIT_SETTLE_A=$(settle "$MNT_A/Bench/repo")
+t1=$(date +%s%N)
+GIT_SETTLE_A_S=$(elapsed "$t0" "$t1")
+GIT_SETTLE_NAT=$(settle "$NATIVE/Bench/repo")
+log "cloned $GIT_H into A in ${GIT_CLONE_S}s; first status on A ${GIT_SETTLE_A_S}s ($GIT_SETTLE_A the index); waiting for A's uploads"
+t1=$(date +%s%N)
+wait_a_uploaded
+t2=$(date +%s%N)
+GIT_UPLOAD_S=$(elapsed "$t1" "$t2")
+# B sees the repository: the same file names as A, and A's index (size and mtime; no content read)
+list_files() { (cd "$1" && find . -type f | LC_ALL=C sort) 2>/dev/null; }
+list_files "$MNT_A/Bench/repo" >"$LOGS/git-files-a.txt"
+b_sees_repo() {
+    [[ "$(stamp "$MNT_B/Bench/repo/.git/index")" == "$(stamp "$MNT_A/Bench/repo/.git/index")" ]] &&
+        list_files "$MNT_B/Bench/repo" | cmp -s - "$LOGS/git-files-a.txt"
+}
+b_has_index() { [[ "$(stamp "$MNT_B/Bench/repo/.git/index")" == "$(stamp "$MNT_A/Bench/repo/.git/index")" ]]; }
+wait_for 600 "B to see A's git index" b_has_index
+t3=$(date +%s%N)
+GIT_SEE_S=$(elapsed "$t2" "$t3")
+GIT_TREES=same
+deadline=$((SECONDS + 60))
+until b_sees_repo; do
+    if ((SECONDS >= deadline)); then
+        list_files "$MNT_B/Bench/repo" >"$LOGS/git-files-b.txt"
+        GIT_TREES="NO, 60s after A's uploads: only on B: $(comm -13 "$LOGS/git-files-a.txt" "$LOGS/git-files-b.txt" | head -n 5 | tr '\n' ' ')only on A: $(comm -23 "$LOGS/git-files-a.txt" "$LOGS/git-files-b.txt" | head -n 5 | tr '\n' ' ')"
+        log "WARNING: B's repository differs from A's: $GIT_TREES"
+        FAILED=1
+        break
+    fi
+    sleep 0.5
+done
+log "A uploaded the repository in ${GIT_UPLOAD_S}s; B saw A's index ${GIT_SEE_S}s later (same files: $GIT_TREES)"
+
+counter() { status_field "$1" ".counters.$2"; }
+sleep 1.2
+G_B_FETCH0=$(counter "$HOME_B" bytes_fetched); G_B_UP0=$(counter "$HOME_B" bytes_uploaded)
+G_A_UP0=$(counter "$HOME_A" bytes_uploaded)
+G_B_INDEX0=$(stamp "$MNT_B/Bench/repo/.git/index")
+log "measuring: git status $GIT_H, first on B"
+first=$(once git-first "$GIT -C $(q "$MNT_B/Bench/repo") status > /dev/null")
+[[ $first == ERR ]] && FAILED=1
+sleep 1.2
+G_B_FETCH_FIRST=$(( $(counter "$HOME_B" bytes_fetched) - G_B_FETCH0 ))
+G_B_INDEX_FIRST=$([[ "$(stamp "$MNT_B/Bench/repo/.git/index")" == "$G_B_INDEX0" ]] && echo kept || echo rewrote)
+add_row "git status $GIT_H, first (B)" - "$first" - "" 0
+
+git_status_rows() { # git_status_rows MODE
+    local mode=$1 label="git status $GIT_H, $1" tpl="$GIT -C @/repo status > /dev/null" nat a b bind=- d
+    if [[ $mode == cold && $CAN_DROP == 0 ]]; then return; fi
+    log "measuring: $label"
+    d=$(q "$NATIVE/Bench"); nat=$(measure "git-$mode-native" "$mode" "${tpl//@/$d}")
+    d=$(q "$MNT_B/Bench"); b=$(measure "git-$mode-meshfs" "$mode" "${tpl//@/$d}")
+    d=$(q "$MNT_A/Bench"); a=$(measure "git-$mode-meshfs-a" "$mode" "${tpl//@/$d}")
+    if [[ $USE_BINDFS == 1 ]]; then d=$(q "$BINDMNT/Bench"); bind=$(measure "git-$mode-bindfs" "$mode" "${tpl//@/$d}"); fi
+    [[ "$nat $a $b $bind" == *ERR* ]] && FAILED=1
+    add_row "$label" "$nat" "$b" "$bind" "" 0
+    add_row "$label (A)" "$nat" "$a" - "" 0
+}
+G_B_INDEX1=$(stamp "$MNT_B/Bench/repo/.git/index"); G_A_INDEX1=$(stamp "$MNT_A/Bench/repo/.git/index")
+git_status_rows cold
+git_status_rows warm
+sleep 1.2
+G_B_FETCH=$(( $(counter "$HOME_B" bytes_fetched) - G_B_FETCH0 ))
+G_B_UP=$(( $(counter "$HOME_B" bytes_uploaded) - G_B_UP0 ))
+G_A_UP=$(( $(counter "$HOME_A" bytes_uploaded) - G_A_UP0 ))
+G_B_INDEX_ROWS=$([[ "$(stamp "$MNT_B/Bench/repo/.git/index")" == "$G_B_INDEX1" ]] && echo kept || echo rewrote)
+G_A_INDEX_ROWS=$([[ "$(stamp "$MNT_A/Bench/repo/.git/index")" == "$G_A_INDEX1" ]] && echo kept || echo rewrote)
+git_clean() { # git_clean REPO -> yes, or what status printed
+    local out
+    if out=$(git_ -C "$1" status --porcelain 2>&1); then
+        [[ -z "$out" ]] && echo yes || echo "NO: $(printf '%s' "$out" | head -n 3 | tr '\n' ' ')"
+    else
+        echo "ERR: $(printf '%s' "$out" | head -n 3 | tr '\n' ' ')"
+    fi
+}
+GIT_CLEAN="native $(git_clean "$NATIVE/Bench/repo"), A $(git_clean "$MNT_A/Bench/repo"), B $(git_clean "$MNT_B/Bench/repo")"
+[[ "$GIT_CLEAN" == "native yes, A yes, B yes" ]] || FAILED=1
+
+# 4. SQLite inserts with the sqlite3 CLI, on A's mount (writes happen on the writing device)
+#    and on the native disk; each run starts from a fresh database file (schema only).
+SQL_DIR="$T/sql"
+mkdir -p "$SQL_DIR" "$NATIVE/Bench/sqlite" "$MNT_A/Bench/sqlite"
+SCHEMA='CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);'
+sql_inserts() { # sql_inserts N ONE_TXN(0|1): PRAGMAs, then N single-row INSERTs
+    awk -v n="$1" -v one="$2" 'BEGIN {
+        print "PRAGMA journal_mode=DELETE;"; print "PRAGMA synchronous=FULL;"
+        if (one) print "BEGIN;"
+        for (i = 1; i <= n; i++)
+            printf "INSERT INTO t(v) VALUES (%cmeshfs bench row %08d abcdefghijklmnopqrstuvwxyz 0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ%c);\n", 39, i, 39
+        if (one) print "COMMIT;"
+    }'
+}
+sql_inserts "$SQL_TXNS" 0 >"$SQL_DIR/txns.sql"
+sql_inserts "$SQL_BATCH" 1 >"$SQL_DIR/batch.sql"
+sql_run() { echo "sqlite3 -bail @/sqlite/$1.db < $(q "$SQL_DIR/$1.sql") > /dev/null"; }
+sql_fresh() { echo "rm -f @/sqlite/$1.db @/sqlite/$1.db-journal && sqlite3 -bail @/sqlite/$1.db $(q "$SCHEMA")"; }
+if ((SQL_BATCH % 1000 == 0)); then SQL_BATCH_H="$((SQL_BATCH / 1000))k"; else SQL_BATCH_H=$SQL_BATCH; fi
+sleep 1.2
+S_A_UP0=$(counter "$HOME_A" bytes_uploaded); S_A_COMMITS0=$(counter "$HOME_A" commits)
+MESH_AT=$MNT_A
+bench_row sqlite-txns "sqlite $SQL_TXNS txns" fresh "" 0 "$(sql_run txns)" "$(sql_fresh txns)"
+bench_row sqlite-batch "sqlite $SQL_BATCH_H inserts, 1 txn" fresh "" 0 "$(sql_run batch)" "$(sql_fresh batch)"
+MESH_AT=$MNT_B
+sql_check() { # sql_check DB N -> ok, or what went wrong
+    local out
+    out=$(sqlite3 -readonly "$1" 'PRAGMA integrity_check; SELECT count(*) FROM t;' 2>&1 | tr '\n' ' ')
+    [[ "$out" == "ok $2 " ]] && echo ok || echo "NO ($out)"
+}
+SQL_OK_A="txns $(sql_check "$MNT_A/Bench/sqlite/txns.db" "$SQL_TXNS"), batch $(sql_check "$MNT_A/Bench/sqlite/batch.db" "$SQL_BATCH")"
+log "sqlite databases on A: $SQL_OK_A; waiting for A's uploads"
+t0=$(date +%s%N)
+wait_a_uploaded
+t1=$(date +%s%N)
+SQL_UPLOAD_S=$(elapsed "$t0" "$t1")
+S_A_UP=$(( $(counter "$HOME_A" bytes_uploaded) - S_A_UP0 )); S_A_COMMITS=$(( $(counter "$HOME_A" commits) - S_A_COMMITS0 ))
+b_sees_sqlite() {
+    local f
+    for f in txns batch; do
+        [[ "$(stamp "$MNT_B/Bench/sqlite/$f.db")" == "$(stamp "$MNT_A/Bench/sqlite/$f.db")" ]] || return 1
+        [[ ! -e "$MNT_B/Bench/sqlite/$f.db-journal" ]] || return 1
+    done
+}
+wait_for 600 "B to see the sqlite databases" b_sees_sqlite
+SQL_OK_B="txns $(sql_check "$MNT_B/Bench/sqlite/txns.db" "$SQL_TXNS"), batch $(sql_check "$MNT_B/Bench/sqlite/batch.db" "$SQL_BATCH")"
+[[ "$SQL_OK_A $SQL_OK_B" == "txns ok, batch ok txns ok, batch ok" ]] || FAILED=1
+
+
 if [[ $USE_BINDFS == 1 ]]; then fusermount3 -u "$BINDMNT" 2>>"$LOGS/bindfs.log" || true; fi
 sleep 1.2
 B_FETCHED_END=$(status_field "$HOME_B" .counters.bytes_fetched)
@@ -408,7 +633,9 @@ report() {
     echo "         binary $BIN"
     echo "load:    $LOAD_START before measuring, $LOAD_END after (other work on the machine skews the numbers)"
     echo "method:  medians of $RUNS runs ($([[ $HAVE_HYPERFINE == 1 ]] && echo hyperfine || echo date)); cold = sync + drop_caches before each run;"
-    echo "         warm = 1 warm-up run; meshfs measured on device B (data written on A); first = B's first read, fetched from the cloud"
+    echo "         warm = 1 warm-up run; meshfs measured on device B (data written on A); first = B's first read, fetched from the cloud;"
+    echo "         git: \`git status\` in a clone written through A (GIT_CONFIG_NOSYSTEM=1, $GIT_OPTS), (A) = on A;"
+    echo "         sqlite: sqlite3 CLI on A's mount (the writer), fresh database each run, journal_mode=DELETE, synchronous=FULL"
     echo
     local hdr i bind_cols=""
     if [[ $USE_BINDFS == 1 ]]; then
@@ -438,7 +665,14 @@ report() {
     echo "setup:   write through A: $SIZE_H in ${WRITE_BIG_S}s ($(mbps "$WRITE_BIG_S" "$SIZE_BYTES") MB/s), $FILES_H in ${WRITE_SMALL_S}s;"
     echo "         A's uploads done ${UPLOAD_WAIT_S}s after the last close (failed_uploads=$FAILED_UPLOADS); B saw everything ${SEE_WAIT_S}s later"
     echo "fetched: B bytes_fetched $B_FETCHED_BEFORE before reading, $B_FETCHED_SEQ ($B_BLOCKS_SEQ blocks) after the first $SEQ, +$B_FETCHED_SMALL for the first cat of $FILES_H, $B_FETCHED_END ($B_BLOCKS_END blocks) at the end"
-    echo "data:    B's copy equals native: $DATA_OK"
+    echo "git:     clone of $GIT_H into A ${GIT_CLONE_S}s, first status on A ${GIT_SETTLE_A_S}s ($GIT_SETTLE_A the index; native: $GIT_SETTLE_NAT);"
+    echo "         A's uploads done ${GIT_UPLOAD_S}s later, B saw A's index ${GIT_SEE_S}s after that;"
+    echo "         B's first status fetched $G_B_FETCH_FIRST bytes and $G_B_INDEX_FIRST the index; in all git rows B fetched $G_B_FETCH bytes,"
+    echo "         B uploaded $G_B_UP bytes, A uploaded $G_A_UP bytes; the timed rows $G_B_INDEX_ROWS B's index and $G_A_INDEX_ROWS A's index"
+    echo "sqlite:  A uploaded $S_A_UP bytes in $S_A_COMMITS commits during the sqlite rows; its uploads were done ${SQL_UPLOAD_S}s after the last run"
+    echo "data:    B's copy equals native: $DATA_OK; git status clean: $GIT_CLEAN;"
+    echo "         B's repository has A's files: $GIT_TREES"
+    echo "         sqlite integrity_check and row count on A: $SQL_OK_A; on B: $SQL_OK_B"
     local n
     n=$(grep -cE "$LOGLEVEL_RE" "$LOGS"/agent-*.log "$LOGS"/cloud.log 2>/dev/null | awk -F: '{ s += $NF } END { print s + 0 }')
     echo "logs:    $n WARN/ERROR lines in agent and cloud logs ($LOGS)"
