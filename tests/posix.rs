@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Mesh, eventually};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::time::{Duration, UNIX_EPOCH};
 
 const SOON: Duration = Duration::from_secs(10);
@@ -134,6 +134,173 @@ fn an_unlinked_file_stays_readable_through_an_open_descriptor() {
             "an open descriptor lost the unlinked file's content"
         );
     }
+}
+
+#[test]
+fn renameat2_noreplace_refuses_and_exchange_is_refused_cleanly() {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    let mesh = Mesh::new();
+    let a = &mesh.ma;
+    std::fs::write(a.join("Docs/x"), b"x").unwrap();
+    std::fs::write(a.join("Docs/y"), b"y").unwrap();
+    let e = renameat_with(
+        CWD,
+        a.join("Docs/x"),
+        CWD,
+        a.join("Docs/y"),
+        RenameFlags::NOREPLACE,
+    )
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), libc::EEXIST);
+    renameat_with(
+        CWD,
+        a.join("Docs/x"),
+        CWD,
+        a.join("Docs/z"),
+        RenameFlags::NOREPLACE,
+    )
+    .unwrap();
+    match renameat_with(
+        CWD,
+        a.join("Docs/z"),
+        CWD,
+        a.join("Docs/y"),
+        RenameFlags::EXCHANGE,
+    ) {
+        Ok(()) => {
+            assert_eq!(std::fs::read(a.join("Docs/z")).unwrap(), b"y");
+            assert_eq!(std::fs::read(a.join("Docs/y")).unwrap(), b"x");
+        }
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), libc::EINVAL);
+            assert_eq!(std::fs::read(a.join("Docs/z")).unwrap(), b"x");
+            assert_eq!(std::fs::read(a.join("Docs/y")).unwrap(), b"y");
+        }
+    }
+    std::fs::create_dir_all(a.join("Docs/full/inner")).unwrap();
+    std::fs::create_dir(a.join("Docs/empty")).unwrap();
+    let e = std::fs::rename(a.join("Docs/empty"), a.join("Docs/full")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+}
+
+#[test]
+fn a_rename_over_a_file_is_atomic_for_a_concurrent_reader() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mesh = Mesh::new();
+    let target = mesh.ma.join("Docs/current");
+    let (old, new) = (vec![b'o'; 64 * 1024], vec![b'n'; 64 * 1024]);
+    std::fs::write(&target, &old).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, target, old, new) = (stop.clone(), target.clone(), old.clone(), new.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let got = match std::fs::read(&target) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        panic!("a reader saw the name missing: {e}");
+                    }
+                };
+                assert!(
+                    got == old || got == new,
+                    "a reader saw a mix of {} bytes",
+                    got.len()
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..50 {
+        let tmp = mesh.ma.join(&format!("Docs/tmp-{i}"));
+        std::fs::write(&tmp, if i % 2 == 0 { &new } else { &old }).unwrap();
+        std::fs::rename(&tmp, &target).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.join();
+    let log = mesh.ma.log_text();
+    let tail: Vec<&str> = log.lines().rev().take(200).collect();
+    assert!(
+        reads.is_ok_and(|n| n > 0),
+        "agent log (newest first):\n{}",
+        tail.join("\n")
+    );
+}
+
+#[test]
+fn seek_writes_appends_sparse_files_and_editor_saves_keep_their_bytes() {
+    use std::io::{Seek, SeekFrom, Write};
+    let mesh = Mesh::new();
+    let (a, b) = (&mesh.ma, &mesh.mb);
+
+    // O_RDWR with seek-and-write, then O_APPEND.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(a.join("Docs/rw"))
+        .unwrap();
+    f.write_all(b"hello world").unwrap();
+    f.seek(SeekFrom::Start(6)).unwrap();
+    f.write_all(b"WORLD").unwrap();
+    drop(f);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.join("Docs/rw"))
+        .unwrap();
+    f.write_all(b"!!").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(a.join("Docs/rw")).unwrap(), b"hello WORLD!!");
+
+    // A sparse file: a hole reads as zeros, on both devices.
+    let f = std::fs::File::create(a.join("Docs/sparse")).unwrap();
+    f.write_all_at(b"end", 5 * 1024 * 1024).unwrap();
+    drop(f);
+    let mut want = vec![0u8; 5 * 1024 * 1024];
+    want.extend_from_slice(b"end");
+
+    // Save as an editor does: write a temporary, fsync it, rename it over the original.
+    std::fs::write(a.join("Docs/doc.txt"), b"draft 1").unwrap();
+    let mut tmp = std::fs::File::create(a.join("Docs/.doc.txt.swp")).unwrap();
+    tmp.write_all(b"draft 2").unwrap();
+    tmp.sync_all().unwrap();
+    drop(tmp);
+    std::fs::rename(a.join("Docs/.doc.txt.swp"), a.join("Docs/doc.txt")).unwrap();
+    // vim with backupcopy=yes: copy to a backup, then overwrite the original in place.
+    std::fs::copy(a.join("Docs/doc.txt"), a.join("Docs/doc.txt~")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(a.join("Docs/doc.txt"))
+        .unwrap();
+    f.write_all(b"draft 3").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::remove_file(a.join("Docs/doc.txt~")).unwrap();
+    // vim with backupcopy=no: rename the original to a backup, write a new file.
+    std::fs::rename(a.join("Docs/doc.txt"), a.join("Docs/doc.txt~")).unwrap();
+    std::fs::write(a.join("Docs/doc.txt"), b"draft 4").unwrap();
+    std::fs::remove_file(a.join("Docs/doc.txt~")).unwrap();
+    assert_eq!(std::fs::read(a.join("Docs/doc.txt")).unwrap(), b"draft 4");
+
+    assert!(mesh.a_uploaded());
+    let arrived = eventually(SOON, || {
+        std::fs::read(b.join("Docs/rw")).is_ok_and(|d| d == b"hello WORLD!!")
+            && std::fs::read(b.join("Docs/sparse")).is_ok_and(|d| d == want)
+            && std::fs::read(b.join("Docs/doc.txt")).is_ok_and(|d| d == b"draft 4")
+    });
+    assert!(
+        arrived,
+        "B sees: {:?}",
+        std::fs::read_dir(b.join("Docs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>()
+    );
+    assert!(!b.join("Docs/doc.txt~").exists() && !b.join("Docs/.doc.txt.swp").exists());
 }
 
 #[test]

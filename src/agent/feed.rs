@@ -81,7 +81,10 @@ pub fn apply_entry(
         let Some((ino, n)) = existing else {
             return Ok(false);
         };
-        if cache.lookup(n.parent, &n.name)? == Some(ino) {
+        // Only a name that still leads here goes; one taken over since (a rename over it)
+        // stays, and the kernel keeps its entry: needless invalidations race with lookups.
+        let linked_here = cache.lookup(n.parent, &n.name)? == Some(ino);
+        if linked_here {
             txn.unlink(n.parent, &n.name);
         }
         txn.unindex_entry(&folder.id, &e.id);
@@ -91,7 +94,9 @@ pub fn apply_entry(
         gone.linked = false;
         txn.put_node(&gone);
         cache.apply(txn)?;
-        inv.entry(n.parent, &n.name);
+        if linked_here {
+            inv.entry(n.parent, &n.name);
+        }
         inv.inode(ino);
         return Ok(true);
     }
@@ -104,6 +109,8 @@ pub fn apply_entry(
         None => ino_for(cache, &mut txn, &folder.id, &e.id)?,
     };
     let new = node_of(e, ino, parent, &folder.id);
+    // Names whose meaning changes; the kernel forgets them once the change is applied.
+    let mut renamed: Vec<(u64, &str)> = Vec::new();
     if let Some(occupant) = cache.lookup(parent, &e.name)?.filter(|&o| o != ino) {
         match cache.node(occupant)? {
             // A local file not yet uploaded holds the name: it keeps it, and its upload will
@@ -112,7 +119,7 @@ pub fn apply_entry(
             // A clean node there was replaced remotely; its tombstone follows.
             _ => {
                 txn.unlink(parent, &e.name);
-                inv.entry(parent, &e.name);
+                renamed.push((parent, &e.name));
             }
         }
     }
@@ -124,14 +131,18 @@ pub fn apply_entry(
         && cache.lookup(p, n)? == Some(ino)
     {
         txn.unlink(p, n);
+        renamed.push((p, n));
+    }
+    if existing.is_none() || moved_from.is_some() {
+        renamed.push((parent, &e.name));
     }
     txn.link(parent, &e.name, ino);
     txn.put_node(&new);
     cache.apply(txn)?;
-    if let Some((p, n)) = moved_from {
+    for (p, n) in renamed {
         inv.entry(p, n);
     }
-    inv.entry(parent, &e.name);
+    // Attributes and cached pages of the node itself.
     inv.inode(ino);
     Ok(true)
 }

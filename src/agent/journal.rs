@@ -285,6 +285,7 @@ impl Uploader {
         let new_entry = uuid::Uuid::new_v4().to_string();
         txn.unindex_entry(&folder, &old);
         txn.index_entry(&folder, &new_entry, ino);
+        let mut renamed = None;
         if let Some(name) = new_name {
             // Records still waiting carry the old name: they now mean the new one.
             for (seq, op) in self.cache.journal(usize::MAX)? {
@@ -297,15 +298,17 @@ impl Uploader {
                 }
             }
             txn.unlink(n.parent, &n.name);
-            self.inv.entry(n.parent, &n.name);
             txn.link(n.parent, &name, ino);
-            n.name = name;
+            renamed = Some(std::mem::replace(&mut n.name, name));
         }
         n.entry = Some(new_entry);
         n.version = 0;
         txn.put_node(&n);
         self.cache.apply(txn)?;
-        self.inv.entry(n.parent, &n.name);
+        if let Some(old_name) = renamed {
+            self.inv.entry(n.parent, &old_name);
+            self.inv.entry(n.parent, &n.name);
+        }
         Ok(())
     }
 

@@ -310,7 +310,10 @@ impl Mount {
             .arg(&self.path)
             .arg("--home")
             .arg(&self.home)
-            .env("MESHFS_LOG", "info,fuser=warn")
+            .env(
+                "MESHFS_LOG",
+                std::env::var("MESHFS_TEST_LOG").unwrap_or_else(|_| "info,fuser=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)

@@ -130,8 +130,17 @@ impl fuser::Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = name_of(name).and_then(|n| self.fs.lookup(parent.0, n).map_err(|e| errno(&e)));
         match r {
-            Ok(n) => reply.entry(&TTL, &self.attr(&n), Generation(0)),
+            Ok(n) => {
+                self.fs.remember(n.ino);
+                reply.entry(&TTL, &self.attr(&n), Generation(0));
+            }
             Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if let Err(e) = self.fs.forget(ino.0, nlookup) {
+            tracing::warn!(error = %e, "forgetting an inode");
         }
     }
 
@@ -222,7 +231,10 @@ impl fuser::Filesystem for FuseAdapter {
                 .map_err(|e| errno(&e))
         });
         match r {
-            Ok(n) => reply.entry(&TTL, &self.attr(&n), Generation(0)),
+            Ok(n) => {
+                self.fs.remember(n.ino);
+                reply.entry(&TTL, &self.attr(&n), Generation(0));
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -254,7 +266,10 @@ impl fuser::Filesystem for FuseAdapter {
             self.fs.symlink(parent.0, n, t).map_err(|e| errno(&e))
         });
         match r {
-            Ok(n) => reply.entry(&TTL, &self.attr(&n), Generation(0)),
+            Ok(n) => {
+                self.fs.remember(n.ino);
+                reply.entry(&TTL, &self.attr(&n), Generation(0));
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -327,13 +342,16 @@ impl fuser::Filesystem for FuseAdapter {
         let (fs, owner) = (Arc::clone(&self.fs), self.owner);
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask).await {
-                Ok((n, o)) => reply.created(
-                    &TTL,
-                    &attr_of(&n, owner),
-                    Generation(0),
-                    FileHandle(o.fh),
-                    open_flags(&o, true),
-                ),
+                Ok((n, o)) => {
+                    fs.remember(n.ino);
+                    reply.created(
+                        &TTL,
+                        &attr_of(&n, owner),
+                        Generation(0),
+                        FileHandle(o.fh),
+                        open_flags(&o, true),
+                    );
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -503,6 +521,10 @@ impl fuser::Filesystem for FuseAdapter {
                 Generation(0),
             ) {
                 break;
+            }
+            // Each entry but the dots counts as a lookup in the kernel.
+            if i >= 2 {
+                self.fs.remember(n.ino);
             }
         }
         reply.ok();

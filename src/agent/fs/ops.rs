@@ -90,6 +90,9 @@ pub struct Fs {
     /// Serializes read-modify-write of nodes and links.
     meta: Mutex<()>,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// How many times the kernel was told of each inode and not yet told to forget it: an
+    /// unlinked node stays until the kernel lets go, since it may still open it.
+    lookups: Mutex<HashMap<u64, u64>>,
     next_fh: AtomicU64,
     staging: Mutex<HashMap<u64, Arc<Staging>>>,
     /// One file is brought to the device for writing at a time.
@@ -118,6 +121,7 @@ impl Fs {
             counters,
             meta: Mutex::new(()),
             handles: Mutex::new(HashMap::new()),
+            lookups: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             staging: Mutex::new(HashMap::new()),
             materializing: tokio::sync::Mutex::new(()),
@@ -657,23 +661,60 @@ impl Fs {
     /// The last close of a handle. Returns the inode whose writes [`Fs::finish_write`] must
     /// still commit, or `None` when the handle only read.
     pub fn close(&self, fh: u64) -> Result<Option<u64>, FsError> {
-        let (h, last) = {
-            let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let h = handles.remove(&fh).ok_or(FsError::BadHandle)?;
-            let last = !handles.values().any(|o| o.ino == h.ino);
-            (h, last)
-        };
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
         if h.writable {
             return Ok(Some(h.ino));
         }
-        if last {
-            self.drop_if_unlinked(h.ino)?;
-        }
+        self.drop_if_unlinked(h.ino)?;
         Ok(None)
     }
 
-    /// Removes a node that was unlinked (here or elsewhere) once nothing needs it.
+    /// The kernel now knows `ino` once more (an entry was replied for it).
+    pub fn remember(&self, ino: u64) {
+        let mut lookups = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+        *lookups.entry(ino).or_insert(0) += 1;
+    }
+
+    /// The kernel forgot `n` of its references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) -> Result<(), FsError> {
+        let gone = {
+            let mut lookups = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+            let left = lookups.get(&ino).map_or(0, |c| c.saturating_sub(n));
+            if left == 0 {
+                lookups.remove(&ino);
+            } else {
+                lookups.insert(ino, left);
+            }
+            left == 0
+        };
+        if gone {
+            self.drop_if_unlinked(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a node that was unlinked (here or elsewhere) once nothing needs it: no
+    /// upload pending, no open handle, and the kernel holds no reference.
     fn drop_if_unlinked(&self, ino: u64) -> Result<(), FsError> {
+        let known = self
+            .lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&ino);
+        let open = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|h| h.ino == ino);
+        if known || open {
+            return Ok(());
+        }
         let _g = self.lock_meta();
         if let Some(n) = self.cache.node(ino)?
             && !n.linked
@@ -693,13 +734,7 @@ impl Fs {
             s.opens.fetch_sub(1, Ordering::SeqCst);
         }
         self.drop_staging_if_idle(ino);
-        let open = {
-            let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-            handles.values().any(|h| h.ino == ino)
-        };
-        if !open {
-            self.drop_if_unlinked(ino)?;
-        }
+        self.drop_if_unlinked(ino)?;
         result
     }
 
