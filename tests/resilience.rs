@@ -147,7 +147,8 @@ fn metadata_access_fetches_no_content_and_random_reads_fetch_one_block_each() {
     let f = std::fs::File::open(mesh.mb.join("Docs/big.bin")).unwrap();
     let mut blocks = std::collections::BTreeSet::new();
     for (i, chunk) in pseudo_random(200 * 8, 9).chunks(8).enumerate() {
-        let off = (u64::from_le_bytes(chunk.try_into().unwrap()) % (big.len() as u64 - 4096)) & !4095;
+        let off =
+            (u64::from_le_bytes(chunk.try_into().unwrap()) % (big.len() as u64 - 4096)) & !4095;
         let mut buf = vec![0u8; 4096];
         f.read_exact_at(&mut buf, off).unwrap();
         assert!(
