@@ -304,6 +304,32 @@ fn seek_writes_appends_sparse_files_and_editor_saves_keep_their_bytes() {
 }
 
 #[test]
+fn a_lock_file_uploaded_then_renamed_and_replaced_offline_leaves_no_stale_lock() {
+    // git's pattern: write index.lock, rename it over index. Here the first lock reaches the
+    // cloud under its lock name, and both renames happen before the cloud hears of them.
+    let mesh = Mesh::new();
+    let (a, b) = (&mesh.ma, &mesh.mb);
+    std::fs::write(a.join("Docs/index"), b"index 0").unwrap();
+    std::fs::write(a.join("Docs/index.lock"), b"index 1").unwrap();
+    assert!(mesh.a_uploaded());
+    mesh.cloud.pause();
+    std::fs::rename(a.join("Docs/index.lock"), a.join("Docs/index")).unwrap();
+    std::fs::write(a.join("Docs/index.lock"), b"index 2").unwrap();
+    std::fs::rename(a.join("Docs/index.lock"), a.join("Docs/index")).unwrap();
+    mesh.cloud.resume();
+    assert!(mesh.a_uploaded());
+    let settled = eventually(SOON, || {
+        std::fs::read(b.join("Docs/index")).is_ok_and(|d| d == b"index 2")
+            && !b.join("Docs/index.lock").exists()
+    });
+    let names: Vec<_> = std::fs::read_dir(b.join("Docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(settled, "B shows {names:?}");
+}
+
+#[test]
 fn unsupported_and_invalid_operations_fail_with_clear_errnos() {
     let mesh = Mesh::new();
     let a = &mesh.ma;

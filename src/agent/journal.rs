@@ -154,8 +154,11 @@ impl Uploader {
         let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
             return Ok(Outcome::Done);
         };
-        // Unlinked or replaced since: a later record (or the replacing rename) says so.
-        let Some(parent) = self.cache.node(snap.parent)?.filter(|_| n.linked) else {
+        // Every step is replayed, also for a node unlinked or replaced since: a step the
+        // cloud already has (say, the create of a lock file) must be followed by the ones
+        // that move or replace it, or it would stay behind. The parent outlives the
+        // records of its children (they come first in the journal).
+        let Some(parent) = self.cache.node(snap.parent)? else {
             return Ok(Outcome::Done);
         };
         let device_only = self.cache.folder(&folder)?.is_some_and(|f| f.device_only);
@@ -179,7 +182,9 @@ impl Uploader {
         let base = (n.version > 0).then_some(n.version);
         match self.client.put_entry(&folder, &entry, base, &body).await {
             Ok(e) => self.agreed(ino, &e).map(|()| Outcome::Done),
-            Err(e) if e.status() == Some(412) => self.lost_race(&n, &folder, &entry).await,
+            Err(e) if e.status() == Some(412) => {
+                self.lost_race(&n, &snap.name, &folder, &entry).await
+            }
             Err(e) if e.status() == Some(404) => {
                 // Deleted elsewhere while changed here: keep the change as a new entry.
                 self.reenter(ino, None)?;
@@ -188,7 +193,7 @@ impl Uploader {
             Err(e) if e.code() == Some("name_taken") => {
                 Counters::add(&self.counters.conflicts, 1);
                 let name = conflict_name(&snap.name, self.client.device_id());
-                self.reenter(ino, Some(name))?;
+                self.reenter(ino, Some((&snap.name, name)))?;
                 Ok(Outcome::Retry(e))
             }
             Err(e) => Ok(classify(e)),
@@ -243,7 +248,13 @@ impl Uploader {
     }
 
     /// Our `If-Match` lost: the entry changed in the cloud since this device last saw it.
-    async fn lost_race(&self, n: &Node, folder: &str, entry: &str) -> Result<Outcome, CacheError> {
+    async fn lost_race(
+        &self,
+        n: &Node,
+        name: &str,
+        folder: &str,
+        entry: &str,
+    ) -> Result<Outcome, CacheError> {
         let remote = match self.client.entry(folder, entry).await {
             Ok(r) => r,
             Err(e) => return Ok(classify(e)),
@@ -260,8 +271,11 @@ impl Uploader {
         }
         // Two devices changed one file: ours becomes a conflict copy beside theirs.
         Counters::add(&self.counters.conflicts, 1);
-        tracing::warn!(name = %n.name, "the file changed on another device too; keeping this device's version as a conflict copy");
-        self.reenter(n.ino, Some(conflict_name(&n.name, self.client.device_id())))?;
+        tracing::warn!(%name, "the file changed on another device too; keeping this device's version as a conflict copy");
+        self.reenter(
+            n.ino,
+            Some((name, conflict_name(name, self.client.device_id()))),
+        )?;
         if let Some(info) = self.cache.folder(folder)? {
             feed::apply_entry(&self.cache, self.inv.as_ref(), &info, &remote)?;
         }
@@ -272,9 +286,10 @@ impl Uploader {
         }))
     }
 
-    /// Gives the node a new entry id (and maybe a new name) so that its next upload creates
-    /// a new entry instead of overwriting.
-    fn reenter(&self, ino: u64, new_name: Option<String>) -> Result<(), CacheError> {
+    /// Gives the node a new entry id so that its next upload creates a new entry instead
+    /// of overwriting. With `rename = (from, to)`, the waiting records that carry the name
+    /// `from` say `to` instead, and so does the node if it still holds `from` here.
+    fn reenter(&self, ino: u64, rename: Option<(&str, String)>) -> Result<(), CacheError> {
         let Some(mut n) = self.cache.node(ino)? else {
             return Ok(());
         };
@@ -286,20 +301,21 @@ impl Uploader {
         txn.unindex_entry(&folder, &old);
         txn.index_entry(&folder, &new_entry, ino);
         let mut renamed = None;
-        if let Some(name) = new_name {
-            // Records still waiting carry the old name: they now mean the new one.
+        if let Some((from, to)) = rename {
             for (seq, op) in self.cache.journal(usize::MAX)? {
                 if let JournalOp::Put { ino: i, mut snap } = op
                     && i == ino
-                    && snap.name == n.name
+                    && snap.name == from
                 {
-                    snap.name = name.clone();
+                    snap.name = to.clone();
                     txn.journal(seq, &JournalOp::Put { ino, snap });
                 }
             }
-            txn.unlink(n.parent, &n.name);
-            txn.link(n.parent, &name, ino);
-            renamed = Some(std::mem::replace(&mut n.name, name));
+            if n.linked && n.name == from {
+                txn.unlink(n.parent, &n.name);
+                txn.link(n.parent, &to, ino);
+                renamed = Some(std::mem::replace(&mut n.name, to));
+            }
         }
         n.entry = Some(new_entry);
         n.version = 0;

@@ -457,6 +457,24 @@ impl fuser::Filesystem for FuseAdapter {
         });
     }
 
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are journaled in sled; making the journal durable is the sync.
+        let fs = Arc::clone(&self.fs);
+        self.rt.spawn(async move {
+            match fs.sync_metadata().await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
     fn readdir(
         &self,
         _req: &Request,

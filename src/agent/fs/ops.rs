@@ -645,6 +645,12 @@ impl Fs {
         Ok(())
     }
 
+    /// `fsyncdir`: directory changes are in the journal; make it durable.
+    pub async fn sync_metadata(&self) -> Result<(), FsError> {
+        self.cache.flush().await?;
+        Ok(())
+    }
+
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
         let ino = self.handle_ino(fh)?;
         self.commit(ino).await
