@@ -26,10 +26,18 @@ fn a_closed_write_survives_sigkill_of_the_agent_before_upload() {
 
     // The agent dies with no chance to clean up; the crash leaves no dead mount behind.
     mesh.ma.kill9();
-    assert!(
-        eventually(Duration::from_secs(10), || !is_mounted(&mesh.ma.path)),
-        "a dead mount was left behind"
-    );
+    let gone = eventually(Duration::from_secs(10), || !is_mounted(&mesh.ma.path));
+    if !gone {
+        // Who still holds the FUSE device, and which helpers are alive.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "ls -l /proc/[0-9]*/fd 2>/dev/null | grep -B30 /dev/fuse | grep -E '^/proc|fuse'; ps -ef | grep -E 'fusermount|meshfs' | grep -v grep"])
+            .output()
+            .unwrap();
+        panic!(
+            "a dead mount was left behind:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 
     mesh.cloud.resume();
     mesh.ma.restart();

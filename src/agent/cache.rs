@@ -65,6 +65,27 @@ pub struct Node {
 }
 
 impl Node {
+    /// A directory that is not a cloud entry: the mount root or a Mesh Folder's root. Its
+    /// mtime is when this device first saw it.
+    pub fn fixed_dir(ino: u64, name: &str, folder: Option<String>) -> Self {
+        Node {
+            ino,
+            parent: ROOT,
+            name: name.to_string(),
+            folder,
+            entry: None,
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            size: 0,
+            mtime_ns: crate::proto::now_ms().saturating_mul(1_000_000),
+            version: 0,
+            manifest: Vec::new(),
+            target: None,
+            pending: 0,
+            linked: true,
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == EntryKind::Dir
     }
@@ -239,22 +260,7 @@ impl Cache {
         };
         if cache.node(ROOT)?.is_none() {
             let mut t = Txn::default();
-            t.put_node(&Node {
-                ino: ROOT,
-                parent: ROOT,
-                name: String::new(),
-                folder: None,
-                entry: None,
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                size: 0,
-                mtime_ns: 0,
-                version: 0,
-                manifest: Vec::new(),
-                target: None,
-                pending: 0,
-                linked: true,
-            });
+            t.put_node(&Node::fixed_dir(ROOT, "", None));
             cache.apply(t)?;
         }
         Ok(cache)

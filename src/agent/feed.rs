@@ -8,7 +8,7 @@
 use crate::agent::cache::{Cache, CacheError, FolderInfo, Node, ROOT, Txn};
 use crate::agent::client::CloudClient;
 use crate::agent::status::Counters;
-use crate::proto::{Entry, EntryKind};
+use crate::proto::Entry;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -169,22 +169,7 @@ pub fn ensure_folder(
         device_only,
     };
     let mut txn = Txn::default();
-    txn.put_node(&Node {
-        ino,
-        parent: ROOT,
-        name: display.clone(),
-        folder: Some(id.to_string()),
-        entry: None,
-        kind: EntryKind::Dir,
-        mode: 0o755,
-        size: 0,
-        mtime_ns: 0,
-        version: 0,
-        manifest: Vec::new(),
-        target: None,
-        pending: 0,
-        linked: true,
-    });
+    txn.put_node(&Node::fixed_dir(ino, &display, Some(id.to_string())));
     txn.link(ROOT, &display, ino);
     txn.put_folder(&info);
     cache.apply(txn)?;
@@ -300,6 +285,7 @@ async fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::EntryKind;
     use std::sync::Mutex;
 
     #[derive(Default)]

@@ -23,8 +23,6 @@ pub enum FsError {
     NotPermitted(&'static str),
     #[error("moving between Mesh Folders is a copy")]
     CrossFolder,
-    #[error("not supported: {0}")]
-    Unsupported(&'static str),
     #[error("bad file handle")]
     BadHandle,
     #[error("the content is not on this device and no source is reachable")]
@@ -58,7 +56,6 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::CrossFolder => libc::EXDEV,
-            FsError::Unsupported(_) => libc::ENOTSUP,
             FsError::BadHandle => libc::EBADF,
             FsError::Offline => libc::ENOTCONN,
             FsError::Fetch(_) | FsError::Cache(_) | FsError::Io(_) => libc::EIO,

@@ -45,6 +45,19 @@ impl FuseAdapter {
     fn attr(&self, n: &Node) -> FileAttr {
         attr_of(n, self.owner)
     }
+
+    /// Runs `op` on the runtime and answers the kernel from there.
+    fn reply_later<F>(&self, reply: ReplyEmpty, op: F)
+    where
+        F: std::future::Future<Output = Result<(), FsError>> + Send + 'static,
+    {
+        self.rt.spawn(async move {
+            match op.await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -408,12 +421,7 @@ impl fuser::Filesystem for FuseAdapter {
             return reply.ok();
         }
         let fs = Arc::clone(&self.fs);
-        self.rt.spawn(async move {
-            match fs.flush(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.reply_later(reply, async move { fs.flush(fh.0).await });
     }
 
     fn release(
@@ -432,12 +440,7 @@ impl fuser::Filesystem for FuseAdapter {
             Err(e) => return reply.error(errno(&e)),
         };
         let fs = Arc::clone(&self.fs);
-        self.rt.spawn(async move {
-            match fs.finish_write(ino).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.reply_later(reply, async move { fs.finish_write(ino).await });
     }
 
     fn fsync(
@@ -449,12 +452,7 @@ impl fuser::Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let fs = Arc::clone(&self.fs);
-        self.rt.spawn(async move {
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.reply_later(reply, async move { fs.fsync(fh.0).await });
     }
 
     fn fsyncdir(
@@ -467,12 +465,7 @@ impl fuser::Filesystem for FuseAdapter {
     ) {
         // Directory changes are journaled in sled; making the journal durable is the sync.
         let fs = Arc::clone(&self.fs);
-        self.rt.spawn(async move {
-            match fs.sync_metadata().await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.reply_later(reply, async move { fs.sync_metadata().await });
     }
 
     fn readdir(
