@@ -261,8 +261,13 @@ impl Device {
 
     /// Waits until a report written after this call shows nothing left to upload.
     pub fn uploaded(&self) -> bool {
+        self.uploaded_within(Duration::from_secs(60))
+    }
+
+    /// Like [`Device::uploaded`], for work that takes longer to upload.
+    pub fn uploaded_within(&self, limit: Duration) -> bool {
         let since = meshfs::proto::now_ms();
-        eventually(Duration::from_secs(60), || {
+        eventually(limit, || {
             self.status()
                 .is_some_and(|s| s.written_ms > since && s.pending_uploads == 0)
         })
