@@ -148,6 +148,16 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// The outcome of an `INSERT` of a row with a unique key: whether it went in (`false` when
+/// the key was taken).
+fn inserted<T>(res: Result<T, sqlx::Error>) -> Result<bool, StoreError> {
+    match res {
+        Ok(_) => Ok(true),
+        Err(e) if is_unique_violation(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn entry_from(row: &SqliteRow) -> Result<Entry, StoreError> {
     let parent: String = row.try_get("parent")?;
     let manifest: String = row.try_get("manifest")?;
@@ -254,11 +264,7 @@ impl Store {
         .bind(now_ms)
         .execute(&self.pool)
         .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        inserted(res)
     }
 
     pub async fn password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
@@ -361,11 +367,7 @@ impl Store {
         .bind(f.created_ms)
         .execute(&self.pool)
         .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        inserted(res)
     }
 
     pub async fn folder(&self, id: &str) -> Result<Option<Folder>, StoreError> {
