@@ -78,7 +78,7 @@ pub fn new_claims(
     let now = now_secs();
     let ttl = match kind {
         TicketKind::Identity => state.identity_ttl_secs,
-        TicketKind::Access => state.access_ttl_secs,
+        TicketKind::Access | TicketKind::Peer => state.access_ttl_secs,
     };
     let (res, rights) = match grant {
         Some((res, rights)) => (Some(res), rights),
@@ -96,6 +96,7 @@ pub fn new_claims(
         kind,
         res,
         rights,
+        peer: None,
     }
 }
 

@@ -219,7 +219,12 @@ impl KeySet {
             return Err(TicketError::WrongAudience);
         }
         time_window(&claims, now)?;
-        if claims.kind == TicketKind::Access && claims.res.is_none() {
+        let complete = match claims.kind {
+            TicketKind::Identity => true,
+            TicketKind::Access => claims.res.is_some(),
+            TicketKind::Peer => claims.peer.is_some(),
+        };
+        if !complete {
             return Err(TicketError::Malformed);
         }
         Ok(VerifiedTicket { claims })
@@ -247,6 +252,7 @@ mod tests {
             kind: TicketKind::Access,
             res: Some("/folders/f".into()),
             rights: vec![Right::Read],
+            peer: None,
         }
     }
 

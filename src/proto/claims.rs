@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 pub const ISSUER: &str = "meshfs-cloud";
 /// The audience of tickets shown to the cloud's services.
 pub const AUDIENCE_CLOUD: &str = "meshfs";
+/// The audience of peer tickets, shown by one device to another in the peer handshake.
+pub const AUDIENCE_PEER: &str = "meshfs-peer";
 
 /// What a ticket is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +18,8 @@ pub enum TicketKind {
     Identity,
     /// Rights on a subtree of the resource graph.
     Access,
+    /// "These two devices may sync" (DESIGN §2), shown to the other device.
+    Peer,
 }
 
 /// A verb an access ticket grants on its subtree.
@@ -46,6 +50,46 @@ pub struct Claims {
     pub res: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rights: Vec<Right>,
+    /// For peer tickets: the pair of devices and what they may exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerGrant>,
+}
+
+/// The body of a peer ticket. `dev` (the holder) is one of `devices`; the other is the
+/// device it may show the ticket to. Each device is named with the public key the cloud
+/// recorded for it, so a peer can check the handshake against it with no network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerGrant {
+    pub devices: [PeerDevice; 2],
+    /// When the devices are paired only through a Mesh Folder both have mapped: that
+    /// folder, and only its blocks may be asked for. `None` when one user claims both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+}
+
+/// One side of a peer grant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDevice {
+    pub id: String,
+    pub user: String,
+    /// The device's RSA public key, SPKI DER in unpadded base64url.
+    pub key: String,
+}
+
+impl PeerGrant {
+    /// The side of the grant that is not `me`, if `me` is one of the two.
+    pub fn other(&self, me: &str) -> Option<&PeerDevice> {
+        match &self.devices {
+            [a, b] if a.id == me && b.id != me => Some(b),
+            [a, b] if b.id == me && a.id != me => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The side named `id`.
+    pub fn device(&self, id: &str) -> Option<&PeerDevice> {
+        self.devices.iter().find(|d| d.id == id)
+    }
 }
 
 impl Claims {
@@ -80,6 +124,7 @@ mod tests {
             kind: TicketKind::Access,
             res: Some(res.into()),
             rights: rights.to_vec(),
+            peer: None,
         }
     }
 
