@@ -4,11 +4,12 @@
 use meshfs::cloud::{self, CloudConfig, Role, RunningCloud};
 use meshfs::crypto::keys;
 use meshfs::crypto::ticket::{KeySet, Signer};
-use meshfs::proto::claims::{AUDIENCE_CLOUD, ISSUER};
+use meshfs::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER, ISSUER};
 use meshfs::proto::{
-    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, BlockRef, ChangeBatch, Claims,
+    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, BlockRef, ChangeBatch, Claims, Device,
     DeviceAssertion, Entry, EntryKind, EntryList, EntryPut, FolderGrant, Jwks, LoginRequest,
-    LoginResponse, NewFolder, RenewRequest, Right, TicketKind, TicketResponse, Usage, now_secs,
+    LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right, TicketKind,
+    TicketResponse, Usage, now_secs,
 };
 use reqwest::header::{AUTHORIZATION, ETAG, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -219,6 +220,7 @@ fn dir(name: &str, parent: Option<&str>) -> EntryPut {
         manifest: vec![],
         target: None,
         replace: false,
+        device_held: false,
     }
 }
 
@@ -268,6 +270,7 @@ fn access_claims(dev: &Dev, folder: &str, iat: i64, exp: i64) -> Claims {
         kind: TicketKind::Access,
         res: Some(format!("/folders/{folder}")),
         rights: vec![Right::Read, Right::Write, Right::Admin],
+        peer: None,
     }
 }
 
@@ -661,7 +664,8 @@ async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
         api_error(res).await,
         (StatusCode::FORBIDDEN, "device_only".into())
     );
-    // A device-only folder publishes manifests without their blocks.
+    // A manifest whose blocks are nowhere in the cloud is refused unless the author says
+    // it holds them; then the entry names it as the holder.
     let res = env
         .create(
             &local.ticket.ticket,
@@ -670,7 +674,21 @@ async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
             &file("n", &[data]),
         )
         .await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::CONFLICT, "missing_blocks".into())
+    );
+    let held = EntryPut {
+        device_held: true,
+        ..file("n", &[data])
+    };
+    let res = env
+        .create(&local.ticket.ticket, &local.folder.id, "n1", &held)
+        .await;
     assert_eq!(res.status(), StatusCode::CREATED);
+    let e: Entry = res.json().await.unwrap();
+    assert!(!e.in_cloud);
+    assert_eq!(e.holders, vec![ann.id.clone()]);
 }
 
 #[tokio::test]
@@ -1034,4 +1052,176 @@ async fn renewal_needs_an_assertion_signed_by_the_devices_own_key() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+impl Env {
+    async fn login_key(&self, user: &str, key: &PrivateKey) -> Dev {
+        let res = self
+            .login_with(user, &format!("{user}-password"), key)
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let l: LoginResponse = res.json().await.unwrap();
+        Dev {
+            user: l.user,
+            id: l.device_id,
+            identity: l.identity.ticket,
+        }
+    }
+
+    async fn peer_ticket(&self, dev: &Dev, other: &Dev, folder: Option<&str>) -> reqwest::Response {
+        let body = PeerRequest {
+            device: other.id.clone(),
+            folder: folder.map(Into::into),
+        };
+        self.req(Method::POST, "/tickets/peer", Some(&dev.identity))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn map(&self, dev: &Dev, folder: &str) -> StatusCode {
+        self.req(
+            Method::PUT,
+            &format!("/users/{}/devices/{}/folders/{folder}", dev.user, dev.id),
+            Some(&dev.identity),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+    }
+
+    async fn key_set(&self) -> KeySet {
+        let jwks: Jwks = self
+            .req(Method::GET, "/.well-known/jwks.json", None)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        KeySet::from_jwks(&jwks).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn peer_tickets_name_both_devices_with_their_keys_only_for_pairs_the_cloud_allows() {
+    let env = env().await;
+    let ann1 = env.login_key("ann", &KEY_A).await;
+    let ann2 = env.login_key("ann", &KEY_B).await;
+    let bob = env.login_key("bob", &KEY_B).await;
+    let keys = env.key_set().await;
+
+    // One user's two devices: a peer ticket naming both, with the keys the cloud recorded.
+    let res = env.peer_ticket(&ann1, &ann2, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let t: TicketResponse = res.json().await.unwrap();
+    let v = keys.check(&t.ticket, AUDIENCE_PEER, now_secs()).unwrap();
+    let c = v.claims();
+    assert_eq!(
+        (c.kind, c.dev.as_str()),
+        (TicketKind::Peer, ann1.id.as_str())
+    );
+    let grant = c.peer.as_ref().unwrap();
+    assert_eq!(grant.folder, None);
+    let other = grant.other(&ann1.id).unwrap();
+    assert_eq!(other.id, ann2.id);
+    assert_eq!(
+        keys::parse_spki_b64(&other.key).unwrap(),
+        KEY_B.to_public_key()
+    );
+    assert_eq!(
+        keys::parse_spki_b64(&grant.device(&ann1.id).unwrap().key).unwrap(),
+        KEY_A.to_public_key()
+    );
+    // A peer ticket is no ticket for the cloud.
+    let res = env
+        .req(Method::GET, "/users/ann/devices", Some(&t.ticket))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // Another user's device with no shared folder: refused, with or without a folder named.
+    let res = env.peer_ticket(&ann1, &bob, None).await;
+    assert_eq!(api_error(res).await.0, StatusCode::FORBIDDEN);
+    let docs = env.new_folder(&ann1, "docs", false).await;
+    let res = env.peer_ticket(&ann1, &bob, Some(&docs.folder.id)).await;
+    assert_eq!(api_error(res).await.0, StatusCode::FORBIDDEN);
+
+    // Shared, but mapped on one side only: still refused; mapped on both: a ticket naming
+    // the folder.
+    cloud::share_folder(&env.data, &docs.folder.id, "bob", Role::Writer)
+        .await
+        .unwrap();
+    assert_eq!(env.map(&ann1, &docs.folder.id).await, StatusCode::OK);
+    let res = env.peer_ticket(&ann1, &bob, Some(&docs.folder.id)).await;
+    assert_eq!(api_error(res).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(env.map(&bob, &docs.folder.id).await, StatusCode::OK);
+    let res = env.peer_ticket(&bob, &ann1, Some(&docs.folder.id)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let t: TicketResponse = res.json().await.unwrap();
+    let v = keys.check(&t.ticket, AUDIENCE_PEER, now_secs()).unwrap();
+    assert_eq!(
+        v.claims().peer.as_ref().unwrap().folder.as_deref(),
+        Some(docs.folder.id.as_str())
+    );
+
+    // A revoked device gets none, and none names it.
+    let res = env
+        .req(
+            Method::DELETE,
+            &format!("/users/ann/devices/{}", ann2.id),
+            Some(&ann1.identity),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = env.peer_ticket(&ann1, &ann2, None).await;
+    assert_eq!(api_error(res).await.0, StatusCode::NOT_FOUND);
+    let res = env.peer_ticket(&ann2, &ann1, None).await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+    );
+}
+
+#[tokio::test]
+async fn a_device_records_its_own_peer_addresses_and_no_one_elses() {
+    let env = env().await;
+    let ann1 = env.login_key("ann", &KEY_A).await;
+    let ann2 = env.login_key("ann", &KEY_B).await;
+    let put = |dev: &Dev, target: &Dev, addrs: Vec<String>| {
+        env.req(
+            Method::PUT,
+            &format!("/users/ann/devices/{}/presence", target.id),
+            Some(&dev.identity),
+        )
+        .json(&Presence { addrs })
+        .send()
+    };
+    let res = put(&ann1, &ann1, vec!["127.0.0.1:4000".into()])
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let d: Device = res.json().await.unwrap();
+    assert_eq!(d.addrs, vec!["127.0.0.1:4000".to_string()]);
+    let res = put(&ann2, &ann1, vec!["10.0.0.1:1".into()]).await.unwrap();
+    assert_eq!(api_error(res).await.0, StatusCode::FORBIDDEN);
+    let res = put(&ann1, &ann1, vec!["not an address".into()])
+        .await
+        .unwrap();
+    assert_eq!(api_error(res).await.0, StatusCode::BAD_REQUEST);
+    let devices: Vec<Device> = env
+        .req(Method::GET, "/users/ann/devices", Some(&ann2.identity))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let one = devices.iter().find(|d| d.id == ann1.id).unwrap();
+    assert_eq!(one.addrs, vec!["127.0.0.1:4000".to_string()]);
 }

@@ -4,9 +4,9 @@
 
 use crate::crypto::ticket::Signer;
 use crate::proto::{
-    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, Device, DeviceAssertion,
-    Entry, EntryList, EntryPut, FolderGrant, LoginRequest, LoginResponse, NewFolder, RenewRequest,
-    Right, TicketResponse, Usage, now_secs,
+    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, CloudInfo, Device,
+    DeviceAssertion, Entry, EntryList, EntryPut, FolderGrant, Jwks, LoginRequest, LoginResponse,
+    NewFolder, PeerRequest, Presence, RenewRequest, Right, TicketResponse, Usage, now_secs,
 };
 use bytes::Bytes;
 use lru::LruCache;
@@ -164,6 +164,8 @@ pub struct CloudClient {
     assertion_signer: Signer,
     identity: tokio::sync::Mutex<Option<Held>>,
     access: Mutex<LruCache<String, Held>>,
+    /// Peer tickets by the other device and the folder they go through.
+    peer: Mutex<LruCache<(String, Option<String>), Held>>,
 }
 
 impl CloudClient {
@@ -184,6 +186,9 @@ impl CloudClient {
             access: Mutex::new(LruCache::new(
                 NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             )),
+            peer: Mutex::new(LruCache::new(
+                NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -200,7 +205,7 @@ impl CloudClient {
     }
 
     /// A valid identity ticket, renewed with a device-signed assertion when near expiry.
-    async fn identity(&self) -> Result<String, ClientError> {
+    pub async fn identity(&self) -> Result<String, ClientError> {
         let mut held = self.identity.lock().await;
         if let Some(h) = held.as_ref().filter(|h| h.fresh()) {
             return Ok(h.token.clone());
@@ -322,6 +327,70 @@ impl CloudClient {
         let path = format!("/users/{}/devices", self.user);
         let resp = self.authed(None, Method::GET, &path, |r| r).await?;
         json(&path, resp).await
+    }
+
+    /// A peer ticket naming this device and `device` (through `folder` for devices of
+    /// another user), from the cache while it has some life left.
+    pub async fn peer_ticket(
+        &self,
+        device: &str,
+        folder: Option<&str>,
+    ) -> Result<String, ClientError> {
+        let key = (device.to_string(), folder.map(str::to_string));
+        {
+            let mut lru = self.peer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = lru.get(&key).filter(|h| h.fresh()) {
+                return Ok(h.token.clone());
+            }
+        }
+        let body = PeerRequest {
+            device: key.0.clone(),
+            folder: key.1.clone(),
+        };
+        let resp = self
+            .authed(None, Method::POST, "/tickets/peer", |r| r.json(&body))
+            .await?;
+        let t: TicketResponse = json("/tickets/peer", resp).await?;
+        let token = t.ticket.clone();
+        self.peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, t.into());
+        Ok(token)
+    }
+
+    /// Tells the cloud where this device's peer listener is reached.
+    pub async fn set_presence(&self, addrs: Vec<String>) -> Result<Device, ClientError> {
+        let path = format!("/users/{}/devices/{}/presence", self.user, self.device_id);
+        let body = Presence { addrs };
+        let resp = self
+            .authed(None, Method::PUT, &path, |r| r.json(&body))
+            .await?;
+        json(&path, resp).await
+    }
+
+    /// Maps (`on`) or unmaps a folder on one of the user's devices.
+    pub async fn set_mapped(
+        &self,
+        device: &str,
+        folder: &str,
+        on: bool,
+    ) -> Result<Device, ClientError> {
+        let path = format!("/users/{}/devices/{device}/folders/{folder}", self.user);
+        let method = if on { Method::PUT } else { Method::DELETE };
+        let resp = self.authed(None, method, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+
+    /// Where the relay is, and the cloud's signing keys (both public, no ticket).
+    pub async fn cloud_info(&self) -> Result<(CloudInfo, Jwks), ClientError> {
+        let (info_url, jwks_url) = (
+            self.url("/.well-known/meshfs"),
+            self.url("/.well-known/jwks.json"),
+        );
+        let info = json(&info_url, send(&info_url, self.http.get(&info_url)).await?).await?;
+        let jwks = json(&jwks_url, send(&jwks_url, self.http.get(&jwks_url)).await?).await?;
+        Ok((info, jwks))
     }
 
     pub async fn revoke(&self, device: &str) -> Result<Device, ClientError> {

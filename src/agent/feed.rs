@@ -317,6 +317,8 @@ mod tests {
             manifest: vec![],
             target: None,
             author: "other".into(),
+            in_cloud: true,
+            holders: vec![],
         }
     }
 

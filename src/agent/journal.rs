@@ -162,12 +162,14 @@ impl Uploader {
             return Ok(Outcome::Done);
         };
         let device_only = self.cache.folder(&folder)?.is_some_and(|f| f.device_only);
-        if n.kind == EntryKind::File
-            && !device_only
-            && let Err(e) = self.upload_blocks(&folder, &snap.manifest).await
-        {
-            return Ok(classify(e));
-        }
+        let in_cloud = match n.kind {
+            EntryKind::File if device_only => snap.manifest.is_empty(),
+            EntryKind::File => match self.upload_blocks(&folder, &snap.manifest).await {
+                Ok(all) => all,
+                Err(e) => return Ok(classify(e)),
+            },
+            _ => true,
+        };
         let body = EntryPut {
             parent: parent.entry,
             name: snap.name.clone(),
@@ -178,6 +180,7 @@ impl Uploader {
             manifest: snap.manifest.clone(),
             target: snap.target.clone(),
             replace: snap.replace,
+            device_held: !in_cloud,
         };
         let base = (n.version > 0).then_some(n.version);
         match self.client.put_entry(&folder, &entry, base, &body).await {
@@ -200,7 +203,13 @@ impl Uploader {
         }
     }
 
-    async fn upload_blocks(&self, folder: &str, manifest: &[BlockRef]) -> Result<(), ClientError> {
+    /// Uploads the blocks the cloud lacks, four at a time. Past the quota a block stays on
+    /// this device, which serves it to peers (DESIGN §4): gives whether all are in the cloud.
+    async fn upload_blocks(
+        &self,
+        folder: &str,
+        manifest: &[BlockRef],
+    ) -> Result<bool, ClientError> {
         let jobs: Vec<_> = manifest
             .iter()
             .map(|b| {
@@ -212,7 +221,7 @@ impl Uploader {
                 let (folder, hash) = (folder.to_string(), b.hash);
                 async move {
                     if client.has_block(&folder, &hash).await? {
-                        return Ok(());
+                        return Ok(true);
                     }
                     let Ok(Some(data)) = cache.load_block(&hash) else {
                         return Err(ClientError::Api {
@@ -222,18 +231,23 @@ impl Uploader {
                         });
                     };
                     let len = data.len() as u64;
-                    client.put_block(&folder, &hash, Bytes::from(data)).await?;
+                    match client.put_block(&folder, &hash, Bytes::from(data)).await {
+                        Ok(()) => {}
+                        Err(e) if e.code() == Some("quota_exceeded") => return Ok(false),
+                        Err(e) => return Err(e),
+                    }
                     Counters::add(&counters.blocks_uploaded, 1);
                     Counters::add(&counters.bytes_uploaded, len);
-                    Ok(())
+                    Ok(true)
                 }
             })
             .collect();
         let mut jobs = futures::stream::iter(jobs).buffer_unordered(4);
+        let mut all = true;
         while let Some(r) = jobs.next().await {
-            r?;
+            all &= r?;
         }
-        Ok(())
+        Ok(all)
     }
 
     /// Records the version the cloud gave our write.

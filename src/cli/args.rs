@@ -28,7 +28,7 @@ pub enum Command {
     },
     /// Log this device in: make its key, claim it for the user, remember the cloud.
     Login(LoginArgs),
-    /// Create and list Mesh Folders.
+    /// Create, list, map and unmap Mesh Folders.
     Folder {
         #[command(subcommand)]
         command: FolderCommand,
@@ -140,6 +140,21 @@ pub enum FolderCommand {
     },
     /// List your Mesh Folders and those shared with you.
     List {
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Map a folder on this device: its content may then come from, and go to, devices of
+    /// other users who share the folder and have mapped it too.
+    Map {
+        /// The folder's name or id.
+        folder: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Unmap a folder from this device.
+    Unmap {
+        /// The folder's name or id.
+        folder: String,
         #[command(flatten)]
         home: HomeArg,
     },

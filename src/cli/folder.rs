@@ -1,7 +1,7 @@
-//! `meshfs folder create|list`.
+//! `meshfs folder create|list|map|unmap`.
 
 use crate::agent::mount::connect;
-use crate::cli::args::FolderCommand;
+use crate::cli::args::{FolderCommand, HomeArg};
 use crate::proto::Right;
 use anyhow::Context;
 
@@ -51,6 +51,32 @@ pub async fn run(cmd: FolderCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        FolderCommand::Map { folder, home } => set_mapped(&folder, home, true).await?,
+        FolderCommand::Unmap { folder, home } => set_mapped(&folder, home, false).await?,
     }
+    Ok(())
+}
+
+/// Maps or unmaps the folder named (or with the id) `folder` on this device.
+async fn set_mapped(folder: &str, home: HomeArg, on: bool) -> anyhow::Result<()> {
+    let client = connect(&home.resolve()?)?;
+    let grants = client.folders().await.context("listing folders")?;
+    let found = grants
+        .iter()
+        .find(|g| g.folder.id == folder)
+        .or_else(|| grants.iter().find(|g| g.folder.name == folder))
+        .with_context(|| {
+            format!("no folder {folder:?}: `meshfs folder list` shows the folders you can map")
+        })?;
+    let device = client.device_id().to_string();
+    client
+        .set_mapped(&device, &found.folder.id, on)
+        .await
+        .with_context(|| format!("recording the mapping of {folder}"))?;
+    println!(
+        "{} {} on this device",
+        if on { "mapped" } else { "unmapped" },
+        found.folder.name
+    );
     Ok(())
 }

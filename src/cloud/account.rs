@@ -116,7 +116,7 @@ pub async fn sign(state: &AppState, claims: Vec<Claims>) -> Result<Vec<TicketRes
     .map_err(|e| AppError::internal("signing tickets", e))
 }
 
-async fn sign_one(state: &AppState, claims: Claims) -> Result<TicketResponse, AppError> {
+pub(crate) async fn sign_one(state: &AppState, claims: Claims) -> Result<TicketResponse, AppError> {
     sign(state, vec![claims])
         .await?
         .pop()
@@ -198,6 +198,8 @@ pub async fn login(
         created_ms: now,
         last_seen_ms: now,
         revoked: false,
+        addrs: Vec::new(),
+        folders: Vec::new(),
     };
     state.store.insert_device(&device).await?;
     tracing::info!(user = %device.user, device = %device.id, "device claimed");

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
 /// Where blocks are kept.
 pub struct Blobs {
@@ -55,6 +55,12 @@ impl Blobs {
             .await
             .map_err(|e| AppError::internal("storing a block", e))?;
         Ok(())
+    }
+
+    async fn remove(&self, folder: &str, hash: &BlockHash) {
+        if let Err(e) = self.store.delete(&location(folder, hash)).await {
+            tracing::warn!(error = %e, %hash, "removing a block stored over the quota");
+        }
     }
 
     /// The block's bytes, checked against its hash (a corrupt file is an internal error,
@@ -146,9 +152,13 @@ pub async fn put_block(
     {
         BlockRecord::Stored => Ok(StatusCode::CREATED),
         BlockRecord::AlreadyStored => Ok(StatusCode::OK),
-        // A racing upload filled the quota; the unrecorded file is never served and is
-        // overwritten by the next put of the same block.
-        BlockRecord::OverQuota => Err(AppError::QuotaExceeded),
+        // A racing upload filled the quota: the file goes, so the storage never holds more
+        // than the quota (a failed delete leaves a file never served, overwritten by the
+        // next put of the same block).
+        BlockRecord::OverQuota => {
+            state.blobs.remove(&folder.id, &hash).await;
+            Err(AppError::QuotaExceeded)
+        }
     }
 }
 

@@ -324,17 +324,19 @@ pub async fn put_entry(
         ));
     }
     check_parent(&mut change, &folder.id, &id, put.parent.as_deref()).await?;
-    if put.kind == EntryKind::File && !folder.device_only {
+    let missing = if put.kind == EntryKind::File && !put.manifest.is_empty() {
         let hashes: Vec<BlockHash> = put.manifest.iter().map(|b| b.hash).collect();
-        let missing = change.missing_blocks(&folder.id, &hashes).await?;
-        if missing > 0 {
-            return Err(AppError::conflict(
-                "missing_blocks",
-                format!(
-                    "{missing} block(s) of the manifest are not in the cloud; upload them first"
-                ),
-            ));
-        }
+        change.missing_blocks(&folder.id, &hashes).await?
+    } else {
+        0
+    };
+    if missing > 0 && !put.device_held {
+        return Err(AppError::conflict(
+            "missing_blocks",
+            format!(
+                "{missing} block(s) of the manifest are not in the cloud; upload them first, or say the device holds them (device_held)"
+            ),
+        ));
     }
     let occupant = change
         .live_at(&folder.id, put.parent.as_deref(), &put.name)
@@ -376,6 +378,12 @@ pub async fn put_entry(
         deleted: false,
         manifest: put.manifest,
         target: put.target,
+        in_cloud: missing == 0,
+        holders: if missing == 0 {
+            Vec::new()
+        } else {
+            vec![caller.claims.dev.clone()]
+        },
         author: caller.claims.dev,
     };
     change.save(&entry).await?;
@@ -491,6 +499,7 @@ mod tests {
                 .collect(),
             target: None,
             replace: false,
+            device_held: false,
         }
     }
 
@@ -540,6 +549,8 @@ mod tests {
             manifest: vec![],
             target: None,
             author: "d".into(),
+            in_cloud: true,
+            holders: vec![],
         };
         assert!(matches!(
             check_condition(Condition::Create, Some(&e)),

@@ -9,6 +9,7 @@ pub(crate) mod blobs;
 pub(crate) mod error;
 pub(crate) mod graph;
 pub mod keys;
+pub(crate) mod peers;
 pub(crate) mod store;
 pub(crate) mod tls;
 
@@ -20,7 +21,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use blobs::Blobs;
 use keys::CloudKeys;
 use std::net::SocketAddr;
@@ -126,6 +127,8 @@ pub struct Shared {
     feed: watch::Sender<u64>,
     identity_ttl_secs: i64,
     access_ttl_secs: i64,
+    /// Where the relay listens, told to clients by `/.well-known/meshfs`.
+    relay: Option<String>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -150,7 +153,10 @@ fn create_dir(dir: &Path) -> Result<(), CloudError> {
 }
 
 /// Opens (creating on first use) the data directory's store, keys and blocks.
-pub async fn open_state(cfg: &CloudConfig) -> Result<AppState, CloudError> {
+pub async fn open_state(
+    cfg: &CloudConfig,
+    relay: Option<SocketAddr>,
+) -> Result<AppState, CloudError> {
     let dir = &cfg.data_dir;
     create_dir(dir)?;
     let store = Store::open(dir).await.map_err(store_err(dir))?;
@@ -164,6 +170,7 @@ pub async fn open_state(cfg: &CloudConfig) -> Result<AppState, CloudError> {
         feed: watch::Sender::new(0),
         identity_ttl_secs: cfg.identity_ttl_secs,
         access_ttl_secs: cfg.access_ttl_secs,
+        relay: relay.map(|a| a.to_string()),
     }))
 }
 
@@ -182,12 +189,22 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/.well-known/jwks.json", get(account::jwks))
+        .route("/.well-known/meshfs", get(peers::info))
         .route("/login", post(account::login))
         .route("/tickets/identity", post(account::renew))
         .route("/tickets/access", post(account::access))
+        .route("/tickets/peer", post(peers::ticket))
         .route("/users/{user}", get(account::user_node))
         .route("/users/{user}/devices", get(account::devices))
         .route("/users/{user}/devices/{device}", delete(account::revoke))
+        .route(
+            "/users/{user}/devices/{device}/presence",
+            put(peers::presence),
+        )
+        .route(
+            "/users/{user}/devices/{device}/folders/{folder}",
+            put(peers::map).delete(peers::unmap),
+        )
         .route("/users/{user}/folders", get(account::folders))
         .route("/users/{user}/usage", get(account::usage))
         .route("/folders", post(graph::create_folder))
@@ -251,7 +268,7 @@ fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), 
 /// Starts the cloud: creates the data directory, keys and CA on first start, binds
 /// `cfg.listen` and serves HTTPS in the background.
 pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
-    let state = open_state(&cfg).await?;
+    let state = open_state(&cfg, None).await?;
     let tls = tls::server_config(&cfg.data_dir, &cfg.tls_names).await?;
     let bind = |source| CloudError::Bind {
         addr: cfg.listen,

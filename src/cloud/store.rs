@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The schema this code writes; stored in `meta` so a later version can tell.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
@@ -38,7 +38,8 @@ const SCHEMA: &[&str] = &[
         public_key TEXT NOT NULL,
         created_ms BIGINT NOT NULL,
         last_seen_ms BIGINT NOT NULL,
-        revoked BIGINT NOT NULL)",
+        revoked BIGINT NOT NULL,
+        addrs TEXT NOT NULL DEFAULT '[]')",
     "CREATE INDEX IF NOT EXISTS devices_user ON devices (user_name)",
     "CREATE TABLE IF NOT EXISTS folders (
         id TEXT PRIMARY KEY,
@@ -67,6 +68,8 @@ const SCHEMA: &[&str] = &[
         manifest TEXT NOT NULL,
         target TEXT,
         author TEXT NOT NULL,
+        in_cloud BIGINT NOT NULL DEFAULT 1,
+        holders TEXT NOT NULL DEFAULT '[]',
         PRIMARY KEY (folder, id))",
     // One live entry per name in a directory; the folder root is parent ''.
     "CREATE UNIQUE INDEX IF NOT EXISTS entries_live_name
@@ -77,10 +80,25 @@ const SCHEMA: &[&str] = &[
         hash TEXT NOT NULL,
         len BIGINT NOT NULL,
         PRIMARY KEY (folder, hash))",
-    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 1, 0) ON CONFLICT (id) DO NOTHING",
+    // Which Mesh Folders each device has mapped (peer tickets between users need one).
+    "CREATE TABLE IF NOT EXISTS mapped (
+        device TEXT NOT NULL REFERENCES devices(id),
+        folder TEXT NOT NULL REFERENCES folders(id),
+        PRIMARY KEY (device, folder))",
+    "CREATE INDEX IF NOT EXISTS mapped_folder ON mapped (folder)",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 2, 0) ON CONFLICT (id) DO NOTHING",
 ];
 
-const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author";
+/// What takes a store of schema version 1 to version 2 (peer addresses, mapped folders,
+/// content held by devices), run before [`SCHEMA`].
+const MIGRATE_1_TO_2: &[&str] = &[
+    "ALTER TABLE devices ADD COLUMN addrs TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE entries ADD COLUMN in_cloud BIGINT NOT NULL DEFAULT 1",
+    "ALTER TABLE entries ADD COLUMN holders TEXT NOT NULL DEFAULT '[]'",
+    "UPDATE meta SET schema_version = 2 WHERE id = 1",
+];
+
+const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders";
 
 /// A fault of the database or of what it holds.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +195,9 @@ fn entry_from(row: &SqliteRow) -> Result<Entry, StoreError> {
             .map_err(|_| StoreError::Corrupt("entry manifest"))?,
         target: row.try_get("target")?,
         author: row.try_get("author")?,
+        in_cloud: row.try_get::<i64, _>("in_cloud")? != 0,
+        holders: serde_json::from_str(&row.try_get::<String, _>("holders")?)
+            .map_err(|_| StoreError::Corrupt("entry holders"))?,
     })
 }
 
@@ -189,6 +210,9 @@ fn device_from(row: &SqliteRow) -> Result<Device, StoreError> {
         created_ms: row.try_get("created_ms")?,
         last_seen_ms: row.try_get("last_seen_ms")?,
         revoked: row.try_get::<i64, _>("revoked")? != 0,
+        addrs: serde_json::from_str(&row.try_get::<String, _>("addrs")?)
+            .map_err(|_| StoreError::Corrupt("device addresses"))?,
+        folders: Vec::new(),
     })
 }
 
@@ -230,6 +254,21 @@ impl Store {
                 source,
             })?;
         let mut tx = pool.begin().await?;
+        let existing = sqlx::query(
+            "SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if existing.is_some() {
+            let row = sqlx::query("SELECT schema_version FROM meta WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?;
+            if row.try_get::<i64, _>("schema_version")? == 1 {
+                for stmt in MIGRATE_1_TO_2 {
+                    sqlx::query(*stmt).execute(&mut *tx).await?;
+                }
+            }
+        }
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&mut *tx).await?;
         }
@@ -326,12 +365,20 @@ impl Store {
         row.as_ref().map(device_from).transpose()
     }
 
+    /// The user's devices, each with its mapped folders.
     pub async fn devices_of(&self, user: &str) -> Result<Vec<Device>, StoreError> {
         let rows = sqlx::query("SELECT * FROM devices WHERE user_name = ? ORDER BY created_ms, id")
             .bind(user)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(device_from).collect()
+        let mut devices = rows
+            .iter()
+            .map(device_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        for d in &mut devices {
+            d.folders = self.mapped_folders(&d.id).await?;
+        }
+        Ok(devices)
     }
 
     /// Marks a device of `user` revoked; `None` if the user has no such device.
@@ -342,6 +389,64 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(self.device(id).await?.filter(|d| d.user == user))
+    }
+
+    /// The device with the folders mapped on it filled in.
+    pub async fn device_node(&self, id: &str) -> Result<Option<Device>, StoreError> {
+        let Some(mut d) = self.device(id).await? else {
+            return Ok(None);
+        };
+        d.folders = self.mapped_folders(id).await?;
+        Ok(Some(d))
+    }
+
+    async fn mapped_folders(&self, device: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT folder FROM mapped WHERE device = ? ORDER BY folder")
+            .bind(device)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("folder").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Records where a device's peer listener is reached.
+    pub async fn set_addrs(&self, id: &str, addrs: &[String]) -> Result<(), StoreError> {
+        let json =
+            serde_json::to_string(addrs).map_err(|_| StoreError::Corrupt("device addresses"))?;
+        sqlx::query("UPDATE devices SET addrs = ? WHERE id = ?")
+            .bind(json)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Maps (`true`) or unmaps a folder on a device.
+    pub async fn set_mapped(&self, device: &str, folder: &str, on: bool) -> Result<(), StoreError> {
+        let sql = if on {
+            "INSERT INTO mapped (device, folder) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM mapped WHERE device = ? AND folder = ?"
+        };
+        sqlx::query(sql)
+            .bind(device)
+            .bind(folder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether both devices have `folder` mapped.
+    pub async fn both_mapped(&self, a: &str, b: &str, folder: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM mapped WHERE folder = ? AND device IN (?, ?)")
+                .bind(folder)
+                .bind(a)
+                .bind(b)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get::<i64, _>("n")? == 2)
     }
 
     pub async fn touch_device(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
@@ -629,13 +734,16 @@ impl Change {
     pub async fn save(&mut self, e: &Entry) -> Result<(), StoreError> {
         let manifest = serde_json::to_string(&e.manifest)
             .map_err(|_| StoreError::Corrupt("entry manifest"))?;
+        let holders =
+            serde_json::to_string(&e.holders).map_err(|_| StoreError::Corrupt("entry holders"))?;
         let sql = format!(
-            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (folder, id) DO UPDATE SET
                parent = excluded.parent, name = excluded.name, kind = excluded.kind,
                mode = excluded.mode, size = excluded.size, mtime_ns = excluded.mtime_ns,
                version = excluded.version, deleted = excluded.deleted,
-               manifest = excluded.manifest, target = excluded.target, author = excluded.author"
+               manifest = excluded.manifest, target = excluded.target, author = excluded.author,
+               in_cloud = excluded.in_cloud, holders = excluded.holders"
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&e.folder)
@@ -651,6 +759,8 @@ impl Change {
             .bind(manifest)
             .bind(e.target.as_deref())
             .bind(&e.author)
+            .bind(i64::from(e.in_cloud))
+            .bind(holders)
             .execute(&mut *self.tx)
             .await?;
         Ok(())
@@ -682,6 +792,8 @@ mod tests {
             manifest: vec![],
             target: None,
             author: "d".into(),
+            in_cloud: true,
+            holders: vec![],
         }
     }
 

@@ -69,6 +69,22 @@ pub fn parse_public_pem(pem: &str) -> Result<PublicKey, KeyError> {
     PublicKey::from_public_key_pem(pem).map_err(|_| KeyError::BadPublic)
 }
 
+/// The public half as SPKI DER in unpadded base64url, the form a peer ticket names it in.
+pub fn spki_b64(key: &PublicKey) -> Result<String, KeyError> {
+    use base64::Engine;
+    let der = key.to_public_key_der().map_err(|_| KeyError::Encode)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(der.as_bytes()))
+}
+
+/// Reads a key written by [`spki_b64`].
+pub fn parse_spki_b64(s: &str) -> Result<PublicKey, KeyError> {
+    use base64::Engine;
+    let der = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| KeyError::BadPublic)?;
+    PublicKey::from_public_key_der(&der).map_err(|_| KeyError::BadPublic)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +102,8 @@ mod tests {
         let pem = public_pem(&key.to_public_key()).unwrap();
         assert_eq!(parse_public_pem(&pem).unwrap(), key.to_public_key());
         assert!(parse_public_pem("not a key").is_err());
+        let b64 = spki_b64(&key.to_public_key()).unwrap();
+        assert_eq!(parse_spki_b64(&b64).unwrap(), key.to_public_key());
+        assert!(parse_spki_b64("AAAA").is_err());
     }
 }

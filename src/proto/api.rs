@@ -4,10 +4,15 @@
 //! POST   /login                               LoginRequest -> LoginResponse
 //! POST   /tickets/identity                    RenewRequest -> TicketResponse   (device-signed assertion)
 //! POST   /tickets/access                      AccessRequest -> TicketResponse  (identity ticket)
+//! POST   /tickets/peer                        PeerRequest -> TicketResponse    (identity ticket)
 //! GET    /.well-known/jwks.json               Jwks
+//! GET    /.well-known/meshfs                  CloudInfo (where the relay listens)
 //! GET    /users/{user}                        UserNode
 //! GET    /users/{user}/devices                [Device]
 //! DELETE /users/{user}/devices/{device}       Device (revoked)
+//! PUT    /users/{user}/devices/{device}/presence        Presence -> Device (the device itself)
+//! PUT    /users/{user}/devices/{device}/folders/{folder} Device (map the folder on the device)
+//! DELETE /users/{user}/devices/{device}/folders/{folder} Device (unmap it)
 //! GET    /users/{user}/folders                [FolderGrant]
 //! GET    /users/{user}/usage                  Usage
 //! POST   /folders                             NewFolder -> FolderGrant
@@ -84,6 +89,34 @@ pub struct AccessRequest {
     pub rights: Vec<Right>,
 }
 
+/// A peer ticket for the caller's device and `device` (DESIGN §2). With `folder`, the pair
+/// is allowed through that Mesh Folder, mapped on both devices; without it, only when one
+/// user claims both devices.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerRequest {
+    pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+}
+
+/// Where a device can be reached by its peers, as it reports itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    /// `ip:port` of its peer listener, at most [`MAX_ADDRS`].
+    pub addrs: Vec<String>,
+}
+
+/// The most peer addresses a device may report.
+pub const MAX_ADDRS: usize = 16;
+
+/// What the cloud tells every client about itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CloudInfo {
+    /// `host:port` of the relay (TLS with the cloud's CA), if one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TicketResponse {
     pub ticket: String,
@@ -127,6 +160,12 @@ pub struct Device {
     pub created_ms: i64,
     pub last_seen_ms: i64,
     pub revoked: bool,
+    /// Where its peer listener can be reached (see [`Presence`]).
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    /// The ids of the Mesh Folders mapped on this device.
+    #[serde(default)]
+    pub folders: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -190,6 +229,17 @@ pub struct Entry {
     pub target: Option<String>,
     /// The device that wrote this version.
     pub author: String,
+    /// Whether every block of the manifest is in cloud storage.
+    #[serde(default = "yes")]
+    pub in_cloud: bool,
+    /// Devices that hold the content (the author, for a version whose blocks are not all in
+    /// the cloud): where a reader asks first.
+    #[serde(default)]
+    pub holders: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The body of a create or update.
@@ -208,6 +258,10 @@ pub struct EntryPut {
     /// Replace a live entry already at (parent, name) in the same step (`rename` over a file).
     #[serde(default)]
     pub replace: bool,
+    /// Blocks of the manifest that are not in the cloud stay on the author device, which
+    /// serves them to its peers (a device-only folder, or past the quota).
+    #[serde(default)]
+    pub device_held: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

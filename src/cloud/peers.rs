@@ -1,0 +1,156 @@
+//! What devices need to reach each other (DESIGN §2, §5): where each one listens, which
+//! folders each has mapped, and peer tickets, which the cloud signs only for a pair that
+//! one user claims, or that shares a Mesh Folder mapped on both.
+
+use super::AppState;
+use super::account::{new_claims, sign_one};
+use super::auth::{Caller, require_identity, require_user};
+use super::error::AppError;
+use crate::crypto::keys;
+use crate::proto::claims::{AUDIENCE_PEER, PeerDevice, PeerGrant};
+use crate::proto::{
+    CloudInfo, Device, MAX_ADDRS, PeerRequest, Presence, Right, TicketKind, TicketResponse,
+};
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+/// `GET /.well-known/meshfs`.
+pub async fn info(State(state): State<AppState>) -> Json<CloudInfo> {
+    Json(CloudInfo {
+        relay: state.relay.clone(),
+    })
+}
+
+/// The caller must be `device` itself, of `user`.
+fn require_self(caller: &Caller, user: &str, device: &str) -> Result<(), AppError> {
+    require_identity(caller)?;
+    require_user(caller, user, Right::Write)?;
+    if caller.claims.dev == device {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden)
+    }
+}
+
+/// `PUT /users/{user}/devices/{device}/presence`: the device says where it listens.
+pub async fn presence(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, device)): Path<(String, String)>,
+    body: Result<Json<Presence>, JsonRejection>,
+) -> Result<Json<Device>, AppError> {
+    require_self(&caller, &user, &device)?;
+    let Json(p) = body?;
+    if p.addrs.len() > MAX_ADDRS || p.addrs.iter().any(|a| a.parse::<SocketAddr>().is_err()) {
+        return Err(AppError::invalid(
+            "bad_addrs",
+            format!("give at most {MAX_ADDRS} addresses, each ip:port"),
+        ));
+    }
+    state.store.set_addrs(&device, &p.addrs).await?;
+    device_node(&state, &device).await
+}
+
+async fn device_node(state: &AppState, device: &str) -> Result<Json<Device>, AppError> {
+    let d = state
+        .store
+        .device_node(device)
+        .await?
+        .ok_or(AppError::NotFound("device"))?;
+    Ok(Json(d))
+}
+
+/// `PUT /users/{user}/devices/{device}/folders/{folder}`: maps a folder on the device.
+pub async fn map(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, device, folder)): Path<(String, String, String)>,
+) -> Result<Json<Device>, AppError> {
+    set_mapped(&state, &caller, &user, &device, &folder, true).await
+}
+
+/// `DELETE /users/{user}/devices/{device}/folders/{folder}`: unmaps it.
+pub async fn unmap(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, device, folder)): Path<(String, String, String)>,
+) -> Result<Json<Device>, AppError> {
+    set_mapped(&state, &caller, &user, &device, &folder, false).await
+}
+
+async fn set_mapped(
+    state: &AppState,
+    caller: &Caller,
+    user: &str,
+    device: &str,
+    folder: &str,
+    on: bool,
+) -> Result<Json<Device>, AppError> {
+    require_user(caller, user, Right::Write)?;
+    let d = state
+        .store
+        .device(device)
+        .await?
+        .filter(|d| d.user == user)
+        .ok_or(AppError::NotFound("device"))?;
+    if d.revoked {
+        return Err(AppError::DeviceRevoked);
+    }
+    if on && state.store.role(folder, user).await?.is_none() {
+        return Err(AppError::NotFound("folder"));
+    }
+    state.store.set_mapped(device, folder, on).await?;
+    device_node(state, device).await
+}
+
+/// `POST /tickets/peer`: a ticket naming the caller's device and `device`, with both keys.
+pub async fn ticket(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<PeerRequest>, JsonRejection>,
+) -> Result<Json<TicketResponse>, AppError> {
+    require_identity(&caller)?;
+    let Json(req) = body?;
+    let me = state
+        .store
+        .device(&caller.claims.dev)
+        .await?
+        .ok_or(AppError::UnknownDevice)?;
+    let other = state
+        .store
+        .device(&req.device)
+        .await?
+        .filter(|d| !d.revoked && d.id != me.id)
+        .ok_or(AppError::NotFound("device"))?;
+    let folder = match req.folder {
+        None if other.user == me.user => None,
+        None => return Err(AppError::Forbidden),
+        Some(folder) => {
+            let both_members = state.store.role(&folder, &me.user).await?.is_some()
+                && state.store.role(&folder, &other.user).await?.is_some();
+            if !both_members || !state.store.both_mapped(&me.id, &other.id, &folder).await? {
+                return Err(AppError::Forbidden);
+            }
+            Some(folder)
+        }
+    };
+    let side = |d: &Device| -> Result<PeerDevice, AppError> {
+        let key = keys::parse_public_pem(&d.public_key)
+            .and_then(|k| keys::spki_b64(&k))
+            .map_err(|e| AppError::internal("a recorded device key", e))?;
+        Ok(PeerDevice {
+            id: d.id.clone(),
+            user: d.user.clone(),
+            key,
+        })
+    };
+    let mut claims = new_claims(&state, &me.user, &me.id, TicketKind::Peer, None);
+    claims.aud = AUDIENCE_PEER.into();
+    claims.peer = Some(PeerGrant {
+        devices: [side(&me)?, side(&other)?],
+        folder,
+    });
+    Ok(Json(sign_one(&state, claims).await?))
+}
