@@ -268,6 +268,7 @@ fn access_claims(dev: &Dev, folder: &str, iat: i64, exp: i64) -> Claims {
         kind: TicketKind::Access,
         res: Some(format!("/folders/{folder}")),
         rights: vec![Right::Read, Right::Write, Right::Admin],
+        peer: None,
     }
 }
 
