@@ -21,10 +21,12 @@
 //!   the tag checked in constant time before decryption; any failure closes the channel.
 
 pub mod check;
+pub mod handshake;
 pub mod record;
 pub mod schedule;
 
 pub use check::{PeerCheck, PeerInfo, TicketCheck, TicketRefusal};
+pub use handshake::{Established, Initiator, LocalPeer, Responder};
 pub use record::{MAX_FRAME, Opener, Sealer};
 
 use crate::crypto::ticket::TicketError;
