@@ -12,4 +12,5 @@ pub mod fs;
 pub mod home;
 pub mod journal;
 pub mod mount;
+pub mod peer;
 pub mod status;

@@ -1,0 +1,284 @@
+//! Runs the peer handshake and the record layer of `crypto::channel` over an async byte
+//! stream. RSA private-key operations (milliseconds each) run on the blocking pool; the
+//! whole handshake has [`HANDSHAKE_TIMEOUT`]. After it, each direction is a stream of
+//! frames: [`FrameWriter::send`] seals one, [`FrameReader::recv`] opens one.
+
+use crate::crypto::channel::handshake::message;
+use crate::crypto::channel::record::HEADER_LEN;
+use crate::crypto::channel::{
+    ChannelError, Established, Initiator, LocalPeer, Opener, PeerCheck, PeerInfo, Responder, Sealer,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use rsa::PrivateKey;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
+
+/// How long a handshake may take, from the first byte to an established channel.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An established channel to one peer.
+pub struct Channel<S> {
+    /// The other device, as its ticket describes it.
+    pub peer: PeerInfo,
+    io: S,
+    sealer: Sealer,
+    opener: Opener,
+}
+
+impl<S: AsyncRead + AsyncWrite> Channel<S> {
+    fn new(io: S, e: Established) -> Self {
+        Self {
+            peer: e.peer,
+            io,
+            sealer: e.sealer,
+            opener: e.opener,
+        }
+    }
+
+    /// The two directions, to be used from different tasks.
+    pub fn into_split(self) -> (FrameReader<ReadHalf<S>>, FrameWriter<WriteHalf<S>>) {
+        let (r, w) = tokio::io::split(self.io);
+        let reader = FrameReader {
+            io: BufReader::new(r),
+            opener: self.opener,
+            closed: false,
+        };
+        let writer = FrameWriter {
+            io: w,
+            sealer: self.sealer,
+            buf: Vec::new(),
+            closed: false,
+        };
+        (reader, writer)
+    }
+}
+
+/// Opens a channel to `expect_device` over `io`, as the initiator.
+pub async fn connect<S>(
+    io: S,
+    me: LocalPeer,
+    expect_device: &str,
+    check: Arc<dyn PeerCheck + Send + Sync>,
+) -> Result<Channel<S>, ChannelError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    within(HANDSHAKE_TIMEOUT, initiate(io, me, expect_device, check)).await
+}
+
+/// Accepts a channel on `io`, as the responder. `ticket_for` gets this device's peer
+/// ticket for the calling device, once that device's own ticket has been checked.
+pub async fn accept<S, F, Fut, E>(
+    io: S,
+    device: &str,
+    key: Arc<PrivateKey>,
+    ticket_for: F,
+    check: Arc<dyn PeerCheck + Send + Sync>,
+) -> Result<Channel<S>, ChannelError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<String, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    within(
+        HANDSHAKE_TIMEOUT,
+        respond(io, device, key, ticket_for, check),
+    )
+    .await
+}
+
+async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, ChannelError>>,
+) -> Result<T, ChannelError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| ChannelError::Timeout(limit))?
+}
+
+async fn initiate<S>(
+    mut io: S,
+    me: LocalPeer,
+    expect: &str,
+    check: Arc<dyn PeerCheck + Send + Sync>,
+) -> Result<Channel<S>, ChannelError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (state, hello) = Initiator::start(me, expect)?;
+    send(&mut io, &hello).await?;
+    let msg = read_message(&mut io).await?;
+    let state = blocking(move || state.handle(&msg, &*check)).await?;
+    let msg = read_message(&mut io).await?;
+    let (state, out) = blocking(move || state.handle(&msg)).await?;
+    send(&mut io, &out).await?;
+    let established = state.handle(&read_message(&mut io).await?)?;
+    Ok(Channel::new(io, established))
+}
+
+async fn respond<S, F, Fut, E>(
+    mut io: S,
+    device: &str,
+    key: Arc<PrivateKey>,
+    ticket_for: F,
+    check: Arc<dyn PeerCheck + Send + Sync>,
+) -> Result<Channel<S>, ChannelError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<String, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let msg = read_message(&mut io).await?;
+    let state = blocking(move || Responder::read_hello(&msg, &*check)).await?;
+    let caller = state.peer().device.clone();
+    let ticket = ticket_for(caller.clone())
+        .await
+        .map_err(|e| ChannelError::NoTicket {
+            device: caller,
+            source: e.into(),
+        })?;
+    let me = LocalPeer {
+        device: device.to_owned(),
+        key,
+        ticket,
+    };
+    let (state, out) = blocking(move || state.respond(me)).await?;
+    send(&mut io, &out).await?;
+    let msg = read_message(&mut io).await?;
+    let state = blocking(move || state.handle(&msg)).await?;
+    let (established, out) = state.handle(&read_message(&mut io).await?)?;
+    send(&mut io, &out).await?;
+    Ok(Channel::new(io, established))
+}
+
+/// Runs a handshake step on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T, ChannelError> + Send + 'static,
+) -> Result<T, ChannelError> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|_| ChannelError::Task)?
+}
+
+async fn send<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> Result<(), ChannelError> {
+    io.write_all(bytes).await?;
+    io.flush().await?;
+    Ok(())
+}
+
+/// One whole handshake message (header and body), its length bounded by its type.
+async fn read_message<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, ChannelError> {
+    let mut header = [0; message::HEADER_LEN];
+    io.read_exact(&mut header)
+        .await
+        .map_err(eof_is_truncation)?;
+    let len = message::body_len(header)?;
+    let mut msg = Vec::with_capacity(message::HEADER_LEN + len);
+    msg.extend_from_slice(&header);
+    msg.resize(message::HEADER_LEN + len, 0);
+    if let Some(body) = msg.get_mut(message::HEADER_LEN..) {
+        io.read_exact(body).await.map_err(eof_is_truncation)?;
+    }
+    Ok(msg)
+}
+
+fn eof_is_truncation(e: std::io::Error) -> ChannelError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ChannelError::Truncated
+    } else {
+        ChannelError::Io(e)
+    }
+}
+
+/// Receives the peer's frames, in order; any failure closes it for good.
+pub struct FrameReader<R> {
+    io: BufReader<R>,
+    opener: Opener,
+    closed: bool,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// The next frame's plaintext; `Ok(None)` when the peer closed the stream between
+    /// frames. A stream that ends inside a frame is [`ChannelError::Truncated`].
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, ChannelError> {
+        if self.closed {
+            return Err(ChannelError::Closed);
+        }
+        let frame = self.next().await;
+        if frame.is_err() {
+            self.closed = true;
+        }
+        frame
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, ChannelError> {
+        let mut header = [0; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            let rest = header.get_mut(got..).unwrap_or_default();
+            match self.io.read(rest).await? {
+                0 if got == 0 => return Ok(None),
+                0 => return Err(ChannelError::Truncated),
+                n => got += n,
+            }
+        }
+        let body = self.opener.body_len(header)?;
+        // At most MAX_FRAME + 36 bytes, bounded before anything is read.
+        let mut frame = BytesMut::with_capacity(HEADER_LEN + body);
+        frame.extend_from_slice(&header);
+        let mut rest = (&mut self.io).take(body as u64);
+        while frame.len() < HEADER_LEN + body {
+            if rest.read_buf(&mut frame).await? == 0 {
+                return Err(ChannelError::Truncated);
+            }
+        }
+        let len = self.opener.open_in_place(&mut frame)?.len();
+        frame.advance(HEADER_LEN);
+        frame.truncate(len);
+        Ok(Some(frame.freeze()))
+    }
+}
+
+/// Sends frames to the peer; any failure closes it for good.
+pub struct FrameWriter<W> {
+    io: W,
+    sealer: Sealer,
+    buf: Vec<u8>,
+    closed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Seals `plaintext` (at most [`MAX_FRAME`](crate::crypto::channel::MAX_FRAME) bytes)
+    /// as one frame, writes it and flushes.
+    pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), ChannelError> {
+        if self.closed {
+            return Err(ChannelError::Closed);
+        }
+        let sent = self.write(plaintext).await;
+        if sent.is_err() {
+            self.closed = true;
+        }
+        sent
+    }
+
+    async fn write(&mut self, plaintext: &[u8]) -> Result<(), ChannelError> {
+        self.buf.clear();
+        self.sealer.seal(plaintext, &mut self.buf)?;
+        send(&mut self.io, &self.buf).await
+    }
+
+    /// Flushes and shuts the sending direction down; the peer then sees a clean end.
+    pub async fn close(mut self) -> Result<(), ChannelError> {
+        self.io.shutdown().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
