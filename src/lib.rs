@@ -1,8 +1,9 @@
 //! meshfs: all of a person's files, on every device, as one mounted drive.
 //!
 //! Layers, each importing only those to its right:
-//! `cli` → `cloud` | `agent` → `crypto` → `proto`.
-//! `cloud` and `agent` never import each other; they meet on the wire types in `proto`.
+//! `cli` → `cloud` | `agent` → `crypto` → `proto`, and `cloud` → `relay` → `crypto`.
+//! `cloud`, `relay` and `agent` never import each other's insides; they meet on the wire
+//! types in `proto` (the cloud runs a relay by default).
 #![forbid(unsafe_code, unused_must_use)]
 
 pub mod agent;
@@ -10,3 +11,4 @@ pub mod cli;
 pub mod cloud;
 pub mod crypto;
 pub mod proto;
+pub mod relay;

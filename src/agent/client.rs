@@ -196,6 +196,11 @@ impl CloudClient {
         &self.user
     }
 
+    /// The cloud's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn device_id(&self) -> &str {
         &self.device_id
     }

@@ -20,14 +20,22 @@ pub enum SourceError {
     Missing(String),
 }
 
-/// Somewhere blocks come from: the cloud today, peers later.
+/// A block a reader needs, and the file it belongs to (a peer that shares only one folder
+/// serves only blocks of that folder's files, so the asker names the file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub folder: String,
+    /// The cloud entry of the file; empty for a file never committed.
+    pub entry: String,
+    pub hash: BlockHash,
+}
+
+/// Somewhere blocks come from: peers (direct or relayed) and the cloud.
 pub trait BlockSource: Send + Sync {
     fn name(&self) -> &str;
-    fn get<'a>(
-        &'a self,
-        folder: &'a str,
-        hash: &'a BlockHash,
-    ) -> BoxFuture<'a, Result<Bytes, SourceError>>;
+    fn get<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>>;
+    /// The block this source just gave for `want` did not match its hash.
+    fn rejected(&self, _want: &Want) {}
 }
 
 impl BlockSource for CloudClient {
@@ -35,13 +43,9 @@ impl BlockSource for CloudClient {
         "cloud"
     }
 
-    fn get<'a>(
-        &'a self,
-        folder: &'a str,
-        hash: &'a BlockHash,
-    ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+    fn get<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>> {
         async move {
-            self.get_block(folder, hash)
+            self.get_block(&want.folder, &want.hash)
                 .await
                 .map_err(|e| match e.status() {
                     Some(_) => SourceError::Missing(e.to_string()),
@@ -89,7 +93,8 @@ impl Fetcher {
     }
 
     /// Makes sure the block is in the local cache, fetching it if needed.
-    pub async fn ensure(self: &Arc<Self>, folder: &str, hash: BlockHash) -> Result<(), FetchError> {
+    pub async fn ensure(self: &Arc<Self>, want: Want) -> Result<(), FetchError> {
+        let hash = want.hash;
         let pending = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             // Checked under the lock: a fetch finishing now stores the block before it
@@ -100,9 +105,8 @@ impl Fetcher {
                 return Ok(());
             } else {
                 let this = Arc::clone(self);
-                let folder = folder.to_string();
                 let p = async move {
-                    let r = this.fetch(&folder, hash).await;
+                    let r = this.fetch(&want).await;
                     this.inflight
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -118,10 +122,11 @@ impl Fetcher {
         pending.await
     }
 
-    async fn fetch(&self, folder: &str, hash: BlockHash) -> Result<(), FetchError> {
+    async fn fetch(&self, want: &Want) -> Result<(), FetchError> {
+        let hash = want.hash;
         let mut reached_any = false;
         for source in &self.sources {
-            match source.get(folder, &hash).await {
+            match source.get(want).await {
                 Ok(data) if BlockHash::of(&data) == hash => {
                     Counters::add(&self.counters.blocks_fetched, 1);
                     Counters::add(&self.counters.bytes_fetched, data.len() as u64);
@@ -138,6 +143,7 @@ impl Fetcher {
                 }
                 Ok(_) => {
                     reached_any = true;
+                    source.rejected(want);
                     Counters::add(&self.counters.blocks_rejected, 1);
                     tracing::warn!(source = source.name(), %hash, "source sent a block that does not match its hash; trying the next source");
                 }
@@ -173,11 +179,7 @@ mod tests {
         fn name(&self) -> &str {
             "fixed"
         }
-        fn get<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a BlockHash,
-        ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        fn get<'a>(&'a self, _: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let data = self.data.clone();
             async move {
@@ -193,12 +195,16 @@ mod tests {
         fn name(&self) -> &str {
             "down"
         }
-        fn get<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a BlockHash,
-        ) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        fn get<'a>(&'a self, _: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>> {
             async { Err(SourceError::Unreachable("down".into())) }.boxed()
+        }
+    }
+
+    fn want(hash: BlockHash) -> Want {
+        Want {
+            folder: "f".into(),
+            entry: "e".into(),
+            hash,
         }
     }
 
@@ -216,7 +222,7 @@ mod tests {
         });
         let f = fetcher(dir.path(), vec![good.clone()]);
         let h = BlockHash::of(b"block");
-        let all = futures::future::join_all((0..8).map(|_| f.ensure("f", h))).await;
+        let all = futures::future::join_all((0..8).map(|_| f.ensure(want(h)))).await;
         assert!(all.iter().all(Result::is_ok));
         assert_eq!(good.calls.load(Ordering::SeqCst), 1);
         assert_eq!(f.cache.load_block(&h).unwrap().unwrap(), b"block");
@@ -235,7 +241,7 @@ mod tests {
         });
         let f = fetcher(dir.path(), vec![liar, good]);
         let h = BlockHash::of(b"right");
-        f.ensure("f", h).await.unwrap();
+        f.ensure(want(h)).await.unwrap();
         assert_eq!(f.cache.load_block(&h).unwrap().unwrap(), b"right");
         assert_eq!(
             f.counters
@@ -254,10 +260,10 @@ mod tests {
         });
         let f = fetcher(dir.path(), vec![Arc::new(Down), liar]);
         let h = BlockHash::of(b"right");
-        assert_eq!(f.ensure("f", h).await, Err(FetchError::NotFound(h)));
+        assert_eq!(f.ensure(want(h)).await, Err(FetchError::NotFound(h)));
         assert!(!f.cache.has_block(&h));
         let other = tempfile::tempdir().unwrap();
         let f = fetcher(other.path(), vec![Arc::new(Down)]);
-        assert_eq!(f.ensure("f", h).await, Err(FetchError::Unreachable(h)));
+        assert_eq!(f.ensure(want(h)).await, Err(FetchError::Unreachable(h)));
     }
 }

@@ -10,8 +10,10 @@ use crate::agent::fs::Fs;
 use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator, Owner};
 use crate::agent::home::{Home, HomeError};
 use crate::agent::journal::{Journal, Uploader};
+use crate::agent::peer::{PeerConfig, PeerNet};
 use crate::agent::status::{AgentStatus, Counters};
 use crate::crypto::keys::{self, KeyError};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Peers(#[from] crate::agent::peer::net::PeerError),
     #[error("mounting FUSE at {path}; is /dev/fuse there and are you allowed to use it?")]
     Fuse {
         path: PathBuf,
@@ -49,17 +53,22 @@ pub struct Agent {
     pub counters: Arc<Counters>,
     pub journal: Arc<Journal>,
     pub fs: Arc<Fs>,
+    /// The user's other devices, when peer to peer is on.
+    pub peers: Option<Arc<PeerNet>>,
+}
+
+fn read_ca(home: &Home) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(home.ca()).map_err(|source| ClientError::Ca {
+        path: home.ca().display().to_string(),
+        source,
+    })
 }
 
 /// A client of the cloud for the device logged in at `home`.
 pub fn connect(home: &Home) -> Result<CloudClient, MountError> {
     let dev = home.load_device()?;
     let key = keys::load_private(&home.key())?;
-    let ca = std::fs::read(home.ca()).map_err(|source| ClientError::Ca {
-        path: home.ca().display().to_string(),
-        source,
-    })?;
-    let http = crate::agent::client::https(&ca)?;
+    let http = crate::agent::client::https(&read_ca(home)?)?;
     Ok(CloudClient::new(
         http,
         &dev.cloud,
@@ -69,8 +78,16 @@ pub fn connect(home: &Home) -> Result<CloudClient, MountError> {
     ))
 }
 
-/// Opens the device's state and connects the parts (no mount yet).
-pub fn open_agent(home: &Home) -> Result<Agent, MountError> {
+/// How the agent takes part in peer to peer transfers.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerOptions {
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+}
+
+/// Opens the device's state and connects the parts (no mount yet). With `peers`, blocks
+/// are asked of the user's other devices before the cloud.
+pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, MountError> {
     let client = Arc::new(connect(home)?);
     let cache_dir = home.cache_dir();
     let cache = Arc::new(Cache::open(&cache_dir)?);
@@ -85,7 +102,26 @@ pub fn open_agent(home: &Home) -> Result<Agent, MountError> {
     let swept = cache.sweep_unlinked()?;
     tracing::debug!(swept, "removed unlinked nodes left from the last run");
     let counters = Arc::new(Counters::default());
-    let sources: Vec<Arc<dyn BlockSource>> = vec![client.clone()];
+    let peers = match peers {
+        Some(opts) => Some(PeerNet::new(
+            Arc::clone(&cache),
+            Arc::clone(&counters),
+            Arc::clone(&client),
+            keys::load_private(&home.key())?,
+            PeerConfig {
+                listen: opts.listen,
+                advertise: opts.advertise,
+                jwks_file: home.root().join("jwks.json"),
+                ca_pem: read_ca(home)?,
+            },
+        )),
+        None => None,
+    };
+    let mut sources: Vec<Arc<dyn BlockSource>> = Vec::new();
+    if let Some(p) = &peers {
+        sources.push(p.clone());
+    }
+    sources.push(client.clone());
     let fetcher = Arc::new(Fetcher::new(
         Arc::clone(&cache),
         sources,
@@ -104,6 +140,7 @@ pub fn open_agent(home: &Home) -> Result<Agent, MountError> {
         counters,
         journal,
         fs,
+        peers,
     })
 }
 
@@ -120,8 +157,16 @@ fn clear_stale_mount(mountpoint: &Path) {
 }
 
 /// Mounts the mesh at `mountpoint` and serves it until SIGINT or SIGTERM.
-pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
-    let agent = open_agent(home)?;
+pub async fn run(
+    home: &Home,
+    mountpoint: &Path,
+    peers: Option<PeerOptions>,
+) -> Result<(), MountError> {
+    let agent = open_agent(home, peers)?;
+    let peer_tasks = match &agent.peers {
+        Some(p) => p.start().await?,
+        None => Vec::new(),
+    };
     clear_stale_mount(mountpoint);
     std::fs::metadata(mountpoint).map_err(|source| MountError::MountPoint {
         path: mountpoint.into(),
@@ -191,6 +236,9 @@ pub async fn run(home: &Home, mountpoint: &Path) -> Result<(), MountError> {
     wait_for_signal().await;
     tracing::info!("unmounting");
     for t in tasks {
+        t.abort();
+    }
+    for t in peer_tasks {
         t.abort();
     }
     // fusermount's auto-unmount only acts on a dead filesystem, so a live one is unmounted

@@ -15,6 +15,12 @@ pub struct Counters {
     pub commits: AtomicU64,
     pub conflicts: AtomicU64,
     pub changes_applied: AtomicU64,
+    /// Blocks (and their bytes) that came from peers, part of `blocks_fetched`.
+    pub blocks_from_peers: AtomicU64,
+    pub bytes_from_peers: AtomicU64,
+    /// Blocks (and bytes) this device served to peers.
+    pub blocks_served: AtomicU64,
+    pub bytes_served: AtomicU64,
     /// Whether the last request to the cloud (feed or upload) got an answer.
     pub cloud_reachable: AtomicBool,
 }
@@ -34,6 +40,10 @@ impl Counters {
             commits: self.commits.load(Relaxed),
             conflicts: self.conflicts.load(Relaxed),
             changes_applied: self.changes_applied.load(Relaxed),
+            blocks_from_peers: self.blocks_from_peers.load(Relaxed),
+            bytes_from_peers: self.bytes_from_peers.load(Relaxed),
+            blocks_served: self.blocks_served.load(Relaxed),
+            bytes_served: self.bytes_served.load(Relaxed),
         }
     }
 }
@@ -48,6 +58,14 @@ pub struct CounterSnapshot {
     pub commits: u64,
     pub conflicts: u64,
     pub changes_applied: u64,
+    #[serde(default)]
+    pub blocks_from_peers: u64,
+    #[serde(default)]
+    pub bytes_from_peers: u64,
+    #[serde(default)]
+    pub blocks_served: u64,
+    #[serde(default)]
+    pub bytes_served: u64,
 }
 
 /// The agent's report in `status.json`.

@@ -19,8 +19,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the cloud: account service, mesh service and block storage over HTTPS.
+    /// Run the cloud: account service, mesh service and block storage over HTTPS, and the
+    /// relay for devices that cannot reach each other.
     Cloud(CloudArgs),
+    /// Run only a relay, next to a cloud whose data directory it reads (its CA and
+    /// signing key); devices find it through the cloud started with --relay-at.
+    Relay(RelayArgs),
     /// Manage the cloud's built-in users (run on the cloud's machine).
     User {
         #[command(subcommand)]
@@ -47,7 +51,10 @@ pub enum Command {
 impl Command {
     /// Long-running commands log at info by default; one-shot commands stay quiet.
     pub fn is_service(&self) -> bool {
-        matches!(self, Command::Cloud(_) | Command::Mount(_))
+        matches!(
+            self,
+            Command::Cloud(_) | Command::Relay(_) | Command::Mount(_)
+        )
     }
 }
 
@@ -68,6 +75,36 @@ pub struct CloudArgs {
     /// Lifetime of access tickets, in seconds.
     #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(i64).range(5..=86_400))]
     pub access_ttl: i64,
+    /// Address for the relay [default: the next port after --listen].
+    #[arg(long, conflicts_with = "no_relay")]
+    pub relay_listen: Option<SocketAddr>,
+    /// Tell devices the relay is at this host:port instead of running one here (a relay
+    /// started with `meshfs relay`).
+    #[arg(long, conflicts_with = "relay_listen")]
+    pub relay_at: Option<String>,
+    /// Run no relay: devices reach each other directly or not at all.
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Test mode: keep a transcript of every byte the relay forwards in this directory.
+    #[arg(long, hide = true)]
+    pub relay_transcript: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RelayArgs {
+    /// The cloud's data directory (read only: its CA signs the relay's certificate, its
+    /// signing key's public half checks tickets).
+    #[arg(long, env = "MESHFS_CLOUD_DIR")]
+    pub data_dir: PathBuf,
+    /// Address to accept devices on.
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub listen: SocketAddr,
+    /// Extra DNS name or IP address for the relay's certificate (repeatable).
+    #[arg(long)]
+    pub tls_name: Vec<String>,
+    /// Test mode: keep a transcript of every byte forwarded in this directory.
+    #[arg(long, hide = true)]
+    pub transcript: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,6 +216,17 @@ pub enum DeviceCommand {
 pub struct MountArgs {
     /// An empty directory to mount the mesh on.
     pub mountpoint: PathBuf,
+    /// Where to listen for the user's other devices (peer to peer transfers).
+    #[arg(long, env = "MESHFS_PEER_LISTEN", default_value = "0.0.0.0:0")]
+    pub peer_listen: SocketAddr,
+    /// The address to tell peers instead of the listener's own (a port forwarded on a
+    /// router, say) [default: the listener's, with a wildcard IP replaced by the one this
+    /// host reaches the cloud from].
+    #[arg(long, env = "MESHFS_PEER_ADVERTISE")]
+    pub peer_advertise: Option<SocketAddr>,
+    /// Neither serve blocks to peers nor fetch from them: the cloud only.
+    #[arg(long, env = "MESHFS_NO_PEERS")]
+    pub no_peers: bool,
     #[command(flatten)]
     pub home: HomeArg,
 }

@@ -43,6 +43,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             cfg.tls_names.extend(a.tls_name);
             cfg.identity_ttl_secs = a.identity_ttl;
             cfg.access_ttl_secs = a.access_ttl;
+            if a.no_relay || a.relay_at.is_some() {
+                cfg.relay_listen = None;
+            } else if let Some(listen) = a.relay_listen {
+                cfg.relay_listen = Some(listen);
+            }
+            cfg.relay_elsewhere = a.relay_at;
+            cfg.relay_transcript = a.relay_transcript;
             let running = crate::cloud::start(cfg)
                 .await
                 .context("starting the cloud")?;
@@ -51,10 +58,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 running.addr,
                 a.data_dir.join("ca.pem").display()
             );
+            if let Some(relay) = running.relay_addr {
+                eprintln!("meshfs relay listening on {relay}");
+            }
             running
                 .serve_until(shutdown_signal())
                 .await
                 .context("the cloud stopped")
+        }
+        Command::Relay(a) => {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            names.extend(a.tls_name);
+            let relay = crate::cloud::start_relay(&a.data_dir, a.listen, &names, a.transcript)
+                .await
+                .context("starting the relay")?;
+            eprintln!("meshfs relay listening on {}", relay.addr);
+            shutdown_signal().await;
+            Ok(())
         }
         Command::User { command } => match command {
             UserCommand::Add { name, data_dir } => {
@@ -81,7 +101,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Device { command } => device::run(command).await,
         Command::Mount(a) => {
             let home = a.home.resolve()?;
-            crate::agent::mount::run(&home, &a.mountpoint)
+            let peers = (!a.no_peers).then_some(crate::agent::mount::PeerOptions {
+                listen: a.peer_listen,
+                advertise: a.peer_advertise,
+            });
+            crate::agent::mount::run(&home, &a.mountpoint, peers)
                 .await
                 .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
         }

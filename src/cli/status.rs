@@ -76,6 +76,10 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
                 c.blocks_rejected,
                 c.conflicts
             );
+            println!(
+                "peers:    {} blocks ({} bytes) came from peers; served {} blocks ({} bytes)",
+                c.blocks_from_peers, c.bytes_from_peers, c.blocks_served, c.bytes_served
+            );
         }
     }
     Ok(())

@@ -103,16 +103,31 @@ pub struct CloudConfig {
     pub tls_names: Vec<String>,
     pub identity_ttl_secs: i64,
     pub access_ttl_secs: i64,
+    /// Where the relay listens (`None`: no relay). Devices are told its address.
+    pub relay_listen: Option<SocketAddr>,
+    /// Test mode: the relay keeps a transcript of every byte it forwards here.
+    pub relay_transcript: Option<PathBuf>,
+    /// With no relay here: the `host:port` of one run elsewhere, told to devices.
+    pub relay_elsewhere: Option<String>,
 }
 
 impl CloudConfig {
+    /// The defaults: names for a local cloud, tickets of 30 and 15 minutes, and a relay on
+    /// the next port (or any free port when the cloud's is picked by the system).
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        let relay_port = match listen.port() {
+            0 => 0,
+            p => p.saturating_add(1),
+        };
         Self {
             data_dir,
             listen,
             tls_names: vec!["localhost".into(), "127.0.0.1".into()],
             identity_ttl_secs: 1800,
             access_ttl_secs: 900,
+            relay_listen: Some(SocketAddr::new(listen.ip(), relay_port)),
+            relay_transcript: None,
+            relay_elsewhere: None,
         }
     }
 }
@@ -153,10 +168,7 @@ fn create_dir(dir: &Path) -> Result<(), CloudError> {
 }
 
 /// Opens (creating on first use) the data directory's store, keys and blocks.
-pub async fn open_state(
-    cfg: &CloudConfig,
-    relay: Option<SocketAddr>,
-) -> Result<AppState, CloudError> {
+pub async fn open_state(cfg: &CloudConfig, relay: Option<String>) -> Result<AppState, CloudError> {
     let dir = &cfg.data_dir;
     create_dir(dir)?;
     let store = Store::open(dir).await.map_err(store_err(dir))?;
@@ -170,7 +182,7 @@ pub async fn open_state(
         feed: watch::Sender::new(0),
         identity_ttl_secs: cfg.identity_ttl_secs,
         access_ttl_secs: cfg.access_ttl_secs,
-        relay: relay.map(|a| a.to_string()),
+        relay,
     }))
 }
 
@@ -233,8 +245,11 @@ pub fn app(state: AppState) -> Router {
 pub struct RunningCloud {
     /// The address it listens on (the real port when asked for port 0).
     pub addr: SocketAddr,
+    /// Where its relay listens, if it runs one.
+    pub relay_addr: Option<SocketAddr>,
     handle: axum_server::Handle<SocketAddr>,
     task: JoinHandle<std::io::Result<()>>,
+    _relay: Option<crate::relay::RunningRelay>,
 }
 
 impl RunningCloud {
@@ -268,8 +283,25 @@ fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), 
 /// Starts the cloud: creates the data directory, keys and CA on first start, binds
 /// `cfg.listen` and serves HTTPS in the background.
 pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
-    let state = open_state(&cfg, None).await?;
-    let tls = tls::server_config(&cfg.data_dir, &cfg.tls_names).await?;
+    create_dir(&cfg.data_dir)?;
+    let (tls, relay_tls) = tls::server_configs(&cfg.data_dir, &cfg.tls_names)?;
+    let relay = match cfg.relay_listen {
+        Some(listen) => Some(
+            relay_with(
+                &cfg.data_dir,
+                listen,
+                relay_tls,
+                cfg.relay_transcript.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let relay_addr = relay.as_ref().map(|r| r.addr);
+    let advertised = relay_addr
+        .map(|a| advertised_relay(a, &cfg.tls_names))
+        .or(cfg.relay_elsewhere.clone());
+    let state = open_state(&cfg, advertised).await?;
     let bind = |source| CloudError::Bind {
         addr: cfg.listen,
         source,
@@ -281,7 +313,61 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     let service = app(state).into_make_service();
     let task = tokio::spawn(server.handle(handle.clone()).serve(service));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "meshfs cloud listening");
-    Ok(RunningCloud { addr, handle, task })
+    Ok(RunningCloud {
+        addr,
+        relay_addr,
+        handle,
+        task,
+        _relay: relay,
+    })
+}
+
+async fn relay_with(
+    data_dir: &Path,
+    listen: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    transcript: Option<PathBuf>,
+) -> Result<crate::relay::RunningRelay, CloudError> {
+    let keys = CloudKeys::load_or_create(data_dir).await?;
+    let cfg = crate::relay::RelayConfig { listen, transcript };
+    crate::relay::start(cfg, tls, keys.keyset().clone())
+        .await
+        .map_err(|e| match e {
+            crate::relay::RelayError::Bind { addr, source } => CloudError::Bind { addr, source },
+        })
+}
+
+/// Runs only a relay, with the CA and signing key of the cloud whose data directory is
+/// `data_dir` (it must exist: a relay never makes a cloud's keys).
+pub async fn start_relay(
+    data_dir: &Path,
+    listen: SocketAddr,
+    names: &[String],
+    transcript: Option<PathBuf>,
+) -> Result<crate::relay::RunningRelay, CloudError> {
+    for file in [tls::CA_FILE, keys::SIGNING_KEY_FILE] {
+        let path = data_dir.join(file);
+        if !path.exists() {
+            return Err(CloudError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "start the cloud once first, then point the relay at its data directory",
+                ),
+            });
+        }
+    }
+    let (_, tls) = tls::server_configs(data_dir, names)?;
+    relay_with(data_dir, listen, tls, transcript).await
+}
+
+/// The relay address devices dial: the bound one, or for a wildcard bind the first name
+/// the certificate is made for.
+fn advertised_relay(bound: SocketAddr, names: &[String]) -> String {
+    match names.first() {
+        Some(name) if bound.ip().is_unspecified() => format!("{name}:{}", bound.port()),
+        _ => bound.to_string(),
+    }
 }
 
 /// Adds a user of the built-in identity provider with the default quota.

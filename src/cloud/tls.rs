@@ -10,9 +10,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 
 pub const CA_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca-key.pem";
@@ -95,16 +97,25 @@ fn server_cert(dir: &Path, names: &[String]) -> Result<(Vec<u8>, Vec<u8>), Cloud
     Ok((cert.der().to_vec(), key.serialize_der()))
 }
 
-/// The rustls server configuration for the cloud.
-pub async fn server_config(dir: &Path, names: &[String]) -> Result<RustlsConfig, CloudError> {
+/// The rustls server configurations for the cloud's HTTPS (with ALPN for HTTP/2 and
+/// HTTP/1.1) and for its relay (no ALPN), one certificate for both.
+pub fn server_configs(
+    dir: &Path,
+    names: &[String],
+) -> Result<(RustlsConfig, Arc<rustls::ServerConfig>), CloudError> {
     crate::crypto::install_tls_provider();
     let (cert, key) = server_cert(dir, names)?;
-    RustlsConfig::from_der(vec![cert], key)
-        .await
-        .map_err(|source| CloudError::Io {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
+    let relay = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert)], key)
+        .map_err(|e| CloudError::Io {
             path: "TLS configuration".into(),
-            source,
-        })
+            source: std::io::Error::other(e),
+        })?;
+    let mut https = relay.clone();
+    https.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((RustlsConfig::from_config(Arc::new(https)), Arc::new(relay)))
 }
 
 #[cfg(test)]

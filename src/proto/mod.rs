@@ -4,6 +4,7 @@
 pub mod api;
 pub mod claims;
 pub mod hash;
+pub mod relay;
 
 pub use api::*;
 pub use claims::{Claims, Right, TicketKind};

@@ -14,6 +14,19 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_meshfs")
 }
 
+/// `meshfs`, run in network namespace `netns` when one is given (through `nsenter`, which
+/// enters only the network namespace: a FUSE mount made there is seen by the test).
+pub fn meshfs(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    }
+}
+
 /// Polls `f` every 100 ms until it holds or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -45,6 +58,7 @@ pub struct Cloud {
     pub url: String,
     pub data: PathBuf,
     pub dir: tempfile::TempDir,
+    netns: Option<String>,
 }
 
 impl Cloud {
@@ -54,6 +68,11 @@ impl Cloud {
 
     /// Starts a cloud with extra `meshfs cloud` flags.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_in(None, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a cloud in network namespace `netns`, listening on `listen`.
+    pub fn start_in(netns: Option<&str>, listen: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("cloud");
         let log = dir.path().join("cloud.log");
@@ -62,14 +81,19 @@ impl Cloud {
             url: String::new(),
             data,
             dir,
+            netns: netns.map(str::to_string),
         };
-        cloud.spawn("127.0.0.1:0", &log, extra);
+        cloud.spawn(listen, &log, extra);
         cloud
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default()
     }
 
     fn spawn(&mut self, listen: &str, log: &Path, extra: &[&str]) {
         let out = std::fs::File::create(log).expect("log file");
-        let child = Command::new(bin())
+        let child = meshfs(self.netns.as_deref())
             .args(["cloud", "--data-dir"])
             .arg(&self.data)
             .args(["--listen", listen])
@@ -195,15 +219,22 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Output {
 pub struct Device {
     pub home: PathBuf,
     pub name: String,
+    /// The network namespace the device's commands and agent run in.
+    pub netns: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Device {
     pub fn login(cloud: &Cloud, user: &str, name: &str) -> Self {
+        Self::login_in(cloud, user, name, None)
+    }
+
+    /// Logs a device in from network namespace `netns`.
+    pub fn login_in(cloud: &Cloud, user: &str, name: &str, netns: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
         let out = run_with_stdin(
-            Command::new(bin())
+            meshfs(netns)
                 .args(["login", "--cloud", &cloud.url, "--ca"])
                 .arg(cloud.ca())
                 .args([
@@ -225,13 +256,14 @@ impl Device {
         Device {
             home,
             name: name.into(),
+            netns: netns.map(str::to_string),
             _dir: dir,
         }
     }
 
     /// Runs `meshfs ARGS --home HOME` and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
+        meshfs(self.netns.as_deref())
             .args(args)
             .arg("--home")
             .arg(&self.home)
@@ -276,6 +308,11 @@ impl Device {
     pub fn mount(&self) -> Mount {
         Mount::start(self)
     }
+
+    /// Mounts with extra `meshfs mount` flags.
+    pub fn mount_with(&self, extra: &[&str]) -> Mount {
+        Mount::start_with(self, extra)
+    }
 }
 
 /// A `meshfs mount` process serving a real FUSE mount.
@@ -284,11 +321,19 @@ pub struct Mount {
     pub path: PathBuf,
     home: PathBuf,
     log: PathBuf,
+    netns: Option<String>,
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Mount {
     pub fn start(dev: &Device) -> Self {
+        Self::start_with(dev, &[])
+    }
+
+    /// Mounts with extra `meshfs mount` flags. Outside a network namespace the peer
+    /// listener binds 127.0.0.1 unless the flags say otherwise.
+    pub fn start_with(dev: &Device, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");
@@ -298,6 +343,8 @@ impl Mount {
             path,
             home: dev.home.clone(),
             log,
+            netns: dev.netns.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
         m.spawn();
@@ -310,11 +357,18 @@ impl Mount {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(bin())
+        let peer_listen = if self.netns.is_some() {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let child = meshfs(self.netns.as_deref())
             .arg("mount")
             .arg(&self.path)
             .arg("--home")
             .arg(&self.home)
+            .args(&self.extra)
+            .env("MESHFS_PEER_LISTEN", peer_listen)
             .env(
                 "MESHFS_LOG",
                 std::env::var("MESHFS_TEST_LOG").unwrap_or_else(|_| "info,fuser=warn".into()),

@@ -7,7 +7,7 @@
 //! then returns: from that moment the version survives a crash of the agent.
 
 use crate::agent::cache::{Cache, Node, ROOT, Txn};
-use crate::agent::fetch::Fetcher;
+use crate::agent::fetch::{Fetcher, Want};
 use crate::agent::fs::FsError;
 use crate::agent::journal::Journal;
 use crate::agent::status::Counters;
@@ -24,6 +24,15 @@ const MAX_READAHEAD_BLOCKS: u64 = 16;
 
 fn now_ns() -> i64 {
     crate::proto::now_ms().saturating_mul(1_000_000)
+}
+
+/// What to ask the fetcher for block `hash` of file `n` in `folder`.
+fn want(n: &Node, folder: &str, hash: BlockHash) -> Want {
+    Want {
+        folder: folder.to_string(),
+        entry: n.entry.clone().unwrap_or_default(),
+        hash,
+    }
 }
 
 fn check_name(name: &str) -> Result<(), FsError> {
@@ -445,7 +454,7 @@ impl Fs {
         let file = self.create_staging_file(ino)?;
         let mut at = 0u64;
         for b in &n.manifest {
-            self.fetcher.ensure(&folder, b.hash).await?;
+            self.fetcher.ensure(want(&n, &folder, b.hash)).await?;
             let data = self
                 .cache
                 .load_block(&b.hash)?
@@ -518,7 +527,7 @@ impl Fs {
         let mut out = vec![0u8; (end - offset) as usize];
         for idx in first..=last {
             let b = n.manifest.get(idx as usize).ok_or(FsError::Invalid)?;
-            self.fetcher.ensure(&folder, b.hash).await?;
+            self.fetcher.ensure(want(&n, &folder, b.hash)).await?;
             let block_start = idx * BLOCK_SIZE;
             let from = offset.max(block_start);
             let to = end.min(block_start + u64::from(b.len));
@@ -555,9 +564,9 @@ impl Fs {
                 continue;
             }
             let fetcher = Arc::clone(&self.fetcher);
-            let (folder, hash) = (folder.to_string(), b.hash);
+            let want = want(n, folder, b.hash);
             tokio::spawn(async move {
-                let _ = fetcher.ensure(&folder, hash).await;
+                let _ = fetcher.ensure(want).await;
             });
         }
     }

@@ -71,7 +71,8 @@ where
 }
 
 /// Accepts a channel on `io`, as the responder. `ticket_for` gets this device's peer
-/// ticket for the calling device, once that device's own ticket has been checked.
+/// ticket for the calling device (and the folder its ticket names, if any), once that
+/// device's own ticket has been checked.
 pub async fn accept<S, F, Fut, E>(
     io: S,
     device: &str,
@@ -81,7 +82,7 @@ pub async fn accept<S, F, Fut, E>(
 ) -> Result<Channel<S>, ChannelError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
-    F: FnOnce(String) -> Fut,
+    F: FnOnce(PeerInfo) -> Fut,
     Fut: Future<Output = Result<String, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -130,17 +131,17 @@ async fn respond<S, F, Fut, E>(
 ) -> Result<Channel<S>, ChannelError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
-    F: FnOnce(String) -> Fut,
+    F: FnOnce(PeerInfo) -> Fut,
     Fut: Future<Output = Result<String, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let msg = read_message(&mut io).await?;
     let state = blocking(move || Responder::read_hello(&msg, &*check)).await?;
-    let caller = state.peer().device.clone();
+    let caller = state.peer().clone();
     let ticket = ticket_for(caller.clone())
         .await
         .map_err(|e| ChannelError::NoTicket {
-            device: caller,
+            device: caller.device,
             source: e.into(),
         })?;
     let me = LocalPeer {

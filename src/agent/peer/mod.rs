@@ -1,4 +1,29 @@
-//! Talking to other devices directly (DESIGN §5): the peer channel over any byte stream,
-//! a TCP connection on the LAN or one through the relay.
+//! Device to device (DESIGN §5): the encrypted channel over any byte stream, the block
+//! protocol inside it, this device's listener that serves blocks from its cache, and the
+//! block source that asks the user's other devices, directly or through the relay, before
+//! the cloud.
+//!
+//! - [`channel`]: the handshake and record layer of `crypto::channel` over tokio streams.
+//! - [`wire`]: block requests and answers, one frame each.
+//! - [`server`]: accepts channels (direct TCP or through the relay) and answers requests.
+//! - [`link`]: one channel to one peer, with many requests in flight.
+//! - [`net`]: who the peers are, the links to them, and the order sources are tried in.
+//! - [`relay`]: reaching a peer through the relay, and being reached through it.
 
 pub mod channel;
+pub mod link;
+pub mod net;
+pub mod relay;
+pub mod server;
+pub mod wire;
+
+pub use net::{PeerConfig, PeerNet};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream a channel runs over: a TCP connection, or a TLS stream to the relay.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed stream, so direct and relayed links are one type.
+pub type BoxIo = Box<dyn Io>;

@@ -25,6 +25,8 @@ pub enum TicketRefusal {
     NotMyKey,
     #[error("records a key for the holder that is not an RSA SPKI")]
     BadHolderKey,
+    #[error("names a device the cloud has revoked since")]
+    Revoked,
 }
 
 /// What a checked ticket tells about the other device.

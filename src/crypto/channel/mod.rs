@@ -62,6 +62,8 @@ pub enum ChannelError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("the cloud's signing keys are not known yet, so no peer ticket can be checked")]
+    NoKeys,
     #[error("the handshake took longer than {0:?}")]
     Timeout(std::time::Duration),
     #[error("a handshake task failed")]

@@ -24,8 +24,8 @@ async fn bob_accepts<S>(io: S) -> Result<Channel<S>, ChannelError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let ticket_for = |device: String| async move {
-        match device.as_str() {
+    let ticket_for = |peer: PeerInfo| async move {
+        match peer.device.as_str() {
             "alice" => Ok(ticket("bob")),
             _ => Err("bob has no ticket for this device"),
         }
@@ -256,7 +256,7 @@ async fn connect_refuses_a_device_other_than_the_expected_one() {
 #[tokio::test]
 async fn accept_without_a_ticket_for_the_caller_refuses() {
     let (a, b) = duplex(1 << 16);
-    let no_ticket = |_: String| async { Err::<String, _>("none") };
+    let no_ticket = |_: PeerInfo| async { Err::<String, _>("none") };
     let (i, r) = tokio::join!(
         alice_connects(a),
         accept(

@@ -1,0 +1,452 @@
+//! This device among its peers: where it listens and tells the cloud it listens, which
+//! peers there are (the user's other devices, refreshed from the cloud), the cloud's keys
+//! that peer tickets are checked with (kept on disk for offline use), the live links, and
+//! the order a missing block is asked for: each peer directly, then each through the relay.
+//! A peer that sends a block with the wrong hash is dropped for a while.
+
+use super::channel::{self, Channel};
+use super::link::{Link, LinkError};
+use super::{BoxIo, relay, server};
+use crate::agent::cache::Cache;
+use crate::agent::client::CloudClient;
+use crate::agent::fetch::{BlockSource, SourceError, Want};
+use crate::agent::status::Counters;
+use crate::crypto::channel::{
+    ChannelError, LocalPeer, PeerCheck, PeerInfo, TicketCheck, TicketRefusal,
+};
+use crate::crypto::ticket::KeySet;
+use crate::proto::{BlockHash, Device, Jwks};
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
+use lru::LruCache;
+use rsa::PrivateKey;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// How often the peer list, the cloud's keys and this device's presence are refreshed.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// How long a direct connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a peer that sent a wrong block is not asked again.
+const BAN: Duration = Duration::from_secs(600);
+
+/// How this device takes part.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Where the listener binds; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// What to tell peers instead of the listener's address.
+    pub advertise: Option<SocketAddr>,
+    /// Where the device keeps the cloud's keys for checking peer tickets offline.
+    pub jwks_file: PathBuf,
+    /// The cloud's CA, which the relay's certificate is also signed by.
+    pub ca_pem: Vec<u8>,
+}
+
+/// Why the peer network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("listening for peers on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A link being made or made, one per peer and path.
+type LinkSlot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
+
+pub struct PeerNet {
+    pub(super) cache: Arc<Cache>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) client: Arc<CloudClient>,
+    key: Arc<PrivateKey>,
+    cfg: PeerConfig,
+    check: RwLock<Option<Arc<TicketCheck>>>,
+    peers: RwLock<Vec<Device>>,
+    /// The user's devices the cloud lists as revoked: refused even with a ticket that is
+    /// still in its time window.
+    revoked: Arc<RwLock<HashSet<String>>>,
+    relay_addr: RwLock<Option<String>>,
+    links: Mutex<HashMap<(String, bool), LinkSlot>>,
+    banned: Mutex<HashMap<String, Instant>>,
+    served_by: Mutex<LruCache<BlockHash, String>>,
+    advertised: RwLock<Option<SocketAddr>>,
+}
+
+impl PeerNet {
+    pub fn new(
+        cache: Arc<Cache>,
+        counters: Arc<Counters>,
+        client: Arc<CloudClient>,
+        key: PrivateKey,
+        cfg: PeerConfig,
+    ) -> Arc<Self> {
+        let net = Arc::new(Self {
+            cache,
+            counters,
+            client,
+            key: Arc::new(key),
+            cfg,
+            check: RwLock::new(None),
+            peers: RwLock::new(Vec::new()),
+            revoked: Arc::default(),
+            relay_addr: RwLock::new(None),
+            links: Mutex::new(HashMap::new()),
+            banned: Mutex::new(HashMap::new()),
+            served_by: Mutex::new(LruCache::new(
+                NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
+            )),
+            advertised: RwLock::new(None),
+        });
+        if let Ok(text) = std::fs::read(&net.cfg.jwks_file)
+            && let Ok(jwks) = serde_json::from_slice::<Jwks>(&text)
+        {
+            net.set_keys(&jwks);
+        }
+        net
+    }
+
+    pub fn device(&self) -> &str {
+        self.client.device_id()
+    }
+
+    /// Binds the listener and starts the tasks that accept peers and keep the peer list,
+    /// keys, presence and the relay registration fresh.
+    pub async fn start(self: &Arc<Self>) -> Result<Vec<JoinHandle<()>>, PeerError> {
+        let bind = |source| PeerError::Bind {
+            addr: self.cfg.listen,
+            source,
+        };
+        let listener = TcpListener::bind(self.cfg.listen).await.map_err(bind)?;
+        let local = listener.local_addr().map_err(bind)?;
+        tracing::info!(addr = %local, "listening for peers");
+        Ok(vec![
+            tokio::spawn(server::listen(Arc::clone(self), listener)),
+            tokio::spawn(Arc::clone(self).maintain(local)),
+            tokio::spawn(relay::stay_reachable(Arc::clone(self))),
+        ])
+    }
+
+    fn set_keys(&self, jwks: &Jwks) {
+        let made = KeySet::from_jwks(jwks)
+            .map_err(ChannelError::from)
+            .and_then(|keys| TicketCheck::new(keys, self.device(), &self.key.to_public_key()));
+        match made {
+            Ok(check) => {
+                *self.check.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(check));
+            }
+            Err(e) => tracing::warn!(error = %e, "the cloud's keys are unusable"),
+        }
+    }
+
+    /// The check a peer's ticket must pass: the cloud's signature, and not revoked.
+    fn check(&self) -> Result<Arc<dyn PeerCheck + Send + Sync>, ChannelError> {
+        let tickets = self
+            .check
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(ChannelError::NoKeys)?;
+        Ok(Arc::new(NotRevoked {
+            tickets,
+            revoked: Arc::clone(&self.revoked),
+        }))
+    }
+
+    pub(super) fn relay_addr(&self) -> Option<String> {
+        self.relay_addr
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(super) fn ca_pem(&self) -> &[u8] {
+        &self.cfg.ca_pem
+    }
+
+    /// Refreshes what the device knows of its peers and tells the cloud where it listens.
+    async fn maintain(self: Arc<Self>, local: SocketAddr) {
+        loop {
+            if let Err(e) = self.refresh(local).await {
+                tracing::debug!(error = %e, "refreshing the peer list");
+            }
+            tokio::time::sleep(REFRESH_EVERY).await;
+        }
+    }
+
+    async fn refresh(&self, local: SocketAddr) -> Result<(), crate::agent::client::ClientError> {
+        let (info, jwks) = self.client.cloud_info().await?;
+        self.set_keys(&jwks);
+        if let Ok(text) = serde_json::to_vec(&jwks) {
+            let _ = std::fs::write(&self.cfg.jwks_file, text);
+        }
+        *self.relay_addr.write().unwrap_or_else(|p| p.into_inner()) = info.relay;
+        let advertise = self.advertised_addr(local).await;
+        let known = *self.advertised.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(addr) = advertise
+            && known != Some(addr)
+        {
+            self.client.set_presence(vec![addr.to_string()]).await?;
+            *self.advertised.write().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+        }
+        let me = self.device().to_string();
+        let (revoked, peers): (Vec<Device>, Vec<Device>) = self
+            .client
+            .devices()
+            .await?
+            .into_iter()
+            .filter(|d| d.id != me)
+            .partition(|d| d.revoked);
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) =
+            revoked.into_iter().map(|d| d.id).collect();
+        *self.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
+        Ok(())
+    }
+
+    /// The address peers should dial: the listener's, with an unspecified IP replaced by
+    /// the one this host uses to reach the cloud.
+    async fn advertised_addr(&self, local: SocketAddr) -> Option<SocketAddr> {
+        if let Some(addr) = self.cfg.advertise {
+            return Some(addr);
+        }
+        if !local.ip().is_unspecified() {
+            return Some(local);
+        }
+        let url = reqwest::Url::parse(self.client.base()).ok()?;
+        let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+        let port = url.port_or_known_default()?;
+        let target = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()?
+            .next()?;
+        let bind: SocketAddr = if target.is_ipv4() {
+            (IpAddr::from([0, 0, 0, 0]), 0).into()
+        } else {
+            (IpAddr::from([0u16; 8]), 0).into()
+        };
+        let probe = tokio::net::UdpSocket::bind(bind).await.ok()?;
+        probe.connect(target).await.ok()?;
+        Some(SocketAddr::new(probe.local_addr().ok()?.ip(), local.port()))
+    }
+
+    /// This device's side of a handshake with `peer` (its ticket for the pair).
+    async fn local_peer(
+        &self,
+        peer: &str,
+        folder: Option<&str>,
+    ) -> Result<LocalPeer, ChannelError> {
+        let ticket =
+            self.client
+                .peer_ticket(peer, folder)
+                .await
+                .map_err(|e| ChannelError::NoTicket {
+                    device: peer.to_string(),
+                    source: Box::new(e),
+                })?;
+        Ok(LocalPeer {
+            device: self.device().to_string(),
+            key: Arc::clone(&self.key),
+            ticket,
+        })
+    }
+
+    /// The responder's handshake on an incoming stream.
+    pub(super) async fn accept(
+        self: &Arc<Self>,
+        io: BoxIo,
+    ) -> Result<Channel<BoxIo>, ChannelError> {
+        let check = self.check()?;
+        let client = Arc::clone(&self.client);
+        let ticket_for = move |peer: PeerInfo| async move {
+            client
+                .peer_ticket(&peer.device, peer.folder.as_deref())
+                .await
+        };
+        channel::accept(io, self.device(), Arc::clone(&self.key), ticket_for, check).await
+    }
+
+    /// The initiator's handshake with `device` on `io`.
+    pub(super) async fn handshake(
+        &self,
+        io: BoxIo,
+        device: &str,
+    ) -> Result<Channel<BoxIo>, ChannelError> {
+        let check = self.check()?;
+        let me = self.local_peer(device, None).await?;
+        channel::connect(io, me, device, check).await
+    }
+
+    /// A live link to `dev`, made if needed (one attempt at a time per peer and path).
+    async fn link(&self, dev: &Device, relayed: bool) -> Result<Arc<Link>, String> {
+        let slot = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(links.entry((dev.id.clone(), relayed)).or_default())
+        };
+        let mut slot = slot.lock().await;
+        if let Some(link) = slot.as_ref().filter(|l| l.is_alive()) {
+            return Ok(Arc::clone(link));
+        }
+        let io = if relayed {
+            relay::dial(self, &dev.id)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            self.dial_direct(dev).await?
+        };
+        let channel = self
+            .handshake(io, &dev.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let link = Link::new(channel, relayed);
+        *slot = Some(Arc::clone(&link));
+        Ok(link)
+    }
+
+    async fn dial_direct(&self, dev: &Device) -> Result<BoxIo, String> {
+        let mut last = format!("device {} reports no address", dev.id);
+        for addr in &dev.addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(Box::new(tcp));
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: no answer in {CONNECT_TIMEOUT:?}"),
+            }
+        }
+        Err(last)
+    }
+
+    fn is_banned(&self, device: &str) -> bool {
+        let mut banned = self.banned.lock().unwrap_or_else(|p| p.into_inner());
+        banned.retain(|_, until| *until > Instant::now());
+        banned.contains_key(device)
+    }
+
+    /// The peers to ask, those with a live link first.
+    fn candidates(&self) -> Vec<Device> {
+        let mut peers: Vec<Device> = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|d| !self.is_banned(&d.id))
+            .cloned()
+            .collect();
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        peers.sort_by_key(|d| !links.contains_key(&(d.id.clone(), false)));
+        peers
+    }
+
+    async fn fetch(&self, want: &Want) -> Result<Bytes, SourceError> {
+        let peers = self.candidates();
+        let mut answered: Vec<&str> = Vec::new();
+        let relay = self.relay_addr().is_some();
+        for relayed in [false, true] {
+            if relayed && !relay {
+                break;
+            }
+            for dev in &peers {
+                if answered.contains(&dev.id.as_str()) || (!relayed && dev.addrs.is_empty()) {
+                    continue;
+                }
+                let link = match self.link(dev, relayed).await {
+                    Ok(l) => l,
+                    Err(why) => {
+                        tracing::debug!(peer = %dev.id, relayed, %why, "peer not reached");
+                        continue;
+                    }
+                };
+                match link.get(want).await {
+                    Ok(data) => {
+                        self.served_by
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .put(want.hash, dev.id.clone());
+                        Counters::add(&self.counters.blocks_from_peers, 1);
+                        Counters::add(&self.counters.bytes_from_peers, data.len() as u64);
+                        return Ok(data);
+                    }
+                    Err(LinkError::Missing | LinkError::Forbidden) => answered.push(&dev.id),
+                    Err(LinkError::Closed(why)) => {
+                        tracing::info!(peer = %dev.id, relayed, %why, "peer link lost");
+                    }
+                }
+            }
+        }
+        if answered.is_empty() {
+            Err(SourceError::Unreachable("no peer reached".into()))
+        } else {
+            Err(SourceError::Missing("no peer holds the block".into()))
+        }
+    }
+
+    /// Drops the peer that sent a block with the wrong hash and bans it for a while.
+    fn reject(&self, want: &Want) {
+        let Some(device) = self
+            .served_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop(&want.hash)
+        else {
+            return;
+        };
+        tracing::warn!(peer = %device, hash = %want.hash, "peer sent a wrong block; dropping it");
+        self.banned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.clone(), Instant::now() + BAN);
+        let slots: Vec<LinkSlot> = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            [false, true]
+                .iter()
+                .filter_map(|r| links.remove(&(device.clone(), *r)))
+                .collect()
+        };
+        for slot in slots {
+            if let Ok(slot) = slot.try_lock()
+                && let Some(link) = slot.as_ref()
+            {
+                link.close("it sent a wrong block");
+            }
+        }
+    }
+}
+
+/// A ticket check that also refuses devices the cloud lists as revoked.
+struct NotRevoked {
+    tickets: Arc<TicketCheck>,
+    revoked: Arc<RwLock<HashSet<String>>>,
+}
+
+impl PeerCheck for NotRevoked {
+    fn check(&self, claimed_device: &str, ticket: &str) -> Result<PeerInfo, ChannelError> {
+        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        if revoked.contains(claimed_device) {
+            return Err(ChannelError::BadTicket(TicketRefusal::Revoked));
+        }
+        self.tickets.check(claimed_device, ticket)
+    }
+}
+
+impl BlockSource for PeerNet {
+    fn name(&self) -> &str {
+        "peers"
+    }
+
+    fn get<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        self.fetch(want).boxed()
+    }
+
+    fn rejected(&self, want: &Want) {
+        self.reject(want);
+    }
+}

@@ -1,0 +1,139 @@
+//! The answering side: every accepted channel (direct, or handed over by the relay) is
+//! served by one task that reads requests and answers each from the local block store, a
+//! bounded number at a time. A peer paired through one Mesh Folder gets only blocks of files
+//! in that folder; anything malformed ends the channel.
+
+use super::channel::Channel;
+use super::net::PeerNet;
+use super::wire::{self, Message, Status};
+use super::{BoxIo, Io};
+use crate::agent::fetch::Want;
+use crate::agent::status::Counters;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Requests of one channel answered at once.
+const IN_FLIGHT: usize = 16;
+
+/// Accepts direct connections forever.
+pub async fn listen(net: Arc<PeerNet>, listener: TcpListener) {
+    loop {
+        let (tcp, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a peer connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let net = Arc::clone(&net);
+        tokio::spawn(async move {
+            if let Err(e) = accept_and_serve(net, Box::new(tcp), false).await {
+                tracing::info!(%from, error = %e, "peer connection refused or ended");
+            }
+        });
+    }
+}
+
+/// Runs the responder's handshake on `io`, then serves the channel until it ends.
+pub async fn accept_and_serve(
+    net: Arc<PeerNet>,
+    io: BoxIo,
+    relayed: bool,
+) -> Result<(), crate::crypto::channel::ChannelError> {
+    let channel = net.accept(io).await?;
+    tracing::debug!(peer = %channel.peer.device, relayed, "peer channel accepted");
+    serve(net, channel).await
+}
+
+/// Answers requests until the peer closes the channel or breaks the protocol.
+async fn serve<S: Io>(
+    net: Arc<PeerNet>,
+    channel: Channel<S>,
+) -> Result<(), crate::crypto::channel::ChannelError> {
+    let scope = channel.peer.folder.clone();
+    let (mut rd, mut wr) = channel.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.send(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+    let result = loop {
+        let frame = match rd.recv().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let Ok(Message::Request { id, want }) = wire::parse(&frame) else {
+            break Err(crate::crypto::channel::ChannelError::BadMessage(
+                "not a block request",
+            ));
+        };
+        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+            break Ok(());
+        };
+        let (net, tx, scope) = (Arc::clone(&net), tx.clone(), scope.clone());
+        tokio::spawn(async move {
+            let answer = answer(&net, scope.as_deref(), id, &want).await;
+            let _ = tx.send(answer).await;
+            drop(permit);
+        });
+    };
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// The answer frame to one request.
+async fn answer(net: &PeerNet, scope: Option<&str>, id: u32, want: &Want) -> Vec<u8> {
+    if !allowed(net, scope, want) {
+        return wire::answer_header(id, Status::Forbidden).to_vec();
+    }
+    let cache = Arc::clone(&net.cache);
+    let hash = want.hash;
+    let block = tokio::task::spawn_blocking(move || {
+        let data = cache.load_block(&hash).ok().flatten()?;
+        let mut frame = Vec::with_capacity(wire::ANSWER_HEADER + data.len());
+        frame.extend_from_slice(&wire::answer_header(id, Status::Found));
+        frame.extend_from_slice(&data);
+        Some(frame)
+    })
+    .await
+    .ok()
+    .flatten();
+    match block {
+        Some(frame) => {
+            Counters::add(&net.counters.blocks_served, 1);
+            Counters::add(
+                &net.counters.bytes_served,
+                (frame.len() - wire::ANSWER_HEADER) as u64,
+            );
+            frame
+        }
+        None => wire::answer_header(id, Status::Missing).to_vec(),
+    }
+}
+
+/// Whether a peer limited to `scope` may have the block: only a block of a file of that
+/// folder, as this device knows the file. A peer of the same user may have any block.
+fn allowed(net: &PeerNet, scope: Option<&str>, want: &Want) -> bool {
+    let Some(folder) = scope else {
+        return true;
+    };
+    if want.folder != folder {
+        return false;
+    }
+    let node = net
+        .cache
+        .ino_of_entry(folder, &want.entry)
+        .ok()
+        .flatten()
+        .and_then(|ino| net.cache.node(ino).ok().flatten());
+    node.is_some_and(|n| n.manifest.iter().any(|b| b.hash == want.hash))
+}

@@ -1,0 +1,326 @@
+//! The relay (DESIGN §5): pairs two devices that cannot reach each other and copies bytes
+//! between them. It sees only the peer channel's ciphertext, and keeps no state beyond live
+//! connections: the devices listening for rendezvous, and the rendezvous waiting to be
+//! joined.
+//!
+//! A device that wants to be reachable keeps a *listen* connection, shown its identity
+//! ticket. A device that wants to reach it *dials* with its identity ticket and a peer ticket
+//! for the pair that the cloud signed; the relay announces a fresh rendezvous on the
+//! listener's connection, the listener *accepts* it on a new connection, and the relay
+//! copies bytes between the two until either side closes. The wire is `proto::relay`.
+
+use crate::crypto::ticket::KeySet;
+use crate::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER};
+use crate::proto::relay::{self as wire, Hello, Reply};
+use crate::proto::{TicketKind, now_secs};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// How long a dialer waits for the listener to accept.
+const ACCEPT_WITHIN: Duration = Duration::from_secs(10);
+/// How long a device has to send its first message.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+/// Bytes copied per read.
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// How to run a relay.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub listen: SocketAddr,
+    /// Test mode: every byte forwarded is also written to a file per direction in this
+    /// directory, so a test can show what the relay saw.
+    pub transcript: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("listening on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Stream = TlsStream<TcpStream>;
+
+struct Waiting {
+    /// The device that must accept.
+    callee: String,
+    join: oneshot::Sender<Stream>,
+}
+
+struct Relay {
+    keys: KeySet,
+    transcript: Option<PathBuf>,
+    /// Listening devices: where to announce a rendezvous.
+    listeners: Mutex<HashMap<String, mpsc::Sender<Reply>>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
+    pairs: AtomicU64,
+}
+
+/// A relay serving in the background; it stops when dropped.
+pub struct RunningRelay {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a relay that trusts tickets signed by `keys` and speaks TLS with `tls`.
+pub async fn start(
+    cfg: RelayConfig,
+    tls: Arc<rustls::ServerConfig>,
+    keys: KeySet,
+) -> Result<RunningRelay, RelayError> {
+    let bind = |source| RelayError::Bind {
+        addr: cfg.listen,
+        source,
+    };
+    let listener = TcpListener::bind(cfg.listen).await.map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let relay = Arc::new(Relay {
+        keys,
+        transcript: cfg.transcript,
+        listeners: Mutex::new(HashMap::new()),
+        waiting: Mutex::new(HashMap::new()),
+        pairs: AtomicU64::new(0),
+    });
+    let acceptor = TlsAcceptor::from(tls);
+    tracing::info!(%addr, "meshfs relay listening");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, from)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (relay, acceptor) = (Arc::clone(&relay), acceptor.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HELLO_WITHIN, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => relay.serve(tls, from).await,
+                    Ok(Err(e)) => tracing::debug!(%from, error = %e, "relay TLS handshake failed"),
+                    Err(_) => tracing::debug!(%from, "relay TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    Ok(RunningRelay { addr, task })
+}
+
+impl Relay {
+    async fn serve(self: Arc<Self>, mut tls: Stream, from: SocketAddr) {
+        let hello = match tokio::time::timeout(HELLO_WITHIN, wire::read::<_, Hello>(&mut tls)).await
+        {
+            Ok(Ok(h)) => h,
+            _ => return refuse(tls, "send a relay hello first").await,
+        };
+        let outcome = match hello {
+            Hello::Listen { identity } => match self.identity(&identity) {
+                Ok(device) => return self.listen(tls, device).await,
+                Err(why) => Err(why),
+            },
+            Hello::Dial { identity, ticket } => match self.dial_target(&identity, &ticket) {
+                Ok((caller, callee)) => return self.dial(tls, caller, callee).await,
+                Err(why) => Err(why),
+            },
+            Hello::Accept {
+                identity,
+                rendezvous,
+            } => self.accept(&identity, &rendezvous),
+        };
+        match outcome {
+            Ok(join) => {
+                let _ = join.send(tls);
+            }
+            Err(why) => {
+                tracing::info!(%from, %why, "relay refused a device");
+                refuse(tls, &why).await;
+            }
+        }
+    }
+
+    /// The device an identity ticket names, if the ticket is valid.
+    fn identity(&self, token: &str) -> Result<String, String> {
+        let t = self
+            .keys
+            .check(token, AUDIENCE_CLOUD, now_secs())
+            .map_err(|e| format!("identity ticket refused: {e}"))?;
+        if t.claims().kind != TicketKind::Identity {
+            return Err("an identity ticket is needed".into());
+        }
+        Ok(t.claims().dev.clone())
+    }
+
+    /// Who dials whom: the identity's device must hold a peer ticket naming the other.
+    fn dial_target(&self, identity: &str, ticket: &str) -> Result<(String, String), String> {
+        let caller = self.identity(identity)?;
+        let t = self
+            .keys
+            .check(ticket, AUDIENCE_PEER, now_secs())
+            .map_err(|e| format!("peer ticket refused: {e}"))?;
+        let c = t.claims();
+        let callee = c
+            .peer
+            .as_ref()
+            .filter(|_| c.kind == TicketKind::Peer && c.dev == caller)
+            .and_then(|g| g.other(&caller))
+            .ok_or("the peer ticket is not the caller's ticket for a pair")?;
+        Ok((caller, callee.id.clone()))
+    }
+
+    async fn listen(self: Arc<Self>, mut tls: Stream, device: String) {
+        let (tx, mut rx) = mpsc::channel(16);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.clone(), tx.clone());
+        tracing::debug!(%device, "device listening at the relay");
+        let mut ok = wire::write(&mut tls, &Reply::Ready).await.is_ok();
+        let mut probe = [0u8; 1];
+        while ok {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => ok = wire::write(&mut tls, &m).await.is_ok(),
+                    None => ok = false,
+                },
+                // The device sends nothing more; a read ending means it went away.
+                r = tls.read(&mut probe) => ok = matches!(r, Ok(n) if n > 0),
+            }
+        }
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if listeners.get(&device).is_some_and(|t| t.same_channel(&tx)) {
+            listeners.remove(&device);
+        }
+    }
+
+    async fn dial(self: Arc<Self>, mut tls: Stream, caller: String, callee: String) {
+        let announce = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&callee)
+            .cloned();
+        let Some(announce) = announce else {
+            return refuse(tls, "the device is not reachable through this relay").await;
+        };
+        let rendezvous = uuid::Uuid::new_v4().to_string();
+        let (join, joined) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                rendezvous.clone(),
+                Waiting {
+                    callee: callee.clone(),
+                    join,
+                },
+            );
+        let told = announce
+            .send(Reply::Incoming {
+                rendezvous: rendezvous.clone(),
+                from: caller.clone(),
+            })
+            .await;
+        let other = match told {
+            Ok(()) => tokio::time::timeout(ACCEPT_WITHIN, joined)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rendezvous);
+        let Some(mut other) = other else {
+            return refuse(tls, "the device did not accept in time").await;
+        };
+        if wire::write(&mut tls, &Reply::Ready).await.is_err()
+            || wire::write(&mut other, &Reply::Ready).await.is_err()
+        {
+            return;
+        }
+        let n = self.pairs.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%caller, %callee, "relay paired two devices");
+        let transcript = self.transcript.as_ref().map(|dir| {
+            (
+                dir.join(format!("{n}-{caller}-to-{callee}")),
+                dir.join(format!("{n}-{callee}-to-{caller}")),
+            )
+        });
+        let (a_rd, a_wr) = tokio::io::split(tls);
+        let (b_rd, b_wr) = tokio::io::split(other);
+        let (ab, ba) = match transcript {
+            Some((ab, ba)) => (Some(ab), Some(ba)),
+            None => (None, None),
+        };
+        let _ = tokio::join!(pump(a_rd, b_wr, ab), pump(b_rd, a_wr, ba));
+    }
+
+    /// The dialer waiting on `rendezvous`, if `identity` is the device it waits for.
+    fn accept(&self, identity: &str, rendezvous: &str) -> Result<oneshot::Sender<Stream>, String> {
+        let device = self.identity(identity)?;
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match waiting.get(rendezvous) {
+            Some(w) if w.callee == device => waiting
+                .remove(rendezvous)
+                .map(|w| w.join)
+                .ok_or_else(|| "no such rendezvous".into()),
+            Some(_) => Err("this rendezvous is for another device".into()),
+            None => Err("no such rendezvous (expired?)".into()),
+        }
+    }
+}
+
+async fn refuse(mut tls: Stream, why: &str) {
+    let _ = wire::write(
+        &mut tls,
+        &Reply::Refused {
+            message: why.to_string(),
+        },
+    )
+    .await;
+    let _ = tls.shutdown().await;
+}
+
+/// Copies one direction until it ends, optionally keeping a transcript of every byte.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    transcript: Option<PathBuf>,
+) -> std::io::Result<()> {
+    let mut file = match transcript {
+        Some(path) => Some(tokio::fs::File::create(path).await?),
+        None => None,
+    };
+    let mut buf = vec![0u8; COPY_CHUNK];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if let Some(f) = file.as_mut() {
+            f.write_all(&buf[..n]).await?;
+        }
+        to.write_all(&buf[..n]).await?;
+    }
+    if let Some(f) = file.as_mut() {
+        f.flush().await?;
+    }
+    to.shutdown().await
+}
