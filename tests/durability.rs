@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Mesh, eventually, is_mounted, pseudo_random};
+use common::{Cloud, Mesh, eventually, is_mounted, pseudo_random};
 use std::time::Duration;
 
 #[test]
@@ -66,7 +66,8 @@ fn a_closed_write_survives_sigkill_of_the_agent_before_upload() {
 
 #[test]
 fn a_block_altered_in_cloud_storage_fails_the_read_with_eio_never_wrong_bytes() {
-    let mesh = Mesh::new();
+    // The cloud is the only source: with peers on, B would read A's good copy instead.
+    let mesh = Mesh::on_with(Cloud::start(), &["--no-peers"]);
     let data = pseudo_random(1 << 20, 5);
     std::fs::write(mesh.ma.join("Docs/victim.bin"), &data).unwrap();
     assert!(mesh.a_uploaded());

@@ -481,12 +481,17 @@ impl Mesh {
 
     /// Two devices on a cloud started by the caller.
     pub fn on(cloud: Cloud) -> Self {
+        Self::on_with(cloud, &[])
+    }
+
+    /// Two devices on a cloud started by the caller, mounted with extra flags.
+    pub fn on_with(cloud: Cloud, mount_flags: &[&str]) -> Self {
         cloud.add_user("ann");
         let a = Device::login(&cloud, "ann", "laptop");
         let b = Device::login(&cloud, "ann", "desktop");
         a.create_folder("Docs");
-        let ma = a.mount();
-        let mb = b.mount();
+        let ma = a.mount_with(mount_flags);
+        let mb = b.mount_with(mount_flags);
         assert!(
             eventually(Duration::from_secs(20), || ma.join("Docs").is_dir()
                 && mb.join("Docs").is_dir()),
@@ -504,5 +509,112 @@ impl Mesh {
     /// Waits until device A has uploaded everything.
     pub fn a_uploaded(&self) -> bool {
         self.a.uploaded()
+    }
+}
+
+/// Three network namespaces made for one test: the cloud's, and one for each of two
+/// devices, each joined to the cloud's by a veth pair. The cloud's namespace does not
+/// forward, so the devices reach the cloud and the relay at [`Isolated::CLOUD_IP`] but
+/// have no route to each other. Removed in `Drop`.
+pub struct Isolated {
+    pub cloud: String,
+    pub a: String,
+    pub b: String,
+}
+
+impl Isolated {
+    pub const CLOUD_IP: &'static str = "10.77.0.1";
+
+    pub fn new() -> Self {
+        let tag = std::process::id() % 100_000;
+        let net = Isolated {
+            cloud: format!("mfs{tag}c"),
+            a: format!("mfs{tag}a"),
+            b: format!("mfs{tag}b"),
+        };
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for ns in [&net.cloud, &net.a, &net.b] {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&[
+            "-n",
+            &net.cloud,
+            "addr",
+            "add",
+            &format!("{}/32", Self::CLOUD_IP),
+            "dev",
+            "lo",
+        ]);
+        for (ns, subnet) in [(&net.a, 1), (&net.b, 2)] {
+            let (dev, peer) = (format!("{ns}d"), format!("{ns}p"));
+            ip(&["link", "add", &dev, "type", "veth", "peer", "name", &peer]);
+            ip(&["link", "set", &dev, "netns", ns]);
+            ip(&["link", "set", &peer, "netns", &net.cloud]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.78.{subnet}.2/24"),
+                "dev",
+                &dev,
+            ]);
+            ip(&[
+                "-n",
+                &net.cloud,
+                "addr",
+                "add",
+                &format!("10.78.{subnet}.1/24"),
+                "dev",
+                &peer,
+            ]);
+            ip(&["-n", ns, "link", "set", &dev, "up"]);
+            ip(&["-n", &net.cloud, "link", "set", &peer, "up"]);
+            ip(&[
+                "-n",
+                ns,
+                "route",
+                "add",
+                &format!("{}/32", Self::CLOUD_IP),
+                "via",
+                &format!("10.78.{subnet}.1"),
+            ]);
+        }
+        let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward");
+        assert!(forward.is_ok(), "no /proc/sys/net/ipv4/ip_forward");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.cloud,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=0",
+            ])
+            .output()
+            .expect("sysctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        net
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b, &self.cloud] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
     }
 }

@@ -33,6 +33,8 @@ use tokio::task::JoinHandle;
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How long a direct connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A peer list older than this is read again before a block is given up on.
+const RELIST_AFTER: Duration = Duration::from_secs(3);
 /// How long a peer that sent a wrong block is not asked again.
 const BAN: Duration = Duration::from_secs(600);
 
@@ -77,6 +79,8 @@ pub struct PeerNet {
     relay_addr: RwLock<Option<String>>,
     links: Mutex<HashMap<(String, bool), LinkSlot>>,
     banned: Mutex<HashMap<String, Instant>>,
+    /// When the peer list was last read from the cloud.
+    listed_at: Mutex<Option<Instant>>,
     served_by: Mutex<LruCache<BlockHash, String>>,
     advertised: RwLock<Option<SocketAddr>>,
 }
@@ -101,6 +105,7 @@ impl PeerNet {
             relay_addr: RwLock::new(None),
             links: Mutex::new(HashMap::new()),
             banned: Mutex::new(HashMap::new()),
+            listed_at: Mutex::new(None),
             served_by: Mutex::new(LruCache::new(
                 NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -197,6 +202,11 @@ impl PeerNet {
             self.client.set_presence(vec![addr.to_string()]).await?;
             *self.advertised.write().unwrap_or_else(|p| p.into_inner()) = Some(addr);
         }
+        self.list_peers().await
+    }
+
+    /// Reads the user's devices from the cloud: the peers, and those revoked.
+    async fn list_peers(&self) -> Result<(), crate::agent::client::ClientError> {
         let me = self.device().to_string();
         let (revoked, peers): (Vec<Device>, Vec<Device>) = self
             .client
@@ -208,6 +218,7 @@ impl PeerNet {
         *self.revoked.write().unwrap_or_else(|p| p.into_inner()) =
             revoked.into_iter().map(|d| d.id).collect();
         *self.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
+        *self.listed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
     }
 
@@ -346,7 +357,22 @@ impl PeerNet {
         peers
     }
 
+    /// Asks the peers; when none had it and the peer list is some seconds old (a device may
+    /// have come up since), reads the list again and asks once more.
     async fn fetch(&self, want: &Want) -> Result<Bytes, SourceError> {
+        let first = self.fetch_from_peers(want).await;
+        let stale = self
+            .listed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() > RELIST_AFTER);
+        match first {
+            Err(_) if stale && self.list_peers().await.is_ok() => self.fetch_from_peers(want).await,
+            other => other,
+        }
+    }
+
+    async fn fetch_from_peers(&self, want: &Want) -> Result<Bytes, SourceError> {
         let peers = self.candidates();
         let mut answered: Vec<&str> = Vec::new();
         let relay = self.relay_addr().is_some();

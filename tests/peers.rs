@@ -1,0 +1,360 @@
+//! Device to device, through real mounts: content that never goes to the cloud is read on
+//! another device over the encrypted peer channel, directly or through the relay; past the
+//! quota the cloud keeps only what fits; a tampered channel never yields wrong bytes.
+
+mod common;
+
+use common::{Cloud, Device, Mesh, eventually, pseudo_random};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+fn sha256_file(path: &Path) -> [u8; 32] {
+    let mut f = std::fs::File::open(path).expect("open");
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; MIB];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize().into()
+}
+
+fn counters(dev: &Device) -> meshfs::agent::status::CounterSnapshot {
+    dev.status().expect("agent status").counters
+}
+
+fn folder_id(dev: &Device, name: &str) -> String {
+    let out = dev.cli(&["folder", "list"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("folder listed")
+        .to_string()
+}
+
+/// Block files the cloud holds for one folder.
+fn cloud_blocks_of(cloud: &Cloud, folder: &str) -> Vec<std::path::PathBuf> {
+    cloud
+        .block_files()
+        .into_iter()
+        .filter(|p| p.parent().and_then(Path::file_name) == Some(folder.as_ref()))
+        .collect()
+}
+
+/// Waits until `path` on a mount shows `len` bytes.
+fn appears(path: &Path, len: u64) -> bool {
+    eventually(Duration::from_secs(30), || {
+        std::fs::metadata(path).is_ok_and(|m| m.len() == len)
+    })
+}
+
+#[test]
+fn a_device_only_file_is_read_byte_identical_on_b_from_a_over_a_direct_channel() {
+    let mesh = Mesh::new();
+    let out = mesh
+        .a
+        .cli(&["folder", "create", "Private", "--device-only"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let private = folder_id(&mesh.a, "Private");
+    assert!(eventually(Duration::from_secs(20), || mesh
+        .mb
+        .join("Private")
+        .is_dir()));
+
+    let data = pseudo_random(256 * MIB, 41);
+    let want: [u8; 32] = Sha256::digest(&data).into();
+    std::fs::write(mesh.ma.join("Private/big.bin"), &data).expect("write on A");
+    drop(data);
+    assert!(mesh.a.uploaded_within(Duration::from_secs(120)));
+
+    let on_b = mesh.mb.join("Private/big.bin");
+    assert!(appears(&on_b, 256 * MIB as u64), "the entry reached B");
+    assert_eq!(sha256_file(&on_b), want, "B reads A's bytes");
+
+    // Reports are written each second.
+    assert!(
+        eventually(Duration::from_secs(5), || counters(&mesh.b)
+            .blocks_from_peers
+            >= 256
+            && counters(&mesh.a).blocks_served >= 256),
+        "B's blocks came from A: B {:?}, A {:?}",
+        counters(&mesh.b),
+        counters(&mesh.a)
+    );
+    assert!(
+        cloud_blocks_of(&mesh.cloud, &private).is_empty(),
+        "no block of a device-only folder is in the cloud"
+    );
+}
+
+#[test]
+fn past_the_quota_the_cloud_keeps_what_fits_and_b_reads_the_rest_from_a() {
+    let mesh = Mesh::new();
+    let quota = (10 * MIB).to_string();
+    let out = Command::new(common::bin())
+        .args(["user", "quota", "ann", &quota, "--data-dir"])
+        .arg(&mesh.cloud.data)
+        .output()
+        .expect("quota");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = folder_id(&mesh.a, "Docs");
+
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let data = pseudo_random(10 * MIB, 100 + i);
+        let name = format!("Docs/part{i}.bin");
+        std::fs::write(mesh.ma.join(&name), &data).expect("write on A");
+        files.push((name, <[u8; 32]>::from(Sha256::digest(&data))));
+    }
+    assert!(mesh.a.uploaded_within(Duration::from_secs(120)));
+
+    let stored: u64 = cloud_blocks_of(&mesh.cloud, &docs)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    assert!(
+        stored <= 10 * MIB as u64,
+        "the cloud stores {stored} bytes, over the 10 MiB quota"
+    );
+    assert!(stored > 0, "blocks are uploaded while the quota lasts");
+    for (name, want) in &files {
+        let on_b = mesh.mb.join(name);
+        assert!(appears(&on_b, 10 * MIB as u64), "{name} listed on B");
+        assert_eq!(&sha256_file(&on_b), want, "{name} reads right on B");
+    }
+    assert!(eventually(Duration::from_secs(5), || counters(&mesh.b)
+        .blocks_from_peers
+        > 0));
+    let status = mesh.a.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("of 10 MB used"),
+        "status shows the quota: {text}"
+    );
+}
+
+/// A TCP proxy in front of A's peer listener that, once `after` bytes went from A to B,
+/// flips one bit (or, with `cut`, closes both sides). Each new connection is passed through
+/// untouched once the fault was made.
+struct Tamper {
+    addr: SocketAddr,
+    done: Arc<AtomicBool>,
+}
+
+impl Tamper {
+    fn start(target: SocketAddr, after: usize, cut: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let done = Arc::new(AtomicBool::new(false));
+        let faulted = Arc::clone(&done);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &c2, &mut &s2);
+                });
+                let faulted = Arc::clone(&faulted);
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (server, client);
+                    let mut seen = 0usize;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if !faulted.load(Ordering::SeqCst) && seen + n > after {
+                            faulted.store(true, Ordering::SeqCst);
+                            if cut {
+                                let _ = to.write_all(&buf[..after - seen]);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                            buf[after - seen] ^= 0x10;
+                        }
+                        seen += n;
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Tamper { addr, done }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A flipped bit or a cut stream between A and B: the channel closes, and B's read
+/// completes from another source (here the cloud) with the right bytes, never wrong ones.
+#[test]
+fn a_flipped_bit_or_a_cut_stream_closes_the_channel_and_the_read_completes_elsewhere() {
+    for cut in [false, true] {
+        let cloud = Cloud::start_with(&["--no-relay"]);
+        cloud.add_user("ann");
+        let a = Device::login(&cloud, "ann", "laptop");
+        let b = Device::login(&cloud, "ann", "desktop");
+        a.create_folder("Docs");
+        let port = free_port();
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let tamper = Tamper::start(listen, 256 * 1024, cut);
+        let ma = a.mount_with(&[
+            "--peer-listen",
+            &listen.to_string(),
+            "--peer-advertise",
+            &tamper.addr.to_string(),
+        ]);
+        let mb = b.mount();
+        let data = pseudo_random(8 * MIB, 7);
+        assert!(eventually(Duration::from_secs(20), || ma
+            .join("Docs")
+            .is_dir()));
+        std::fs::write(ma.join("Docs/f.bin"), &data).expect("write on A");
+        assert!(a.uploaded());
+        let on_b = mb.join("Docs/f.bin");
+        assert!(appears(&on_b, data.len() as u64));
+        // B learns A's (proxied) address within one refresh of its peer list.
+        std::thread::sleep(Duration::from_secs(1));
+        let got = std::fs::read(&on_b).expect("B's read completes");
+        assert!(got == data, "B never sees wrong bytes (cut: {cut})");
+        assert!(
+            tamper.done.load(Ordering::SeqCst) || counters(&b).blocks_from_peers == 0,
+            "the fault was injected, or B never went through A"
+        );
+        assert_eq!(
+            counters(&b).blocks_rejected,
+            0,
+            "no wrong block got past the channel"
+        );
+        drop((ma, mb));
+    }
+}
+
+/// Whether any 64-byte run of `plain` occurs in `seen`. Every such run holds one whole
+/// 32-byte chunk of `plain` at a multiple of 32, so it is enough to look for those chunks at
+/// every offset of `seen` (a bitmap of their first 8 bytes screens, a map confirms).
+fn shares_a_64_byte_run(plain: &[u8], seen: &[u8]) -> Option<usize> {
+    const BITS: usize = 1 << 28;
+    let key = |w: &[u8]| u64::from_le_bytes(w[..8].try_into().unwrap());
+    let mut bitmap = vec![0u64; BITS / 64];
+    let mut chunks: std::collections::HashMap<u64, Vec<usize>> = Default::default();
+    for (i, c) in plain.chunks_exact(32).enumerate() {
+        let k = key(c);
+        let bit = (k as usize) % BITS;
+        bitmap[bit / 64] |= 1 << (bit % 64);
+        chunks.entry(k).or_default().push(i * 32);
+    }
+    (0..seen.len().saturating_sub(31)).find(|&j| {
+        let k = key(&seen[j..]);
+        let bit = (k as usize) % BITS;
+        bitmap[bit / 64] & (1 << (bit % 64)) != 0
+            && chunks
+                .get(&k)
+                .is_some_and(|at| at.iter().any(|&p| plain[p..p + 32] == seen[j..j + 32]))
+    })
+}
+
+#[test]
+fn the_scan_finds_a_planted_run_and_nothing_in_noise() {
+    let plain = pseudo_random(MIB, 3);
+    let mut noise = pseudo_random(MIB, 4);
+    assert_eq!(shares_a_64_byte_run(&plain, &noise), None);
+    noise[1000..1064].copy_from_slice(&plain[77..141]);
+    assert!(shares_a_64_byte_run(&plain, &noise).is_some());
+}
+
+/// B has no route to A (separate network namespaces that reach only the cloud's): a
+/// device-only file still reads byte-identical on B, through the relay. The relay's
+/// transcript of every byte it forwarded holds no 64-byte run of the file.
+#[test]
+fn through_the_relay_when_b_has_no_route_to_a_and_the_relay_sees_only_ciphertext() {
+    let net = common::Isolated::new();
+    let transcripts = tempfile::tempdir().expect("tempdir");
+    let ip = common::Isolated::CLOUD_IP;
+    let cloud = Cloud::start_in(
+        Some(&net.cloud),
+        &format!("{ip}:0"),
+        &[
+            "--tls-name",
+            ip,
+            "--relay-transcript",
+            transcripts.path().to_str().unwrap(),
+        ],
+    );
+    cloud.add_user("ann");
+    let a = Device::login_in(&cloud, "ann", "laptop", Some(&net.a));
+    let b = Device::login_in(&cloud, "ann", "desktop", Some(&net.b));
+    let out = a.cli(&["folder", "create", "Private", "--device-only"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ma = a.mount();
+    let mb = b.mount();
+    assert!(eventually(Duration::from_secs(20), || mb
+        .join("Private")
+        .is_dir()));
+
+    let data = pseudo_random(256 * MIB, 43);
+    let want: [u8; 32] = Sha256::digest(&data).into();
+    std::fs::write(ma.join("Private/big.bin"), &data).expect("write on A");
+    assert!(a.uploaded_within(Duration::from_secs(120)));
+    let on_b = mb.join("Private/big.bin");
+    assert!(appears(&on_b, data.len() as u64));
+    assert_eq!(
+        sha256_file(&on_b),
+        want,
+        "B reads A's bytes through the relay"
+    );
+    assert!(eventually(Duration::from_secs(5), || counters(&b)
+        .blocks_from_peers
+        >= 256));
+
+    let mut forwarded = Vec::new();
+    for e in std::fs::read_dir(transcripts.path()).expect("transcripts") {
+        forwarded.extend(std::fs::read(e.expect("entry").path()).expect("transcript"));
+    }
+    assert!(
+        forwarded.len() >= data.len(),
+        "the relay carried the file ({} bytes forwarded)",
+        forwarded.len()
+    );
+    assert_eq!(
+        shares_a_64_byte_run(&data, &forwarded),
+        None,
+        "plaintext of the file in what the relay forwarded"
+    );
+    drop((ma, mb));
+}
