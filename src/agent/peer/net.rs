@@ -33,6 +33,8 @@ use tokio::task::JoinHandle;
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How long a direct connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a path that failed to connect is left alone.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
 /// A peer list older than this is read again before a block is given up on.
 const RELIST_AFTER: Duration = Duration::from_secs(3);
 /// How long a peer that sent a wrong block is not asked again.
@@ -79,6 +81,9 @@ pub struct PeerNet {
     relay_addr: RwLock<Option<String>>,
     links: Mutex<HashMap<(String, bool), LinkSlot>>,
     banned: Mutex<HashMap<String, Instant>>,
+    /// Paths (peer, relayed) that just failed to connect: not tried again for a while, so
+    /// a peer with no route costs one attempt, not one per block.
+    failed: Mutex<HashMap<(String, bool), Instant>>,
     /// When the peer list was last read from the cloud.
     listed_at: Mutex<Option<Instant>>,
     served_by: Mutex<LruCache<BlockHash, String>>,
@@ -105,6 +110,7 @@ impl PeerNet {
             relay_addr: RwLock::new(None),
             links: Mutex::new(HashMap::new()),
             banned: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             listed_at: Mutex::new(None),
             served_by: Mutex::new(LruCache::new(
                 NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
@@ -305,6 +311,32 @@ impl PeerNet {
         if let Some(link) = slot.as_ref().filter(|l| l.is_alive()) {
             return Ok(Arc::clone(link));
         }
+        let key = (dev.id.clone(), relayed);
+        if let Some(at) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && at.elapsed() < RETRY_FAILED_AFTER
+        {
+            return Err("failed moments ago".into());
+        }
+        match self.open_link(dev, relayed).await {
+            Ok(link) => {
+                *slot = Some(Arc::clone(&link));
+                Ok(link)
+            }
+            Err(why) => {
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, Instant::now());
+                Err(why)
+            }
+        }
+    }
+
+    async fn open_link(&self, dev: &Device, relayed: bool) -> Result<Arc<Link>, String> {
         let io = if relayed {
             relay::dial(self, &dev.id)
                 .await
@@ -316,9 +348,7 @@ impl PeerNet {
             .handshake(io, &dev.id)
             .await
             .map_err(|e| e.to_string())?;
-        let link = Link::new(channel, relayed);
-        *slot = Some(Arc::clone(&link));
-        Ok(link)
+        Ok(Link::new(channel, relayed))
     }
 
     async fn dial_direct(&self, dev: &Device) -> Result<BoxIo, String> {

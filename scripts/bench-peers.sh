@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Benchmarks device-to-device transfers: the first read on device B of a file that only
+# device A holds (a device-only folder), over a direct peer channel and through the relay,
+# both on loopback, in MB/s; beside them `openssl speed` for AES-128-CTR and HMAC-SHA256 on
+# this machine (the channel's crypto ceiling), and the cost of one peer handshake.
+#
+# Setup: a `meshfs cloud` (with its relay) on 127.0.0.1, one user, devices A, B and C. A
+# writes the file; B reads it with A reachable directly; then A is restarted advertising an
+# address nobody listens on, so C (a fresh device) reaches A only through the relay.
+#
+# Usage:   scripts/bench-peers.sh
+# Env:     MESHFS_BIN=path        use this binary instead of `cargo build --release --locked`
+#          BENCH_SIZE_MIB=N       size of the file (default 1024)
+#          BENCH_TMP=dir          parent of the temp dir (default /var/tmp)
+# Output:  the table on stdout and in target/bench/peers.md; logs in target/bench/peers-logs/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT="$ROOT/target/bench"
+LOGS="$OUT/peers-logs"
+SIZE_MIB=${BENCH_SIZE_MIB:-1024}
+SIZE_BYTES=$((SIZE_MIB * 1024 * 1024))
+PASSWORD="bench password $$"
+
+log() { printf '[bench-peers %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+T=""
+PIDS=()
+MOUNTS=()
+is_mounted() { awk -v p="$1" '$2 == p { found = 1 } END { exit !found }' /proc/self/mounts; }
+
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid m
+    set +e
+    trap - EXIT INT TERM
+    if [[ $rc -ne 0 ]]; then
+        for m in "$LOGS"/*.log; do echo "----- tail of $m -----" >&2; tail -n 20 "$m" >&2; done
+    fi
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    for m in "${MOUNTS[@]}"; do
+        is_mounted "$m" && { fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m"; }
+    done
+    [[ -n "$T" && -d "$T" ]] && rm -rf --one-file-system "$T"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+command -v fusermount3 >/dev/null || die "fusermount3 is missing (Debian package fuse3)"
+command -v openssl >/dev/null || die "openssl is missing (Debian package openssl)"
+
+if [[ -n "${MESHFS_BIN:-}" ]]; then
+    BIN=$MESHFS_BIN
+else
+    log "building release (cargo build --release --locked)"
+    (cd "$ROOT" && cargo build --release --locked --quiet)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/meshfs"
+fi
+[[ -x "$BIN" ]] || die "no meshfs binary at $BIN"
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+mkdir -p "$OUT" "$LOGS"
+rm -f "$LOGS"/*.log
+T=$(mktemp -d "${BENCH_TMP:-/var/tmp}/meshfs-bench-peers.XXXXXX")
+export MESHFS_LOG=${MESHFS_LOG:-info,fuser=warn}
+export NO_COLOR=1
+
+CLOUD_DATA="$T/cloud"
+"$BIN" cloud --data-dir "$CLOUD_DATA" --listen 127.0.0.1:0 </dev/null >/dev/null 2>"$LOGS/cloud.log" &
+PIDS+=($!)
+ADDR=""
+for ((i = 0; i < 300; i++)); do
+    ADDR=$(sed -n 's/.*cloud listening on https:\/\/\([^ ]*\).*/\1/p' "$LOGS/cloud.log" | head -n1)
+    [[ -n "$ADDR" ]] && break
+    sleep 0.1
+done
+[[ -n "$ADDR" ]] || die "the cloud did not start"
+echo "$PASSWORD" | "$BIN" user add bench --data-dir "$CLOUD_DATA" >>"$LOGS/cli.log" 2>&1
+for dev in a b c; do
+    echo "$PASSWORD" | "$BIN" login --cloud "https://$ADDR" --ca "$CLOUD_DATA/ca.pem" --user bench \
+        --password-stdin --home "$T/home-$dev" --device-name "bench-$dev" >>"$LOGS/cli.log" 2>&1 ||
+        die "login of $dev failed"
+    mkdir -p "$T/mnt-$dev"
+done
+"$BIN" folder create Private --device-only --home "$T/home-a" >>"$LOGS/cli.log" 2>&1
+
+AGENT_A=""
+start_agent() { # start_agent NAME [mount flags...]; sets LAST_PID
+    local name=$1; shift
+    MESHFS_PEER_LISTEN=127.0.0.1:0 "$BIN" mount "$T/mnt-$name" --home "$T/home-$name" "$@" \
+        </dev/null >/dev/null 2>>"$LOGS/agent-$name.log" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    MOUNTS+=("$T/mnt-$name")
+    for ((i = 0; i < 200; i++)); do
+        [[ -d "$T/mnt-$name/Private" ]] && return 0
+        kill -0 "$LAST_PID" 2>/dev/null || die "agent $name exited"
+        sleep 0.1
+    done
+    die "agent $name did not show the folder"
+}
+counter() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["counters"][sys.argv[2]])' "$T/home-$1/status.json" "$2"; }
+pending() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pending_uploads"])' "$T/home-$1/status.json"; }
+
+start_agent a
+AGENT_A=$LAST_PID
+start_agent b
+log "writing ${SIZE_MIB} MiB on A"
+head -c "$SIZE_BYTES" /dev/urandom >"$T/big.bin"
+cp "$T/big.bin" "$T/mnt-a/Private/big.bin"
+WANT=$(sha256sum <"$T/big.bin" | cut -d' ' -f1)
+sleep 2
+for ((i = 0; i < 600; i++)); do [[ "$(pending a 2>/dev/null)" == 0 ]] && break; sleep 0.5; done
+
+first_read() { # first_read DEVICE -> seconds; checks the bytes
+    local dev=$1 t0 t1 got
+    for ((i = 0; i < 600; i++)); do
+        [[ "$(stat -c %s "$T/mnt-$dev/Private/big.bin" 2>/dev/null)" == "$SIZE_BYTES" ]] && break
+        sleep 0.1
+    done
+    t0=$(date +%s%N)
+    got=$(sha256sum <"$T/mnt-$dev/Private/big.bin" | cut -d' ' -f1)
+    t1=$(date +%s%N)
+    [[ "$got" == "$WANT" ]] || die "device $dev read wrong bytes"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'
+}
+mbps() { awk -v s="$1" -v n="$SIZE_BYTES" 'BEGIN { printf "%.0f", n / s / 1e6 }'; }
+
+log "first read on B, A reachable directly"
+DIRECT_S=$(first_read b)
+sleep 1.5
+DIRECT_PEER_BYTES=$(counter b bytes_from_peers)
+
+log "restarting A so that it advertises an address nobody listens on; C reads through the relay"
+stop_pid "$AGENT_A"
+start_agent a --peer-advertise 127.0.0.1:9
+start_agent c
+RELAY_S=$(first_read c)
+sleep 1.5
+RELAY_PEER_BYTES=$(counter c bytes_from_peers)
+
+log "openssl speed (16 KiB blocks, one core)"
+AES=$(openssl speed -seconds 3 -evp aes-128-ctr 2>/dev/null | awk '/^AES-128-CTR/ { print $NF }')
+HMAC=$(openssl speed -seconds 3 -hmac sha256 2>/dev/null | awk '/^hmac\(sha256\)/ { print $NF }')
+kps() { awk -v k="${1%k}" 'BEGIN { printf "%.0f", k * 1000 / 1e6 }'; }
+
+log "handshake and record-layer cost (cargo test --release, ignored measurement tests)"
+COSTS=$(cd "$ROOT" && cargo test --release --locked --lib -q -- --ignored --nocapture handshake_cost throughput 2>/dev/null |
+    grep -E 'handshake|MB/s' || true)
+
+{
+    echo "# meshfs peer transfers ($(date +%F), commit $COMMIT, $(nproc) cores)"
+    echo
+    echo '```'
+    printf '%-44s %10s %12s\n' "first read of ${SIZE_MIB} MiB held only by A" "seconds" "MB/s"
+    printf '%-44s %10s %12s\n' "B, direct channel (loopback)" "$DIRECT_S" "$(mbps "$DIRECT_S")"
+    printf '%-44s %10s %12s\n' "C, through the relay (loopback)" "$RELAY_S" "$(mbps "$RELAY_S")"
+    echo
+    printf '%-44s %23s\n' "openssl speed, 16 KiB blocks, one core" "MB/s"
+    printf '%-44s %23s\n' "AES-128-CTR" "$(kps "$AES")"
+    printf '%-44s %23s\n' "HMAC-SHA256" "$(kps "$HMAC")"
+    echo
+    echo "bytes from peers: B $DIRECT_PEER_BYTES, C $RELAY_PEER_BYTES (of $SIZE_BYTES)"
+    echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "$COSTS"
+    echo '```'
+} | tee "$OUT/peers.md"
