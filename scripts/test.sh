@@ -2,8 +2,9 @@
 # The project's one test command (CI runs it through .ci/run): formatting, lints, and every
 # test, including the ones that mount the mesh through FUSE and run real cloud processes.
 #
-# On a fresh Debian machine it installs what the tests need (fuse3, for fusermount3) when it
-# is absent; that needs root. The FUSE tests need /dev/fuse, and either root or
+# On a fresh Debian machine it installs what the tests need (fuse3, iproute2, util-linux, git,
+# sqlite3) when it is absent; that needs root. The relay test makes network namespaces, which
+# needs root too. The FUSE tests need /dev/fuse, and either root or
 # `user_allow_other` in /etc/fuse.conf (the agent mounts with auto_unmount, which needs
 # allow_other).
 #
@@ -55,13 +56,20 @@ step() {
 
 # ---- what the tests need ----
 
-if ! command -v fusermount3 >/dev/null; then
+# Each tool the tests run, and the Debian package it comes in: fusermount3 for the mounts'
+# auto-unmount, ip and nsenter for the relay test's network namespaces, git and sqlite3 for
+# the application tests.
+missing=()
+for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
-        die "fusermount3 is missing; install Debian's fuse3 package (as root: apt-get install fuse3)"
+        die "missing tools; install Debian's ${missing[*]} (as root: apt-get install ${missing[*]})"
     fi
-    say "installing fuse3 (for fusermount3)"
+    say "installing ${missing[*]}"
     apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fuse3
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
 if [[ ! -c /dev/fuse ]]; then

@@ -7,8 +7,8 @@ use meshfs::crypto::ticket::{KeySet, Signer};
 use meshfs::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER, ISSUER};
 use meshfs::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, BlockRef, ChangeBatch, Claims, Device,
-    DeviceAssertion, Entry, EntryKind, EntryList, EntryPut, FolderGrant, Jwks, LoginRequest,
-    LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right, TicketKind,
+    DeviceAssertion, Entry, EntryKind, EntryList, EntryPut, Folder, FolderGrant, FolderPatch, Jwks,
+    LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right, TicketKind,
     TicketResponse, Usage, now_secs,
 };
 use reqwest::header::{AUTHORIZATION, ETAG, IF_MATCH, IF_NONE_MATCH};
@@ -1224,4 +1224,51 @@ async fn a_device_records_its_own_peer_addresses_and_no_one_elses() {
         .unwrap();
     let one = devices.iter().find(|d| d.id == ann1.id).unwrap();
     assert_eq!(one.addrs, vec!["127.0.0.1:4000".to_string()]);
+}
+
+#[tokio::test]
+async fn only_the_owner_switches_a_folder_to_device_only_and_then_its_blocks_are_refused() {
+    let (env, _ann, g) = ann_with_folder().await;
+    let bob = env.login("bob").await;
+    cloud::share_folder(&env.data, &g.folder.id, "bob", Role::Writer)
+        .await
+        .unwrap();
+    let patch = |ticket: String| {
+        env.req(
+            Method::PATCH,
+            &format!("/folders/{}", g.folder.id),
+            Some(&ticket),
+        )
+        .json(&FolderPatch {
+            device_only: Some(true),
+        })
+        .send()
+    };
+    let bobs = env
+        .access(
+            &bob,
+            &format!("/folders/{}", g.folder.id),
+            &[Right::Read, Right::Write],
+        )
+        .await;
+    let bobs: TicketResponse = bobs.json().await.unwrap();
+    let res = patch(bobs.ticket).await.unwrap();
+    assert_eq!(api_error(res).await.0, StatusCode::FORBIDDEN);
+    let res = patch(g.ticket.ticket.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let f: Folder = res.json().await.unwrap();
+    assert!(f.device_only);
+    let data = b"after the switch";
+    let res = env
+        .put_block(
+            &g.ticket.ticket,
+            &g.folder.id,
+            &BlockHash::of(data).to_hex(),
+            data,
+        )
+        .await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::FORBIDDEN, "device_only".into())
+    );
 }

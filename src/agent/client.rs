@@ -5,8 +5,9 @@
 use crate::crypto::ticket::Signer;
 use crate::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, CloudInfo, Device,
-    DeviceAssertion, Entry, EntryList, EntryPut, FolderGrant, Jwks, LoginRequest, LoginResponse,
-    NewFolder, PeerRequest, Presence, RenewRequest, Right, TicketResponse, Usage, now_secs,
+    DeviceAssertion, Entry, EntryList, EntryPut, Folder, FolderGrant, FolderPatch, Jwks,
+    LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right,
+    TicketResponse, Usage, now_secs,
 };
 use bytes::Bytes;
 use lru::LruCache;
@@ -326,6 +327,18 @@ impl CloudClient {
             .authed(None, Method::POST, "/folders", |r| r.json(&body))
             .await?;
         json("/folders", resp).await
+    }
+
+    /// Switches a folder between cloud-synced and device-only.
+    pub async fn set_device_only(&self, folder: &str, on: bool) -> Result<Folder, ClientError> {
+        let path = format!("/folders/{folder}");
+        let body = FolderPatch {
+            device_only: Some(on),
+        };
+        let resp = self
+            .authed(Some(folder), Method::PATCH, &path, |r| r.json(&body))
+            .await?;
+        json(&path, resp).await
     }
 
     pub async fn devices(&self) -> Result<Vec<Device>, ClientError> {

@@ -147,14 +147,21 @@ pub fn apply_entry(
     Ok(true)
 }
 
-/// Makes sure a folder has its root node under the mount root; returns what the cache knows.
+/// Makes sure a folder has its root node under the mount root, with the cloud's current
+/// content setting; returns what the cache knows.
 pub fn ensure_folder(
     cache: &Cache,
     id: &str,
     name: &str,
     device_only: bool,
 ) -> Result<FolderInfo, CacheError> {
-    if let Some(f) = cache.folder(id)? {
+    if let Some(mut f) = cache.folder(id)? {
+        if f.device_only != device_only {
+            f.device_only = device_only;
+            let mut txn = Txn::default();
+            txn.put_folder(&f);
+            cache.apply(txn)?;
+        }
         return Ok(f);
     }
     let ino = cache.next_id()?;
@@ -193,11 +200,9 @@ pub async fn run(
         match client.folders().await {
             Ok(grants) => {
                 for g in grants {
-                    if following.contains(&g.folder.id) {
-                        continue;
-                    }
                     match ensure_folder(&cache, &g.folder.id, &g.folder.name, g.folder.device_only)
                     {
+                        Ok(info) if following.contains(&info.id) => {}
                         Ok(info) => {
                             inv.entry(ROOT, &info.name);
                             following.insert(info.id.clone());

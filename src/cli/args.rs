@@ -188,6 +188,18 @@ pub enum FolderCommand {
         #[command(flatten)]
         home: HomeArg,
     },
+    /// Switch a folder you own between cloud-synced and device-only; versions written from
+    /// then on follow the new setting.
+    Content {
+        /// The folder's name or id.
+        folder: String,
+        /// `device-only`: content never goes to the cloud; `cloud`: it does, while the
+        /// quota lasts.
+        #[arg(value_parser = ["device-only", "cloud"])]
+        mode: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
     /// Unmap a folder from this device.
     Unmap {
         /// The folder's name or id.

@@ -1,7 +1,9 @@
-//! `meshfs folder create|list|map|unmap`.
+//! `meshfs folder create|list|map|unmap|content`.
 
+use crate::agent::client::CloudClient;
 use crate::agent::mount::connect;
 use crate::cli::args::{FolderCommand, HomeArg};
+use crate::proto::FolderGrant;
 use crate::proto::Right;
 use anyhow::Context;
 
@@ -53,21 +55,39 @@ pub async fn run(cmd: FolderCommand) -> anyhow::Result<()> {
         }
         FolderCommand::Map { folder, home } => set_mapped(&folder, home, true).await?,
         FolderCommand::Unmap { folder, home } => set_mapped(&folder, home, false).await?,
+        FolderCommand::Content { folder, mode, home } => {
+            let client = connect(&home.resolve()?)?;
+            let id = find(&client, &folder).await?.folder.id;
+            let f = client
+                .set_device_only(&id, mode == "device-only")
+                .await
+                .with_context(|| format!("changing the content setting of {folder}"))?;
+            let now = if f.device_only {
+                "device-only: new versions stay on your devices"
+            } else {
+                "cloud-synced: new versions go to the cloud while the quota lasts"
+            };
+            println!("{} is {now}", f.name);
+        }
     }
     Ok(())
+}
+
+/// The folder named `folder` (or with that id) among those the user can see.
+async fn find(client: &CloudClient, folder: &str) -> anyhow::Result<FolderGrant> {
+    let mut grants = client.folders().await.context("listing folders")?;
+    let found = grants
+        .iter()
+        .position(|g| g.folder.id == folder)
+        .or_else(|| grants.iter().position(|g| g.folder.name == folder))
+        .with_context(|| format!("no folder {folder:?}: `meshfs folder list` shows yours"))?;
+    Ok(grants.swap_remove(found))
 }
 
 /// Maps or unmaps the folder named (or with the id) `folder` on this device.
 async fn set_mapped(folder: &str, home: HomeArg, on: bool) -> anyhow::Result<()> {
     let client = connect(&home.resolve()?)?;
-    let grants = client.folders().await.context("listing folders")?;
-    let found = grants
-        .iter()
-        .find(|g| g.folder.id == folder)
-        .or_else(|| grants.iter().find(|g| g.folder.name == folder))
-        .with_context(|| {
-            format!("no folder {folder:?}: `meshfs folder list` shows the folders you can map")
-        })?;
+    let found = find(&client, folder).await?;
     let device = client.device_id().to_string();
     client
         .set_mapped(&device, &found.folder.id, on)

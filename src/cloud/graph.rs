@@ -8,7 +8,7 @@ use super::error::AppError;
 use super::store::Change;
 use crate::proto::{
     BLOCK_SIZE, BlockHash, ChangeBatch, Entry, EntryKind, EntryList, EntryPut, Folder, FolderGrant,
-    NewFolder, Right, now_ms,
+    FolderPatch, NewFolder, Right, now_ms,
 };
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -206,6 +206,26 @@ pub async fn get_folder(
     Ok(Json(
         folder_for(&state, &caller, &folder, &path, Right::Read).await?,
     ))
+}
+
+/// `PATCH /folders/{folder}`: switches the folder between cloud-synced and device-only
+/// (owner only). Versions written from then on follow the new setting; blocks already in
+/// the cloud stay there.
+pub async fn patch_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+    body: Result<Json<FolderPatch>, JsonRejection>,
+) -> Result<Json<Folder>, AppError> {
+    let path = format!("/folders/{folder}");
+    let mut folder = folder_for(&state, &caller, &folder, &path, Right::Admin).await?;
+    let Json(patch) = body?;
+    if let Some(device_only) = patch.device_only {
+        state.store.set_device_only(&folder.id, device_only).await?;
+        folder.device_only = device_only;
+        tracing::info!(folder = %folder.id, device_only, "folder content setting changed");
+    }
+    Ok(Json(folder))
 }
 
 /// `GET /folders/{folder}/entries`: the live entries and the feed position they reflect.

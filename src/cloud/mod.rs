@@ -220,7 +220,10 @@ pub fn app(state: AppState) -> Router {
         .route("/users/{user}/folders", get(account::folders))
         .route("/users/{user}/usage", get(account::usage))
         .route("/folders", post(graph::create_folder))
-        .route("/folders/{folder}", get(graph::get_folder))
+        .route(
+            "/folders/{folder}",
+            get(graph::get_folder).patch(graph::patch_folder),
+        )
         .route("/folders/{folder}/entries", get(graph::list_entries))
         .route(
             "/folders/{folder}/entries/{entry}",

@@ -460,6 +460,15 @@ impl Store {
 
     // ---- folders and members ----
 
+    pub async fn set_device_only(&self, folder: &str, on: bool) -> Result<(), StoreError> {
+        sqlx::query("UPDATE folders SET device_only = ? WHERE id = ?")
+            .bind(i64::from(on))
+            .bind(folder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Adds a folder; false if its owner already has a folder of that name.
     pub async fn insert_folder(&self, f: &Folder) -> Result<bool, StoreError> {
         let res = sqlx::query(

@@ -17,6 +17,7 @@
 //! GET    /users/{user}/usage                  Usage
 //! POST   /folders                             NewFolder -> FolderGrant
 //! GET    /folders/{folder}                    Folder
+//! PATCH  /folders/{folder}                    FolderPatch -> Folder (owner)
 //! GET    /folders/{folder}/entries            EntryList (live entries and the feed cursor)
 //! GET    /folders/{folder}/entries/{entry}    Entry, ETag
 //! PUT    /folders/{folder}/entries/{entry}    EntryPut -> Entry  (If-Match: version | If-None-Match: *)
@@ -191,6 +192,13 @@ pub struct NewFolder {
     pub name: String,
     #[serde(default)]
     pub device_only: bool,
+}
+
+/// A change to a folder's settings; absent fields stay as they are.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FolderPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_only: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
