@@ -358,3 +358,112 @@ fn through_the_relay_when_b_has_no_route_to_a_and_the_relay_sees_only_ciphertext
     );
     drop((ma, mb));
 }
+
+/// What a device needs to open a channel by hand: its cloud client, key and ticket check.
+struct Hand {
+    client: meshfs::agent::client::CloudClient,
+    id: String,
+    key: std::sync::Arc<rsa::PrivateKey>,
+}
+
+impl Hand {
+    fn of(dev: &Device) -> Self {
+        let home = meshfs::agent::home::Home::new(&dev.home);
+        let client = meshfs::agent::mount::connect(&home).expect("client");
+        let key = meshfs::crypto::keys::load_private(&home.key()).expect("key");
+        Hand {
+            id: client.device_id().to_string(),
+            client,
+            key: std::sync::Arc::new(key),
+        }
+    }
+
+    /// Opens a channel to `to` at `addr` showing `ticket`.
+    async fn connect(
+        &self,
+        addr: &str,
+        to: &str,
+        ticket: String,
+    ) -> Result<(), meshfs::crypto::channel::ChannelError> {
+        let (_, jwks) = self.client.cloud_info().await.expect("jwks");
+        let keys = meshfs::crypto::ticket::KeySet::from_jwks(&jwks).expect("keys");
+        let check =
+            meshfs::crypto::channel::TicketCheck::new(keys, &self.id, &self.key.to_public_key())
+                .expect("check");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let me = meshfs::crypto::channel::LocalPeer {
+            device: self.id.clone(),
+            key: std::sync::Arc::clone(&self.key),
+            ticket,
+        };
+        meshfs::agent::peer::channel::connect(tcp, me, to, std::sync::Arc::new(check))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A's peer listener, as A reported it to the cloud.
+async fn listener_of(hand: &Hand, device: &str) -> String {
+    for _ in 0..100 {
+        let devices = hand.client.devices().await.expect("devices");
+        if let Some(addr) = devices
+            .iter()
+            .find(|d| d.id == device)
+            .and_then(|d| d.addrs.first())
+        {
+            return addr.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("device {device} reported no address");
+}
+
+/// Through A's real listener: another user's device gets no peer ticket naming A, and its
+/// own valid ticket (for its own pair) is refused; a device of A's user connects, but once
+/// revoked it is refused at once, with the very ticket that worked a moment before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_device_and_a_revoked_device_are_refused_a_channel() {
+    let mesh = Mesh::new();
+    mesh.cloud.add_user("bob");
+    let bob1 = Device::login(&mesh.cloud, "bob", "bob-laptop");
+    let bob2 = Device::login(&mesh.cloud, "bob", "bob-phone");
+    let ann3 = Device::login(&mesh.cloud, "ann", "tablet");
+    let a_id = mesh.a.device_id();
+
+    let bob = Hand::of(&bob1);
+    let err = bob
+        .client
+        .peer_ticket(&a_id, None)
+        .await
+        .expect_err("no ticket");
+    assert_eq!(err.status(), Some(403), "{err}");
+    let bobs_own = bob
+        .client
+        .peer_ticket(&bob2.device_id(), None)
+        .await
+        .expect("bob's ticket for his own pair");
+    let ann = Hand::of(&ann3);
+    let addr = listener_of(&ann, &a_id).await;
+    let refused = bob.connect(&addr, &a_id, bobs_own).await;
+    assert!(refused.is_err(), "A accepted bob's ticket for another pair");
+
+    let ticket = ann.client.peer_ticket(&a_id, None).await.expect("ticket");
+    ann.connect(&addr, &a_id, ticket.clone())
+        .await
+        .expect("a device of A's user connects");
+    let out = mesh.a.cli(&["device", "revoke", &ann3.device_id()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A re-reads its peer list when it is over 3 s old, before it answers a handshake.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let refused = ann.connect(&addr, &a_id, ticket).await;
+    assert!(refused.is_err(), "A accepted a revoked device");
+    assert!(
+        mesh.ma.log_text().contains("revoked"),
+        "A says why: {}",
+        mesh.ma.log_text()
+    );
+}

@@ -211,6 +211,13 @@ impl PeerNet {
         self.list_peers().await
     }
 
+    fn list_is_stale(&self) -> bool {
+        self.listed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() > RELIST_AFTER)
+    }
+
     /// Reads the user's devices from the cloud: the peers, and those revoked.
     async fn list_peers(&self) -> Result<(), crate::agent::client::ClientError> {
         let me = self.device().to_string();
@@ -276,10 +283,16 @@ impl PeerNet {
     }
 
     /// The responder's handshake on an incoming stream.
+    /// A device revoked since the peer list was read is refused at once: a list some
+    /// seconds old is read again first (at most one cloud request per few seconds, however
+    /// many connections arrive; offline, the list on hand decides).
     pub(super) async fn accept(
         self: &Arc<Self>,
         io: BoxIo,
     ) -> Result<Channel<BoxIo>, ChannelError> {
+        if self.list_is_stale() {
+            let _ = self.list_peers().await;
+        }
         let check = self.check()?;
         let client = Arc::clone(&self.client);
         let ticket_for = move |peer: PeerInfo| async move {
