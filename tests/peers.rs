@@ -467,3 +467,113 @@ async fn another_users_device_and_a_revoked_device_are_refused_a_channel() {
         mesh.ma.log_text()
     );
 }
+
+/// A peer of ann's that answers every block request with bytes of the right length and the
+/// wrong content: B rejects the block (hash check), bans the peer and reads the right bytes
+/// from the cloud; the liar is not asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from_the_cloud() {
+    use meshfs::agent::peer::wire::{self, Message, Status};
+    let cloud = Cloud::start_with(&["--no-relay"]);
+    cloud.add_user("ann");
+    let a = Device::login(&cloud, "ann", "laptop");
+    let b = Device::login(&cloud, "ann", "desktop");
+    let liar_dev = Device::login(&cloud, "ann", "liar");
+    a.create_folder("Docs");
+    let ma = a.mount_with(&["--no-peers"]);
+    let data = pseudo_random(4 * MIB, 9);
+    assert!(eventually(Duration::from_secs(20), || ma
+        .join("Docs")
+        .is_dir()));
+    std::fs::write(ma.join("Docs/f.bin"), &data).expect("write on A");
+    assert!(a.uploaded());
+
+    // The liar: a real channel (its ticket is valid), false blocks.
+    let liar = Arc::new(Hand::of(&liar_dev));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    liar.client
+        .set_presence(vec![addr])
+        .await
+        .expect("presence");
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (serving, counted) = (Arc::clone(&liar), Arc::clone(&asked));
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (liar, asked) = (Arc::clone(&serving), Arc::clone(&counted));
+            tokio::spawn(async move {
+                let (_, jwks) = liar.client.cloud_info().await.expect("jwks");
+                let keys = meshfs::crypto::ticket::KeySet::from_jwks(&jwks).unwrap();
+                let check = meshfs::crypto::channel::TicketCheck::new(
+                    keys,
+                    &liar.id,
+                    &liar.key.to_public_key(),
+                )
+                .unwrap();
+                let client = &liar.client;
+                let ticket_for = |peer: meshfs::crypto::channel::PeerInfo| async move {
+                    client.peer_ticket(&peer.device, None).await
+                };
+                let Ok(ch) = meshfs::agent::peer::channel::accept(
+                    tcp,
+                    &liar.id,
+                    Arc::clone(&liar.key),
+                    ticket_for,
+                    Arc::new(check),
+                )
+                .await
+                else {
+                    return;
+                };
+                let (mut rd, mut wr) = ch.into_split();
+                while let Ok(Some(frame)) = rd.recv().await {
+                    let Ok(Message::Request { id, .. }) = wire::parse(&frame) else {
+                        return;
+                    };
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let mut answer = wire::answer_header(id, Status::Found).to_vec();
+                    answer.extend(std::iter::repeat_n(0x5a, MIB));
+                    if wr.send(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+
+    let mb = b.mount();
+    let on_b = mb.join("Docs/f.bin");
+    assert!(appears(&on_b, data.len() as u64));
+    let got = tokio::task::spawn_blocking(move || std::fs::read(on_b))
+        .await
+        .unwrap()
+        .expect("B's read completes");
+    assert!(got == data, "B never takes the liar's bytes");
+    assert!(asked.load(Ordering::SeqCst) >= 1, "B asked the liar first");
+    assert!(
+        eventually(Duration::from_secs(5), || counters(&b).blocks_rejected >= 1),
+        "B rejected the wrong block: {:?}",
+        counters(&b)
+    );
+    let asked_before = asked.load(Ordering::SeqCst);
+    let more = pseudo_random(2 * MIB, 10);
+    std::fs::write(ma.join("Docs/g.bin"), &more).expect("write on A");
+    assert!(a.uploaded());
+    let on_b = mb.join("Docs/g.bin");
+    assert!(appears(&on_b, more.len() as u64));
+    let got = tokio::task::spawn_blocking(move || std::fs::read(on_b))
+        .await
+        .unwrap()
+        .expect("read");
+    assert!(got == more);
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        asked_before,
+        "a banned peer is not asked again"
+    );
+    server.abort();
+    drop((ma, mb));
+}
