@@ -17,10 +17,13 @@
 //! fsynced and renamed, so a block file is either whole or absent.
 
 use crate::proto::{BlockHash, BlockRef, EntryKind};
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The mount root's inode.
 pub const ROOT: u64 = 1;
@@ -187,6 +190,8 @@ fn u64_of(v: &[u8]) -> Option<u64> {
 #[derive(Default)]
 pub struct Txn {
     batch: sled::Batch,
+    /// The nodes the batch writes or removes, to drop from the decoded-node cache.
+    nodes: Vec<u64>,
 }
 
 impl Txn {
@@ -194,9 +199,11 @@ impl Txn {
         // A Node of plain fields always serializes.
         let v = serde_json::to_vec(node).unwrap_or_default();
         self.batch.insert(node_key(node.ino), v);
+        self.nodes.push(node.ino);
     }
     pub fn remove_node(&mut self, ino: u64) {
         self.batch.remove(node_key(ino));
+        self.nodes.push(ino);
     }
     pub fn link(&mut self, parent: u64, name: &str, ino: u64) {
         self.batch
@@ -231,12 +238,19 @@ impl Txn {
     }
 }
 
+/// Decoded nodes kept in memory: a big file's node holds its whole manifest, and decoding
+/// it on every `read` would cost more than the read.
+const DECODED_NODES: usize = 256;
+
 /// The metadata store and the block store of one device.
 pub struct Cache {
     db: sled::Db,
     tree: sled::Tree,
     blocks: PathBuf,
     staging: PathBuf,
+    /// Nodes as last read from or written to `tree`. Its lock is held across a miss's read
+    /// of the tree and across every [`Cache::apply`], so it never keeps a stale node.
+    decoded: Mutex<LruCache<u64, Node>>,
 }
 
 impl Cache {
@@ -257,6 +271,9 @@ impl Cache {
             tree,
             blocks,
             staging,
+            decoded: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DECODED_NODES).unwrap_or(NonZeroUsize::MIN),
+            )),
         };
         if cache.node(ROOT)?.is_none() {
             let mut t = Txn::default();
@@ -283,6 +300,10 @@ impl Cache {
     }
 
     pub fn apply(&self, txn: Txn) -> Result<(), CacheError> {
+        let mut decoded = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
+        for ino in &txn.nodes {
+            decoded.pop(ino);
+        }
         self.tree.apply_batch(txn.batch)?;
         Ok(())
     }
@@ -300,8 +321,16 @@ impl Cache {
     }
 
     pub fn node(&self, ino: u64) -> Result<Option<Node>, CacheError> {
+        let mut decoded = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = decoded.get(&ino) {
+            return Ok(Some(n.clone()));
+        }
         match self.tree.get(node_key(ino))? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => {
+                let n: Node = serde_json::from_slice(&v)?;
+                decoded.put(ino, n.clone());
+                Ok(Some(n))
+            }
             None => Ok(None),
         }
     }
@@ -444,6 +473,26 @@ impl Cache {
             done += n;
         }
         Ok(done)
+    }
+
+    /// Appends the stored block to `out` as it is on disk, without checking its hash (for
+    /// sending it to a peer, which checks every block it gets); false if it is not here.
+    pub fn append_block(&self, hash: &BlockHash, out: &mut Vec<u8>) -> Result<bool, CacheError> {
+        use std::io::Read;
+        let path = self.block_path(hash);
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        let len = f.metadata().map_err(io)?.len();
+        out.reserve(usize::try_from(len).unwrap_or(0));
+        f.read_to_end(out).map_err(io)?;
+        Ok(true)
     }
 
     /// The whole stored block, checked again against its hash (a block file damaged on disk

@@ -98,11 +98,12 @@ async fn answer(net: &PeerNet, scope: Option<&str>, id: u32, want: &Want) -> Vec
     let cache = Arc::clone(&net.cache);
     let hash = want.hash;
     let block = tokio::task::spawn_blocking(move || {
-        let data = cache.load_block(&hash).ok().flatten()?;
-        let mut frame = Vec::with_capacity(wire::ANSWER_HEADER + data.len());
-        frame.extend_from_slice(&wire::answer_header(id, Status::Found));
-        frame.extend_from_slice(&data);
-        Some(frame)
+        let mut frame = wire::answer_header(id, Status::Found).to_vec();
+        cache
+            .append_block(&hash, &mut frame)
+            .ok()
+            .filter(|&found| found)
+            .map(|_| frame)
     })
     .await
     .ok()
