@@ -168,7 +168,7 @@ fn random_operation_sequences_match_a_native_directory_and_reach_the_other_devic
     let cases = std::env::var("MESHFS_MODEL_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(64);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,

@@ -248,6 +248,11 @@ pub struct Cache {
     tree: sled::Tree,
     blocks: PathBuf,
     staging: PathBuf,
+    /// Held across every read-modify-write of nodes and links, by whoever does it: the
+    /// filesystem's operations, the uploader's bookkeeping and the feed's applying. Without
+    /// it, one of them could write back a node it read before another changed it, and the
+    /// other's change (a new version's manifest, say) would be lost.
+    meta: Mutex<()>,
     /// Nodes as last read from or written to `tree`. Its lock is held across a miss's read
     /// of the tree and across every [`Cache::apply`], so it never keeps a stale node.
     decoded: Mutex<LruCache<u64, Node>>,
@@ -271,6 +276,7 @@ impl Cache {
             tree,
             blocks,
             staging,
+            meta: Mutex::new(()),
             decoded: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DECODED_NODES).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -297,6 +303,12 @@ impl Cache {
         }
         self.apply(txn)?;
         Ok(n)
+    }
+
+    /// The lock for a read-modify-write of nodes (see the `meta` field). Not reentrant:
+    /// take it once per change, and never across an `.await`.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn apply(&self, txn: Txn) -> Result<(), CacheError> {

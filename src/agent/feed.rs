@@ -60,13 +60,16 @@ fn ino_for(cache: &Cache, txn: &mut Txn, folder: &str, entry: &str) -> Result<u6
     Ok(ino)
 }
 
-/// Applies one entry of `folder` to the cache. Returns whether anything changed.
+/// Applies one entry of `folder` to the cache, under the cache's lock (so a local change
+/// made meanwhile is seen, and wins while it waits to upload). Returns whether anything
+/// changed.
 pub fn apply_entry(
     cache: &Cache,
     inv: &dyn Invalidator,
     folder: &FolderInfo,
     e: &Entry,
 ) -> Result<bool, CacheError> {
+    let _g = cache.lock();
     let existing = match cache.ino_of_entry(&folder.id, &e.id)? {
         Some(ino) => cache.node(ino)?.map(|n| (ino, n)),
         None => None,
@@ -155,6 +158,7 @@ pub fn ensure_folder(
     name: &str,
     device_only: bool,
 ) -> Result<FolderInfo, CacheError> {
+    let _g = cache.lock();
     if let Some(mut f) = cache.folder(id)? {
         if f.device_only != device_only {
             f.device_only = device_only;

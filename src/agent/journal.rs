@@ -138,6 +138,7 @@ impl Uploader {
 
     /// Drops the record and the node's pending count in one batch.
     fn finish(&self, seq: u64, ino: u64) -> Result<(), CacheError> {
+        let _g = self.cache.lock();
         let mut txn = Txn::default();
         txn.unjournal(seq);
         if let Some(mut n) = self.cache.node(ino)? {
@@ -252,6 +253,7 @@ impl Uploader {
 
     /// Records the version the cloud gave our write.
     fn agreed(&self, ino: u64, e: &Entry) -> Result<(), CacheError> {
+        let _g = self.cache.lock();
         if let Some(mut n) = self.cache.node(ino)? {
             n.version = n.version.max(e.version);
             let mut txn = Txn::default();
@@ -304,6 +306,7 @@ impl Uploader {
     /// of overwriting. With `rename = (from, to)`, the waiting records that carry the name
     /// `from` say `to` instead, and so does the node if it still holds `from` here.
     fn reenter(&self, ino: u64, rename: Option<(&str, String)>) -> Result<(), CacheError> {
+        let g = self.cache.lock();
         let Some(mut n) = self.cache.node(ino)? else {
             return Ok(());
         };
@@ -335,6 +338,7 @@ impl Uploader {
         n.version = 0;
         txn.put_node(&n);
         self.cache.apply(txn)?;
+        drop(g);
         if let Some(old_name) = renamed {
             self.inv.entry(n.parent, &old_name);
             self.inv.entry(n.parent, &n.name);

@@ -96,8 +96,6 @@ pub struct Fs {
     fetcher: Arc<Fetcher>,
     journal: Arc<Journal>,
     counters: Arc<Counters>,
-    /// Serializes read-modify-write of nodes and links.
-    meta: Mutex<()>,
     handles: Mutex<HashMap<u64, Handle>>,
     /// How many times the kernel was told of each inode and not yet told to forget it: an
     /// unlinked node stays until the kernel lets go, since it may still open it.
@@ -128,7 +126,6 @@ impl Fs {
             fetcher,
             journal,
             counters,
-            meta: Mutex::new(()),
             handles: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -138,7 +135,7 @@ impl Fs {
     }
 
     fn lock_meta(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+        self.cache.lock()
     }
 
     fn node(&self, ino: u64) -> Result<Node, FsError> {
