@@ -219,7 +219,9 @@ done
 "$BIN" folder create Bench --home "$HOME_A" >>"$LOGS/cli.log" 2>&1 || die "folder create failed"
 
 start_agent() { # start_agent NAME HOME MOUNTPOINT
-    "$BIN" mount "$3" --home "$2" </dev/null >/dev/null 2>"$LOGS/agent-$1.log" &
+    # --no-peers: B's first reads are fetches from the cloud, as the table says (device to
+    # device transfers are scripts/bench-peers.sh's).
+    "$BIN" mount "$3" --home "$2" --no-peers </dev/null >/dev/null 2>"$LOGS/agent-$1.log" &
     local pid=$!
     AGENT_PIDS+=("$pid")
     MOUNTS+=("$3")
