@@ -577,3 +577,53 @@ async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from
     server.abort();
     drop((ma, mb));
 }
+
+/// Two users share a device-only folder that both mapped: bob's device reads ann's file
+/// from ann's device, over a channel whose tickets name the folder.
+#[test]
+fn another_users_device_reads_a_shared_device_only_folder_from_the_owners_device() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    cloud.add_user("bob");
+    let a = Device::login(&cloud, "ann", "laptop");
+    let b = Device::login(&cloud, "bob", "desktop");
+    let out = a.cli(&["folder", "create", "Shared", "--device-only"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = folder_id(&a, "Shared");
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(meshfs::cloud::share_folder(
+            &cloud.data,
+            &id,
+            "bob",
+            meshfs::cloud::Role::Writer,
+        ))
+        .expect("share");
+    for dev in [&a, &b] {
+        let out = dev.cli(&["folder", "map", "Shared"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ma = a.mount();
+    let mb = b.mount();
+    assert!(eventually(Duration::from_secs(20), || ma
+        .join("Shared")
+        .is_dir()
+        && mb.join("Shared").is_dir()));
+    let data = pseudo_random(16 * MIB, 77);
+    std::fs::write(ma.join("Shared/plan.bin"), &data).expect("write on A");
+    assert!(a.uploaded());
+    let on_b = mb.join("Shared/plan.bin");
+    assert!(appears(&on_b, data.len() as u64));
+    assert!(std::fs::read(&on_b).expect("bob reads") == data);
+    assert!(eventually(Duration::from_secs(5), || counters(&b)
+        .blocks_from_peers
+        >= 16));
+}

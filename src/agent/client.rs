@@ -377,6 +377,13 @@ impl CloudClient {
         Ok(token)
     }
 
+    /// The devices, of any member, that have `folder` mapped.
+    pub async fn folder_devices(&self, folder: &str) -> Result<Vec<Device>, ClientError> {
+        let path = format!("/folders/{folder}/devices");
+        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+
     /// Tells the cloud where this device's peer listener is reached.
     pub async fn set_presence(&self, addrs: Vec<String>) -> Result<Device, ClientError> {
         let path = format!("/users/{}/devices/{}/presence", self.user, self.device_id);

@@ -225,6 +225,7 @@ pub fn app(state: AppState) -> Router {
             get(graph::get_folder).patch(graph::patch_folder),
         )
         .route("/folders/{folder}/entries", get(graph::list_entries))
+        .route("/folders/{folder}/devices", get(peers::folder_devices))
         .route(
             "/folders/{folder}/entries/{entry}",
             get(graph::get_entry)

@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::account::{new_claims, sign_one};
-use super::auth::{Caller, require_identity, require_user};
+use super::auth::{Caller, require, require_identity, require_user};
 use super::error::AppError;
 use crate::crypto::keys;
 use crate::proto::claims::{AUDIENCE_PEER, PeerDevice, PeerGrant};
@@ -103,6 +103,17 @@ async fn set_mapped(
     }
     state.store.set_mapped(device, folder, on).await?;
     device_node(state, device).await
+}
+
+/// `GET /folders/{folder}/devices`: the devices, of any member, that have the folder
+/// mapped — where a member's device may ask for the folder's content.
+pub async fn folder_devices(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+) -> Result<Json<Vec<Device>>, AppError> {
+    require(&caller, &format!("/folders/{folder}"), Right::Read)?;
+    Ok(Json(state.store.devices_mapping(&folder).await?))
 }
 
 /// `POST /tickets/peer`: a ticket naming the caller's device and `device`, with both keys.

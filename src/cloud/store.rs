@@ -437,6 +437,25 @@ impl Store {
         Ok(())
     }
 
+    /// The live devices that have `folder` mapped, each with its mapped folders.
+    pub async fn devices_mapping(&self, folder: &str) -> Result<Vec<Device>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.* FROM devices d JOIN mapped m ON m.device = d.id
+             WHERE m.folder = ? AND d.revoked = 0 ORDER BY d.created_ms, d.id",
+        )
+        .bind(folder)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut devices = rows
+            .iter()
+            .map(device_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        for d in &mut devices {
+            d.folders = self.mapped_folders(&d.id).await?;
+        }
+        Ok(devices)
+    }
+
     /// Whether both devices have `folder` mapped.
     pub async fn both_mapped(&self, a: &str, b: &str, folder: &str) -> Result<bool, StoreError> {
         let row =

@@ -19,6 +19,7 @@
 //! GET    /folders/{folder}                    Folder
 //! PATCH  /folders/{folder}                    FolderPatch -> Folder (owner)
 //! GET    /folders/{folder}/entries            EntryList (live entries and the feed cursor)
+//! GET    /folders/{folder}/devices            [Device] (devices of any member that mapped it)
 //! GET    /folders/{folder}/entries/{entry}    Entry, ETag
 //! PUT    /folders/{folder}/entries/{entry}    EntryPut -> Entry  (If-Match: version | If-None-Match: *)
 //! DELETE /folders/{folder}/entries/{entry}    Entry tombstone     (If-Match: version)

@@ -67,6 +67,17 @@ pub enum PeerError {
 /// A link being made or made, one per peer and path.
 type LinkSlot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
 
+/// A device to ask, and the folder its ticket is limited to: `None` for the user's own
+/// devices, the folder for another user's device that shares it.
+#[derive(Clone)]
+struct Candidate {
+    dev: Device,
+    scope: Option<String>,
+}
+
+/// A link's key: the peer, whether through the relay, and the scope of its ticket.
+type LinkKey = (String, bool, Option<String>);
+
 pub struct PeerNet {
     pub(super) cache: Arc<Cache>,
     pub(super) counters: Arc<Counters>,
@@ -79,11 +90,13 @@ pub struct PeerNet {
     /// still in its time window.
     revoked: Arc<RwLock<HashSet<String>>>,
     relay_addr: RwLock<Option<String>>,
-    links: Mutex<HashMap<(String, bool), LinkSlot>>,
+    links: Mutex<HashMap<LinkKey, LinkSlot>>,
     banned: Mutex<HashMap<String, Instant>>,
     /// Paths (peer, relayed) that just failed to connect: not tried again for a while, so
     /// a peer with no route costs one attempt, not one per block.
-    failed: Mutex<HashMap<(String, bool), Instant>>,
+    failed: Mutex<HashMap<LinkKey, Instant>>,
+    /// Other users' devices that mapped a folder, by folder, with when they were listed.
+    folder_peers: Mutex<HashMap<String, (Instant, Vec<Device>)>>,
     /// When the peer list was last read from the cloud.
     listed_at: Mutex<Option<Instant>>,
     served_by: Mutex<LruCache<BlockHash, String>>,
@@ -111,6 +124,7 @@ impl PeerNet {
             links: Mutex::new(HashMap::new()),
             banned: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            folder_peers: Mutex::new(HashMap::new()),
             listed_at: Mutex::new(None),
             served_by: Mutex::new(LruCache::new(
                 NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
@@ -303,28 +317,29 @@ impl PeerNet {
         channel::accept(io, self.device(), Arc::clone(&self.key), ticket_for, check).await
     }
 
-    /// The initiator's handshake with `device` on `io`.
-    pub(super) async fn handshake(
+    /// The initiator's handshake with `device` on `io`, with a ticket limited to `scope`.
+    async fn handshake(
         &self,
         io: BoxIo,
         device: &str,
+        scope: Option<&str>,
     ) -> Result<Channel<BoxIo>, ChannelError> {
         let check = self.check()?;
-        let me = self.local_peer(device, None).await?;
+        let me = self.local_peer(device, scope).await?;
         channel::connect(io, me, device, check).await
     }
 
-    /// A live link to `dev`, made if needed (one attempt at a time per peer and path).
-    async fn link(&self, dev: &Device, relayed: bool) -> Result<Arc<Link>, String> {
+    /// A live link to a candidate, made if needed (one attempt at a time per key).
+    async fn link(&self, c: &Candidate, relayed: bool) -> Result<Arc<Link>, String> {
+        let key: LinkKey = (c.dev.id.clone(), relayed, c.scope.clone());
         let slot = {
             let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(links.entry((dev.id.clone(), relayed)).or_default())
+            Arc::clone(links.entry(key.clone()).or_default())
         };
         let mut slot = slot.lock().await;
         if let Some(link) = slot.as_ref().filter(|l| l.is_alive()) {
             return Ok(Arc::clone(link));
         }
-        let key = (dev.id.clone(), relayed);
         if let Some(at) = self
             .failed
             .lock()
@@ -334,7 +349,7 @@ impl PeerNet {
         {
             return Err("failed moments ago".into());
         }
-        match self.open_link(dev, relayed).await {
+        match self.open_link(c, relayed).await {
             Ok(link) => {
                 *slot = Some(Arc::clone(&link));
                 Ok(link)
@@ -349,16 +364,17 @@ impl PeerNet {
         }
     }
 
-    async fn open_link(&self, dev: &Device, relayed: bool) -> Result<Arc<Link>, String> {
+    async fn open_link(&self, c: &Candidate, relayed: bool) -> Result<Arc<Link>, String> {
+        let (id, scope) = (c.dev.id.as_str(), c.scope.as_deref());
         let io = if relayed {
-            relay::dial(self, &dev.id)
+            relay::dial(self, id, scope)
                 .await
                 .map_err(|e| e.to_string())?
         } else {
-            self.dial_direct(dev).await?
+            self.dial_direct(&c.dev).await?
         };
         let channel = self
-            .handshake(io, &dev.id)
+            .handshake(io, id, scope)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Link::new(channel, relayed))
@@ -385,49 +401,91 @@ impl PeerNet {
         banned.contains_key(device)
     }
 
-    /// The peers to ask, those with a live link first.
-    fn candidates(&self) -> Vec<Device> {
-        let mut peers: Vec<Device> = self
+    /// Other users' devices that mapped `folder`, when this device mapped it too (else
+    /// the cloud would sign no ticket for the pair); listed again every 30 s.
+    async fn sharing(&self, folder: &str) -> Vec<Device> {
+        let known = self
+            .folder_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(folder)
+            .filter(|(at, _)| at.elapsed() < REFRESH_EVERY)
+            .map(|(_, list)| list.clone());
+        if let Some(list) = known {
+            return list;
+        }
+        let me = self.device().to_string();
+        let list = match self.client.folder_devices(folder).await {
+            Ok(all) if all.iter().any(|d| d.id == me) => all
+                .into_iter()
+                .filter(|d| d.user != self.client.user())
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                tracing::debug!(%folder, error = %e, "listing the folder's devices");
+                Vec::new()
+            }
+        };
+        self.folder_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(folder.to_string(), (Instant::now(), list.clone()));
+        list
+    }
+
+    /// The devices to ask for a block of `folder`: the user's own, then other users'
+    /// devices sharing the folder; those with a live direct link first.
+    async fn candidates(&self, folder: &str) -> Vec<Candidate> {
+        let own: Vec<Candidate> = self
             .peers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|d| !self.is_banned(&d.id))
-            .cloned()
+            .map(|d| Candidate {
+                dev: d.clone(),
+                scope: None,
+            })
+            .collect();
+        let shared = self.sharing(folder).await.into_iter().map(|d| Candidate {
+            dev: d,
+            scope: Some(folder.to_string()),
+        });
+        let mut all: Vec<Candidate> = own
+            .into_iter()
+            .chain(shared)
+            .filter(|c| !self.is_banned(&c.dev.id))
             .collect();
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        peers.sort_by_key(|d| !links.contains_key(&(d.id.clone(), false)));
-        peers
+        all.sort_by_key(|c| !links.contains_key(&(c.dev.id.clone(), false, c.scope.clone())));
+        all
     }
 
     /// Asks the peers; when none had it and the peer list is some seconds old (a device may
     /// have come up since), reads the list again and asks once more.
     async fn fetch(&self, want: &Want) -> Result<Bytes, SourceError> {
         let first = self.fetch_from_peers(want).await;
-        let stale = self
-            .listed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|at| at.elapsed() > RELIST_AFTER);
         match first {
-            Err(_) if stale && self.list_peers().await.is_ok() => self.fetch_from_peers(want).await,
+            Err(_) if self.list_is_stale() && self.list_peers().await.is_ok() => {
+                self.fetch_from_peers(want).await
+            }
             other => other,
         }
     }
 
     async fn fetch_from_peers(&self, want: &Want) -> Result<Bytes, SourceError> {
-        let peers = self.candidates();
+        let peers = self.candidates(&want.folder).await;
         let mut answered: Vec<&str> = Vec::new();
         let relay = self.relay_addr().is_some();
         for relayed in [false, true] {
             if relayed && !relay {
                 break;
             }
-            for dev in &peers {
+            for c in &peers {
+                let dev = &c.dev;
                 if answered.contains(&dev.id.as_str()) || (!relayed && dev.addrs.is_empty()) {
                     continue;
                 }
-                let link = match self.link(dev, relayed).await {
+                let link = match self.link(c, relayed).await {
                     Ok(l) => l,
                     Err(why) => {
                         tracing::debug!(peer = %dev.id, relayed, %why, "peer not reached");
@@ -475,10 +533,12 @@ impl PeerNet {
             .insert(device.clone(), Instant::now() + BAN);
         let slots: Vec<LinkSlot> = {
             let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            [false, true]
-                .iter()
-                .filter_map(|r| links.remove(&(device.clone(), *r)))
-                .collect()
+            let keys: Vec<LinkKey> = links
+                .keys()
+                .filter(|(d, _, _)| *d == device)
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| links.remove(k)).collect()
         };
         for slot in slots {
             if let Ok(slot) = slot.try_lock()

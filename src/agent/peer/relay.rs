@@ -109,11 +109,16 @@ async fn ready(tls: &mut TlsStream<TcpStream>) -> Result<(), RelayClientError> {
     }
 }
 
-/// A stream to `device` through the relay, on which the caller runs the channel handshake.
-pub async fn dial(net: &PeerNet, device: &str) -> Result<BoxIo, RelayClientError> {
+/// A stream to `device` through the relay, on which the caller runs the channel handshake;
+/// `scope` is the folder the pair's ticket goes through, for another user's device.
+pub async fn dial(
+    net: &PeerNet,
+    device: &str,
+    scope: Option<&str>,
+) -> Result<BoxIo, RelayClientError> {
     let ticket = net
         .client
-        .peer_ticket(device, None)
+        .peer_ticket(device, scope)
         .await
         .map_err(|e| RelayClientError::Ticket(e.to_string()))?;
     let hello = Hello::Dial {
