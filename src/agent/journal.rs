@@ -234,7 +234,11 @@ impl Uploader {
                     let len = data.len() as u64;
                     match client.put_block(&folder, &hash, Bytes::from(data)).await {
                         Ok(()) => {}
-                        Err(e) if e.code() == Some("quota_exceeded") => return Ok(false),
+                        // Past the quota, or the folder became device-only since this
+                        // device last listed it: the block stays here, served to peers.
+                        Err(e) if matches!(e.code(), Some("quota_exceeded" | "device_only")) => {
+                            return Ok(false);
+                        }
                         Err(e) => return Err(e),
                     }
                     Counters::add(&counters.blocks_uploaded, 1);

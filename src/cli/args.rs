@@ -22,8 +22,9 @@ pub enum Command {
     /// Run the cloud: account service, mesh service and block storage over HTTPS, and the
     /// relay for devices that cannot reach each other.
     Cloud(CloudArgs),
-    /// Run only a relay, next to a cloud whose data directory it reads (its CA and
-    /// signing key); devices find it through the cloud started with --relay-at.
+    /// Run only a relay, on the cloud's machine: it reads the cloud's data directory (the CA
+    /// key, to make its certificate, and the signing key, to check tickets), so it is as
+    /// trusted as the cloud. Start the cloud with --relay-at so devices find it.
     Relay(RelayArgs),
     /// Manage the cloud's built-in users (run on the cloud's machine).
     User {
@@ -83,7 +84,7 @@ pub struct CloudArgs {
     #[arg(long, conflicts_with = "relay_listen")]
     pub relay_at: Option<String>,
     /// Run no relay: devices reach each other directly or not at all.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "relay_at")]
     pub no_relay: bool,
     /// Test mode: keep a transcript of every byte the relay forwards in this directory.
     #[arg(long, hide = true)]
@@ -92,8 +93,7 @@ pub struct CloudArgs {
 
 #[derive(Args, Debug)]
 pub struct RelayArgs {
-    /// The cloud's data directory (read only: its CA signs the relay's certificate, its
-    /// signing key's public half checks tickets).
+    /// The cloud's data directory (read only).
     #[arg(long, env = "MESHFS_CLOUD_DIR")]
     pub data_dir: PathBuf,
     /// Address to accept devices on.

@@ -152,11 +152,14 @@ pub async fn put_block(
     {
         BlockRecord::Stored => Ok(StatusCode::CREATED),
         BlockRecord::AlreadyStored => Ok(StatusCode::OK),
-        // A racing upload filled the quota: the file goes, so the storage never holds more
-        // than the quota (a failed delete leaves a file never served, overwritten by the
-        // next put of the same block).
+        // A racing upload filled the quota: the file goes, so what stays stored is within
+        // the quota (racing puts may pass it for a moment; a failed delete leaves a file
+        // never served, overwritten by the next put of the same block).
         BlockRecord::OverQuota => {
-            state.blobs.remove(&folder.id, &hash).await;
+            // Unless a racing upload of the same block recorded it meanwhile.
+            if !state.store.has_block(&folder.id, &hash).await? {
+                state.blobs.remove(&folder.id, &hash).await;
+            }
             Err(AppError::QuotaExceeded)
         }
     }

@@ -106,14 +106,22 @@ async fn set_mapped(
 }
 
 /// `GET /folders/{folder}/devices`: the devices, of any member, that have the folder
-/// mapped — where a member's device may ask for the folder's content.
+/// mapped — where a member's device may ask for the folder's content. Other users'
+/// devices show only what that needs: no name, no other folders, no last-seen time.
 pub async fn folder_devices(
     State(state): State<AppState>,
     caller: Caller,
     Path(folder): Path<String>,
 ) -> Result<Json<Vec<Device>>, AppError> {
     require(&caller, &format!("/folders/{folder}"), Right::Read)?;
-    Ok(Json(state.store.devices_mapping(&folder).await?))
+    let mut devices = state.store.devices_mapping(&folder).await?;
+    for d in devices.iter_mut().filter(|d| d.user != caller.claims.sub) {
+        d.name = String::new();
+        d.created_ms = 0;
+        d.last_seen_ms = 0;
+        d.folders = vec![folder.clone()];
+    }
+    Ok(Json(devices))
 }
 
 /// `POST /tickets/peer`: a ticket naming the caller's device and `device`, with both keys.

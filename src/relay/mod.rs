@@ -195,7 +195,11 @@ impl Relay {
         while ok {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(m) => ok = wire::write(&mut tls, &m).await.is_ok(),
+                    // A listener that stops reading is dropped, not waited on.
+                    Some(m) => {
+                        let wrote = tokio::time::timeout(HELLO_WITHIN, wire::write(&mut tls, &m));
+                        ok = matches!(wrote.await, Ok(Ok(())));
+                    }
                     None => ok = false,
                 },
                 // The device sends nothing more; a read ending means it went away.
@@ -230,18 +234,17 @@ impl Relay {
                     join,
                 },
             );
-        let told = announce
-            .send(Reply::Incoming {
-                rendezvous: rendezvous.clone(),
-                from: caller.clone(),
-            })
-            .await;
+        let incoming = Reply::Incoming {
+            rendezvous: rendezvous.clone(),
+            from: caller.clone(),
+        };
+        let told = tokio::time::timeout(ACCEPT_WITHIN, announce.send(incoming)).await;
         let other = match told {
-            Ok(()) => tokio::time::timeout(ACCEPT_WITHIN, joined)
+            Ok(Ok(())) => tokio::time::timeout(ACCEPT_WITHIN, joined)
                 .await
                 .ok()
                 .and_then(Result::ok),
-            Err(_) => None,
+            _ => None,
         };
         self.waiting
             .lock()

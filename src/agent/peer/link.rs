@@ -47,6 +47,7 @@ impl Link {
     /// Starts the reader task of an established channel.
     pub fn new(channel: Channel<BoxIo>, relayed: bool) -> Arc<Self> {
         let device = channel.peer.device.clone();
+        let deadline = super::ticket_deadline(channel.peer.expires);
         let (rd, wr) = channel.into_split();
         let waiters: Arc<Waiters> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
@@ -55,6 +56,7 @@ impl Link {
             Arc::clone(&waiters),
             Arc::clone(&alive),
             device.clone(),
+            deadline,
         ));
         Arc::new(Self {
             device,
@@ -90,6 +92,15 @@ impl Link {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
+        // The reader may have ended between the check above and the insert: then nobody
+        // would answer this waiter.
+        if !self.is_alive() {
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(LinkError::Closed("closed meanwhile".into()));
+        }
         let sent = self.writer.lock().await.send(&frame).await;
         if let Err(e) = sent {
             self.close(&e.to_string());
@@ -128,12 +139,16 @@ async fn read_answers(
     waiters: Arc<Waiters>,
     alive: Arc<AtomicBool>,
     device: String,
+    deadline: tokio::time::Instant,
 ) {
     let why = loop {
-        let frame = match rd.recv().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break "the peer closed the channel".to_string(),
-            Err(e) => break e.to_string(),
+        let frame = tokio::select! {
+            r = rd.recv() => match r {
+                Ok(Some(f)) => f,
+                Ok(None) => break "the peer closed the channel".to_string(),
+                Err(e) => break e.to_string(),
+            },
+            () = tokio::time::sleep_until(deadline) => break "the peer's ticket expired".to_string(),
         };
         let (id, status) = match wire::parse(&frame) {
             Ok(Message::Answer { id, status }) => (id, status),

@@ -27,3 +27,10 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// A boxed stream, so direct and relayed links are one type.
 pub type BoxIo = Box<dyn Io>;
+
+/// When a channel must end: when the peer's ticket does (seconds since the epoch). A
+/// channel outliving its ticket would keep serving a device revoked or unmapped since.
+fn ticket_deadline(expires: i64) -> tokio::time::Instant {
+    let left = expires.saturating_sub(crate::proto::now_secs()).max(0);
+    tokio::time::Instant::now() + std::time::Duration::from_secs(left.unsigned_abs())
+}

@@ -33,6 +33,8 @@ use tokio::task::JoinHandle;
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How long a direct connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Incoming handshakes run at once; more connections wait.
+const HANDSHAKES: usize = 32;
 /// How long a path that failed to connect is left alone.
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
 /// A peer list older than this is read again before a block is given up on.
@@ -97,7 +99,9 @@ pub struct PeerNet {
     failed: Mutex<HashMap<LinkKey, Instant>>,
     /// Other users' devices that mapped a folder, by folder, with when they were listed.
     folder_peers: Mutex<HashMap<String, (Instant, Vec<Device>)>>,
-    /// When the peer list was last read from the cloud.
+    /// Slots for incoming handshakes.
+    pub(super) handshakes: tokio::sync::Semaphore,
+    /// When the peer list was last read from the cloud (or a read of it started).
     listed_at: Mutex<Option<Instant>>,
     served_by: Mutex<LruCache<BlockHash, String>>,
     advertised: RwLock<Option<SocketAddr>>,
@@ -126,6 +130,7 @@ impl PeerNet {
             failed: Mutex::new(HashMap::new()),
             folder_peers: Mutex::new(HashMap::new()),
             listed_at: Mutex::new(None),
+            handshakes: tokio::sync::Semaphore::new(HANDSHAKES),
             served_by: Mutex::new(LruCache::new(
                 NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -234,6 +239,8 @@ impl PeerNet {
 
     /// Reads the user's devices from the cloud: the peers, and those revoked.
     async fn list_peers(&self) -> Result<(), crate::agent::client::ClientError> {
+        // Stamped first: connections arriving meanwhile do not ask the cloud again.
+        *self.listed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let me = self.device().to_string();
         let (revoked, peers): (Vec<Device>, Vec<Device>) = self
             .client
@@ -245,7 +252,6 @@ impl PeerNet {
         *self.revoked.write().unwrap_or_else(|p| p.into_inner()) =
             revoked.into_iter().map(|d| d.id).collect();
         *self.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
-        *self.listed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
     }
 
@@ -434,7 +440,7 @@ impl PeerNet {
     }
 
     /// The devices to ask for a block of `folder`: the user's own, then other users'
-    /// devices sharing the folder; those with a live direct link first.
+    /// devices sharing the folder; those with a direct link made before first.
     async fn candidates(&self, folder: &str) -> Vec<Candidate> {
         let own: Vec<Candidate> = self
             .peers
@@ -505,6 +511,10 @@ impl PeerNet {
                     Err(LinkError::Missing | LinkError::Forbidden) => answered.push(&dev.id),
                     Err(LinkError::Closed(why)) => {
                         tracing::info!(peer = %dev.id, relayed, %why, "peer link lost");
+                        self.failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert((dev.id.clone(), relayed, c.scope.clone()), Instant::now());
                     }
                 }
             }

@@ -136,9 +136,13 @@ pub async fn stay_reachable(net: Arc<PeerNet>) {
     let mut backoff = Duration::from_secs(1);
     loop {
         if net.relay_addr().is_some() {
-            match listen_once(&net).await {
-                Ok(()) => backoff = Duration::from_secs(1),
-                Err(e) => tracing::debug!(error = %e, "relay listening connection ended"),
+            let started = std::time::Instant::now();
+            if let Err(e) = listen_once(&net).await {
+                tracing::debug!(error = %e, "relay listening connection ended");
+            }
+            // A connection that held a while was fine: the next try comes quickly.
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_secs(1);
             }
         }
         tokio::time::sleep(backoff).await;

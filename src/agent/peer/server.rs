@@ -9,6 +9,7 @@ use super::wire::{self, Message, Status};
 use super::{BoxIo, Io};
 use crate::agent::fetch::Want;
 use crate::agent::status::Counters;
+use crate::crypto::channel::{ChannelError, TicketRefusal};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -37,23 +38,36 @@ pub async fn listen(net: Arc<PeerNet>, listener: TcpListener) {
     }
 }
 
-/// Runs the responder's handshake on `io`, then serves the channel until it ends.
+/// Runs the responder's handshake on `io` (a bounded number at once: each costs
+/// milliseconds of RSA), then serves the channel until it ends.
 pub async fn accept_and_serve(
     net: Arc<PeerNet>,
     io: BoxIo,
     relayed: bool,
-) -> Result<(), crate::crypto::channel::ChannelError> {
-    let channel = net.accept(io).await?;
+) -> Result<(), ChannelError> {
+    let channel = {
+        let _slot = net
+            .handshakes
+            .acquire()
+            .await
+            .map_err(|_| ChannelError::Closed)?;
+        net.accept(io).await?
+    };
     tracing::debug!(peer = %channel.peer.device, relayed, "peer channel accepted");
     serve(net, channel).await
 }
 
 /// Answers requests until the peer closes the channel or breaks the protocol.
-async fn serve<S: Io>(
-    net: Arc<PeerNet>,
-    channel: Channel<S>,
-) -> Result<(), crate::crypto::channel::ChannelError> {
-    let scope = channel.peer.folder.clone();
+async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), ChannelError> {
+    // A peer of another user may only have what its ticket's folder holds; a ticket with
+    // no folder is for the user's own devices only (the cloud signs no other).
+    let scope = match &channel.peer.folder {
+        None if channel.peer.user != net.client.user() => {
+            return Err(ChannelError::BadTicket(TicketRefusal::NotForMe));
+        }
+        folder => folder.clone(),
+    };
+    let deadline = super::ticket_deadline(channel.peer.expires);
     let (mut rd, mut wr) = channel.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
     let writer = tokio::spawn(async move {
@@ -65,15 +79,16 @@ async fn serve<S: Io>(
     });
     let limit = Arc::new(Semaphore::new(IN_FLIGHT));
     let result = loop {
-        let frame = match rd.recv().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
+        let frame = tokio::select! {
+            r = rd.recv() => match r {
+                Ok(Some(f)) => f,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            },
+            () = tokio::time::sleep_until(deadline) => break Err(ChannelError::Expired),
         };
         let Ok(Message::Request { id, want }) = wire::parse(&frame) else {
-            break Err(crate::crypto::channel::ChannelError::BadMessage(
-                "not a block request",
-            ));
+            break Err(ChannelError::BadMessage("not a block request"));
         };
         let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
             break Ok(());

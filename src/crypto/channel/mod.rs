@@ -62,6 +62,10 @@ pub enum ChannelError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "the peer's ticket expired, so the channel was closed (a new one needs a fresh ticket)"
+    )]
+    Expired,
     #[error("the cloud's signing keys are not known yet, so no peer ticket can be checked")]
     NoKeys,
     #[error("the handshake took longer than {0:?}")]
