@@ -1,5 +1,6 @@
 //! This device among its peers: where it listens and tells the cloud it listens, which
-//! peers there are (the user's other devices, refreshed from the cloud), the cloud's keys
+//! peers there are (the user's other devices, and other users' devices sharing a folder,
+//! refreshed from the cloud), the cloud's keys
 //! that peer tickets are checked with (kept on disk for offline use), the live links, and
 //! the order a missing block is asked for: each peer directly, then each through the relay.
 //! A peer that sends a block with the wrong hash is dropped for a while.
@@ -58,7 +59,9 @@ pub struct PeerConfig {
 /// Why the peer network could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("listening for peers on {addr}")]
+    #[error(
+        "listening for peers on {addr} (pick another address with --peer-listen, or run with --no-peers)"
+    )]
     Bind {
         addr: SocketAddr,
         #[source]
