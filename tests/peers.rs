@@ -63,14 +63,8 @@ fn appears(path: &Path, len: u64) -> bool {
 #[test]
 fn a_device_only_file_is_read_byte_identical_on_b_from_a_over_a_direct_channel() {
     let mesh = Mesh::new();
-    let out = mesh
-        .a
-        .cli(&["folder", "create", "Private", "--device-only"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh.a
+        .cli_ok(&["folder", "create", "Private", "--device-only"]);
     let private = folder_id(&mesh.a, "Private");
     assert!(eventually(Duration::from_secs(20), || mesh
         .mb
@@ -315,12 +309,7 @@ fn through_the_relay_when_b_has_no_route_to_a_and_the_relay_sees_only_ciphertext
     cloud.add_user("ann");
     let a = Device::login_in(&cloud, "ann", "laptop", Some(&net.a));
     let b = Device::login_in(&cloud, "ann", "desktop", Some(&net.b));
-    let out = a.cli(&["folder", "create", "Private", "--device-only"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.cli_ok(&["folder", "create", "Private", "--device-only"]);
     let ma = a.mount();
     let mb = b.mount();
     assert!(eventually(Duration::from_secs(20), || mb
@@ -378,6 +367,18 @@ impl Hand {
         }
     }
 
+    /// Checks peers' tickets as this device's agent would, with the cloud's current keys.
+    async fn ticket_check(
+        &self,
+    ) -> std::sync::Arc<dyn meshfs::crypto::channel::PeerCheck + Send + Sync> {
+        let (_, jwks) = self.client.cloud_info().await.expect("jwks");
+        let keys = meshfs::crypto::ticket::KeySet::from_jwks(&jwks).expect("keys");
+        let check =
+            meshfs::crypto::channel::TicketCheck::new(keys, &self.id, &self.key.to_public_key())
+                .expect("check");
+        std::sync::Arc::new(check)
+    }
+
     /// Opens a channel to `to` at `addr` showing `ticket`.
     async fn connect(
         &self,
@@ -385,18 +386,14 @@ impl Hand {
         to: &str,
         ticket: String,
     ) -> Result<(), meshfs::crypto::channel::ChannelError> {
-        let (_, jwks) = self.client.cloud_info().await.expect("jwks");
-        let keys = meshfs::crypto::ticket::KeySet::from_jwks(&jwks).expect("keys");
-        let check =
-            meshfs::crypto::channel::TicketCheck::new(keys, &self.id, &self.key.to_public_key())
-                .expect("check");
+        let check = self.ticket_check().await;
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
         let me = meshfs::crypto::channel::LocalPeer {
             device: self.id.clone(),
             key: std::sync::Arc::clone(&self.key),
             ticket,
         };
-        meshfs::agent::peer::channel::connect(tcp, me, to, std::sync::Arc::new(check))
+        meshfs::agent::peer::channel::connect(tcp, me, to, check)
             .await
             .map(|_| ())
     }
@@ -451,12 +448,7 @@ async fn another_users_device_and_a_revoked_device_are_refused_a_channel() {
     ann.connect(&addr, &a_id, ticket.clone())
         .await
         .expect("a device of A's user connects");
-    let out = mesh.a.cli(&["device", "revoke", &ann3.device_id()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mesh.a.cli_ok(&["device", "revoke", &ann3.device_id()]);
     // A re-reads its peer list when it is over 3 s old, before it answers a handshake.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let refused = ann.connect(&addr, &a_id, ticket).await;
@@ -509,14 +501,7 @@ async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from
             };
             let (liar, asked) = (Arc::clone(&serving), Arc::clone(&counted));
             tokio::spawn(async move {
-                let (_, jwks) = liar.client.cloud_info().await.expect("jwks");
-                let keys = meshfs::crypto::ticket::KeySet::from_jwks(&jwks).unwrap();
-                let check = meshfs::crypto::channel::TicketCheck::new(
-                    keys,
-                    &liar.id,
-                    &liar.key.to_public_key(),
-                )
-                .unwrap();
+                let check = liar.ticket_check().await;
                 let client = &liar.client;
                 let ticket_for = |peer: meshfs::crypto::channel::PeerInfo| async move {
                     client.peer_ticket(&peer.device, None).await
@@ -526,7 +511,7 @@ async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from
                     &liar.id,
                     Arc::clone(&liar.key),
                     ticket_for,
-                    Arc::new(check),
+                    check,
                 )
                 .await
                 else {
@@ -591,12 +576,7 @@ fn another_users_device_reads_a_shared_device_only_folder_from_the_owners_device
     cloud.add_user("bob");
     let a = Device::login(&cloud, "ann", "laptop");
     let b = Device::login(&cloud, "bob", "desktop");
-    let out = a.cli(&["folder", "create", "Shared", "--device-only"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.cli_ok(&["folder", "create", "Shared", "--device-only"]);
     let id = folder_id(&a, "Shared");
     tokio::runtime::Runtime::new()
         .expect("runtime")
@@ -608,12 +588,7 @@ fn another_users_device_reads_a_shared_device_only_folder_from_the_owners_device
         ))
         .expect("share");
     for dev in [&a, &b] {
-        let out = dev.cli(&["folder", "map", "Shared"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        dev.cli_ok(&["folder", "map", "Shared"]);
     }
     let ma = a.mount();
     let mb = b.mount();

@@ -371,14 +371,7 @@ impl Store {
             .bind(user)
             .fetch_all(&self.pool)
             .await?;
-        let mut devices = rows
-            .iter()
-            .map(device_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        for d in &mut devices {
-            d.folders = self.mapped_folders(&d.id).await?;
-        }
-        Ok(devices)
+        self.devices_from(&rows).await
     }
 
     /// Marks a device of `user` revoked; `None` if the user has no such device.
@@ -398,6 +391,18 @@ impl Store {
         };
         d.folders = self.mapped_folders(id).await?;
         Ok(Some(d))
+    }
+
+    /// Devices from `SELECT * FROM devices` rows, each with its mapped folders.
+    async fn devices_from(&self, rows: &[SqliteRow]) -> Result<Vec<Device>, StoreError> {
+        let mut devices = rows
+            .iter()
+            .map(device_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        for d in &mut devices {
+            d.folders = self.mapped_folders(&d.id).await?;
+        }
+        Ok(devices)
     }
 
     async fn mapped_folders(&self, device: &str) -> Result<Vec<String>, StoreError> {
@@ -446,14 +451,7 @@ impl Store {
         .bind(folder)
         .fetch_all(&self.pool)
         .await?;
-        let mut devices = rows
-            .iter()
-            .map(device_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        for d in &mut devices {
-            d.folders = self.mapped_folders(&d.id).await?;
-        }
-        Ok(devices)
+        self.devices_from(&rows).await
     }
 
     /// Whether both devices have `folder` mapped.

@@ -271,13 +271,20 @@ impl Device {
             .expect("run meshfs")
     }
 
-    pub fn create_folder(&self, name: &str) {
-        let out = self.cli(&["folder", "create", name]);
+    /// Runs `meshfs ARGS --home HOME`, which must succeed.
+    pub fn cli_ok(&self, args: &[&str]) -> Output {
+        let out = self.cli(args);
         assert!(
             out.status.success(),
-            "folder create: {}",
+            "meshfs {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
+        out
+    }
+
+    pub fn create_folder(&self, name: &str) {
+        self.cli_ok(&["folder", "create", name]);
     }
 
     pub fn device_id(&self) -> String {
