@@ -11,6 +11,7 @@
 # Usage:   scripts/bench-peers.sh
 # Env:     MESHFS_BIN=path        use this binary instead of `cargo build --release --locked`
 #          BENCH_SIZE_MIB=N       size of the file (default 1024)
+#          BENCH_RUNS=N           first reads of each kind, reported as their median (default 3)
 #          BENCH_TMP=dir          parent of the temp dir (default /var/tmp)
 # Output:  the table on stdout and in target/bench/peers.md; logs in target/bench/peers-logs/.
 set -euo pipefail
@@ -20,6 +21,7 @@ OUT="$ROOT/target/bench"
 LOGS="$OUT/peers-logs"
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 SIZE_BYTES=$((SIZE_MIB * 1024 * 1024))
+RUNS=${BENCH_RUNS:-3}
 PASSWORD="bench password $$"
 
 log() { printf '[bench-peers %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -115,6 +117,7 @@ pending() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pen
 start_agent a
 AGENT_A=$LAST_PID
 start_agent b
+AGENT_B=$LAST_PID
 log "writing ${SIZE_MIB} MiB on A"
 head -c "$SIZE_BYTES" /dev/urandom >"$T/big.bin"
 cp "$T/big.bin" "$T/mnt-a/Private/big.bin"
@@ -122,32 +125,72 @@ WANT=$(sha256sum <"$T/big.bin" | cut -d' ' -f1)
 sleep 2
 for ((i = 0; i < 600; i++)); do [[ "$(pending a 2>/dev/null)" == 0 ]] && break; sleep 0.5; done
 
+# Before each timed read: everything on disk (no writeback of earlier runs competes), the
+# page cache emptied and A's blocks read back into it (A holds the file as it would just
+# after writing it), and twice the file's size of memory touched and freed. The last step
+# is for this kind of virtual machine: the host backs guest memory lazily and takes freed
+# pages back after a few seconds, so the first touch of a page costs several times a copy
+# and would be counted against whichever step happened to fill the page cache.
+prepare() {
+    sync
+    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    find "$T/home-a/cache/blocks" -type f -exec cat {} + >/dev/null
+    python3 -c 'import sys
+b = bytearray(int(sys.argv[1]))
+for i in range(0, len(b), 4096): b[i] = 1' $((2 * SIZE_BYTES + (512 << 20)))
+}
+
 first_read() { # first_read DEVICE -> seconds; checks the bytes
+    # Only the read is timed (`cat` to /dev/null, as `cp` would read): hashing 1 GiB with
+    # sha256sum costs this machine about 2.8 s of CPU, more than the transfer itself, and
+    # would share the two cores with both agents. The bytes are checked afterwards, from
+    # the pages the timed read left in the reader's page cache.
     local dev=$1 t0 t1 got
     for ((i = 0; i < 600; i++)); do
         [[ "$(stat -c %s "$T/mnt-$dev/Private/big.bin" 2>/dev/null)" == "$SIZE_BYTES" ]] && break
         sleep 0.1
     done
+    prepare
     t0=$(date +%s%N)
-    got=$(sha256sum <"$T/mnt-$dev/Private/big.bin" | cut -d' ' -f1)
+    cat "$T/mnt-$dev/Private/big.bin" >/dev/null
     t1=$(date +%s%N)
+    got=$(sha256sum <"$T/mnt-$dev/Private/big.bin" | cut -d' ' -f1)
     [[ "$got" == "$WANT" ]] || die "device $dev read wrong bytes"
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'
 }
 mbps() { awk -v s="$1" -v n="$SIZE_BYTES" 'BEGIN { printf "%.0f", n / s / 1e6 }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "-" hi }'; }
 
-log "first read on B, A reachable directly"
-DIRECT_S=$(first_read b)
-sleep 1.5
-DIRECT_PEER_BYTES=$(counter b bytes_from_peers)
+# reads DEVICE [mount flags...] -> RUNS first reads, each by an agent with an empty cache.
+reads() {
+    local dev=$1 run pid
+    shift
+    READS=()
+    for ((run = 0; run < RUNS; run++)); do
+        start_agent "$dev" "$@"
+        pid=$LAST_PID
+        READS+=("$(first_read "$dev")")
+        sleep 1.5
+        PEER_BYTES=$(counter "$dev" bytes_from_peers)
+        [[ $PEER_BYTES == "$SIZE_BYTES" ]] || die "device $dev took $PEER_BYTES bytes from peers, not $SIZE_BYTES"
+        stop_pid "$pid"
+        # Set aside, not deleted: ext4 allocates inodes slowly next to many just freed,
+        # which would slow the next run's block files. Removed with the rest at the end.
+        mv "$T/home-$dev/cache" "$T/old-cache-$dev-$run"
+    done
+}
+
+stop_pid "$AGENT_B"
+log "first reads on B, A reachable directly ($RUNS runs)"
+reads b
+DIRECT=("${READS[@]}")
 
 log "restarting A so that it advertises an address nobody listens on; C reads through the relay"
 stop_pid "$AGENT_A"
 start_agent a --peer-advertise 127.0.0.1:9
-start_agent c
-RELAY_S=$(first_read c)
-sleep 1.5
-RELAY_PEER_BYTES=$(counter c bytes_from_peers)
+reads c
+RELAYED=("${READS[@]}")
 
 log "openssl speed (16 KiB blocks, one core)"
 AES=$(openssl speed -seconds 3 -evp aes-128-ctr 2>/dev/null | awk '/^AES-128-CTR/ { print $NF }')
@@ -162,15 +205,20 @@ COSTS=$(cd "$ROOT" && cargo test --release --locked --lib -q -- --ignored --noca
     echo "# meshfs peer transfers ($(date +%F), commit $COMMIT, $(nproc) cores)"
     echo
     echo '```'
-    printf '%-44s %10s %12s\n' "first read of ${SIZE_MIB} MiB held only by A" "seconds" "MB/s"
-    printf '%-44s %10s %12s\n' "B, direct channel (loopback)" "$DIRECT_S" "$(mbps "$DIRECT_S")"
-    printf '%-44s %10s %12s\n' "C, through the relay (loopback)" "$RELAY_S" "$(mbps "$RELAY_S")"
+    printf '%-40s %9s %7s %15s\n' "first read of ${SIZE_MIB} MiB held only by A" "seconds" "MB/s" "MB/s, min-max"
+    for row in "B, direct channel (loopback):DIRECT" "C, through the relay (loopback):RELAYED"; do
+        declare -n runs=${row#*:}
+        secs=$(median "${runs[@]}")
+        rates=()
+        for t in "${runs[@]}"; do rates+=("$(mbps "$t")"); done
+        printf '%-40s %9s %7s %15s\n' "${row%:*}" "$secs" "$(mbps "$secs")" "$(range "${rates[@]}")"
+    done
     echo
     printf '%-44s %23s\n' "openssl speed, 16 KiB blocks, one core" "MB/s"
     printf '%-44s %23s\n' "AES-128-CTR" "$(kps "$AES")"
     printf '%-44s %23s\n' "HMAC-SHA256" "$(kps "$HMAC")"
     echo
-    echo "bytes from peers: B $DIRECT_PEER_BYTES, C $RELAY_PEER_BYTES (of $SIZE_BYTES)"
+    echo "medians of $RUNS runs, each a fresh cache on the reader; every run took all $SIZE_BYTES bytes from A"
     echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "$COSTS"

@@ -290,7 +290,8 @@ fn the_scan_finds_a_planted_run_and_nothing_in_noise() {
 
 /// B has no route to A (separate network namespaces that reach only the cloud's): a
 /// device-only file still reads byte-identical on B, through the relay. The relay's
-/// transcript of every byte it forwarded holds no 64-byte run of the file.
+/// transcript of every byte it forwarded holds no 64-byte run of the file, and no session
+/// secret (nor half of one) from the agents' key logs, whose keys do open B's first frame.
 #[test]
 fn through_the_relay_when_b_has_no_route_to_a_and_the_relay_sees_only_ciphertext() {
     let net = common::Isolated::new();
@@ -310,8 +311,11 @@ fn through_the_relay_when_b_has_no_route_to_a_and_the_relay_sees_only_ciphertext
     let a = Device::login_in(&cloud, "ann", "laptop", Some(&net.a));
     let b = Device::login_in(&cloud, "ann", "desktop", Some(&net.b));
     a.cli_ok(&["folder", "create", "Private", "--device-only"]);
-    let ma = a.mount();
-    let mb = b.mount();
+    // Both agents write their sessions' secrets to key logs, to look for them below.
+    let key_logs = tempfile::tempdir().expect("tempdir");
+    let log_of = |name: &str| key_logs.path().join(name).to_string_lossy().into_owned();
+    let ma = a.mount_with(&["--peer-keylog", &log_of("a")]);
+    let mb = b.mount_with(&["--peer-keylog", &log_of("b")]);
     assert!(eventually(Duration::from_secs(20), || mb
         .join("Private")
         .is_dir()));
@@ -345,7 +349,96 @@ fn through_the_relay_when_b_has_no_route_to_a_and_the_relay_sees_only_ciphertext
         None,
         "plaintext of the file in what the relay forwarded"
     );
+
+    // The key logs hold the sessions' secrets: they open the first frame B sent through
+    // the relay, and none of them, nor either half of one, is in what the relay forwarded.
+    let mut secrets = read_key_log(Path::new(&log_of("a")));
+    secrets.extend(read_key_log(Path::new(&log_of("b"))));
+    assert!(secrets.len() >= 11, "a session's secrets were logged");
+    let b_id = b.device_id();
+    let from_b: Vec<Vec<u8>> = std::fs::read_dir(transcripts.path())
+        .expect("transcripts")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.contains(&format!("-{b_id}-to-"))
+        })
+        .map(|p| std::fs::read(p).expect("transcript"))
+        .collect();
+    assert!(!from_b.is_empty(), "a transcript of what B sent");
+    for sent in &from_b {
+        assert!(
+            opens_first_request(sent, &secrets),
+            "no logged key opens the first frame B sent"
+        );
+    }
+    for (label, secret) in &secrets {
+        let half = secret.len() / 2;
+        for needle in [&secret[..], &secret[..half], &secret[half..]] {
+            assert_eq!(
+                memchr::memmem::find(&forwarded, needle),
+                None,
+                "{label} (or half of it) in what the relay forwarded"
+            );
+        }
+    }
     drop((ma, mb));
+}
+
+/// A key log's secrets, by label (`LABEL session secret`, hex).
+fn read_key_log(path: &Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::read_to_string(path)
+        .expect("key log")
+        .lines()
+        .map(|line| {
+            let mut parts = line.split(' ');
+            let label = parts.next().expect("label").to_string();
+            let _session = parts.next().expect("session");
+            let secret = hex::decode(parts.next().expect("secret")).expect("hex");
+            (label, secret)
+        })
+        .collect()
+}
+
+/// Whether one logged session's initiator-to-responder keys open the first frame after
+/// the initiator's handshake messages (its Hello, then its key transport and Finished)
+/// and find a block request in it.
+fn opens_first_request(sent: &[u8], secrets: &[(String, Vec<u8>)]) -> bool {
+    use meshfs::crypto::channel::handshake::message;
+    use meshfs::crypto::channel::record::{Direction, HEADER_LEN, Opener, TAG_LEN};
+    use meshfs::crypto::channel::schedule::DirectionKeys;
+    let mut at = 0;
+    for _ in 0..3 {
+        let header: [u8; message::HEADER_LEN] =
+            sent[at..at + message::HEADER_LEN].try_into().unwrap();
+        at += message::HEADER_LEN + message::body_len(header).expect("a handshake message");
+    }
+    let len = u32::from_be_bytes(sent[at..at + HEADER_LEN].try_into().unwrap()) as usize;
+    let frame = &sent[at..at + HEADER_LEN + len + TAG_LEN];
+    // Secrets come in sessions of 11, I2R_KEY, I2R_MAC_KEY and I2R_IV among them.
+    secrets.chunks(11).any(|session| {
+        let get = |label: &str| {
+            session
+                .iter()
+                .find(|(l, _)| l == label)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default()
+        };
+        let keys = DirectionKeys {
+            key: get("I2R_KEY").try_into().unwrap_or_default(),
+            mac: get("I2R_MAC_KEY").try_into().unwrap_or_default(),
+            iv: get("I2R_IV").try_into().unwrap_or_default(),
+            finished: [0; 32],
+        };
+        let mut copy = frame.to_vec();
+        let mut opener = Opener::new(&keys, Direction::InitiatorToResponder);
+        opener.open_in_place(&mut copy).is_ok_and(|plain| {
+            matches!(
+                meshfs::agent::peer::wire::parse(plain),
+                Ok(meshfs::agent::peer::wire::Message::Request { .. })
+            )
+        })
+    })
 }
 
 /// What a device needs to open a channel by hand: its cloud client, key and ticket check.
@@ -392,6 +485,7 @@ impl Hand {
             device: self.id.clone(),
             key: std::sync::Arc::clone(&self.key),
             ticket,
+            key_log: None,
         };
         meshfs::agent::peer::channel::connect(tcp, me, to, check)
             .await
@@ -512,6 +606,7 @@ async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from
                     Arc::clone(&liar.key),
                     ticket_for,
                     check,
+                    None,
                 )
                 .await
                 else {

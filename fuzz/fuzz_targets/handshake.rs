@@ -33,6 +33,7 @@ fn me() -> LocalPeer {
         device: "me".into(),
         key: MINE.clone(),
         ticket: "h.p.s".into(),
+        key_log: None,
     }
 }
 

@@ -17,6 +17,7 @@
 //! fsynced and renamed, so a block file is either whole or absent.
 
 use crate::proto::{BlockHash, BlockRef, EntryKind};
+use bytes::Bytes;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -241,6 +242,10 @@ impl Txn {
 /// Decoded nodes kept in memory: a big file's node holds its whole manifest, and decoding
 /// it on every `read` would cost more than the read.
 const DECODED_NODES: usize = 256;
+/// Blocks just stored, kept in memory as well (32 MiB at most): a block fetched by
+/// read-ahead is read moments later, and serving it from here saves opening and reading
+/// back its file.
+const HOT_BLOCKS: usize = 32;
 
 /// The metadata store and the block store of one device.
 pub struct Cache {
@@ -256,6 +261,9 @@ pub struct Cache {
     /// Nodes as last read from or written to `tree`. Its lock is held across a miss's read
     /// of the tree and across every [`Cache::apply`], so it never keeps a stale node.
     decoded: Mutex<LruCache<u64, Node>>,
+    /// The last blocks stored, each also on disk (it enters after its file is written and
+    /// leaves before its file is removed).
+    hot: Mutex<LruCache<BlockHash, Bytes>>,
 }
 
 impl Cache {
@@ -279,6 +287,9 @@ impl Cache {
             meta: Mutex::new(()),
             decoded: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DECODED_NODES).unwrap_or(NonZeroUsize::MIN),
+            )),
+            hot: Mutex::new(LruCache::new(
+                NonZeroUsize::new(HOT_BLOCKS).unwrap_or(NonZeroUsize::MIN),
             )),
         };
         if cache.node(ROOT)?.is_none() {
@@ -424,12 +435,16 @@ impl Cache {
     // ---- blocks ----
 
     fn block_path(&self, hash: &BlockHash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.blocks.join(&hex[..2]).join(hex)
+        let fan_out = &hash.digest_hex()[..2];
+        self.blocks.join(fan_out).join(hash.to_hex())
     }
 
     pub fn has_block(&self, hash: &BlockHash) -> bool {
         self.block_path(hash).exists()
+    }
+
+    fn hot(&self) -> std::sync::MutexGuard<'_, LruCache<BlockHash, Bytes>> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stores a block whose hash the caller has checked. Whole or absent after a crash;
@@ -438,27 +453,34 @@ impl Cache {
     pub fn store_block(
         &self,
         hash: &BlockHash,
-        data: &[u8],
+        data: Bytes,
         durable: bool,
     ) -> Result<(), CacheError> {
         let path = self.block_path(hash);
-        if path.exists() {
-            return Ok(());
+        if !path.exists() {
+            let io = |source| CacheError::Io {
+                path: path.clone(),
+                source,
+            };
+            let dir = path.parent().unwrap_or(&self.blocks);
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let tmp = dir.join(format!(".{}.tmp{}", hash.to_hex(), std::process::id()));
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&data).map_err(io)?;
+            if durable {
+                f.sync_data().map_err(io)?;
+            }
+            std::fs::rename(&tmp, &path).map_err(io)?;
         }
-        let io = |source| CacheError::Io {
-            path: path.clone(),
-            source,
-        };
-        let dir = path.parent().unwrap_or(&self.blocks);
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = dir.join(format!(".{}.tmp{}", hash.to_hex(), std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(data).map_err(io)?;
-        if durable {
-            f.sync_data().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        self.hot().put(*hash, data);
         Ok(())
+    }
+
+    /// Bytes `from..to` of a block if it is still in memory, shared rather than copied.
+    pub fn hot_slice(&self, hash: &BlockHash, from: u64, to: u64) -> Option<Bytes> {
+        let data = self.hot().get(hash)?.clone();
+        let (from, to) = (usize::try_from(from).ok()?, usize::try_from(to).ok()?);
+        (from <= to && to <= data.len()).then(|| data.slice(from..to))
     }
 
     /// Reads `len` bytes at `offset` of a stored block into `out`; returns how many.
@@ -468,6 +490,14 @@ impl Cache {
         offset: u64,
         out: &mut [u8],
     ) -> Result<usize, CacheError> {
+        if let Some(data) = self.hot().get(hash) {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            let n = out.len().min(data.len() - from);
+            out[..n].copy_from_slice(&data[from..from + n]);
+            return Ok(n);
+        }
         let path = self.block_path(hash);
         let io = |source| CacheError::Io {
             path: path.clone(),
@@ -510,9 +540,12 @@ impl Cache {
     /// The whole stored block, checked again against its hash (a block file damaged on disk
     /// is dropped and reported missing rather than served).
     pub fn load_block(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, CacheError> {
+        if let Some(data) = self.hot().get(hash) {
+            return Ok(Some(data.to_vec()));
+        }
         let path = self.block_path(hash);
         match std::fs::read(&path) {
-            Ok(data) if BlockHash::of(&data) == *hash => Ok(Some(data)),
+            Ok(data) if hash.matches(&data) => Ok(Some(data)),
             Ok(_) => {
                 tracing::warn!(%hash, "cached block is damaged; dropping it");
                 let _ = std::fs::remove_file(&path);
@@ -586,7 +619,8 @@ mod tests {
         let c = Cache::open(dir.path()).unwrap();
         let data = b"hello block".to_vec();
         let h = BlockHash::of(&data);
-        c.store_block(&h, &data, true).unwrap();
+        c.store_block(&h, data.clone().into(), true).unwrap();
+        c.hot().clear();
         assert_eq!(c.load_block(&h).unwrap(), Some(data));
         std::fs::write(c.block_path(&h), b"evil").unwrap();
         assert_eq!(c.load_block(&h).unwrap(), None);

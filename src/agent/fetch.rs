@@ -127,12 +127,12 @@ impl Fetcher {
         let mut reached_any = false;
         for source in &self.sources {
             match source.get(want).await {
-                Ok(data) if BlockHash::of(&data) == hash => {
+                Ok(data) if hash.matches(&data) => {
                     Counters::add(&self.counters.blocks_fetched, 1);
                     Counters::add(&self.counters.bytes_fetched, data.len() as u64);
                     let cache = Arc::clone(&self.cache);
                     return tokio::task::spawn_blocking(move || {
-                        cache.store_block(&hash, &data, false)
+                        cache.store_block(&hash, data, false)
                     })
                     .await
                     .map_err(|_| FetchError::Local)?

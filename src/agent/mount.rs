@@ -10,8 +10,10 @@ use crate::agent::fs::Fs;
 use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator, Owner};
 use crate::agent::home::{Home, HomeError};
 use crate::agent::journal::{Journal, Uploader};
+use crate::agent::peer::keylog::KeyLogFile;
 use crate::agent::peer::{PeerConfig, PeerNet};
 use crate::agent::status::{AgentStatus, Counters};
+use crate::crypto::channel::KeyLog;
 use crate::crypto::keys::{self, KeyError};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -38,6 +40,12 @@ pub enum MountError {
     },
     #[error(transparent)]
     Peers(#[from] crate::agent::peer::net::PeerError),
+    #[error("opening the peer key log {path} (MESHFS_PEER_KEYLOG)")]
+    KeyLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mounting FUSE at {path}; is /dev/fuse there and are you allowed to use it?")]
     Fuse {
         path: PathBuf,
@@ -79,10 +87,26 @@ pub fn connect(home: &Home) -> Result<CloudClient, MountError> {
 }
 
 /// How the agent takes part in peer to peer transfers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PeerOptions {
     pub listen: SocketAddr,
     pub advertise: Option<SocketAddr>,
+    /// A file to append every peer session's secrets to (tests and debugging only).
+    pub key_log: Option<PathBuf>,
+}
+
+/// The key log `MESHFS_PEER_KEYLOG` names, with a warning: it holds what decrypts peer
+/// traffic.
+fn open_key_log(path: &Path) -> Result<Arc<dyn KeyLog>, MountError> {
+    let log = KeyLogFile::open(path).map_err(|source| MountError::KeyLog {
+        path: path.to_owned(),
+        source,
+    })?;
+    tracing::warn!(
+        path = %log.path().display(),
+        "writing every peer session's secrets to this file (MESHFS_PEER_KEYLOG): whoever reads it can decrypt recorded peer traffic"
+    );
+    Ok(Arc::new(log))
 }
 
 /// Opens the device's state and connects the parts (no mount yet). With `peers`, blocks
@@ -113,6 +137,10 @@ pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, Moun
                 advertise: opts.advertise,
                 jwks_file: home.root().join("jwks.json"),
                 ca_pem: read_ca(home)?,
+                key_log: match &opts.key_log {
+                    Some(path) => Some(open_key_log(path)?),
+                    None => None,
+                },
             },
         )),
         None => None,

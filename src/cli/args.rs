@@ -239,6 +239,11 @@ pub struct MountArgs {
     /// Neither serve blocks to peers nor fetch from them: the cloud only.
     #[arg(long, env = "MESHFS_NO_PEERS")]
     pub no_peers: bool,
+    /// Append every peer session's secrets to this file, for tests and for debugging a
+    /// capture; whoever reads it can decrypt the recorded traffic. Set through the
+    /// environment only, like TLS's SSLKEYLOGFILE.
+    #[arg(long, env = "MESHFS_PEER_KEYLOG", hide = true)]
+    pub peer_keylog: Option<PathBuf>,
     #[command(flatten)]
     pub home: HomeArg,
 }

@@ -104,6 +104,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             let peers = (!a.no_peers).then_some(crate::agent::mount::PeerOptions {
                 listen: a.peer_listen,
                 advertise: a.peer_advertise,
+                key_log: a.peer_keylog.clone(),
             });
             crate::agent::mount::run(&home, &a.mountpoint, peers)
                 .await

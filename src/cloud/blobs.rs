@@ -1,4 +1,4 @@
-//! Content blocks by hash: `PUT/GET/HEAD /folders/{folder}/blocks/{sha256}`, stored through
+//! Content blocks by hash: `PUT/GET/HEAD /folders/{folder}/blocks/{hash}`, stored through
 //! `object_store` under `<data-dir>/blocks` at `{folder}/{hash}`.
 //!
 //! Durability: `LocalFileSystem` writes a staging file and renames it into place, but by
@@ -74,7 +74,7 @@ impl Blobs {
             .bytes()
             .await
             .map_err(|e| AppError::internal("reading a block", e))?;
-        if BlockHash::of(&data) != *hash {
+        if !hash.matches(&data) {
             return Err(AppError::internal(
                 "reading a block",
                 format!("{hash} is corrupt on disk"),
@@ -88,7 +88,7 @@ fn parse_hash(s: &str) -> Result<BlockHash, AppError> {
     s.parse().map_err(|_| {
         AppError::invalid(
             "bad_hash",
-            "a block is named by its SHA-256 in 64 hex digits",
+            "a block is named by its hash: \"b3-\" and 64 hex digits (BLAKE3), or 64 hex digits (SHA-256)",
         )
     })
 }
@@ -111,7 +111,7 @@ async fn target(
     Ok((hash, folder))
 }
 
-/// `PUT /folders/{folder}/blocks/{sha256}`: 201 when stored, 200 when it already was.
+/// `PUT /folders/{folder}/blocks/{hash}`: 201 when stored, 200 when it already was.
 pub async fn put_block(
     State(state): State<AppState>,
     caller: Caller,
@@ -127,10 +127,10 @@ pub async fn put_block(
     if len > BLOCK_SIZE {
         return Err(AppError::TooLarge);
     }
-    if BlockHash::of(&data) != hash {
+    if !hash.matches(&data) {
         return Err(AppError::invalid(
             "hash_mismatch",
-            "the body's SHA-256 is not the hash in the URL; nothing was stored, send the block again",
+            "the body does not hash to the hash in the URL; nothing was stored, send the block again",
         ));
     }
     if state.store.has_block(&folder.id, &hash).await? {
@@ -165,7 +165,7 @@ pub async fn put_block(
     }
 }
 
-/// `GET /folders/{folder}/blocks/{sha256}`.
+/// `GET /folders/{folder}/blocks/{hash}`.
 pub async fn get_block(
     State(state): State<AppState>,
     caller: Caller,
@@ -182,7 +182,7 @@ pub async fn get_block(
     ))
 }
 
-/// `HEAD /folders/{folder}/blocks/{sha256}`: 200 if the cloud has the block, else 404.
+/// `HEAD /folders/{folder}/blocks/{hash}`: 200 if the cloud has the block, else 404.
 pub async fn head_block(
     State(state): State<AppState>,
     caller: Caller,

@@ -9,7 +9,37 @@ pub mod ticket;
 /// Makes rustls use the `ring` provider for every TLS connection of this process (the cloud's
 /// server and the agent's HTTPS client), so one crypto backend is built and reviewed.
 /// Calling it again is harmless.
+///
+/// AES-128-GCM is offered first (ring's order starts with AES-256-GCM): it is the strength
+/// of the peer channel's AES-128 inside, and relayed blocks cross two TLS legs, each
+/// encrypted once and decrypted once, where AES-256's 40 % more rounds cost throughput.
 pub fn install_tls_provider() {
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+    };
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| {
+        !matches!(
+            s.suite(),
+            TLS13_AES_128_GCM_SHA256
+                | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
     // Err only means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = provider.install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tls_offers_aes_128_gcm_first() {
+        super::install_tls_provider();
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        assert_eq!(
+            provider.cipher_suites.first().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
 }

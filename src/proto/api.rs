@@ -23,9 +23,9 @@
 //! GET    /folders/{folder}/entries/{entry}    Entry, ETag
 //! PUT    /folders/{folder}/entries/{entry}    EntryPut -> Entry  (If-Match: version | If-None-Match: *)
 //! DELETE /folders/{folder}/entries/{entry}    Entry tombstone     (If-Match: version)
-//! PUT    /folders/{folder}/blocks/{sha256}    bytes (hash checked)
-//! GET    /folders/{folder}/blocks/{sha256}    bytes
-//! HEAD   /folders/{folder}/blocks/{sha256}
+//! PUT    /folders/{folder}/blocks/{hash}    bytes (hash checked)
+//! GET    /folders/{folder}/blocks/{hash}    bytes
+//! HEAD   /folders/{folder}/blocks/{hash}
 //! GET    /folders/{folder}/changes?since=N&wait=S   ChangeBatch (long poll)
 //! ```
 //!

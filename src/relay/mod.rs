@@ -14,12 +14,15 @@ use crate::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER};
 use crate::proto::relay::{self as wire, Hello, Reply};
 use crate::proto::{TicketKind, now_secs};
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -30,7 +33,7 @@ use tokio_rustls::server::TlsStream;
 const ACCEPT_WITHIN: Duration = Duration::from_secs(10);
 /// How long a device has to send its first message.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
-/// Bytes copied per read.
+/// Bytes copied per read, each way.
 const COPY_CHUNK: usize = 256 * 1024;
 
 /// How to run a relay.
@@ -266,13 +269,20 @@ impl Relay {
                 dir.join(format!("{n}-{callee}-to-{caller}")),
             )
         });
-        let (a_rd, a_wr) = tokio::io::split(tls);
-        let (b_rd, b_wr) = tokio::io::split(other);
+        let create = |path: PathBuf| match std::fs::File::create(&path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write a relay transcript");
+                None
+            }
+        };
         let (ab, ba) = match transcript {
-            Some((ab, ba)) => (Some(ab), Some(ba)),
+            Some((ab, ba)) => (create(ab), create(ba)),
             None => (None, None),
         };
-        let _ = tokio::join!(pump(a_rd, b_wr, ab), pump(b_rd, a_wr, ba));
+        if let Err(e) = forward(tls, other, ab, ba).await {
+            tracing::debug!(%caller, %callee, error = %e, "relayed connection ended");
+        }
     }
 
     /// The dialer waiting on `rendezvous`, if `identity` is the device it waits for.
@@ -301,29 +311,128 @@ async fn refuse(mut tls: Stream, why: &str) {
     let _ = tls.shutdown().await;
 }
 
-/// Copies one direction until it ends, optionally keeping a transcript of every byte.
-async fn pump(
-    mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
-    transcript: Option<PathBuf>,
-) -> std::io::Result<()> {
-    let mut file = match transcript {
-        Some(path) => Some(tokio::fs::File::create(path).await?),
-        None => None,
-    };
-    let mut buf = vec![0u8; COPY_CHUNK];
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        if let Some(f) = file.as_mut() {
-            f.write_all(&buf[..n]).await?;
-        }
-        to.write_all(&buf[..n]).await?;
+/// Copies bytes both ways between two paired connections until both ends close, writing
+/// what each side sent to its transcript file if there is one. A direction's writer is
+/// flushed whenever its reader has nothing more at once (a TLS stream may otherwise hold
+/// the end of a burst back), and shut down when its reader ends.
+async fn forward<A, B>(
+    a: A,
+    b: B,
+    a_sent: Option<std::fs::File>,
+    b_sent: Option<std::fs::File>,
+) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a, mut b) = (Recorded::new(a, a_sent), Recorded::new(b, b_sent));
+    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_CHUNK, COPY_CHUNK).await
+}
+
+/// A stream whose reads are also written to a transcript file (the test mode's record of
+/// every byte forwarded; a plain stream when there is none). The file is written in place,
+/// blocking, which only the test mode does.
+struct Recorded<S> {
+    inner: S,
+    file: Option<std::fs::File>,
+}
+
+impl<S> Recorded<S> {
+    fn new(inner: S, file: Option<std::fs::File>) -> Self {
+        Self { inner, file }
     }
-    if let Some(f) = file.as_mut() {
-        f.flush().await?;
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if let Some(file) = this.file.as_mut() {
+            file.write_all(buf.filled().get(before..).unwrap_or_default())?;
+        }
+        Poll::Ready(Ok(()))
     }
-    to.shutdown().await
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, BufWriter, duplex};
+
+    /// A write the far side holds in a buffer (as a TLS stream does) still arrives while
+    /// the connection stays open: the last request of a burst must not wait for the next.
+    #[tokio::test]
+    async fn forwarded_bytes_arrive_without_waiting_for_more() {
+        let (mut dev_a, relay_a) = duplex(1 << 16);
+        let (relay_b, mut dev_b) = duplex(1 << 16);
+        let relay = tokio::spawn(forward(relay_a, BufWriter::new(relay_b), None, None));
+        dev_a.write_all(b"one request").await.unwrap();
+        let mut got = [0u8; 11];
+        tokio::time::timeout(Duration::from_secs(5), dev_b.read_exact(&mut got))
+            .await
+            .expect("the bytes arrived while the connection stayed open")
+            .unwrap();
+        assert_eq!(&got, b"one request");
+        dev_b.write_all(b"an answer").await.unwrap();
+        let mut back = [0u8; 9];
+        dev_a.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"an answer");
+        drop((dev_a, dev_b));
+        assert_eq!(relay.await.unwrap().unwrap(), (11, 9));
+    }
+
+    #[tokio::test]
+    async fn the_transcript_holds_every_byte_each_side_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ab, ba) = (dir.path().join("ab"), dir.path().join("ba"));
+        let (mut dev_a, relay_a) = duplex(1 << 16);
+        let (relay_b, mut dev_b) = duplex(1 << 16);
+        let files = (
+            std::fs::File::create(&ab).unwrap(),
+            std::fs::File::create(&ba).unwrap(),
+        );
+        let relay = tokio::spawn(forward(relay_a, relay_b, Some(files.0), Some(files.1)));
+        let from_a: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (send_a, send_b) = (from_a.clone(), b"from b".to_vec());
+        let a = tokio::spawn(async move {
+            dev_a.write_all(&send_a).await.unwrap();
+            dev_a.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            dev_a.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = vec![0u8; from_a.len()];
+        dev_b.read_exact(&mut got).await.unwrap();
+        dev_b.write_all(&send_b).await.unwrap();
+        dev_b.shutdown().await.unwrap();
+        assert_eq!(a.await.unwrap(), b"from b");
+        relay.await.unwrap().unwrap();
+        assert_eq!(got, from_a);
+        assert_eq!(std::fs::read(ab).unwrap(), from_a);
+        assert_eq!(std::fs::read(ba).unwrap(), b"from b");
+    }
 }

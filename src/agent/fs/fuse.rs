@@ -8,7 +8,7 @@ use crate::agent::cache::Node;
 use crate::agent::feed::Invalidator;
 use crate::agent::fs::ops::Opened;
 use crate::agent::fs::{Fs, FsError};
-use crate::proto::EntryKind;
+use crate::proto::{BLOCK_SIZE, EntryKind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -91,7 +91,7 @@ fn attr_of(n: &Node, owner: Owner) -> FileAttr {
         uid: owner.uid,
         gid: owner.gid,
         rdev: 0,
-        blksize: 128 * 1024,
+        blksize: BLOCK_SIZE as u32,
         flags: 0,
     }
 }

@@ -12,6 +12,7 @@ use crate::agent::fs::FsError;
 use crate::agent::journal::Journal;
 use crate::agent::status::Counters;
 use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -504,23 +505,32 @@ impl Fs {
 
     /// Reads from the staging file if the file is being written, else from blocks,
     /// fetching the ones not on the device.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let ino = self.handle_ino(fh)?;
         if let Some(s) = self.staging_of(ino) {
             let mut buf = vec![0u8; size as usize];
             let n = s.file.read_at(&mut buf, offset)?;
             buf.truncate(n);
-            return Ok(buf);
+            return Ok(buf.into());
         }
         let n = self.node(ino)?;
         let folder = n.folder.clone().ok_or(FsError::Invalid)?;
         let end = n.size.min(offset.saturating_add(u64::from(size)));
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
         self.read_ahead(fh, &n, &folder, offset, end, last);
+        if first == last {
+            // Within one block: a block still in memory is answered without a copy.
+            let b = n.manifest.get(first as usize).ok_or(FsError::Invalid)?;
+            self.fetcher.ensure(want(&n, &folder, b.hash)).await?;
+            let start = first * BLOCK_SIZE;
+            if let Some(part) = self.cache.hot_slice(&b.hash, offset - start, end - start) {
+                return Ok(part);
+            }
+        }
         let mut out = vec![0u8; (end - offset) as usize];
         for idx in first..=last {
             let b = n.manifest.get(idx as usize).ok_or(FsError::Invalid)?;
@@ -534,7 +544,7 @@ impl Fs {
                 return Err(FsError::Fetch(crate::agent::fetch::FetchError::Local));
             }
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     /// Grows the window on sequential reads, resets it on a seek, and starts fetching the
@@ -783,7 +793,7 @@ fn chunk(cache: &Cache, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), Fs
         buf.truncate(filled);
         at += filled as u64;
         let hash = BlockHash::of(&buf);
-        cache.store_block(&hash, &buf, true)?;
+        cache.store_block(&hash, buf.into(), true)?;
         manifest.push(BlockRef {
             hash,
             len: filled as u32,

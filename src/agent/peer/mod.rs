@@ -9,8 +9,10 @@
 //! - [`link`]: one channel to one peer, with many requests in flight.
 //! - [`net`]: who the peers are, the links to them, and the order sources are tried in.
 //! - [`relay`]: reaching a peer through the relay, and being reached through it.
+//! - [`keylog`]: session secrets written to a file, for tests and debugging only.
 
 pub mod channel;
+pub mod keylog;
 pub mod link;
 pub mod net;
 pub mod relay;

@@ -13,7 +13,7 @@ use crate::agent::client::CloudClient;
 use crate::agent::fetch::{BlockSource, SourceError, Want};
 use crate::agent::status::Counters;
 use crate::crypto::channel::{
-    ChannelError, LocalPeer, PeerCheck, PeerInfo, TicketCheck, TicketRefusal,
+    ChannelError, KeyLog, LocalPeer, PeerCheck, PeerInfo, TicketCheck, TicketRefusal,
 };
 use crate::crypto::ticket::KeySet;
 use crate::proto::{BlockHash, Device, Jwks};
@@ -44,7 +44,7 @@ const RELIST_AFTER: Duration = Duration::from_secs(3);
 const BAN: Duration = Duration::from_secs(600);
 
 /// How this device takes part.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PeerConfig {
     /// Where the listener binds; port 0 picks a free one.
     pub listen: SocketAddr,
@@ -54,6 +54,8 @@ pub struct PeerConfig {
     pub jwks_file: PathBuf,
     /// The cloud's CA, which the relay's certificate is also signed by.
     pub ca_pem: Vec<u8>,
+    /// Where every session's secrets are written, for tests and debugging (see `keylog`).
+    pub key_log: Option<Arc<dyn KeyLog>>,
 }
 
 /// Why the peer network could not start.
@@ -302,6 +304,7 @@ impl PeerNet {
             device: self.device().to_string(),
             key: Arc::clone(&self.key),
             ticket,
+            key_log: self.cfg.key_log.clone(),
         })
     }
 
@@ -323,7 +326,15 @@ impl PeerNet {
                 .peer_ticket(&peer.device, peer.folder.as_deref())
                 .await
         };
-        channel::accept(io, self.device(), Arc::clone(&self.key), ticket_for, check).await
+        channel::accept(
+            io,
+            self.device(),
+            Arc::clone(&self.key),
+            ticket_for,
+            check,
+            self.cfg.key_log.clone(),
+        )
+        .await
     }
 
     /// The initiator's handshake with `device` on `io`, with a ticket limited to `scope`.

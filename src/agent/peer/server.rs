@@ -3,13 +3,14 @@
 //! bounded number at a time. A peer paired through one Mesh Folder gets only blocks of files
 //! in that folder; anything malformed ends the channel.
 
-use super::channel::Channel;
+use super::channel::{Channel, frame_buffer};
 use super::net::PeerNet;
 use super::wire::{self, Message, Status};
 use super::{BoxIo, Io};
 use crate::agent::fetch::Want;
 use crate::agent::status::Counters;
 use crate::crypto::channel::{ChannelError, TicketRefusal};
+use crate::proto::BLOCK_SIZE;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -69,10 +70,11 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
     };
     let deadline = super::ticket_deadline(channel.peer.expires);
     let (mut rd, mut wr) = channel.into_split();
+    // Answers arrive as frame buffers (`channel::frame_buffer`), sealed where they lie.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if wr.send(&frame).await.is_err() {
+        while let Some(mut frame) = rx.recv().await {
+            if wr.send_in_place(&mut frame).await.is_err() {
                 break;
             }
         }
@@ -105,34 +107,38 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
     result
 }
 
-/// The answer frame to one request.
+/// The answer to one request, as a frame buffer.
 async fn answer(net: &PeerNet, scope: Option<&str>, id: u32, want: &Want) -> Vec<u8> {
+    let refusal = |status| {
+        let mut frame = frame_buffer(wire::ANSWER_HEADER);
+        frame.extend_from_slice(&wire::answer_header(id, status));
+        frame
+    };
     if !allowed(net, scope, want) {
-        return wire::answer_header(id, Status::Forbidden).to_vec();
+        return refusal(Status::Forbidden);
     }
     let cache = Arc::clone(&net.cache);
     let hash = want.hash;
     let block = tokio::task::spawn_blocking(move || {
-        let mut frame = wire::answer_header(id, Status::Found).to_vec();
+        let mut frame = frame_buffer(wire::ANSWER_HEADER + BLOCK_SIZE as usize);
+        frame.extend_from_slice(&wire::answer_header(id, Status::Found));
+        let header = frame.len();
         cache
             .append_block(&hash, &mut frame)
             .ok()
             .filter(|&found| found)
-            .map(|_| frame)
+            .map(|_| (frame.len() - header, frame))
     })
     .await
     .ok()
     .flatten();
     match block {
-        Some(frame) => {
+        Some((len, frame)) => {
             Counters::add(&net.counters.blocks_served, 1);
-            Counters::add(
-                &net.counters.bytes_served,
-                (frame.len() - wire::ANSWER_HEADER) as u64,
-            );
+            Counters::add(&net.counters.bytes_served, len as u64);
             frame
         }
-        None => wire::answer_header(id, Status::Missing).to_vec(),
+        None => refusal(Status::Missing),
     }
 }
 

@@ -3,7 +3,8 @@
 //! message is one channel frame.
 //!
 //! ```text
-//! request  'Q' id:u32 folder_len:u16 folder entry_len:u16 entry hash:[u8; 32]
+//! request  'Q' id:u32 folder_len:u16 folder entry_len:u16 entry hash:[u8; 33]
+//!          (hash: the function, then the digest; see `proto::hash`)
 //! answer   'A' id:u32 status:u8 block bytes (only with status 0)
 //! ```
 //!
@@ -11,6 +12,7 @@
 
 use crate::agent::fetch::Want;
 use crate::proto::BlockHash;
+use crate::proto::hash::WIRE_LEN;
 
 /// Longest folder or entry id accepted (they are UUIDs; the bound only stops abuse).
 const MAX_ID: usize = 256;
@@ -44,7 +46,7 @@ pub fn request(id: u32, want: &Want) -> Result<Vec<u8>, Malformed> {
     if folder.len() > MAX_ID || entry.len() > MAX_ID {
         return Err(Malformed);
     }
-    let mut out = Vec::with_capacity(1 + 4 + 2 + folder.len() + 2 + entry.len() + 32);
+    let mut out = Vec::with_capacity(1 + 4 + 2 + folder.len() + 2 + entry.len() + WIRE_LEN);
     out.push(b'Q');
     out.extend_from_slice(&id.to_be_bytes());
     for part in [folder, entry] {
@@ -52,7 +54,7 @@ pub fn request(id: u32, want: &Want) -> Result<Vec<u8>, Malformed> {
         out.extend_from_slice(&(part.len() as u16).to_be_bytes());
         out.extend_from_slice(part);
     }
-    out.extend_from_slice(&want.hash.0);
+    out.extend_from_slice(&want.hash.to_wire());
     Ok(out)
 }
 
@@ -104,8 +106,9 @@ pub fn parse(frame: &[u8]) -> Result<Message, Malformed> {
         b'Q' => {
             let folder = r.string()?;
             let entry = r.string()?;
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(r.take(32)?);
+            let mut wire = [0u8; WIRE_LEN];
+            wire.copy_from_slice(r.take(WIRE_LEN)?);
+            let hash = BlockHash::from_wire(&wire).ok_or(Malformed)?;
             if !r.0.is_empty() {
                 return Err(Malformed);
             }
@@ -114,7 +117,7 @@ pub fn parse(frame: &[u8]) -> Result<Message, Malformed> {
                 want: Want {
                     folder,
                     entry,
-                    hash: BlockHash(hash),
+                    hash,
                 },
             })
         }

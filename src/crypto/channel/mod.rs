@@ -26,7 +26,7 @@ pub mod record;
 pub mod schedule;
 
 pub use check::{PeerCheck, PeerInfo, TicketCheck, TicketRefusal};
-pub use handshake::{Established, Initiator, LocalPeer, Responder};
+pub use handshake::{Established, Initiator, KeyLog, LocalPeer, Responder};
 pub use record::{MAX_FRAME, Opener, Sealer};
 
 use crate::crypto::ticket::TicketError;

@@ -112,26 +112,42 @@ impl Sealer {
 
     /// Appends one frame carrying `plaintext` (at most [`MAX_FRAME`] bytes) to `out`.
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        let start = out.len();
+        out.reserve(HEADER_LEN + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        out.extend_from_slice(plaintext);
+        self.seal_from(out, start)
+    }
+
+    /// Seals `frame` where it lies: on entry its first [`HEADER_LEN`] bytes are room for the
+    /// header (their value does not matter) and the rest is the plaintext; on return it is
+    /// the whole frame. Saves [`seal`](Self::seal)'s copy of a large plaintext.
+    pub fn seal_in_place(&mut self, frame: &mut Vec<u8>) -> Result<(), ChannelError> {
+        if frame.len() < HEADER_LEN {
+            self.0.closed = true;
+            return Err(ChannelError::BadMessage("no room for the frame header"));
+        }
+        self.seal_from(frame, 0)
+    }
+
+    /// Seals `out[start..]`: header room, then plaintext.
+    fn seal_from(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), ChannelError> {
         let k = &mut self.0;
         k.ready()?;
-        let len = match u32::try_from(plaintext.len()) {
-            Ok(len) if plaintext.len() <= MAX_FRAME => len,
+        let plain_len = out.len() - start - HEADER_LEN;
+        let len = match u32::try_from(plain_len) {
+            Ok(len) if plain_len <= MAX_FRAME => len,
             _ => {
                 k.closed = true;
-                return Err(ChannelError::FrameTooLarge(plaintext.len()));
+                return Err(ChannelError::FrameTooLarge(plain_len));
             }
         };
-        let start = out.len() + HEADER_LEN;
-        out.reserve(HEADER_LEN + plaintext.len() + TAG_LEN);
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(plaintext);
+        out[start..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
         let mut cipher = k.cipher();
         let mut mac = k.mac(len);
-        if let Some(body) = out.get_mut(start..) {
-            for chunk in body.chunks_mut(CHUNK) {
-                cipher.apply_keystream(chunk);
-                mac.update(chunk);
-            }
+        for chunk in out[start + HEADER_LEN..].chunks_mut(CHUNK) {
+            cipher.apply_keystream(chunk);
+            mac.update(chunk);
         }
         out.extend_from_slice(&mac.finalize().into_bytes());
         k.seq += 1;
@@ -288,6 +304,23 @@ mod tests {
             assert_eq!(o.body_len(header).unwrap(), pt.len() + TAG_LEN);
             assert_eq!(open(&mut o, &frame).unwrap(), pt);
         }
+    }
+
+    #[test]
+    fn sealing_in_place_gives_the_same_frames_as_sealing_a_copy() {
+        let (mut a, mut b) = (Sealer::new(&keys(0), I2R), Sealer::new(&keys(0), I2R));
+        for pt in [&b""[..], b"x", VECTOR_PT] {
+            let mut frame = vec![0xee; HEADER_LEN];
+            frame.extend_from_slice(pt);
+            b.seal_in_place(&mut frame).unwrap();
+            assert_eq!(frame, seal(&mut a, pt));
+        }
+        let mut short = vec![0; HEADER_LEN - 1];
+        assert!(matches!(
+            b.seal_in_place(&mut short),
+            Err(ChannelError::BadMessage(_))
+        ));
+        assert!(matches!(b.seal(b"", &mut short), Err(ChannelError::Closed)));
     }
 
     #[test]

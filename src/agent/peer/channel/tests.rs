@@ -16,6 +16,7 @@ fn alice() -> LocalPeer {
         device: "alice".into(),
         key: Arc::new(ALICE.clone()),
         ticket: ticket("alice"),
+        key_log: None,
     }
 }
 
@@ -36,6 +37,7 @@ where
         Arc::new(BOB.clone()),
         ticket_for,
         check("bob", &BOB),
+        None,
     )
     .await
 }
@@ -264,7 +266,8 @@ async fn accept_without_a_ticket_for_the_caller_refuses() {
             "bob",
             Arc::new(BOB.clone()),
             no_ticket,
-            check("bob", &BOB)
+            check("bob", &BOB),
+            None,
         )
     );
     assert!(matches!(r, Err(ChannelError::NoTicket { device, .. }) if device == "alice"));

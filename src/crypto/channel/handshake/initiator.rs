@@ -2,8 +2,8 @@
 
 use super::message::{self, Hello};
 use super::{
-    Established, LocalPeer, Transcript, agree, decrypt_secret, encrypt_secret, new_share, random,
-    random_secret,
+    Established, LocalPeer, Transcript, agree, decrypt_secret, encrypt_secret, log_secrets,
+    new_share, random, random_secret,
 };
 use crate::crypto::channel::ChannelError;
 use crate::crypto::channel::check::{PeerCheck, PeerInfo};
@@ -20,10 +20,11 @@ impl Initiator {
     /// Hello to send.
     pub fn start(me: LocalPeer, expect: &str) -> Result<(ExpectHello, Vec<u8>), ChannelError> {
         let (share, public) = new_share();
+        let nonce = random();
         let hello = Hello {
             device: me.device.clone(),
             ticket: me.ticket.clone(),
-            nonce: random(),
+            nonce,
             share: public,
         }
         .encode()?;
@@ -32,6 +33,7 @@ impl Initiator {
         let state = ExpectHello {
             me,
             expect: expect.to_owned(),
+            nonce,
             share,
             transcript,
         };
@@ -43,6 +45,8 @@ impl Initiator {
 pub struct ExpectHello {
     me: LocalPeer,
     expect: String,
+    /// This side's Hello nonce, which names the session in a key log.
+    nonce: [u8; 32],
     share: EphemeralSecret,
     transcript: Transcript,
 }
@@ -67,6 +71,7 @@ impl ExpectHello {
         transcript.add(msg);
         Ok(ExpectKeyTransport {
             me: self.me,
+            nonce: self.nonce,
             peer,
             shared,
             transcript,
@@ -77,6 +82,7 @@ impl ExpectHello {
 /// Waits for the responder's key transport.
 pub struct ExpectKeyTransport {
     me: LocalPeer,
+    nonce: [u8; 32],
     peer: PeerInfo,
     shared: Secret,
     transcript: Transcript,
@@ -96,6 +102,12 @@ impl ExpectKeyTransport {
         transcript.add(&send);
         let hash = transcript.hash();
         let keys = schedule::derive(&initiator_secret, &responder_secret, &self.shared, &hash);
+        log_secrets(
+            self.me.key_log.as_deref(),
+            &self.nonce,
+            [&initiator_secret, &responder_secret, &self.shared],
+            &keys,
+        );
 
         let finished =
             message::encode_finished(&schedule::finished_mac(&keys.i2r.finished, &hash))?;

@@ -22,7 +22,7 @@ pub use responder::Responder;
 use super::ChannelError;
 use super::check::PeerInfo;
 use super::record::{Opener, Sealer};
-use super::schedule::{SECRET_LEN, Secret};
+use super::schedule::{SECRET_LEN, Schedule, Secret};
 use rand::Rng;
 use rsa::{PrivateKey, PublicKey};
 use sha2::{Digest, Sha256};
@@ -39,6 +39,45 @@ pub struct LocalPeer {
     pub key: Arc<PrivateKey>,
     /// Its peer ticket for the pair it is about to join.
     pub ticket: String,
+    /// Where to write the session's secrets, if anywhere (see [`KeyLog`]).
+    pub key_log: Option<Arc<dyn KeyLog>>,
+}
+
+/// Receives a session's secrets as the handshake derives them, for a test or a debugging
+/// session that must see inside the channel (the habit of TLS's `SSLKEYLOGFILE`). A side
+/// given none writes nothing anywhere.
+pub trait KeyLog: Send + Sync {
+    /// One secret of the session that the initiator's Hello nonce names.
+    fn log(&self, label: &'static str, session: &[u8; 32], secret: &[u8]);
+}
+
+/// Hands every secret of a session to `log`: both key-transport secrets, the X25519 shared
+/// secret, and each direction's record and Finished keys.
+fn log_secrets(
+    log: Option<&dyn KeyLog>,
+    session: &[u8; 32],
+    secrets: [&Secret; 3],
+    keys: &Schedule,
+) {
+    let Some(log) = log else {
+        return;
+    };
+    let [initiator, responder, shared] = secrets;
+    for (label, secret) in [
+        ("INITIATOR_SECRET", &initiator[..]),
+        ("RESPONDER_SECRET", &responder[..]),
+        ("X25519_SHARED_SECRET", &shared[..]),
+        ("I2R_KEY", &keys.i2r.key[..]),
+        ("I2R_MAC_KEY", &keys.i2r.mac[..]),
+        ("I2R_IV", &keys.i2r.iv[..]),
+        ("I2R_FINISHED_KEY", &keys.i2r.finished[..]),
+        ("R2I_KEY", &keys.r2i.key[..]),
+        ("R2I_MAC_KEY", &keys.r2i.mac[..]),
+        ("R2I_IV", &keys.r2i.iv[..]),
+        ("R2I_FINISHED_KEY", &keys.r2i.finished[..]),
+    ] {
+        log.log(label, session, secret);
+    }
 }
 
 /// The outcome of a handshake: who the peer is and the record layer for each direction.

@@ -3,8 +3,8 @@
 
 use super::message::{self, Hello};
 use super::{
-    Established, LocalPeer, Transcript, agree, decrypt_secret, encrypt_secret, new_share, random,
-    random_secret,
+    Established, LocalPeer, Transcript, agree, decrypt_secret, encrypt_secret, log_secrets,
+    new_share, random, random_secret,
 };
 use crate::crypto::channel::ChannelError;
 use crate::crypto::channel::check::{PeerCheck, PeerInfo};
@@ -15,6 +15,8 @@ use subtle::ConstantTimeEq;
 /// The initiator's Hello, read and its ticket checked; waits for this side's own ticket.
 pub struct Responder {
     peer: PeerInfo,
+    /// The initiator's Hello nonce, which names the session in a key log.
+    nonce: [u8; 32],
     their_share: [u8; 32],
     transcript: Transcript,
 }
@@ -28,6 +30,7 @@ impl Responder {
         transcript.add(msg);
         Ok(Self {
             peer,
+            nonce: hello.nonce,
             their_share: hello.share,
             transcript,
         })
@@ -58,6 +61,7 @@ impl Responder {
         transcript.add(&send);
         let state = ExpectKeyTransport {
             me,
+            nonce: self.nonce,
             peer: self.peer,
             shared,
             responder_secret,
@@ -70,6 +74,7 @@ impl Responder {
 /// Waits for the initiator's key transport.
 pub struct ExpectKeyTransport {
     me: LocalPeer,
+    nonce: [u8; 32],
     peer: PeerInfo,
     shared: Secret,
     responder_secret: Secret,
@@ -89,6 +94,12 @@ impl ExpectKeyTransport {
             &self.responder_secret,
             &self.shared,
             &hash,
+        );
+        log_secrets(
+            self.me.key_log.as_deref(),
+            &self.nonce,
+            [&initiator_secret, &self.responder_secret, &self.shared],
+            &keys,
         );
         Ok(ExpectFinished {
             peer: self.peer,

@@ -12,6 +12,23 @@ fn local(device: &str, key: &PrivateKey, ticket: String) -> LocalPeer {
         device: device.into(),
         key: Arc::new(key.clone()),
         ticket,
+        key_log: None,
+    }
+}
+
+/// One line of a key log: label, session, secret.
+type Line = (&'static str, [u8; 32], Vec<u8>);
+
+/// Keeps what a side logged.
+#[derive(Default)]
+struct Logged(std::sync::Mutex<Vec<Line>>);
+
+impl KeyLog for Logged {
+    fn log(&self, label: &'static str, session: &[u8; 32], secret: &[u8]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((label, *session, secret.to_vec()));
     }
 }
 
@@ -124,6 +141,48 @@ fn full_handshake_between_two_real_devices_carries_frames_both_ways() {
         let pt = format!("from bob {n}");
         assert_eq!(carry(&mut r, &mut i, pt.as_bytes()).unwrap(), pt.as_bytes());
     }
+}
+
+#[test]
+fn a_key_log_gets_the_same_secrets_from_both_sides_and_they_are_the_record_keys() {
+    let (il, rl) = (Arc::new(Logged::default()), Arc::new(Logged::default()));
+    let mut s = sides();
+    s.initiator.key_log = Some(il.clone());
+    s.responder.key_log = Some(rl.clone());
+    let (mut i, mut r) = handshake(s).unwrap();
+    let (il, rl) = (il.0.lock().unwrap(), rl.0.lock().unwrap());
+    assert_eq!(il.len(), 11);
+    assert_eq!(
+        *il, *rl,
+        "both sides log the same secrets under the same session"
+    );
+    assert!(il.iter().all(|(_, session, _)| *session == il[0].1));
+    let get = |label: &str| il.iter().find(|l| l.0 == label).unwrap().2.clone();
+    let keys = crate::crypto::channel::schedule::DirectionKeys {
+        key: get("I2R_KEY").try_into().unwrap(),
+        mac: get("I2R_MAC_KEY").try_into().unwrap(),
+        iv: get("I2R_IV").try_into().unwrap(),
+        finished: get("I2R_FINISHED_KEY").try_into().unwrap(),
+    };
+    let mut frame = Vec::new();
+    i.sealer
+        .seal(b"seen with the logged keys", &mut frame)
+        .unwrap();
+    let mut copy = frame.clone();
+    let mut outside = Opener::new(
+        &keys,
+        crate::crypto::channel::record::Direction::InitiatorToResponder,
+    );
+    assert_eq!(
+        outside.open_in_place(&mut copy).unwrap(),
+        b"seen with the logged keys"
+    );
+    assert_eq!(
+        r.opener.open_in_place(&mut frame).unwrap(),
+        b"seen with the logged keys"
+    );
+    // Nothing is logged without a key log.
+    assert!(handshake(sides()).is_ok());
 }
 
 #[test]
