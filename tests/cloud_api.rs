@@ -1210,10 +1210,18 @@ async fn a_device_records_its_own_peer_addresses_and_no_one_elses() {
     assert_eq!(d.addrs, vec!["127.0.0.1:4000".to_string()]);
     let res = put(&ann2, &ann1, vec!["10.0.0.1:1".into()]).await.unwrap();
     assert_eq!(api_error(res).await.0, StatusCode::FORBIDDEN);
-    let res = put(&ann1, &ann1, vec!["not an address".into()])
-        .await
-        .unwrap();
-    assert_eq!(api_error(res).await.0, StatusCode::BAD_REQUEST);
+    for bad in [
+        "not an address",
+        "10.0.0.1:0",
+        "0.0.0.0:4000",
+        "255.255.255.255:4000",
+        "224.0.0.1:4000",
+        "[::]:4000",
+        "[ff02::1]:4000",
+    ] {
+        let res = put(&ann1, &ann1, vec![bad.into()]).await.unwrap();
+        assert_eq!(api_error(res).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
     let devices: Vec<Device> = env
         .req(Method::GET, "/users/ann/devices", Some(&ann2.identity))
         .send()
@@ -1224,6 +1232,11 @@ async fn a_device_records_its_own_peer_addresses_and_no_one_elses() {
         .unwrap();
     let one = devices.iter().find(|d| d.id == ann1.id).unwrap();
     assert_eq!(one.addrs, vec!["127.0.0.1:4000".to_string()]);
+    // An agent that stops withdraws its address with an empty list.
+    let res = put(&ann1, &ann1, vec![]).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let d: Device = res.json().await.unwrap();
+    assert!(d.addrs.is_empty());
 }
 
 #[tokio::test]

@@ -95,6 +95,34 @@ fn a_device_only_file_is_read_byte_identical_on_b_from_a_over_a_direct_channel()
         cloud_blocks_of(&mesh.cloud, &private).is_empty(),
         "no block of a device-only folder is in the cloud"
     );
+
+    // A stops cleanly and withdraws its address, so peers stop dialing it. `device list`
+    // shows where peers reach a device: ID NAME STATE ADDRESS LAST SEEN.
+    let a_id = mesh.a.device_id();
+    let address = |mesh: &Mesh| {
+        let out = mesh.b.cli_ok(&["device", "list"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&a_id))
+            .unwrap_or_default();
+        line.split_whitespace()
+            .nth(3)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        address(&mesh).starts_with("127.0.0.1:"),
+        "{}",
+        address(&mesh)
+    );
+    let mut mesh = mesh;
+    mesh.ma.stop();
+    assert_eq!(
+        address(&mesh),
+        "-",
+        "a stopped agent withdraws its peer address"
+    );
 }
 
 #[test]
@@ -558,28 +586,16 @@ async fn another_users_device_and_a_revoked_device_are_refused_a_channel() {
     );
 }
 
-/// A peer of ann's that answers every block request with bytes of the right length and the
-/// wrong content: B rejects the block (hash check), bans the peer and reads the right bytes
-/// from the cloud; the liar is not asked again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from_the_cloud() {
+/// A peer that answers every block request with 1 MiB of wrong bytes, over a real channel
+/// (its ticket is valid), listening on an address it reports to the cloud. Returns how many
+/// requests it answered, and its task.
+async fn lie_to_every_request(
+    liar: Arc<Hand>,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     use meshfs::agent::peer::wire::{self, Message, Status};
-    let cloud = Cloud::start_with(&["--no-relay"]);
-    cloud.add_user("ann");
-    let a = Device::login(&cloud, "ann", "laptop");
-    let b = Device::login(&cloud, "ann", "desktop");
-    let liar_dev = Device::login(&cloud, "ann", "liar");
-    a.create_folder("Docs");
-    let ma = a.mount_with(&["--no-peers"]);
-    let data = pseudo_random(4 * MIB, 9);
-    assert!(eventually(Duration::from_secs(20), || ma
-        .join("Docs")
-        .is_dir()));
-    std::fs::write(ma.join("Docs/f.bin"), &data).expect("write on A");
-    assert!(a.uploaded());
-
-    // The liar: a real channel (its ticket is valid), false blocks.
-    let liar = Arc::new(Hand::of(&liar_dev));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     liar.client
@@ -587,13 +603,13 @@ async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from
         .await
         .expect("presence");
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (serving, counted) = (Arc::clone(&liar), Arc::clone(&asked));
+    let counted = Arc::clone(&asked);
     let server = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
-            let (liar, asked) = (Arc::clone(&serving), Arc::clone(&counted));
+            let (liar, asked) = (Arc::clone(&liar), Arc::clone(&counted));
             tokio::spawn(async move {
                 let check = liar.ticket_check().await;
                 let client = &liar.client;
@@ -627,6 +643,29 @@ async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from
             });
         }
     });
+    (asked, server)
+}
+
+/// A peer of ann's that answers every block request with bytes of the right length and the
+/// wrong content: B rejects the block (hash check), bans the peer and reads the right bytes
+/// from the cloud; the liar is not asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from_the_cloud() {
+    let cloud = Cloud::start_with(&["--no-relay"]);
+    cloud.add_user("ann");
+    let a = Device::login(&cloud, "ann", "laptop");
+    let b = Device::login(&cloud, "ann", "desktop");
+    let liar_dev = Device::login(&cloud, "ann", "liar");
+    a.create_folder("Docs");
+    let ma = a.mount_with(&["--no-peers"]);
+    let data = pseudo_random(4 * MIB, 9);
+    assert!(eventually(Duration::from_secs(20), || ma
+        .join("Docs")
+        .is_dir()));
+    std::fs::write(ma.join("Docs/f.bin"), &data).expect("write on A");
+    assert!(a.uploaded());
+
+    let (asked, server) = lie_to_every_request(Arc::new(Hand::of(&liar_dev))).await;
 
     let mb = b.mount();
     let on_b = mb.join("Docs/f.bin");
@@ -658,6 +697,49 @@ async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from
         asked_before,
         "a banned peer is not asked again"
     );
+    server.abort();
+    drop((ma, mb));
+}
+
+/// Device-only content, which the cloud does not have: a peer that lies is dropped and the
+/// read goes on from the next peer, the honest holder (reached here only through the relay,
+/// so the liar, reached directly, is asked before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lying_peer_the_next_peer_serves_device_only_content() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    let a = Device::login(&cloud, "ann", "laptop");
+    let b = Device::login(&cloud, "ann", "desktop");
+    let liar_dev = Device::login(&cloud, "ann", "liar");
+    a.cli_ok(&["folder", "create", "Private", "--device-only"]);
+    let ma = a.mount_with(&["--peer-advertise", "127.0.0.1:9"]);
+    assert!(eventually(Duration::from_secs(20), || ma
+        .join("Private")
+        .is_dir()));
+    let data = pseudo_random(4 * MIB, 11);
+    std::fs::write(ma.join("Private/f.bin"), &data).expect("write on A");
+    assert!(a.uploaded());
+    let (asked, server) = lie_to_every_request(Arc::new(Hand::of(&liar_dev))).await;
+
+    let mb = b.mount();
+    let on_b = mb.join("Private/f.bin");
+    assert!(appears(&on_b, data.len() as u64));
+    let got = tokio::task::spawn_blocking(move || std::fs::read(on_b))
+        .await
+        .unwrap()
+        .expect("B's read completes, though the cloud has none of the file");
+    assert!(got == data, "B never takes the liar's bytes");
+    assert!(asked.load(Ordering::SeqCst) >= 1, "B asked the liar");
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let c = counters(&b);
+            c.blocks_rejected >= 1 && c.bytes_from_peers >= data.len() as u64
+        }),
+        "B rejected the liar's block and took the file from A: {:?}",
+        counters(&b)
+    );
+    // Not even a read-ahead failed (the kernel would have asked again, hiding it).
+    assert_eq!(counters(&b).blocks_unavailable, 0, "{:?}", counters(&b));
     server.abort();
     drop((ma, mb));
 }

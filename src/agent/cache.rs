@@ -66,6 +66,10 @@ pub struct Node {
     pub pending: u32,
     /// False once unlinked or replaced here; kept for open handles and the upload.
     pub linked: bool,
+    /// Devices the cloud names as holding this version's content (where a reader asks
+    /// first); empty when the cloud has it all, or the version was written here.
+    #[serde(default)]
+    pub holders: Vec<String>,
 }
 
 impl Node {
@@ -87,6 +91,7 @@ impl Node {
             target: None,
             pending: 0,
             linked: true,
+            holders: Vec::new(),
         }
     }
 
@@ -582,6 +587,7 @@ mod tests {
             target: None,
             pending: 0,
             linked: true,
+            holders: vec![],
         }
     }
 

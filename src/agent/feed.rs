@@ -46,6 +46,7 @@ fn node_of(e: &Entry, ino: u64, parent: u64, folder: &str) -> Node {
         target: e.target.clone(),
         pending: 0,
         linked: true,
+        holders: e.holders.clone(),
     }
 }
 

@@ -28,15 +28,25 @@ pub struct Want {
     /// The cloud entry of the file; empty for a file never committed.
     pub entry: String,
     pub hash: BlockHash,
+    /// Devices the cloud says hold the file's content: asked before other peers. A hint
+    /// for this device's sources, never sent to a peer.
+    pub holders: Vec<String>,
 }
 
 /// Somewhere blocks come from: peers (direct or relayed) and the cloud.
 pub trait BlockSource: Send + Sync {
     fn name(&self) -> &str;
     fn get<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>>;
-    /// The block this source just gave for `want` did not match its hash.
-    fn rejected(&self, _want: &Want) {}
+    /// The block this source just gave for `want` did not match its hash. Returns whether
+    /// to ask it again: a source made of several peers drops the one that lied and may
+    /// have another that holds the block.
+    fn rejected(&self, _want: &Want) -> bool {
+        false
+    }
 }
+
+/// Times one source is asked for one block after it gave a wrong one.
+const RETRIES_AFTER_A_LIE: usize = 3;
 
 impl BlockSource for CloudClient {
     fn name(&self) -> &str {
@@ -126,36 +136,43 @@ impl Fetcher {
         let hash = want.hash;
         let mut reached_any = false;
         for source in &self.sources {
-            match source.get(want).await {
-                Ok(data) if hash.matches(&data) => {
-                    Counters::add(&self.counters.blocks_fetched, 1);
-                    Counters::add(&self.counters.bytes_fetched, data.len() as u64);
-                    let cache = Arc::clone(&self.cache);
-                    return tokio::task::spawn_blocking(move || {
-                        cache.store_block(&hash, data, false)
-                    })
-                    .await
-                    .map_err(|_| FetchError::Local)?
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "storing a fetched block");
-                        FetchError::Local
-                    });
+            for _ in 0..=RETRIES_AFTER_A_LIE {
+                match source.get(want).await {
+                    Ok(data) if hash.matches(&data) => {
+                        Counters::add(&self.counters.blocks_fetched, 1);
+                        Counters::add(&self.counters.bytes_fetched, data.len() as u64);
+                        let cache = Arc::clone(&self.cache);
+                        return tokio::task::spawn_blocking(move || {
+                            cache.store_block(&hash, data, false)
+                        })
+                        .await
+                        .map_err(|_| FetchError::Local)?
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "storing a fetched block");
+                            FetchError::Local
+                        });
+                    }
+                    Ok(_) => {
+                        reached_any = true;
+                        Counters::add(&self.counters.blocks_rejected, 1);
+                        let again = source.rejected(want);
+                        tracing::warn!(source = source.name(), %hash, again, "source sent a block that does not match its hash; trying another");
+                        if again {
+                            continue;
+                        }
+                    }
+                    Err(SourceError::Missing(why)) => {
+                        reached_any = true;
+                        tracing::warn!(source = source.name(), %hash, %why, "source does not have the block");
+                    }
+                    Err(SourceError::Unreachable(why)) => {
+                        tracing::debug!(source = source.name(), %hash, %why, "source unreachable");
+                    }
                 }
-                Ok(_) => {
-                    reached_any = true;
-                    source.rejected(want);
-                    Counters::add(&self.counters.blocks_rejected, 1);
-                    tracing::warn!(source = source.name(), %hash, "source sent a block that does not match its hash; trying the next source");
-                }
-                Err(SourceError::Missing(why)) => {
-                    reached_any = true;
-                    tracing::warn!(source = source.name(), %hash, %why, "source does not have the block");
-                }
-                Err(SourceError::Unreachable(why)) => {
-                    tracing::debug!(source = source.name(), %hash, %why, "source unreachable");
-                }
+                break;
             }
         }
+        Counters::add(&self.counters.blocks_unavailable, 1);
         Err(if reached_any {
             FetchError::NotFound(hash)
         } else {
@@ -205,6 +222,7 @@ mod tests {
             folder: "f".into(),
             entry: "e".into(),
             hash,
+            holders: Vec::new(),
         }
     }
 
@@ -249,6 +267,83 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+
+    /// Like several peers behind one source: the first answer lies, and once told, the
+    /// source asks another peer, which has the right bytes.
+    struct LiarThenHonest {
+        calls: AtomicUsize,
+        told: AtomicUsize,
+    }
+
+    impl BlockSource for LiarThenHonest {
+        fn name(&self) -> &str {
+            "peers"
+        }
+        fn get<'a>(&'a self, _: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+            let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move { Ok(Bytes::from_static(if first { b"wrong" } else { b"right" })) }.boxed()
+        }
+        fn rejected(&self, _: &Want) -> bool {
+            self.told.fetch_add(1, Ordering::SeqCst);
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_that_dropped_a_liar_is_asked_again_before_the_next_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = Arc::new(LiarThenHonest {
+            calls: AtomicUsize::new(0),
+            told: AtomicUsize::new(0),
+        });
+        let cloud = Arc::new(Fixed {
+            data: Bytes::from_static(b"right"),
+            calls: AtomicUsize::new(0),
+        });
+        let f = fetcher(dir.path(), vec![peers.clone(), cloud.clone()]);
+        let h = BlockHash::of(b"right");
+        f.ensure(want(h)).await.unwrap();
+        assert_eq!(f.cache.load_block(&h).unwrap().unwrap(), b"right");
+        assert_eq!(peers.told.load(Ordering::SeqCst), 1);
+        assert_eq!(peers.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            cloud.calls.load(Ordering::SeqCst),
+            0,
+            "the cloud was not needed"
+        );
+    }
+
+    /// A source that lies every time and always asks to be asked again gets a bounded
+    /// number of tries, then the next source answers.
+    struct AlwaysLying(AtomicUsize);
+
+    impl BlockSource for AlwaysLying {
+        fn name(&self) -> &str {
+            "liars"
+        }
+        fn get<'a>(&'a self, _: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            async { Ok(Bytes::from_static(b"wrong")) }.boxed()
+        }
+        fn rejected(&self, _: &Want) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_after_lies_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let liars = Arc::new(AlwaysLying(AtomicUsize::new(0)));
+        let cloud = Arc::new(Fixed {
+            data: Bytes::from_static(b"right"),
+            calls: AtomicUsize::new(0),
+        });
+        let f = fetcher(dir.path(), vec![liars.clone(), cloud.clone()]);
+        let h = BlockHash::of(b"right");
+        f.ensure(want(h)).await.unwrap();
+        assert_eq!(liars.0.load(Ordering::SeqCst), 1 + RETRIES_AFTER_A_LIE);
+        assert_eq!(cloud.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

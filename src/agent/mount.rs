@@ -269,6 +269,9 @@ pub async fn run(
     for t in peer_tasks {
         t.abort();
     }
+    if let Some(peers) = &agent.peers {
+        peers.withdraw().await;
+    }
     // fusermount's auto-unmount only acts on a dead filesystem, so a live one is unmounted
     // here. Lazily: open files must not keep the agent from stopping.
     unmount(mountpoint);

@@ -10,6 +10,8 @@ pub struct Counters {
     pub blocks_fetched: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub blocks_rejected: AtomicU64,
+    /// Blocks no source could give when they were wanted (a read or read-ahead failed).
+    pub blocks_unavailable: AtomicU64,
     pub blocks_uploaded: AtomicU64,
     pub bytes_uploaded: AtomicU64,
     pub commits: AtomicU64,
@@ -35,6 +37,7 @@ impl Counters {
             blocks_fetched: self.blocks_fetched.load(Relaxed),
             bytes_fetched: self.bytes_fetched.load(Relaxed),
             blocks_rejected: self.blocks_rejected.load(Relaxed),
+            blocks_unavailable: self.blocks_unavailable.load(Relaxed),
             blocks_uploaded: self.blocks_uploaded.load(Relaxed),
             bytes_uploaded: self.bytes_uploaded.load(Relaxed),
             commits: self.commits.load(Relaxed),
@@ -53,6 +56,8 @@ pub struct CounterSnapshot {
     pub blocks_fetched: u64,
     pub bytes_fetched: u64,
     pub blocks_rejected: u64,
+    #[serde(default)]
+    pub blocks_unavailable: u64,
     pub blocks_uploaded: u64,
     pub bytes_uploaded: u64,
     pub commits: u64,

@@ -80,6 +80,12 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
                 "peers:    {} blocks ({} bytes) came from peers; served {} blocks ({} bytes)",
                 c.blocks_from_peers, c.bytes_from_peers, c.blocks_served, c.bytes_served
             );
+            if c.blocks_unavailable > 0 {
+                println!(
+                    "missing:  {} block(s) no device or cloud could give when wanted (reads failed; see the agent's log)",
+                    c.blocks_unavailable
+                );
+            }
         }
     }
     Ok(())

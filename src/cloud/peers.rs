@@ -43,14 +43,32 @@ pub async fn presence(
 ) -> Result<Json<Device>, AppError> {
     require_self(&caller, &user, &device)?;
     let Json(p) = body?;
-    if p.addrs.len() > MAX_ADDRS || p.addrs.iter().any(|a| a.parse::<SocketAddr>().is_err()) {
+    if p.addrs.len() > MAX_ADDRS || !p.addrs.iter().all(|a| dialable(a)) {
         return Err(AppError::invalid(
             "bad_addrs",
-            format!("give at most {MAX_ADDRS} addresses, each ip:port"),
+            format!(
+                "give at most {MAX_ADDRS} addresses, each ip:port with a port and a unicast IP that can be dialed"
+            ),
         ));
     }
     state.store.set_addrs(&device, &p.addrs).await?;
     device_node(&state, &device).await
+}
+
+/// Whether peers could dial `addr`: an `ip:port` with a port, and an IP that names one
+/// host (not 0.0.0.0, a broadcast or a multicast group), so that a device cannot point
+/// its peers at a whole network.
+fn dialable(addr: &str) -> bool {
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return false;
+    };
+    let one_host = match addr.ip() {
+        std::net::IpAddr::V4(ip) => {
+            !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
+        }
+        std::net::IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
+    };
+    addr.port() != 0 && one_host
 }
 
 async fn device_node(state: &AppState, device: &str) -> Result<Json<Device>, AppError> {

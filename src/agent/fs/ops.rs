@@ -33,6 +33,7 @@ fn want(n: &Node, folder: &str, hash: BlockHash) -> Want {
         folder: folder.to_string(),
         entry: n.entry.clone().unwrap_or_default(),
         hash,
+        holders: n.holders.clone(),
     }
 }
 
@@ -232,6 +233,7 @@ impl Fs {
             target,
             pending: 1,
             linked: true,
+            holders: Vec::new(),
         };
         let mut txn = Txn::default();
         txn.put_node(&node);

@@ -42,6 +42,8 @@ const RETRY_FAILED_AFTER: Duration = Duration::from_secs(10);
 const RELIST_AFTER: Duration = Duration::from_secs(3);
 /// How long a peer that sent a wrong block is not asked again.
 const BAN: Duration = Duration::from_secs(600);
+/// How long a stopping agent tries to tell the cloud it no longer listens.
+const WITHDRAW_WITHIN: Duration = Duration::from_secs(2);
 
 /// How this device takes part.
 #[derive(Clone)]
@@ -233,6 +235,18 @@ impl PeerNet {
             *self.advertised.write().unwrap_or_else(|p| p.into_inner()) = Some(addr);
         }
         self.list_peers().await
+    }
+
+    /// Tells the cloud this device no longer listens, so peers stop dialing it (a crash
+    /// leaves the old address, which then refuses connections). Gives up after a moment:
+    /// an agent stopping offline must not hang on it.
+    pub async fn withdraw(&self) {
+        let withdrawn = tokio::time::timeout(WITHDRAW_WITHIN, self.client.set_presence(Vec::new()));
+        match withdrawn.await {
+            Ok(Ok(_)) => tracing::debug!("peer address withdrawn"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "withdrawing the peer address"),
+            Err(_) => tracing::debug!("withdrawing the peer address took too long"),
+        }
     }
 
     fn list_is_stale(&self) -> bool {
@@ -453,9 +467,10 @@ impl PeerNet {
         list
     }
 
-    /// The devices to ask for a block of `folder`: the user's own, then other users'
-    /// devices sharing the folder; those with a direct link made before first.
-    async fn candidates(&self, folder: &str) -> Vec<Candidate> {
+    /// The devices to ask for a block of `folder`: those the cloud names as holders of
+    /// the file's content first, then those with a direct link made before; the user's
+    /// own devices before other users' devices sharing the folder.
+    async fn candidates(&self, folder: &str, holders: &[String]) -> Vec<Candidate> {
         let own: Vec<Candidate> = self
             .peers
             .read()
@@ -476,7 +491,11 @@ impl PeerNet {
             .filter(|c| !self.is_banned(&c.dev.id))
             .collect();
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-        all.sort_by_key(|c| !links.contains_key(&(c.dev.id.clone(), false, c.scope.clone())));
+        all.sort_by_key(|c| {
+            let holds = holders.contains(&c.dev.id);
+            let linked = links.contains_key(&(c.dev.id.clone(), false, c.scope.clone()));
+            (!holds, !linked)
+        });
         all
     }
 
@@ -493,7 +512,7 @@ impl PeerNet {
     }
 
     async fn fetch_from_peers(&self, want: &Want) -> Result<Bytes, SourceError> {
-        let peers = self.candidates(&want.folder).await;
+        let peers = self.candidates(&want.folder, &want.holders).await;
         let mut answered: Vec<&str> = Vec::new();
         let relay = self.relay_addr().is_some();
         for relayed in [false, true] {
@@ -541,14 +560,15 @@ impl PeerNet {
     }
 
     /// Drops the peer that sent a block with the wrong hash and bans it for a while.
-    fn reject(&self, want: &Want) {
+    /// Returns whether one was dropped: then another peer may still have the block.
+    fn reject(&self, want: &Want) -> bool {
         let Some(device) = self
             .served_by
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop(&want.hash)
         else {
-            return;
+            return false;
         };
         tracing::warn!(peer = %device, hash = %want.hash, "peer sent a wrong block; dropping it");
         self.banned
@@ -571,6 +591,7 @@ impl PeerNet {
                 link.close("it sent a wrong block");
             }
         }
+        true
     }
 }
 
@@ -599,7 +620,7 @@ impl BlockSource for PeerNet {
         self.fetch(want).boxed()
     }
 
-    fn rejected(&self, want: &Want) {
-        self.reject(want);
+    fn rejected(&self, want: &Want) -> bool {
+        self.reject(want)
     }
 }

@@ -118,6 +118,7 @@ pub fn parse(frame: &[u8]) -> Result<Message, Malformed> {
                     folder,
                     entry,
                     hash,
+                    holders: Vec::new(),
                 },
             })
         }
@@ -146,6 +147,7 @@ mod tests {
             folder: "f-1".into(),
             entry: "e-2".into(),
             hash: BlockHash::of(b"x"),
+            holders: Vec::new(),
         }
     }
 
