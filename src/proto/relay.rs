@@ -11,6 +11,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Longest relay message: two tickets and some JSON.
 pub const MAX_MESSAGE: usize = 32 * 1024;
 
+/// Bytes both ends read from a relay socket at once, through a buffer under TLS: rustls
+/// reads at most 4 KiB at a time, which for relayed blocks cost a system call (and a
+/// wakeup) per 4 KiB on each of the two legs.
+pub const SOCKET_READ: usize = 256 * 1024;
+
 /// What a device asks of the relay, as the first message of a connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -55,7 +55,9 @@ pub enum RelayError {
     },
 }
 
-type Stream = TlsStream<TcpStream>;
+/// A device's TLS connection, over a socket read through a buffer of
+/// [`wire::SOCKET_READ`] bytes.
+type Stream = TlsStream<BufReader<TcpStream>>;
 
 struct Waiting {
     /// The device that must accept.
@@ -114,7 +116,8 @@ pub async fn start(
             let _ = tcp.set_nodelay(true);
             let (relay, acceptor) = (Arc::clone(&relay), acceptor.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HELLO_WITHIN, acceptor.accept(tcp)).await {
+                let buffered = BufReader::with_capacity(wire::SOCKET_READ, tcp);
+                match tokio::time::timeout(HELLO_WITHIN, acceptor.accept(buffered)).await {
                     Ok(Ok(tls)) => relay.serve(tls, from).await,
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "relay TLS handshake failed"),
                     Err(_) => tracing::debug!(%from, "relay TLS handshake timed out"),

@@ -9,6 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -59,8 +60,12 @@ fn connector(ca_pem: &[u8]) -> Result<TlsConnector, RelayClientError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// A TLS connection to the relay, over a socket read through a buffer of
+/// [`wire::SOCKET_READ`] bytes.
+type RelayStream = TlsStream<BufReader<TcpStream>>;
+
 /// A TLS connection to the relay, its first message sent.
-async fn open(net: &PeerNet, hello: &Hello) -> Result<TlsStream<TcpStream>, RelayClientError> {
+async fn open(net: &PeerNet, hello: &Hello) -> Result<RelayStream, RelayClientError> {
     let addr = net.relay_addr().ok_or(RelayClientError::NoRelay)?;
     let host = addr
         .rsplit_once(':')
@@ -76,7 +81,7 @@ async fn open(net: &PeerNet, hello: &Hello) -> Result<TlsStream<TcpStream>, Rela
             })?;
         let _ = tcp.set_nodelay(true);
         connector(net.ca_pem())?
-            .connect(name, tcp)
+            .connect(name, BufReader::with_capacity(wire::SOCKET_READ, tcp))
             .await
             .map_err(|source| RelayClientError::Connect {
                 addr: addr.clone(),
@@ -98,7 +103,7 @@ async fn identity(net: &PeerNet) -> Result<String, RelayClientError> {
 }
 
 /// Waits for the relay's `Ready`.
-async fn ready(tls: &mut TlsStream<TcpStream>) -> Result<(), RelayClientError> {
+async fn ready(tls: &mut RelayStream) -> Result<(), RelayClientError> {
     let reply = tokio::time::timeout(PAIR_TIMEOUT, wire::read::<_, Reply>(tls))
         .await
         .map_err(|_| RelayClientError::Timeout)??;
