@@ -25,6 +25,7 @@ use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The mount root's inode.
 pub const ROOT: u64 = 1;
@@ -125,10 +126,15 @@ pub struct Snapshot {
     pub target: Option<String>,
     /// This step replaced what was at (parent, name): `rename` over an existing file.
     pub replace: bool,
+    /// The node it replaced here. It stays, unlinked and counted as pending, until this
+    /// step reached the cloud (which then tombstones its entry): otherwise a replay of the
+    /// feed after a crash could bring its entry back as a live file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<u64>,
 }
 
 impl Snapshot {
-    pub fn of(n: &Node, replace: bool) -> Self {
+    pub fn of(n: &Node, replaced: Option<u64>) -> Self {
         Self {
             parent: n.parent,
             name: n.name.clone(),
@@ -137,7 +143,8 @@ impl Snapshot {
             mtime_ns: n.mtime_ns,
             manifest: n.manifest.clone(),
             target: n.target.clone(),
-            replace,
+            replace: replaced.is_some(),
+            replaced,
         }
     }
 }
@@ -198,6 +205,8 @@ pub struct Txn {
     batch: sled::Batch,
     /// The nodes the batch writes or removes, to drop from the decoded-node cache.
     nodes: Vec<u64>,
+    /// The highest journal record the batch appends.
+    journal_seq: Option<u64>,
 }
 
 impl Txn {
@@ -232,6 +241,7 @@ impl Txn {
     pub fn journal(&mut self, seq: u64, op: &JournalOp) {
         let v = serde_json::to_vec(op).unwrap_or_default();
         self.batch.insert(journal_key(seq), v);
+        self.journal_seq = self.journal_seq.max(Some(seq));
     }
     pub fn unjournal(&mut self, seq: u64) {
         self.batch.remove(journal_key(seq));
@@ -269,6 +279,9 @@ pub struct Cache {
     /// The last blocks stored, each also on disk (it enters after its file is written and
     /// leaves before its file is removed).
     hot: Mutex<LruCache<BlockHash, Bytes>>,
+    /// The highest journal record applied, and the highest known to be on disk.
+    applied_seq: AtomicU64,
+    durable_seq: AtomicU64,
 }
 
 impl Cache {
@@ -296,7 +309,13 @@ impl Cache {
             hot: Mutex::new(LruCache::new(
                 NonZeroUsize::new(HOT_BLOCKS).unwrap_or(NonZeroUsize::MIN),
             )),
+            applied_seq: AtomicU64::new(0),
+            durable_seq: AtomicU64::new(0),
         };
+        // Records found at start were read from disk; later ones get higher numbers.
+        let found = cache.last_journal_seq()?;
+        cache.applied_seq.store(found, Ordering::SeqCst);
+        cache.durable_seq.store(found, Ordering::SeqCst);
         if cache.node(ROOT)?.is_none() {
             let mut t = Txn::default();
             t.put_node(&Node::fixed_dir(ROOT, "", None));
@@ -333,13 +352,29 @@ impl Cache {
             decoded.pop(ino);
         }
         self.tree.apply_batch(txn.batch)?;
+        if let Some(seq) = txn.journal_seq {
+            self.applied_seq.fetch_max(seq, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     /// Makes everything applied so far durable.
     pub async fn flush(&self) -> Result<(), CacheError> {
+        // Read before the flush: every record applied by now is in what it writes.
+        let applied = self.applied_seq.load(Ordering::SeqCst);
         self.db.flush_async().await?;
+        self.durable_seq.fetch_max(applied, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Makes sure journal record `seq` is on disk, flushing unless a flush since it was
+    /// applied covered it. The uploader calls this first: the cloud must never have a
+    /// change that a crash of this device could still undo here.
+    pub async fn make_durable(&self, seq: u64) -> Result<(), CacheError> {
+        if self.durable_seq.load(Ordering::SeqCst) >= seq {
+            return Ok(());
+        }
+        self.flush().await
     }
 
     /// A fresh number, never given out before on this device (inodes, journal order).
@@ -431,6 +466,16 @@ impl Cache {
             out.push((seq, serde_json::from_slice(&v)?));
         }
         Ok(out)
+    }
+
+    fn last_journal_seq(&self) -> Result<u64, CacheError> {
+        let last = self
+            .tree
+            .scan_prefix(b"j/")
+            .keys()
+            .next_back()
+            .transpose()?;
+        Ok(last.and_then(|k| u64_of(&k[2..])).unwrap_or(0))
     }
 
     pub fn journal_len(&self) -> usize {
@@ -589,6 +634,36 @@ mod tests {
             linked: true,
             holders: vec![],
         }
+    }
+
+    #[test]
+    fn a_journal_record_is_flushed_before_it_counts_as_durable_and_a_reopen_finds_it_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let seq = {
+            let c = Cache::open(dir.path()).unwrap();
+            let seq = c.next_id().unwrap();
+            let mut t = Txn::default();
+            t.journal(seq, &JournalOp::Delete { ino: 7 });
+            c.apply(t).unwrap();
+            assert!(c.durable_seq.load(Ordering::SeqCst) < seq);
+            futures::executor::block_on(c.make_durable(seq)).unwrap();
+            assert!(c.durable_seq.load(Ordering::SeqCst) >= seq);
+            seq
+        };
+        // sled's flusher thread lets go of the database a moment after the drop.
+        let c = (0..50)
+            .find_map(|_| {
+                Cache::open(dir.path())
+                    .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(50)))
+                    .ok()
+            })
+            .expect("reopen");
+        assert_eq!(c.journal(usize::MAX).unwrap().len(), 1);
+        assert_eq!(
+            c.durable_seq.load(Ordering::SeqCst),
+            seq,
+            "found at start, so on disk"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, CloudInfo, Device,
     DeviceAssertion, Entry, EntryList, EntryPut, Folder, FolderGrant, FolderPatch, Jwks,
     LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right,
-    TicketResponse, Usage, now_secs,
+    StepResults, Steps, TicketResponse, Usage, now_secs,
 };
 use bytes::Bytes;
 use lru::LruCache;
@@ -478,6 +478,20 @@ impl CloudClient {
             .authed(Some(folder), Method::DELETE, &path, |r| {
                 r.header("If-Match", format!("\"{base}\""))
             })
+            .await?;
+        json(&path, resp).await
+    }
+
+    /// Several puts and deletes in one request and one cloud transaction, applied in
+    /// order up to the first refused (see [`Steps`]).
+    pub async fn apply_steps(
+        &self,
+        folder: &str,
+        steps: &Steps,
+    ) -> Result<StepResults, ClientError> {
+        let path = format!("/folders/{folder}/steps");
+        let resp = self
+            .authed(Some(folder), Method::POST, &path, |r| r.json(steps))
             .await?;
         json(&path, resp).await
     }

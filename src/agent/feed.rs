@@ -282,7 +282,9 @@ async fn step(
         }
     };
     for e in &entries {
-        if apply_entry(cache, inv, folder, e)? {
+        let applied = apply_entry(cache, inv, folder, e)?;
+        tracing::debug!(entry = %e.id, name = %e.name, version = e.version, deleted = e.deleted, applied, "change from the feed");
+        if applied {
             Counters::add(&counters.changes_applied, 1);
         }
     }

@@ -10,10 +10,13 @@ use crate::agent::cache::{Cache, CacheError, JournalOp, Node, Snapshot, Txn};
 use crate::agent::client::{ClientError, CloudClient};
 use crate::agent::feed::{self, Invalidator};
 use crate::agent::status::Counters;
-use crate::proto::{BlockRef, Entry, EntryKind, EntryPut};
+use crate::proto::{BlockHash, BlockRef, Entry, EntryKind, EntryPut, Step, Steps};
 use bytes::Bytes;
 use futures::StreamExt;
+use lru::LruCache;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -35,15 +38,16 @@ impl Journal {
         Ok(())
     }
 
-    /// Applies `txn` together with a record to upload `node` in the state it has now.
+    /// Applies `txn` together with a record to upload `node` in the state it has now;
+    /// `replaced` is the node it took the place of (see [`Snapshot::replaced`]).
     pub fn put(
         &self,
         cache: &Cache,
         txn: Txn,
         node: &Node,
-        replace: bool,
+        replaced: Option<u64>,
     ) -> Result<(), CacheError> {
-        let snap = Snapshot::of(node, replace);
+        let snap = Snapshot::of(node, replaced);
         self.append(
             cache,
             txn,
@@ -61,6 +65,7 @@ impl Journal {
 }
 
 /// What became of one record.
+#[derive(Debug)]
 enum Outcome {
     /// Done: the cloud has it (or it no longer applies).
     Done,
@@ -76,14 +81,48 @@ pub struct Uploader {
     pub journal: Arc<Journal>,
     pub inv: Arc<dyn Invalidator>,
     pub counters: Arc<Counters>,
+    pub in_cloud: KnownInCloud,
+}
+
+/// Blocks the cloud said it has, by folder: not asked about again (a block, once stored,
+/// stays; many small files share a few blocks, an empty or a one-byte one).
+pub struct KnownInCloud(Mutex<LruCache<(String, BlockHash), ()>>);
+
+impl Default for KnownInCloud {
+    fn default() -> Self {
+        /// Blocks remembered at most.
+        const KNOWN: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
+        Self(Mutex::new(LruCache::new(KNOWN)))
+    }
+}
+
+impl KnownInCloud {
+    fn has(&self, folder: &str, hash: &BlockHash) -> bool {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(&(folder.to_string(), *hash)).is_some()
+    }
+
+    fn add(&self, folder: &str, hash: BlockHash) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.put((folder.to_string(), hash), ());
+    }
+}
+
+/// Journal records played in one `steps` request at most.
+const BATCH: usize = 256;
+
+/// A record made ready to send, or what became of it without sending.
+enum Prepared {
+    Step(Step),
+    Now(Outcome),
 }
 
 impl Uploader {
-    /// Plays the journal forever.
+    /// Plays the journal forever, oldest record first, as many as it can in one request.
     pub async fn run(self) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            let front = match self.cache.journal(2) {
+            let front = match self.cache.journal(BATCH + 1) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the journal");
@@ -91,56 +130,176 @@ impl Uploader {
                     continue;
                 }
             };
-            let mut front = front.into_iter();
-            let Some((seq, op)) = front.next() else {
+            let Some(&(last, _)) = front.last() else {
                 // Wake on a new record, or look again after a while.
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.journal.wake.notified())
                     .await;
                 continue;
             };
-            let outcome = match &op {
-                // The next record sends a newer state of the same node: this one adds nothing.
-                JournalOp::Put { ino, snap }
-                    if !snap.replace
-                        && front.next().is_some_and(
-                            |(_, next)| matches!(next, JournalOp::Put { ino: i, .. } if i == *ino),
-                        ) =>
-                {
-                    Ok(Outcome::Done)
-                }
-                JournalOp::Put { ino, snap } => self.put(*ino, snap).await,
-                JournalOp::Delete { ino } => self.delete(*ino).await,
-            };
-            let outcome = outcome.unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")));
-            match outcome {
-                Outcome::Retry(e) => {
+            if let Err(e) = self.cache.make_durable(last).await {
+                tracing::error!(error = %e, "flushing the journal before an upload");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            match self.play(&front).await {
+                Some(e) => {
                     self.counters
                         .cloud_reachable
                         .store(!e.is_unreachable(), Ordering::Relaxed);
                     tracing::debug!(error = %e, "upload postponed");
                     let _ = tokio::time::timeout(backoff, self.journal.wake.notified()).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
                 }
+                None => {
+                    self.counters.cloud_reachable.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(200);
+                }
+            }
+        }
+    }
+
+    /// Plays records from the front of the journal: the ones that need no request, and
+    /// the longest run of steps that can go in one `steps` request (one step per node, so
+    /// that each carries the version the cloud last gave it). Returns the error to back
+    /// off on, if the front record must wait.
+    async fn play(&self, front: &[(u64, JournalOp)]) -> Option<ClientError> {
+        let mut ready: Vec<(u64, &JournalOp, Prepared)> = Vec::new();
+        let mut inos = std::collections::HashSet::new();
+        // One request goes to one folder.
+        let folder = front.first().and_then(|(_, op)| self.folder_of(op.ino()));
+        for (i, (seq, op)) in front.iter().enumerate().take(BATCH) {
+            if i > 0 && self.folder_of(op.ino()) != folder {
+                break;
+            }
+            // The next record sends a newer state of the same node: this one adds nothing.
+            let superseded = matches!(op, JournalOp::Put { ino, snap } if !snap.replace
+                && front.get(i + 1).is_some_and(|(_, next)|
+                    matches!(next, JournalOp::Put { ino: n, .. } if n == ino)));
+            let prepared = if superseded {
+                Prepared::Now(Outcome::Done)
+            } else if !inos.insert(op.ino()) {
+                break;
+            } else {
+                match self.prepare(op).await {
+                    Ok(p) => p,
+                    Err(e) => Prepared::Now(Outcome::Refused(format!("local store: {e}"))),
+                }
+            };
+            let wait = matches!(prepared, Prepared::Now(Outcome::Retry(_)));
+            if wait && !ready.is_empty() {
+                break;
+            }
+            ready.push((*seq, op, prepared));
+            if wait {
+                break;
+            }
+        }
+        let steps: Vec<Step> = ready
+            .iter()
+            .filter_map(|(_, _, p)| match p {
+                Prepared::Step(s) => Some(s.clone()),
+                Prepared::Now(_) => None,
+            })
+            .collect();
+        let results = match (steps.is_empty(), folder) {
+            (true, _) | (false, None) => None,
+            (false, Some(folder)) => {
+                match self.client.apply_steps(&folder, &Steps { steps }).await {
+                    Ok(r) => Some(r),
+                    Err(e) => return Some(e),
+                }
+            }
+        };
+        let (mut done, refused) = match results {
+            Some(r) => (r.done.into_iter(), r.refused),
+            None => (Vec::new().into_iter(), None),
+        };
+        let mut step_index = 0;
+        for (seq, op, prepared) in ready {
+            let outcome = match prepared {
+                Prepared::Now(o) => o,
+                Prepared::Step(_) => {
+                    let index = step_index;
+                    step_index += 1;
+                    match (done.next(), &refused) {
+                        (Some(entry), _) => self.sent(op, &entry),
+                        (None, Some(r)) if r.index == index => {
+                            let e = ClientError::Api {
+                                status: r.status,
+                                error: r.error.error.clone(),
+                                message: r.error.message.clone(),
+                            };
+                            self.refused(op, e).await
+                        }
+                        // After the refused step: not sent; played again next time.
+                        (None, _) => return None,
+                    }
+                    .unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")))
+                }
+            };
+            tracing::debug!(seq, ?op, ?outcome, "journal record played");
+            match outcome {
+                Outcome::Retry(e) => return Some(e),
                 Outcome::Refused(why) => {
                     self.journal.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(?op, %why, "the cloud refused a local change; it stays on this device only");
                 }
                 Outcome::Done => {}
             }
-            self.counters.cloud_reachable.store(true, Ordering::Relaxed);
-            backoff = Duration::from_millis(200);
-            if let Err(e) = self.finish(seq, op.ino()) {
+            let replaced = match op {
+                JournalOp::Put { snap, .. } => snap.replaced,
+                JournalOp::Delete { .. } => None,
+            };
+            if let Err(e) = self.finish(seq, op.ino(), replaced) {
                 tracing::error!(error = %e, "removing a journal record");
             }
         }
+        None
     }
 
-    /// Drops the record and the node's pending count in one batch.
-    fn finish(&self, seq: u64, ino: u64) -> Result<(), CacheError> {
+    fn folder_of(&self, ino: u64) -> Option<String> {
+        self.cache.node(ino).ok().flatten().and_then(|n| n.folder)
+    }
+
+    /// A record ready to send (its blocks uploaded first), or its outcome without a request.
+    async fn prepare(&self, op: &JournalOp) -> Result<Prepared, CacheError> {
+        match op {
+            JournalOp::Put { ino, snap } => self.prepare_put(*ino, snap).await,
+            JournalOp::Delete { ino } => self.prepare_delete(*ino),
+        }
+    }
+
+    /// What the cloud's acceptance of `op`'s step means here.
+    fn sent(&self, op: &JournalOp, entry: &Entry) -> Result<Outcome, CacheError> {
+        match op {
+            JournalOp::Put { ino, .. } => self.agreed(*ino, entry)?,
+            JournalOp::Delete { .. } => self.forget(&entry.folder, &entry.id)?,
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// What the cloud's refusal of `op`'s step means here.
+    async fn refused(&self, op: &JournalOp, e: ClientError) -> Result<Outcome, CacheError> {
+        match op {
+            JournalOp::Put { ino, snap } => self.put_refused(*ino, snap, e).await,
+            JournalOp::Delete { ino } => self.delete_refused(*ino, e).await,
+        }
+    }
+
+    /// Drops the record and the node's pending count in one batch; for a step that
+    /// replaced a node, lets that node go too (its entry is tombstoned in the cloud now).
+    fn finish(&self, seq: u64, ino: u64, replaced: Option<u64>) -> Result<(), CacheError> {
         let _g = self.cache.lock();
         let mut txn = Txn::default();
         txn.unjournal(seq);
+        if let Some(old) = replaced.and_then(|r| self.cache.node(r).ok().flatten()) {
+            if let (Some(folder), Some(entry)) = (&old.folder, &old.entry) {
+                txn.unindex_entry(folder, entry);
+            }
+            let mut old = old;
+            old.pending = old.pending.saturating_sub(1);
+            txn.put_node(&old);
+        }
         if let Some(mut n) = self.cache.node(ino)? {
             n.pending = n.pending.saturating_sub(1);
             txn.put_node(&n);
@@ -148,59 +307,74 @@ impl Uploader {
         self.cache.apply(txn)
     }
 
-    async fn put(&self, ino: u64, snap: &Snapshot) -> Result<Outcome, CacheError> {
+    async fn prepare_put(&self, ino: u64, snap: &Snapshot) -> Result<Prepared, CacheError> {
         let Some(n) = self.cache.node(ino)? else {
-            return Ok(Outcome::Done);
+            return Ok(Prepared::Now(Outcome::Done));
         };
         let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
-            return Ok(Outcome::Done);
+            return Ok(Prepared::Now(Outcome::Done));
         };
         // Every step is replayed, also for a node unlinked or replaced since: a step the
         // cloud already has (say, the create of a lock file) must be followed by the ones
         // that move or replace it, or it would stay behind. The parent outlives the
         // records of its children (they come first in the journal).
         let Some(parent) = self.cache.node(snap.parent)? else {
-            return Ok(Outcome::Done);
+            return Ok(Prepared::Now(Outcome::Done));
         };
         let device_only = self.cache.folder(&folder)?.is_some_and(|f| f.device_only);
         let in_cloud = match n.kind {
             EntryKind::File if device_only => snap.manifest.is_empty(),
             EntryKind::File => match self.upload_blocks(&folder, &snap.manifest).await {
                 Ok(all) => all,
-                Err(e) => return Ok(classify(e)),
+                Err(e) => return Ok(Prepared::Now(classify(e))),
             },
             _ => true,
         };
-        let body = EntryPut {
-            parent: parent.entry,
-            name: snap.name.clone(),
-            kind: n.kind,
-            mode: snap.mode,
-            size: snap.size,
-            mtime_ns: snap.mtime_ns,
-            manifest: snap.manifest.clone(),
-            target: snap.target.clone(),
-            replace: snap.replace,
-            device_held: !in_cloud,
+        Ok(Prepared::Step(Step::Put {
+            id: entry,
+            if_match: (n.version > 0).then_some(n.version),
+            entry: EntryPut {
+                parent: parent.entry,
+                name: snap.name.clone(),
+                kind: n.kind,
+                mode: snap.mode,
+                size: snap.size,
+                mtime_ns: snap.mtime_ns,
+                manifest: snap.manifest.clone(),
+                target: snap.target.clone(),
+                replace: snap.replace,
+                device_held: !in_cloud,
+            },
+        }))
+    }
+
+    /// The cloud refused a put: a lost race, an entry deleted elsewhere, a name taken.
+    async fn put_refused(
+        &self,
+        ino: u64,
+        snap: &Snapshot,
+        e: ClientError,
+    ) -> Result<Outcome, CacheError> {
+        let Some(n) = self.cache.node(ino)? else {
+            return Ok(Outcome::Done);
         };
-        let base = (n.version > 0).then_some(n.version);
-        match self.client.put_entry(&folder, &entry, base, &body).await {
-            Ok(e) => self.agreed(ino, &e).map(|()| Outcome::Done),
-            Err(e) if e.status() == Some(412) => {
-                self.lost_race(&n, &snap.name, &folder, &entry).await
-            }
-            Err(e) if e.status() == Some(404) => {
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(Outcome::Done);
+        };
+        match e {
+            e if e.status() == Some(412) => self.lost_race(&n, &snap.name, &folder, &entry).await,
+            e if e.status() == Some(404) => {
                 // Deleted elsewhere while changed here: keep the change as a new entry.
                 self.reenter(ino, None)?;
                 Ok(Outcome::Retry(e))
             }
-            Err(e) if e.code() == Some("name_taken") => {
+            e if e.code() == Some("name_taken") => {
                 Counters::add(&self.counters.conflicts, 1);
                 let name = conflict_name(&snap.name, self.client.device_id());
                 self.reenter(ino, Some((&snap.name, name)))?;
                 Ok(Outcome::Retry(e))
             }
-            Err(e) => Ok(classify(e)),
+            e => Ok(classify(e)),
         }
     }
 
@@ -221,7 +395,11 @@ impl Uploader {
                 );
                 let (folder, hash) = (folder.to_string(), b.hash);
                 async move {
+                    if self.in_cloud.has(&folder, &hash) {
+                        return Ok(true);
+                    }
                     if client.has_block(&folder, &hash).await? {
+                        self.in_cloud.add(&folder, hash);
                         return Ok(true);
                     }
                     let Ok(Some(data)) = cache.load_block(&hash) else {
@@ -243,6 +421,7 @@ impl Uploader {
                     }
                     Counters::add(&counters.blocks_uploaded, 1);
                     Counters::add(&counters.bytes_uploaded, len);
+                    self.in_cloud.add(&folder, hash);
                     Ok(true)
                 }
             })
@@ -279,6 +458,13 @@ impl Uploader {
             Ok(r) => r,
             Err(e) => return Ok(classify(e)),
         };
+        if remote.deleted && remote.author == self.client.device_id() {
+            // A later step of this device (a delete, or a rename over the entry) reached
+            // the cloud before a crash and this older step is being replayed: sending it
+            // again would bring the entry back, or meet the name its replacer holds now.
+            self.agreed(n.ino, &remote)?;
+            return Ok(Outcome::Done);
+        }
         if remote.author == self.client.device_id() || n.kind != EntryKind::File {
             // Our own earlier write (replayed after a crash), or a metadata change that
             // simply goes on top: adopt the cloud's version and send again.
@@ -350,41 +536,61 @@ impl Uploader {
         Ok(())
     }
 
-    async fn delete(&self, ino: u64) -> Result<Outcome, CacheError> {
+    fn prepare_delete(&self, ino: u64) -> Result<Prepared, CacheError> {
+        let Some(n) = self.cache.node(ino)? else {
+            return Ok(Prepared::Now(Outcome::Done));
+        };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(Prepared::Now(Outcome::Done));
+        };
+        if n.version == 0 {
+            // Never reached the cloud: nothing to delete there.
+            self.forget(&folder, &entry)?;
+            return Ok(Prepared::Now(Outcome::Done));
+        }
+        Ok(Prepared::Step(Step::Delete {
+            id: entry,
+            if_match: n.version,
+        }))
+    }
+
+    /// The cloud refused a delete: already gone, or changed since this device saw it.
+    async fn delete_refused(&self, ino: u64, e: ClientError) -> Result<Outcome, CacheError> {
         let Some(n) = self.cache.node(ino)? else {
             return Ok(Outcome::Done);
         };
         let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
             return Ok(Outcome::Done);
         };
-        if n.version == 0 {
-            self.forget(&folder, &entry)?;
-            return Ok(Outcome::Done);
-        }
-        match self.client.delete_entry(&folder, &entry, n.version).await {
-            Ok(_) => {
+        match e {
+            e if e.status() == Some(404) => {
                 self.forget(&folder, &entry)?;
                 Ok(Outcome::Done)
             }
-            Err(e) if e.status() == Some(404) => {
-                self.forget(&folder, &entry)?;
-                Ok(Outcome::Done)
-            }
-            Err(e) if matches!(e.status(), Some(412 | 409)) => {
-                // Changed (or filled) elsewhere after we last saw it: deleting would lose
-                // that work, so the entry comes back here instead.
-                tracing::warn!(name = %n.name, "not deleting: it changed on another device; it reappears here");
+            e if matches!(e.status(), Some(412 | 409)) => {
                 let remote = match self.client.entry(&folder, &entry).await {
                     Ok(r) => r,
                     Err(e) => return Ok(classify(e)),
                 };
+                if e.status() == Some(412)
+                    && remote.author == self.client.device_id()
+                    && !remote.deleted
+                {
+                    // Our own later version (its record replayed after a crash): delete
+                    // on top of it.
+                    self.agreed(ino, &remote)?;
+                    return Ok(Outcome::Retry(e));
+                }
+                // Changed (or filled) elsewhere after we last saw it: deleting would lose
+                // that work, so the entry comes back here instead.
+                tracing::warn!(name = %n.name, "not deleting: it changed on another device; it reappears here");
                 self.forget(&folder, &entry)?;
                 if let Some(info) = self.cache.folder(&folder)? {
                     feed::apply_entry(&self.cache, self.inv.as_ref(), &info, &remote)?;
                 }
                 Ok(Outcome::Done)
             }
-            Err(e) => Ok(classify(e)),
+            e => Ok(classify(e)),
         }
     }
 

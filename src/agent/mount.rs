@@ -9,7 +9,7 @@ use crate::agent::fetch::{BlockSource, Fetcher};
 use crate::agent::fs::Fs;
 use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator, Owner};
 use crate::agent::home::{Home, HomeError};
-use crate::agent::journal::{Journal, Uploader};
+use crate::agent::journal::{Journal, KnownInCloud, Uploader};
 use crate::agent::peer::keylog::KeyLogFile;
 use crate::agent::peer::{PeerConfig, PeerNet};
 use crate::agent::status::{AgentStatus, Counters};
@@ -172,13 +172,75 @@ pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, Moun
     })
 }
 
-/// A mount point left behind by an agent that died answers ENOTCONN; clear it.
-fn clear_stale_mount(mountpoint: &Path) {
+/// How long the watchdog waits for a dead agent's mount to answer ENOTCONN.
+const WATCH_FOR_DEATH: Duration = Duration::from_secs(10);
+
+/// Starts `meshfs watch-mount`, which outlives this process: when it dies (its end of the
+/// pipe closes), the watchdog clears a mount it left. fusermount's own auto-unmount does
+/// this too, but it first opens the mount point to check it, and when that open races the
+/// dying agent's last descriptor of /dev/fuse it fails and gives up, leaving a dead mount
+/// (about one SIGKILL in eight here). The returned pipe end must live as long as the agent.
+fn start_watchdog(mountpoint: &Path) -> Option<std::process::ChildStdin> {
+    let exe = std::env::current_exe().ok()?;
+    let spawned = std::process::Command::new(exe)
+        .arg("watch-mount")
+        .arg(mountpoint)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => child.stdin.take(),
+        Err(e) => {
+            tracing::warn!(error = %e, "starting the mount watchdog; a crash may leave a dead mount");
+            None
+        }
+    }
+}
+
+/// The watchdog's work (`meshfs watch-mount`): waits until stdin closes, which happens when
+/// the agent ends however it ends, then clears the mount if it is a dead one. An agent that
+/// stopped cleanly has unmounted already, and a live mount (a new agent's) is left alone.
+pub async fn watch(mountpoint: &Path) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 64];
+    let mut stdin = tokio::io::stdin();
+    while stdin.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    let deadline = tokio::time::Instant::now() + WATCH_FOR_DEATH;
+    while tokio::time::Instant::now() < deadline && is_meshfs_mount(mountpoint) {
+        if is_dead(mountpoint) {
+            tracing::warn!(path = %mountpoint.display(), "the agent died; clearing its mount");
+            unmount(mountpoint);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether a meshfs filesystem is mounted at `path`.
+fn is_meshfs_mount(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    mounts.lines().any(|l| {
+        let mut f = l.split(' ');
+        let (point, kind) = (f.nth(1), f.next());
+        // /proc/self/mounts escapes spaces and a few others as octal.
+        let point = point.map(|p| p.replace("\\040", " ").replace("\\011", "\t"));
+        point.as_deref() == Some(&*want) && kind == Some("fuse.meshfs")
+    })
+}
+
+/// Whether the filesystem at `path` has no agent behind it any more.
+fn is_dead(path: &Path) -> bool {
     // Opening the directory always reaches the filesystem; a stat may be answered from
     // attributes the kernel still caches for the dead mount.
-    if let Err(e) = std::fs::read_dir(mountpoint)
-        && e.raw_os_error() == Some(libc::ENOTCONN)
-    {
+    std::fs::read_dir(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// A mount point left behind by an agent that died answers ENOTCONN; clear it.
+fn clear_stale_mount(mountpoint: &Path) {
+    if is_dead(mountpoint) {
         tracing::warn!(path = %mountpoint.display(), "clearing a stale mount left by an agent that died");
         unmount(mountpoint);
     }
@@ -233,6 +295,7 @@ pub async fn run(
     let inv: Arc<dyn Invalidator> =
         Arc::new(KernelInvalidator::new(session.notifier()).map_err(fuse_err)?);
     let bg = session.spawn().map_err(fuse_err)?;
+    let _watchdog = start_watchdog(mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "mesh mounted");
 
     let tasks = [
@@ -243,6 +306,7 @@ pub async fn run(
                 journal: Arc::clone(&agent.journal),
                 inv: Arc::clone(&inv),
                 counters: Arc::clone(&agent.counters),
+                in_cloud: KnownInCloud::default(),
             }
             .run(),
         ),

@@ -17,6 +17,8 @@ pub struct Counters {
     pub commits: AtomicU64,
     pub conflicts: AtomicU64,
     pub changes_applied: AtomicU64,
+    /// Directory listings read from the metadata store (one per `opendir` read through).
+    pub dirs_listed: AtomicU64,
     /// Blocks (and their bytes) that came from peers, part of `blocks_fetched`.
     pub blocks_from_peers: AtomicU64,
     pub bytes_from_peers: AtomicU64,
@@ -43,6 +45,7 @@ impl Counters {
             commits: self.commits.load(Relaxed),
             conflicts: self.conflicts.load(Relaxed),
             changes_applied: self.changes_applied.load(Relaxed),
+            dirs_listed: self.dirs_listed.load(Relaxed),
             blocks_from_peers: self.blocks_from_peers.load(Relaxed),
             bytes_from_peers: self.bytes_from_peers.load(Relaxed),
             blocks_served: self.blocks_served.load(Relaxed),
@@ -63,6 +66,8 @@ pub struct CounterSnapshot {
     pub commits: u64,
     pub conflicts: u64,
     pub changes_applied: u64,
+    #[serde(default)]
+    pub dirs_listed: u64,
     #[serde(default)]
     pub blocks_from_peers: u64,
     #[serde(default)]

@@ -47,6 +47,10 @@ pub enum Command {
     Mount(MountArgs),
     /// Show this device's state: login, the running agent, pending uploads, transfers.
     Status(StatusArgs),
+    /// Started by `meshfs mount` itself: waits for the agent to end (its stdin closes) and
+    /// then clears the mount if the agent died without unmounting it.
+    #[command(hide = true)]
+    WatchMount { mountpoint: PathBuf },
 }
 
 impl Command {

@@ -111,6 +111,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
         }
         Command::Status(a) => status::run(a).await,
+        Command::WatchMount { mountpoint } => {
+            crate::agent::mount::watch(&mountpoint).await;
+            Ok(())
+        }
     }
 }
 

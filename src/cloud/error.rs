@@ -67,6 +67,18 @@ impl AppError {
         Self::Internal(format!("{context}: {err}"))
     }
 
+    /// The status and body a refusal is answered with.
+    pub fn api(&self) -> (StatusCode, ApiError) {
+        let (status, error, message) = self.parts();
+        (
+            status,
+            ApiError {
+                error: error.into(),
+                message,
+            },
+        )
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, String) {
         use StatusCode as S;
         match self {

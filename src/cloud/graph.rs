@@ -8,7 +8,7 @@ use super::error::AppError;
 use super::store::Change;
 use crate::proto::{
     BLOCK_SIZE, BlockHash, ChangeBatch, Entry, EntryKind, EntryList, EntryPut, Folder, FolderGrant,
-    FolderPatch, NewFolder, Right, now_ms,
+    FolderPatch, NewFolder, Right, Step, StepRefusal, StepResults, Steps, now_ms,
 };
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -323,13 +323,34 @@ pub async fn put_entry(
     let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
     let cond = condition(&headers)?;
     let Json(put) = body?;
-    check_id(&id)?;
+    let mut change = state.store.begin_change().await?;
+    let (entry, created) = put_step(&mut change, &folder.id, &id, cond, put, &caller).await?;
+    let version = entry.version;
+    change.commit().await?;
+    state.feed.send_modify(|seq| *seq = (*seq).max(version));
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    with_etag(status, entry)
+}
+
+/// A create or update of one entry inside `change`. Every refusal comes before the first
+/// write, so a refused step changes nothing. Returns the entry and whether it is new.
+async fn put_step(
+    change: &mut Change,
+    folder: &str,
+    id: &str,
+    cond: Condition,
+    put: EntryPut,
+    caller: &Caller,
+) -> Result<(Entry, bool), AppError> {
+    check_id(id)?;
     check_name(&put.name)?;
     check_content(&put)?;
-
-    let mut change = state.store.begin_change().await?;
     let version = change.version();
-    let current = change.entry(&folder.id, &id).await?;
+    let current = change.entry(folder, id).await?;
     check_condition(cond, current.as_ref())?;
     if let Some(cur) = current
         .as_ref()
@@ -343,10 +364,10 @@ pub async fn put_entry(
             ),
         ));
     }
-    check_parent(&mut change, &folder.id, &id, put.parent.as_deref()).await?;
+    check_parent(change, folder, id, put.parent.as_deref()).await?;
     let missing = if put.kind == EntryKind::File && !put.manifest.is_empty() {
         let hashes: Vec<BlockHash> = put.manifest.iter().map(|b| b.hash).collect();
-        change.missing_blocks(&folder.id, &hashes).await?
+        change.missing_blocks(folder, &hashes).await?
     } else {
         0
     };
@@ -359,7 +380,7 @@ pub async fn put_entry(
         ));
     }
     let occupant = change
-        .live_at(&folder.id, put.parent.as_deref(), &put.name)
+        .live_at(folder, put.parent.as_deref(), &put.name)
         .await?;
     if let Some(mut other) = occupant.filter(|o| o.id != id) {
         if !put.replace {
@@ -374,7 +395,7 @@ pub async fn put_entry(
                 "a directory and a non-directory cannot replace each other",
             ));
         }
-        if other.kind == EntryKind::Dir && change.has_live_children(&folder.id, &other.id).await? {
+        if other.kind == EntryKind::Dir && change.has_live_children(folder, &other.id).await? {
             return Err(AppError::conflict(
                 "not_empty",
                 "the directory to replace is not empty",
@@ -386,8 +407,8 @@ pub async fn put_entry(
         change.save(&other).await?;
     }
     let entry = Entry {
-        id,
-        folder: folder.id,
+        id: id.to_string(),
+        folder: folder.to_string(),
         parent: put.parent,
         name: put.name,
         kind: put.kind,
@@ -404,17 +425,10 @@ pub async fn put_entry(
         } else {
             vec![caller.claims.dev.clone()]
         },
-        author: caller.claims.dev,
+        author: caller.claims.dev.clone(),
     };
     change.save(&entry).await?;
-    change.commit().await?;
-    state.feed.send_modify(|seq| *seq = (*seq).max(version));
-    let status = if current.is_none() {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    with_etag(status, entry)
+    Ok((entry, current.is_none()))
 }
 
 /// `DELETE /folders/{folder}/entries/{entry}` with `If-Match`: leaves a tombstone.
@@ -430,14 +444,29 @@ pub async fn delete_entry(
         return Err(AppError::PreconditionRequired);
     };
     let mut change = state.store.begin_change().await?;
+    let entry = delete_step(&mut change, &folder.id, &id, v, &caller).await?;
+    let version = entry.version;
+    change.commit().await?;
+    state.feed.send_modify(|seq| *seq = (*seq).max(version));
+    with_etag(StatusCode::OK, entry)
+}
+
+/// A delete of one entry at version `v` inside `change`; a refusal changes nothing.
+async fn delete_step(
+    change: &mut Change,
+    folder: &str,
+    id: &str,
+    v: u64,
+    caller: &Caller,
+) -> Result<Entry, AppError> {
     let version = change.version();
     let mut entry = change
-        .entry(&folder.id, &id)
+        .entry(folder, id)
         .await?
         .filter(|e| !e.deleted)
         .ok_or(AppError::NotFound("entry"))?;
     check_condition(Condition::Version(v), Some(&entry))?;
-    if entry.kind == EntryKind::Dir && change.has_live_children(&folder.id, &id).await? {
+    if entry.kind == EntryKind::Dir && change.has_live_children(folder, id).await? {
         return Err(AppError::conflict(
             "not_empty",
             "the directory is not empty; delete its entries first",
@@ -445,11 +474,71 @@ pub async fn delete_entry(
     }
     entry.deleted = true;
     entry.version = version;
-    entry.author = caller.claims.dev;
+    entry.author = caller.claims.dev.clone();
     change.save(&entry).await?;
-    change.commit().await?;
-    state.feed.send_modify(|seq| *seq = (*seq).max(version));
-    with_etag(StatusCode::OK, entry)
+    Ok(entry)
+}
+
+/// Most steps one `POST …/steps` may carry.
+const MAX_STEPS: usize = 512;
+
+/// `POST /folders/{folder}/steps`: puts and deletes applied in order in one transaction,
+/// up to the first one refused; what was applied before it is kept. A device uploading
+/// many small changes (a `git clone`, say) pays one round trip and one commit for many.
+pub async fn apply_steps(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+    body: Result<Json<Steps>, JsonRejection>,
+) -> Result<Json<StepResults>, AppError> {
+    let path = format!("/folders/{folder}/steps");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
+    let Json(Steps { steps }) = body?;
+    if steps.len() > MAX_STEPS {
+        return Err(AppError::invalid(
+            "too_many_steps",
+            format!("send at most {MAX_STEPS} steps at once"),
+        ));
+    }
+    let mut change = state.store.begin_change().await?;
+    let mut done = Vec::with_capacity(steps.len());
+    let mut refused = None;
+    for (index, step) in steps.into_iter().enumerate() {
+        let applied = match step {
+            Step::Put {
+                id,
+                if_match,
+                entry,
+            } => {
+                let cond = if_match.map_or(Condition::Create, Condition::Version);
+                put_step(&mut change, &folder.id, &id, cond, entry, &caller)
+                    .await
+                    .map(|(e, _)| e)
+            }
+            Step::Delete { id, if_match } => {
+                delete_step(&mut change, &folder.id, &id, if_match, &caller).await
+            }
+        };
+        match applied {
+            Ok(e) => done.push(e),
+            // A fault of the cloud itself fails the whole batch, and nothing is kept.
+            Err(e @ AppError::Internal(_)) => return Err(e),
+            Err(e) => {
+                let (status, error) = e.api();
+                refused = Some(StepRefusal {
+                    index,
+                    status: status.as_u16(),
+                    error,
+                });
+                break;
+            }
+        }
+    }
+    if let Some(version) = done.first().map(|e| e.version) {
+        change.commit().await?;
+        state.feed.send_modify(|seq| *seq = (*seq).max(version));
+    }
+    Ok(Json(StepResults { done, refused }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -240,6 +240,7 @@ pub fn app(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(block_limit)),
         )
         .route("/folders/{folder}/changes", get(graph::changes))
+        .route("/folders/{folder}/steps", post(graph::apply_steps))
         .fallback(|| async { error::AppError::NotFound("resource") })
         .layer(middleware::from_fn(log_request))
         .with_state(state)

@@ -23,6 +23,8 @@
 //! GET    /folders/{folder}/entries/{entry}    Entry, ETag
 //! PUT    /folders/{folder}/entries/{entry}    EntryPut -> Entry  (If-Match: version | If-None-Match: *)
 //! DELETE /folders/{folder}/entries/{entry}    Entry tombstone     (If-Match: version)
+//! POST   /folders/{folder}/steps              Steps -> StepResults (several puts and deletes
+//!                                             in order, in one transaction, to the first refusal)
 //! PUT    /folders/{folder}/blocks/{hash}    bytes (hash checked)
 //! GET    /folders/{folder}/blocks/{hash}    bytes
 //! HEAD   /folders/{folder}/blocks/{hash}
@@ -271,6 +273,43 @@ pub struct EntryPut {
     /// serves them to its peers (a device-only folder, or past the quota).
     #[serde(default)]
     pub device_held: bool,
+}
+
+/// Entry changes of one device, applied in order in one transaction: the cloud keeps every
+/// step up to the first it refuses, and reports that one as the single request would.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Steps {
+    pub steps: Vec<Step>,
+}
+
+/// One change of a [`Steps`] batch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Step {
+    /// `PUT …/entries/{id}`; `if_match: None` is `If-None-Match: *` (a create).
+    Put {
+        id: String,
+        if_match: Option<u64>,
+        entry: EntryPut,
+    },
+    /// `DELETE …/entries/{id}` with `If-Match`.
+    Delete { id: String, if_match: u64 },
+}
+
+/// What became of a [`Steps`] batch: the entries as the steps left them, one per step
+/// applied, and the refusal that stopped it, if one did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepResults {
+    pub done: Vec<Entry>,
+    pub refused: Option<StepRefusal>,
+}
+
+/// The step the cloud refused, with the status and body its single request would get.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepRefusal {
+    pub index: usize,
+    pub status: u16,
+    pub error: ApiError,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

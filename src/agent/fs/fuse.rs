@@ -434,13 +434,13 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let ino = match self.fs.close(fh.0) {
-            Ok(Some(ino)) => ino,
+        let closing = match self.fs.close(fh.0) {
+            Ok(Some(closing)) => closing,
             Ok(None) => return reply.ok(),
             Err(e) => return reply.error(errno(&e)),
         };
         let fs = Arc::clone(&self.fs);
-        self.reply_later(reply, async move { fs.finish_write(ino).await });
+        self.reply_later(reply, async move { fs.finish_write(closing).await });
     }
 
     fn fsync(
@@ -472,11 +472,11 @@ impl fuser::Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let children = match self.fs.readdir(ino.0) {
+        let children = match self.fs.listing(fh.0, ino.0, offset) {
             Ok(c) => c,
             Err(e) => return reply.error(errno(&e)),
         };
@@ -502,14 +502,14 @@ impl fuser::Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let (this, children) = match self
             .fs
             .getattr(ino.0)
-            .and_then(|n| Ok((n, self.fs.readdir(ino.0)?)))
+            .and_then(|n| Ok((n, self.fs.listing(fh.0, ino.0, offset)?)))
         {
             Ok(c) => c,
             Err(e) => return reply.error(errno(&e)),
@@ -579,14 +579,25 @@ impl fuser::Filesystem for FuseAdapter {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // The kernel may cache listings: local changes go through it, and the feed
         // invalidates a directory whose children change elsewhere.
-        match self.fs.getattr(ino.0) {
-            Ok(n) if n.is_dir() => reply.opened(
-                FileHandle(0),
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -54,6 +54,9 @@ struct Staging {
     /// committed version never mixes bytes from before and after a concurrent write.
     gate: RwLock<()>,
     dirty: AtomicBool,
+    /// Commits so far; a handle remembers the count at its last write, so its release
+    /// knows whether a commit has taken that write since.
+    commits: AtomicU64,
     opens: AtomicU64,
     /// The live size and mtime while writes go on; the node gets them at commit, so a
     /// write costs no metadata update.
@@ -77,6 +80,7 @@ impl Staging {
             file,
             gate: RwLock::new(()),
             dirty: AtomicBool::new(dirty),
+            commits: AtomicU64::new(0),
             opens: AtomicU64::new(0),
             size: AtomicU64::new(size),
             mtime_ns: AtomicI64::new(now_ns()),
@@ -87,6 +91,8 @@ impl Staging {
 struct Handle {
     ino: u64,
     writable: bool,
+    /// `Staging::commits` at this handle's last change of the file, if it made one.
+    changed_at: Option<u64>,
     /// Where the next sequential read would start, and the read-ahead window in blocks.
     next_offset: u64,
     window: u64,
@@ -103,9 +109,18 @@ pub struct Fs {
     /// unlinked node stays until the kernel lets go, since it may still open it.
     lookups: Mutex<HashMap<u64, u64>>,
     next_fh: AtomicU64,
+    /// Open directory handles and the listing each read at its first `readdir`.
+    dirs: Mutex<HashMap<u64, Option<Arc<Vec<Node>>>>>,
     staging: Mutex<HashMap<u64, Arc<Staging>>>,
     /// One file is brought to the device for writing at a time.
     materializing: tokio::sync::Mutex<()>,
+}
+
+/// A writing handle's release, for [`Fs::finish_write`].
+pub struct Closing {
+    ino: u64,
+    /// It changed the file after the last commit.
+    commit: bool,
 }
 
 /// What `open` tells the kernel.
@@ -131,6 +146,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            dirs: Mutex::new(HashMap::new()),
             staging: Mutex::new(HashMap::new()),
             materializing: tokio::sync::Mutex::new(()),
         }
@@ -186,6 +202,48 @@ impl Fs {
         Ok(out)
     }
 
+    /// `opendir`: a handle whose listing is read once, at its first `readdir`, and kept for
+    /// the calls that follow (the kernel reads a big directory in many small pieces; reading
+    /// the whole listing for each would make listing a directory quadratic).
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        self.dir(ino)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, None);
+        Ok(fh)
+    }
+
+    /// The listing of directory handle `fh` for a `readdir` from `offset`: read now at the
+    /// start (offset 0, or a handle that has none yet), else the one read then.
+    pub fn listing(&self, fh: u64, ino: u64, offset: u64) -> Result<Arc<Vec<Node>>, FsError> {
+        if offset > 0
+            && let Some(Some(kept)) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&fh)
+        {
+            return Ok(Arc::clone(kept));
+        }
+        let listed = Arc::new(self.readdir(ino)?);
+        Counters::add(&self.counters.dirs_listed, 1);
+        if let Some(slot) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&fh)
+        {
+            *slot = Some(Arc::clone(&listed));
+        }
+        Ok(listed)
+    }
+
+    /// `releasedir`: the handle's listing goes.
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+    }
+
     pub fn readlink(&self, ino: u64) -> Result<String, FsError> {
         let n = self.node(ino)?;
         n.target
@@ -239,7 +297,7 @@ impl Fs {
         txn.put_node(&node);
         txn.link(parent, name, ino);
         txn.index_entry(&folder, &entry, ino);
-        self.journal.put(&self.cache, txn, &node, false)?;
+        self.journal.put(&self.cache, txn, &node, None)?;
         Ok(node)
     }
 
@@ -267,7 +325,9 @@ impl Fs {
         let node = self.new_child(parent, name, EntryKind::File, mode, None)?;
         let staging = self.staging_empty(node.ino)?;
         staging.opens.fetch_add(1, Ordering::SeqCst);
-        Ok((node.clone(), self.new_handle(node.ino, true, false)))
+        let opened = self.new_handle(node.ino, true, false);
+        self.changed_by(opened.fh, &staging);
+        Ok((node.clone(), opened))
     }
 
     /// Changes a node and journals the change in one batch.
@@ -277,7 +337,7 @@ impl Fs {
         n.pending += 1;
         let mut txn = Txn::default();
         txn.put_node(&n);
-        self.journal.put(&self.cache, txn, &n, false)?;
+        self.journal.put(&self.cache, txn, &n, None)?;
         Ok(n)
     }
 
@@ -363,8 +423,10 @@ impl Fs {
                 (true, true) if self.cache.has_children(t)? => return Err(FsError::NotEmpty),
                 _ => {}
             }
-            // The cloud tombstones the replaced entry in the same step as the rename.
+            // The cloud tombstones the replaced entry in the same step as the rename; until
+            // that step is uploaded the old node stays, pending (see Snapshot::replaced).
             old.linked = false;
+            old.pending += 1;
             txn.put_node(&old);
         }
         let mut n = src;
@@ -374,7 +436,7 @@ impl Fs {
         n.pending += 1;
         txn.link(new_parent, new_name, n.ino);
         txn.put_node(&n);
-        self.journal.put(&self.cache, txn, &n, target.is_some())?;
+        self.journal.put(&self.cache, txn, &n, target)?;
         Ok(())
     }
 
@@ -410,6 +472,7 @@ impl Fs {
         let h = Handle {
             ino,
             writable,
+            changed_at: None,
             next_offset: 0,
             window: 0,
         };
@@ -502,7 +565,11 @@ impl Fs {
             s.resize(0)?;
         }
         s.opens.fetch_add(1, Ordering::SeqCst);
-        Ok(self.new_handle(ino, true, false))
+        let opened = self.new_handle(ino, true, false);
+        if truncate {
+            self.changed_by(opened.fh, &s);
+        }
+        Ok(opened)
     }
 
     /// Reads from the staging file if the file is being written, else from blocks,
@@ -602,7 +669,17 @@ impl Fs {
         s.size
             .fetch_max(offset + data.len() as u64, Ordering::SeqCst);
         s.mtime_ns.store(now_ns(), Ordering::SeqCst);
+        self.changed_by(fh, &s);
         Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Notes that handle `fh` changed the staging file `s`. Called with `s.gate` held
+    /// shared, so no commit runs between the change and the note.
+    fn changed_by(&self, fh: u64, s: &Staging) {
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = handles.get_mut(&fh) {
+            h.changed_at = Some(s.commits.load(Ordering::SeqCst));
+        }
     }
 
     /// `truncate(2)`/`ftruncate(2)`: changes the size and commits.
@@ -638,6 +715,7 @@ impl Fs {
             let _x = s.gate.write().unwrap_or_else(|p| p.into_inner());
             s.dirty.store(false, Ordering::SeqCst);
             let (manifest, size) = chunk(&cache, &s.file)?;
+            s.commits.fetch_add(1, Ordering::SeqCst);
             Ok::<_, FsError>((manifest, size, s.mtime_ns.load(Ordering::SeqCst)))
         })
         .await
@@ -651,6 +729,7 @@ impl Fs {
             })?;
         }
         self.cache.flush().await?;
+        tracing::debug!(ino, size, "committed a version");
         Counters::add(&self.counters.commits, 1);
         Ok(())
     }
@@ -682,20 +761,27 @@ impl Fs {
             .is_some_and(|s| s.dirty.load(Ordering::SeqCst))
     }
 
-    /// The last close of a handle. Returns the inode whose writes [`Fs::finish_write`] must
-    /// still commit, or `None` when the handle only read.
-    pub fn close(&self, fh: u64) -> Result<Option<u64>, FsError> {
+    /// The last close of a handle (`release`, which the kernel sends after `close` has
+    /// returned). Returns what [`Fs::finish_write`] must do for a handle that could write,
+    /// or `None` when it only read.
+    pub fn close(&self, fh: u64) -> Result<Option<Closing>, FsError> {
         let h = self
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh)
             .ok_or(FsError::BadHandle)?;
-        if h.writable {
-            return Ok(Some(h.ino));
+        if !h.writable {
+            self.drop_if_unlinked(h.ino)?;
+            return Ok(None);
         }
-        self.drop_if_unlinked(h.ino)?;
-        Ok(None)
+        // Commit only this handle's own changes that no commit took yet (writes through
+        // a mapping after `close`, say). Another descriptor may be writing the same file
+        // right now: committing its half-done write would publish a state nobody closed.
+        let commit = self
+            .staging_of(h.ino)
+            .is_some_and(|s| h.changed_at == Some(s.commits.load(Ordering::SeqCst)));
+        Ok(Some(Closing { ino: h.ino, commit }))
     }
 
     /// The kernel now knows `ino` once more (an entry was replied for it).
@@ -751,9 +837,15 @@ impl Fs {
         Ok(())
     }
 
-    /// After the close of a writing handle: commit and let go of the staging file.
-    pub async fn finish_write(&self, ino: u64) -> Result<(), FsError> {
-        let result = self.commit(ino).await;
+    /// After the release of a writing handle: commit what it left, and let go of the
+    /// staging file once no handle uses it and all of it is committed.
+    pub async fn finish_write(&self, closing: Closing) -> Result<(), FsError> {
+        let ino = closing.ino;
+        let result = if closing.commit {
+            self.commit(ino).await
+        } else {
+            Ok(())
+        };
         if let Some(s) = self.staging_of(ino) {
             s.opens.fetch_sub(1, Ordering::SeqCst);
         }
