@@ -58,9 +58,9 @@ step() {
 
 # Each tool the tests run, and the Debian package it comes in: fusermount3 for the mounts'
 # auto-unmount, ip and nsenter for the relay test's network namespaces, git and sqlite3 for
-# the application tests.
+# the application tests, gio for what a GIO file manager asks of a folder it opens.
 missing=()
-for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3; do
+for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3 gio:libglib2.0-bin; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then

@@ -480,6 +480,99 @@ async fn entries_change_only_under_their_etag_conditions() {
     assert_eq!(recreate.status(), StatusCode::PRECONDITION_FAILED);
 }
 
+/// Many changes in one request: applied in order in one transaction up to the first
+/// refused, which is reported as its single request would be; the rest is not applied.
+#[tokio::test]
+async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
+    use meshfs::proto::{Step, StepResults, Steps};
+    let (env, _ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let put = |id: &str, if_match: Option<u64>, e: EntryPut| Step::Put {
+        id: id.into(),
+        if_match,
+        entry: e,
+    };
+    let send = |steps: Vec<Step>| {
+        env.req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
+            .json(&Steps { steps })
+            .send()
+    };
+    let res = send(vec![
+        put("s1", None, dir("one", None)),
+        put("s2", None, dir("two", Some("s1"))),
+        put("s3", None, dir("three", None)),
+        // Exists already: 412, as a single create would get.
+        put("d1", None, dir("again", None)),
+        put("s4", None, dir("never", None)),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let r: StepResults = res.json().await.unwrap();
+    assert_eq!(
+        r.done.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["s1", "s2", "s3"]
+    );
+    assert_eq!(
+        r.done[1].parent.as_deref(),
+        Some("s1"),
+        "a step sees the ones before it"
+    );
+    let refused = r.refused.expect("the fourth step is refused");
+    assert_eq!((refused.index, refused.status), (3, 412));
+    assert_eq!(refused.error.error, "precondition_failed");
+    let list: EntryList = env
+        .req(Method::GET, &format!("/folders/{f}/entries"), Some(t))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<_> = list.entries.iter().map(|e| e.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["one", "photos", "three", "two"],
+        "d1 unchanged, s4 absent"
+    );
+
+    // Updates and deletes carry the versions the cloud gave.
+    let v = r.done[2].version;
+    let res = send(vec![
+        put("s3", Some(v), dir("three-renamed", None)),
+        Step::Delete {
+            id: "s2".into(),
+            if_match: r.done[1].version,
+        },
+    ])
+    .await
+    .unwrap();
+    let r: StepResults = res.json().await.unwrap();
+    assert!(r.refused.is_none());
+    assert_eq!(r.done[0].name, "three-renamed");
+    assert!(r.done[1].deleted);
+
+    // A batch refused from its first step changes nothing, and the size is bounded.
+    let res = send(vec![Step::Delete {
+        id: "s1".into(),
+        if_match: 1,
+    }])
+    .await
+    .unwrap();
+    let r: StepResults = res.json().await.unwrap();
+    assert!(r.done.is_empty());
+    assert_eq!(r.refused.map(|x| x.status), Some(412));
+    let many = (0..513)
+        .map(|i| put(&format!("m{i}"), None, dir(&format!("m{i}"), None)))
+        .collect();
+    let res = send(many).await.unwrap();
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::BAD_REQUEST, "too_many_steps".into())
+    );
+}
+
 #[tokio::test]
 async fn a_taken_name_needs_replace_and_the_tree_stays_a_tree() {
     let (env, _ann, g) = ann_with_folder().await;

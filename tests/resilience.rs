@@ -103,9 +103,9 @@ fn metadata_access_fetches_no_content_and_random_reads_fetch_one_block_each() {
     for i in 0..1000 {
         std::fs::write(dir.join(format!("f{i:04}.txt")), pseudo_random(4096, i)).unwrap();
     }
-    let big = pseudo_random(256 * MIB, 42);
+    let big = pseudo_random(1024 * MIB, 42);
     std::fs::write(mesh.ma.join("Docs/big.bin"), &big).unwrap();
-    assert!(mesh.a_uploaded());
+    assert!(mesh.a.uploaded_within(Duration::from_secs(180)));
     let on_b = mesh.mb.join("Docs/many");
     assert!(eventually(Duration::from_secs(30), || names(&on_b).len() == 1000));
 
@@ -114,6 +114,15 @@ fn metadata_access_fetches_no_content_and_random_reads_fetch_one_block_each() {
         vec!["find", ".", "-type", "f", "-size", "+1k"],
         vec!["du", "-s", "."],
         vec!["stat", "f0001.txt", "f0999.txt"],
+        // What a GIO file manager (Nautilus) asks of each file of a folder it opens.
+        vec![
+            "gio",
+            "list",
+            "-a",
+            "standard::*,access::*,mountable::*,time::*,unix::*,owner::*,selinux::*,\
+             thumbnail::*,id::filesystem,trash::orig-path,trash::deletion-date,metadata::*",
+            ".",
+        ],
     ] {
         let out = Command::new(cmd[0])
             .args(&cmd[1..])
@@ -143,10 +152,10 @@ fn metadata_access_fetches_no_content_and_random_reads_fetch_one_block_each() {
         "metadata access pulled content"
     );
 
-    // 200 random 4 KiB reads of a file not on the device.
+    // 1,000 random 4 KiB reads of a 1 GiB file not on the device.
     let f = std::fs::File::open(mesh.mb.join("Docs/big.bin")).unwrap();
     let mut blocks = std::collections::BTreeSet::new();
-    for (i, chunk) in pseudo_random(200 * 8, 9).chunks(8).enumerate() {
+    for (i, chunk) in pseudo_random(1000 * 8, 9).chunks(8).enumerate() {
         let off =
             (u64::from_le_bytes(chunk.try_into().unwrap()) % (big.len() as u64 - 4096)) & !4095;
         let mut buf = vec![0u8; 4096];
@@ -270,14 +279,17 @@ fn a_killed_agent_leaves_no_dead_mount_and_blocked_readers_get_an_error() {
         "a dead mount was left behind"
     );
 
-    // Even when fusermount's watcher dies too, a new agent clears the stale mount itself.
+    // Even when both watchers die too (fusermount's and the agent's own, `meshfs
+    // watch-mount`), a new agent clears the stale mount itself.
     mesh.mb.restart();
-    let pattern = format!("fusermount3.*{}", mesh.mb.path.display());
-    let killed = Command::new("pkill")
-        .args(["-KILL", "-f", &pattern])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "no fusermount3 watcher for {pattern}");
+    for watcher in ["fusermount3", "meshfs watch-mount"] {
+        let pattern = format!("{watcher}.*{}", mesh.mb.path.display());
+        let killed = Command::new("pkill")
+            .args(["-KILL", "-f", &pattern])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "no watcher for {pattern}");
+    }
     mesh.mb.kill9();
     // Attributes may still answer from the kernel's cache; opening the directory must ask.
     let stale = || {
@@ -324,24 +336,26 @@ fn a_reader_holding_a_file_open_sees_changes_made_on_the_other_device() {
 }
 
 #[test]
+/// Renaming a 1 GiB file and a folder of 10,000 files moves no content; changing 1 MiB in
+/// the middle of the 1 GiB file uploads at most two blocks.
 fn renames_and_small_edits_of_big_files_move_almost_nothing() {
     let mesh = Mesh::new();
     let big = pseudo_random(1024 * MIB, 77);
     std::fs::write(mesh.ma.join("Docs/huge.bin"), &big).unwrap();
     std::fs::create_dir(mesh.ma.join("Docs/tree")).unwrap();
-    for i in 0..2000 {
+    for i in 0..10_000 {
         std::fs::write(
             mesh.ma.join(&format!("Docs/tree/f{i}")),
-            pseudo_random(1000, i),
+            pseudo_random(1000, i % 16),
         )
         .unwrap();
     }
-    assert!(mesh.a_uploaded());
-    assert!(eventually(Duration::from_secs(60), || names(
+    assert!(mesh.a.uploaded_within(Duration::from_secs(300)));
+    assert!(eventually(Duration::from_secs(120), || names(
         &mesh.mb.join("Docs/tree")
     )
     .len()
-        == 2000));
+        == 10_000));
     let counters = |d: &common::Device| {
         std::thread::sleep(Duration::from_millis(1200));
         d.status().unwrap().counters
@@ -359,7 +373,7 @@ fn renames_and_small_edits_of_big_files_move_almost_nothing() {
         .mb
         .join("Docs/renamed.bin")
         .exists()
-        && mesh.mb.join("Docs/moved-tree/f1999").exists()));
+        && mesh.mb.join("Docs/moved-tree/f9999").exists()));
     let (a1, b1) = (counters(&mesh.a), counters(&mesh.b));
     assert_eq!(
         a1.bytes_uploaded, a0.bytes_uploaded,
@@ -391,39 +405,57 @@ fn renames_and_small_edits_of_big_files_move_almost_nothing() {
     );
 }
 
+/// A tree of 100,000 entries (a folder of 10,000 files, and 90 folders of 1,000 symlinks
+/// each) lists on the other device: `ls -l` of the 10,000-file folder and `find` of all.
+/// After B's agent restarts with the cloud frozen (any request to it would hang), it
+/// mounts and `find` lists everything from the persisted metadata, and `stat` of one path
+/// lists no directory.
 #[test]
-fn ten_thousand_entries_list_on_the_other_device_and_after_a_restart_without_the_cloud() {
+fn a_hundred_thousand_entries_list_on_the_other_device_and_after_a_restart_with_the_cloud_frozen() {
     let mut mesh = Mesh::new();
     let root = mesh.ma.join("Docs/big-dir");
     std::fs::create_dir(&root).unwrap();
-    for d in 0..10 {
-        let dir = root.join(format!("d{d}"));
+    let started = Instant::now();
+    let flat = root.join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    for i in 0..10_000 {
+        std::fs::write(flat.join(format!("f{i:05}")), b"x").unwrap();
+    }
+    for d in 0..90 {
+        let dir = root.join(format!("links{d:02}"));
         std::fs::create_dir(&dir).unwrap();
         for i in 0..1000 {
-            std::fs::write(dir.join(format!("f{i:04}")), b"x").unwrap();
+            std::os::unix::fs::symlink("../flat/f00000", dir.join(format!("l{i:04}"))).unwrap();
         }
     }
+    let written = started.elapsed();
     assert!(
-        mesh.a.uploaded_within(Duration::from_secs(300)),
-        "A did not upload 10,000 files"
+        mesh.a.uploaded_within(Duration::from_secs(600)),
+        "A did not upload 100,000 entries"
+    );
+    println!(
+        "100,091 entries: written on A in {written:?}, uploaded {:?} after the start",
+        started.elapsed()
     );
     let on_b = mesh.mb.join("Docs/big-dir");
     let count = |dir: &std::path::Path| {
         let out = Command::new("find")
             .arg(dir)
-            .args(["-type", "f"])
+            .arg("-mindepth")
+            .arg("1")
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).lines().count()
     };
     assert!(
-        eventually(Duration::from_secs(60), || count(&on_b) == 10_000),
+        eventually(Duration::from_secs(300), || count(&on_b) == 100_091),
         "B lists {}",
         count(&on_b)
     );
+    println!("B lists them {:?} after the start", started.elapsed());
     let out = Command::new("ls")
         .arg("-l")
-        .arg(on_b.join("d7"))
+        .arg(on_b.join("flat"))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -432,14 +464,100 @@ fn ten_thousand_entries_list_on_the_other_device_and_after_a_restart_without_the
             .lines()
             .filter(|l| l.starts_with('-'))
             .count(),
-        1000
+        10_000
     );
 
-    // With the cloud gone, a restarted agent serves the whole tree from its own metadata.
-    mesh.cloud.kill();
+    // With the cloud frozen, a restarted agent mounts and serves the whole tree from its
+    // own metadata: a blocking request to the cloud would hang this.
     mesh.mb.stop();
+    mesh.cloud.pause();
+    let restarted = Instant::now();
     mesh.mb.restart();
-    assert_eq!(count(&mesh.mb.join("Docs/big-dir")), 10_000);
-    // One path's attributes come from the persisted metadata too.
-    assert!(std::fs::metadata(mesh.mb.join("Docs/big-dir/d3/f0999")).is_ok());
+    // First one path, while the kernel knows nothing of the tree: its attributes come from
+    // its own keys in the metadata, and no directory is listed on the way.
+    std::thread::sleep(Duration::from_millis(1200));
+    let before = mesh.b.status().expect("status").counters.dirs_listed;
+    assert!(std::fs::symlink_metadata(mesh.mb.join("Docs/big-dir/links44/l0777")).is_ok());
+    assert!(std::fs::metadata(mesh.mb.join("Docs/big-dir/flat/f05000")).is_ok());
+    std::thread::sleep(Duration::from_millis(1200));
+    let after = mesh.b.status().expect("status").counters.dirs_listed;
+    assert_eq!(after, before, "a stat listed a directory");
+    let counted = count(&mesh.mb.join("Docs/big-dir"));
+    let listed_in = restarted.elapsed();
+    assert_eq!(counted, 100_091);
+    println!("with the cloud frozen: mounted, stat, and listed 100,091 entries in {listed_in:?}");
+    // The agent writes its status file once a second.
+    let listed = || mesh.b.status().expect("status").counters.dirs_listed;
+    assert!(
+        eventually(Duration::from_secs(5), || listed() >= after + 92),
+        "find's listings are counted ({})",
+        listed()
+    );
+    mesh.cloud.resume();
+}
+
+/// A 4 GiB file written on A and read on B (a device-only folder: B reads it from A) keeps
+/// both agents' memory bounded: neither holds the file, only blocks in flight.
+#[test]
+#[ignore = "five minutes here; run with --ignored (peak RSS figures in the output)"]
+fn writing_and_reading_four_gib_keeps_both_agents_memory_bounded() {
+    use sha2::Digest;
+    const SIZE: usize = 4096 * MIB;
+    let cloud = common::Cloud::start();
+    cloud.add_user("ann");
+    let a = common::Device::login(&cloud, "ann", "laptop");
+    let b = common::Device::login(&cloud, "ann", "desktop");
+    a.cli_ok(&["folder", "create", "Private", "--device-only"]);
+    let (ma, mb) = (a.mount(), b.mount());
+    assert!(eventually(Duration::from_secs(20), || ma
+        .join("Private")
+        .is_dir()
+        && mb.join("Private").is_dir()));
+    let started = Instant::now();
+    let mut want = sha2::Sha256::new();
+    {
+        let mut f = std::fs::File::create(ma.join("Private/four.bin")).unwrap();
+        for i in 0..(SIZE / (64 * MIB)) {
+            let chunk = pseudo_random(64 * MIB, 1000 + i as u64);
+            want.update(&chunk);
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let want: [u8; 32] = want.finalize().into();
+    let written = started.elapsed();
+    let on_b = mb.join("Private/four.bin");
+    assert!(eventually(Duration::from_secs(60), || std::fs::metadata(
+        &on_b
+    )
+    .is_ok_and(|m| m.len() == SIZE as u64)));
+    let mut got = sha2::Sha256::new();
+    let mut f = std::fs::File::open(&on_b).unwrap();
+    let mut buf = vec![0u8; 4 * MIB];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.update(&buf[..n]);
+    }
+    let got: [u8; 32] = got.finalize().into();
+    assert_eq!(got, want, "B read A's 4 GiB");
+    let (rss_a, rss_b) = (
+        ma.peak_rss_kib().unwrap_or(0),
+        mb.peak_rss_kib().unwrap_or(0),
+    );
+    println!(
+        "4 GiB: written on A in {written:?}, read on B after {:?}; peak RSS A {} MiB, B {} MiB",
+        started.elapsed(),
+        rss_a / 1024,
+        rss_b / 1024
+    );
+    // Bounded, and far below the file: blocks in flight, the 32 hot blocks, caches.
+    for (who, kib) in [("A", rss_a), ("B", rss_b)] {
+        assert!(
+            kib > 0 && kib < 512 * 1024,
+            "agent {who} peaked at {kib} KiB"
+        );
+    }
+    drop((ma, mb));
 }
