@@ -521,14 +521,7 @@ async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
     let refused = r.refused.expect("the fourth step is refused");
     assert_eq!((refused.index, refused.status), (3, 412));
     assert_eq!(refused.error.error, "precondition_failed");
-    let list: EntryList = env
-        .req(Method::GET, &format!("/folders/{f}/entries"), Some(t))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = env.entries(t, f).await;
     let mut names: Vec<_> = list.entries.iter().map(|e| e.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(
