@@ -491,10 +491,14 @@ async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
         id: id.into(),
         if_match,
         entry: e,
+        seq: None,
     };
     let send = |steps: Vec<Step>| {
         env.req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
-            .json(&Steps { steps })
+            .json(&Steps {
+                journal: None,
+                steps,
+            })
             .send()
     };
     let res = send(vec![
@@ -537,6 +541,7 @@ async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
         Step::Delete {
             id: "s2".into(),
             if_match: r.done[1].version,
+            seq: None,
         },
     ])
     .await
@@ -550,6 +555,7 @@ async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
     let res = send(vec![Step::Delete {
         id: "s1".into(),
         if_match: 1,
+        seq: None,
     }])
     .await
     .unwrap();
@@ -563,6 +569,129 @@ async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
     assert_eq!(
         api_error(res).await,
         (StatusCode::BAD_REQUEST, "too_many_steps".into())
+    );
+}
+
+/// A device replaying its journal after a crash resends steps the cloud may have applied:
+/// with the journal named, each record is applied once, so a replayed batch changes nothing
+/// and an old step replayed after newer ones never undoes them. A refused record is not
+/// counted as applied, and another journal (a device whose store was lost) starts afresh.
+#[tokio::test]
+async fn steps_of_a_journal_are_applied_once_however_often_they_are_replayed() {
+    use meshfs::proto::{Step, StepResults, Steps};
+    let (env, _ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let put = |id: &str, seq: u64, if_match: Option<u64>, e: EntryPut| Step::Put {
+        id: id.into(),
+        if_match,
+        entry: e,
+        seq: Some(seq),
+    };
+    let env = &env;
+    let send = |journal: &str, steps: Vec<Step>| {
+        let body = Steps {
+            journal: Some(journal.into()),
+            steps,
+        };
+        async move {
+            let res = env
+                .req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            res.json::<StepResults>().await.unwrap()
+        }
+    };
+    // Record 10 creates `a`; record 11 renames it to `b`; record 12 creates `c` where...
+    let first = send("j-1", vec![put("x", 10, None, dir("a", None))]).await;
+    let v1 = first.done[0].version;
+    let second = send(
+        "j-1",
+        vec![
+            put("x", 11, Some(v1), dir("b", None)),
+            put("y", 12, None, dir("a", None)),
+        ],
+    )
+    .await;
+    assert!(second.refused.is_none());
+    let names = |l: &meshfs::proto::EntryList| {
+        let mut n: Vec<_> = l
+            .entries
+            .iter()
+            .map(|e| (e.id.clone(), e.name.clone()))
+            .collect();
+        n.sort_unstable();
+        n
+    };
+    let before = env.entries(t, f).await;
+
+    // ...a crash, and the whole journal is replayed with the versions the device had
+    // recorded: nothing changes, each step is reported done with the entry as it is.
+    let replay = send(
+        "j-1",
+        vec![
+            put("x", 10, None, dir("a", None)),
+            put("y", 12, None, dir("a", None)),
+        ],
+    )
+    .await;
+    assert!(replay.refused.is_none(), "{:?}", replay.refused);
+    assert_eq!(
+        replay.done[0].name, "b",
+        "the old step did not undo the rename"
+    );
+    assert_eq!(replay.done[0].version, second.done[0].version);
+    let after = env.entries(t, f).await;
+    assert_eq!(names(&after), names(&before));
+    assert_eq!(after.seq, before.seq, "a replay publishes no version");
+
+    // A refused record is not applied, so sent again (fixed) it is.
+    let refused = send("j-1", vec![put("z", 13, None, dir("b", None))]).await;
+    assert_eq!(
+        refused.refused.map(|r| r.error.error),
+        Some("name_taken".into())
+    );
+    let fixed = send("j-1", vec![put("z", 13, None, dir("z", None))]).await;
+    assert!(fixed.refused.is_none());
+    assert_eq!(fixed.done[0].name, "z");
+
+    // Another journal's record numbers are its own.
+    let other = send("j-2", vec![put("w", 1, None, dir("w", None))]).await;
+    assert_eq!(other.done[0].name, "w");
+    let ids: Vec<_> = names(&env.entries(t, f).await)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert!(ids.contains(&"w".to_string()) && ids.contains(&"z".to_string()));
+
+    // A journal id is a token; a record number must fit the store.
+    let bad = env
+        .req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
+        .json(&Steps {
+            journal: Some("no spaces".into()),
+            steps: vec![],
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(bad).await,
+        (StatusCode::BAD_REQUEST, "bad_journal".into())
+    );
+    let bad = env
+        .req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
+        .json(&Steps {
+            journal: Some("j-1".into()),
+            steps: vec![put("v", u64::MAX, None, dir("v", None))],
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(bad).await,
+        (StatusCode::BAD_REQUEST, "bad_seq".into())
     );
 }
 

@@ -355,7 +355,10 @@ fn a_random_workload_survives_twenty_sigkills_and_reaches_the_cloud_and_the_othe
                 }
                 since_barrier.push(tree_of(&files));
             }
-            (Err(e), false) => panic!("op {i} {op:?} failed without a crash: {e}"),
+            (Err(e), false) => panic!(
+                "op {i} {op:?} failed without a crash (seed {seed}): {e}\nA's log:\n{}",
+                mesh.ma.log_text()
+            ),
             (Err(_), true) => failed_ops += 1,
         }
         let Some(killer) = killer else {
@@ -373,7 +376,12 @@ fn a_random_workload_survives_twenty_sigkills_and_reaches_the_cloud_and_the_othe
             );
         }
         mesh.ma.restart();
-        let found = read_files(&root).expect("read A's tree after the restart");
+        let found = read_files(&root).unwrap_or_else(|e| {
+            panic!(
+                "reading A's tree after the restart at op {i} (seed {seed}): {e}\nA's log:\n{}",
+                mesh.ma.log_text()
+            )
+        });
         let actual = tree_of(&found);
         let mut allowed = since_barrier.clone();
         if ran.is_err() {
@@ -426,9 +434,10 @@ fn a_random_workload_survives_twenty_sigkills_and_reaches_the_cloud_and_the_othe
     });
     assert!(
         same,
-        "B's copy differs:\n  B {}\n  A {}",
+        "B's copy differs (seed {seed}):\n  B {}\n  A {}\nA's log:\n{}",
         describe(&tree_of(&read_files(&on_b).unwrap_or_default())),
-        describe(&final_tree)
+        describe(&final_tree),
+        mesh.ma.log_text()
     );
 
     // Every version the cloud published is some committed content, never a mix.

@@ -167,6 +167,8 @@ impl JournalOp {
     }
 }
 
+const JOURNAL_ID_KEY: &[u8] = b"journal-id";
+
 fn node_key(ino: u64) -> Vec<u8> {
     let mut k = b"n/".to_vec();
     k.extend_from_slice(&ino.to_be_bytes());
@@ -261,6 +263,8 @@ const DECODED_NODES: usize = 256;
 /// read-ahead is read moments later, and serving it from here saves opening and reading
 /// back its file.
 const HOT_BLOCKS: usize = 32;
+/// Entries remembered as tombstoned by this device until the feed confirms it.
+const DEPARTED: usize = 65_536;
 
 /// The metadata store and the block store of one device.
 pub struct Cache {
@@ -282,6 +286,12 @@ pub struct Cache {
     /// The highest journal record applied, and the highest known to be on disk.
     applied_seq: AtomicU64,
     durable_seq: AtomicU64,
+    /// Names this journal to the cloud, which applies each of its records once (made with
+    /// the store: a new store, after the old one was lost, is a new journal).
+    journal_id: String,
+    /// Entries this device's own steps tombstoned lately, until the feed brings the
+    /// tombstone (see [`Cache::note_departed`]).
+    departed: Mutex<LruCache<(String, String), ()>>,
 }
 
 impl Cache {
@@ -297,6 +307,15 @@ impl Cache {
         }
         let db = sled::Config::new().path(dir.join("db")).open()?;
         let tree = db.open_tree("meshfs")?;
+        let journal_id = match tree.get(JOURNAL_ID_KEY)? {
+            Some(id) => String::from_utf8(id.to_vec())
+                .map_err(|_| CacheError::Corrupt(serde::de::Error::custom("journal id")))?,
+            None => {
+                let id = uuid::Uuid::new_v4().to_string();
+                tree.insert(JOURNAL_ID_KEY, id.as_bytes())?;
+                id
+            }
+        };
         let cache = Self {
             db,
             tree,
@@ -311,6 +330,10 @@ impl Cache {
             )),
             applied_seq: AtomicU64::new(0),
             durable_seq: AtomicU64::new(0),
+            journal_id,
+            departed: Mutex::new(LruCache::new(
+                NonZeroUsize::new(DEPARTED).unwrap_or(NonZeroUsize::MIN),
+            )),
         };
         // Records found at start were read from disk; later ones get higher numbers.
         let found = cache.last_journal_seq()?;
@@ -476,6 +499,37 @@ impl Cache {
             .next_back()
             .transpose()?;
         Ok(last.and_then(|k| u64_of(&k[2..])).unwrap_or(0))
+    }
+
+    /// Records that a step of this device tombstoned `entry` (a delete, or a rename over
+    /// it), as its node lets go of the entry. A feed batch fetched before that step may
+    /// still carry the entry's last live state; without this note it would look like a new
+    /// entry and come back (and take its old name from whoever holds it now). A tombstoned
+    /// id never lives again, so any live state of it is old news. Kept in memory only:
+    /// whatever the feed fetches after a restart is newer than the step.
+    pub fn note_departed(&self, folder: &str, entry: &str) {
+        let mut d = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+        d.put((folder.to_string(), entry.to_string()), ());
+    }
+
+    /// Whether the feed's `entry` (a `tombstone` or a live state) is old news of an entry
+    /// this device tombstoned; the tombstone itself ends the note.
+    pub fn departed(&self, folder: &str, entry: &str, tombstone: bool) -> bool {
+        let mut d = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (folder.to_string(), entry.to_string());
+        match d.get(&key) {
+            Some(_) if tombstone => {
+                d.pop(&key);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// The id the cloud knows this journal by (see [`crate::proto::Steps`]).
+    pub fn journal_id(&self) -> &str {
+        &self.journal_id
     }
 
     pub fn journal_len(&self) -> usize {

@@ -80,6 +80,10 @@ pub fn apply_entry(
     {
         return Ok(false);
     }
+    // An entry a step of ours tombstoned, in a batch fetched before that step.
+    if existing.is_none() && cache.departed(&folder.id, &e.id, e.deleted) {
+        return Ok(false);
+    }
     let mut txn = Txn::default();
     if e.deleted {
         let Some((ino, n)) = existing else {
@@ -411,6 +415,51 @@ mod tests {
         assert!(apply_entry(&cache, &inv, &f, &gone).unwrap());
         assert!(cache.lookup(f.ino, "x").unwrap().is_none());
         assert!(!apply_entry(&cache, &inv, &f, &gone).unwrap());
+    }
+
+    /// `mv j a` over `a` on this device: the step tombstoned `a`'s entry and the uploader
+    /// let go of it. A feed batch fetched before that step still carries `a` alive; it
+    /// must neither come back nor take its name from `j`, and its tombstone ends the note.
+    #[test]
+    fn an_entry_this_device_tombstoned_does_not_come_back_from_an_older_batch() {
+        let (_d, cache, f) = setup();
+        let inv = Recorder::default();
+        apply_entry(&cache, &inv, &f, &entry("a", None, "a", EntryKind::File, 1)).unwrap();
+        apply_entry(&cache, &inv, &f, &entry("j", None, "j", EntryKind::File, 2)).unwrap();
+        let (a, j) = (
+            cache.lookup(f.ino, "a").unwrap().unwrap(),
+            cache.lookup(f.ino, "j").unwrap().unwrap(),
+        );
+        // The rename as the uploader leaves it: `j` at `a` with the step's version, `a`'s
+        // node unlinked and its entry let go.
+        let mut t = Txn::default();
+        t.unlink(f.ino, "j");
+        t.link(f.ino, "a", j);
+        let mut jn = cache.node(j).unwrap().unwrap();
+        (jn.name, jn.version) = ("a".into(), 4);
+        t.put_node(&jn);
+        let mut an = cache.node(a).unwrap().unwrap();
+        an.linked = false;
+        t.put_node(&an);
+        t.unindex_entry("f", "a");
+        cache.apply(t).unwrap();
+        cache.note_departed("f", "a");
+
+        let stale = entry("a", None, "a", EntryKind::File, 3);
+        assert!(!apply_entry(&cache, &inv, &f, &stale).unwrap());
+        assert_eq!(
+            cache.lookup(f.ino, "a").unwrap(),
+            Some(j),
+            "j keeps the name"
+        );
+        let mut tomb = entry("a", None, "a", EntryKind::File, 4);
+        tomb.deleted = true;
+        assert!(!apply_entry(&cache, &inv, &f, &tomb).unwrap());
+        assert!(
+            !cache.departed("f", "a", false),
+            "the tombstone ended the note"
+        );
+        assert_eq!(cache.lookup(f.ino, "a").unwrap(), Some(j));
     }
 
     #[test]

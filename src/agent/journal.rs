@@ -1,10 +1,11 @@
 //! The durable log of local changes and the uploader that plays it to the cloud.
 //!
 //! A change to a node and its journal record go into sled in one batch. The uploader takes
-//! records oldest first, sends the node's current state (missing blocks first, then the
-//! entry with `If-Match`), and removes the record only after the cloud accepted it, so a
-//! crash at any point replays safely: a create that already happened comes back as 412
-//! with our own device as author and is adopted.
+//! records oldest first, sends each as a step (missing blocks first, then the entry with
+//! `If-Match`), and removes the record only after the cloud accepted it, so a crash at any
+//! point replays safely: every step names this journal and its record number, and the
+//! cloud applies a record once, reporting one it already has as done. Replaying the last
+//! records sent before a crash thus never puts an old state back over a newer one.
 
 use crate::agent::cache::{Cache, CacheError, JournalOp, Node, Snapshot, Txn};
 use crate::agent::client::{ClientError, CloudClient};
@@ -180,7 +181,7 @@ impl Uploader {
             } else if !inos.insert(op.ino()) {
                 break;
             } else {
-                match self.prepare(op).await {
+                match self.prepare(*seq, op).await {
                     Ok(p) => p,
                     Err(e) => Prepared::Now(Outcome::Refused(format!("local store: {e}"))),
                 }
@@ -204,7 +205,11 @@ impl Uploader {
         let results = match (steps.is_empty(), folder) {
             (true, _) | (false, None) => None,
             (false, Some(folder)) => {
-                match self.client.apply_steps(&folder, &Steps { steps }).await {
+                let steps = Steps {
+                    journal: Some(self.cache.journal_id().to_string()),
+                    steps,
+                };
+                match self.client.apply_steps(&folder, &steps).await {
                     Ok(r) => Some(r),
                     Err(e) => return Some(e),
                 }
@@ -262,18 +267,27 @@ impl Uploader {
     }
 
     /// A record ready to send (its blocks uploaded first), or its outcome without a request.
-    async fn prepare(&self, op: &JournalOp) -> Result<Prepared, CacheError> {
+    async fn prepare(&self, seq: u64, op: &JournalOp) -> Result<Prepared, CacheError> {
         match op {
-            JournalOp::Put { ino, snap } => self.prepare_put(*ino, snap).await,
-            JournalOp::Delete { ino } => self.prepare_delete(*ino),
+            JournalOp::Put { ino, snap } => self.prepare_put(seq, *ino, snap).await,
+            JournalOp::Delete { ino } => self.prepare_delete(seq, *ino),
         }
     }
 
-    /// What the cloud's acceptance of `op`'s step means here.
+    /// What the cloud's acceptance of `op`'s step means here. A step replayed after a crash
+    /// that the cloud had applied already comes back with the entry as it is now: adopted
+    /// only if this device wrote that version; one written elsewhere since stays news, so
+    /// that this device's next change of the node meets it as a lost race.
     fn sent(&self, op: &JournalOp, entry: &Entry) -> Result<Outcome, CacheError> {
         match op {
-            JournalOp::Put { ino, .. } => self.agreed(*ino, entry)?,
-            JournalOp::Delete { .. } => self.forget(&entry.folder, &entry.id)?,
+            JournalOp::Put { ino, .. } if entry.author == self.client.device_id() => {
+                self.agreed(*ino, entry)?;
+            }
+            JournalOp::Put { .. } => {}
+            JournalOp::Delete { .. } => {
+                self.cache.note_departed(&entry.folder, &entry.id);
+                self.forget(&entry.folder, &entry.id)?;
+            }
         }
         Ok(Outcome::Done)
     }
@@ -295,6 +309,7 @@ impl Uploader {
         if let Some(old) = replaced.and_then(|r| self.cache.node(r).ok().flatten()) {
             if let (Some(folder), Some(entry)) = (&old.folder, &old.entry) {
                 txn.unindex_entry(folder, entry);
+                self.cache.note_departed(folder, entry);
             }
             let mut old = old;
             old.pending = old.pending.saturating_sub(1);
@@ -307,7 +322,12 @@ impl Uploader {
         self.cache.apply(txn)
     }
 
-    async fn prepare_put(&self, ino: u64, snap: &Snapshot) -> Result<Prepared, CacheError> {
+    async fn prepare_put(
+        &self,
+        seq: u64,
+        ino: u64,
+        snap: &Snapshot,
+    ) -> Result<Prepared, CacheError> {
         let Some(n) = self.cache.node(ino)? else {
             return Ok(Prepared::Now(Outcome::Done));
         };
@@ -345,6 +365,7 @@ impl Uploader {
                 replace: snap.replace,
                 device_held: !in_cloud,
             },
+            seq: Some(seq),
         }))
     }
 
@@ -370,6 +391,7 @@ impl Uploader {
             }
             e if e.code() == Some("name_taken") => {
                 Counters::add(&self.counters.conflicts, 1);
+                tracing::warn!(name = %snap.name, entry, "another entry took this name in the cloud; keeping this device's file as a conflict copy");
                 let name = conflict_name(&snap.name, self.client.device_id());
                 self.reenter(ino, Some((&snap.name, name)))?;
                 Ok(Outcome::Retry(e))
@@ -536,7 +558,7 @@ impl Uploader {
         Ok(())
     }
 
-    fn prepare_delete(&self, ino: u64) -> Result<Prepared, CacheError> {
+    fn prepare_delete(&self, seq: u64, ino: u64) -> Result<Prepared, CacheError> {
         let Some(n) = self.cache.node(ino)? else {
             return Ok(Prepared::Now(Outcome::Done));
         };
@@ -551,6 +573,7 @@ impl Uploader {
         Ok(Prepared::Step(Step::Delete {
             id: entry,
             if_match: n.version,
+            seq: Some(seq),
         }))
     }
 
@@ -594,9 +617,8 @@ impl Uploader {
         }
     }
 
-    /// Drops a deleted node from the cache.
-    /// The entry is gone from the cloud. The node stays (unlinked) while a descriptor may
-    /// still read it; the last close, or the next start, removes it.
+    /// Lets go of an entry gone from the cloud. The node stays (unlinked) while a
+    /// descriptor may still read it; the last close, or the next start, removes it.
     fn forget(&self, folder: &str, entry: &str) -> Result<(), CacheError> {
         let mut txn = Txn::default();
         txn.unindex_entry(folder, entry);

@@ -485,6 +485,8 @@ const MAX_STEPS: usize = 512;
 /// `POST /folders/{folder}/steps`: puts and deletes applied in order in one transaction,
 /// up to the first one refused; what was applied before it is kept. A device uploading
 /// many small changes (a `git clone`, say) pays one round trip and one commit for many.
+/// A step of a named journal that the cloud applied before is reported, not applied again
+/// (see [`Steps`]).
 pub async fn apply_steps(
     State(state): State<AppState>,
     caller: Caller,
@@ -493,34 +495,53 @@ pub async fn apply_steps(
 ) -> Result<Json<StepResults>, AppError> {
     let path = format!("/folders/{folder}/steps");
     let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
-    let Json(Steps { steps }) = body?;
+    let Json(Steps { journal, steps }) = body?;
     if steps.len() > MAX_STEPS {
         return Err(AppError::invalid(
             "too_many_steps",
             format!("send at most {MAX_STEPS} steps at once"),
         ));
     }
+    check_journal(journal.as_deref(), &steps)?;
+    let device = caller.claims.dev.clone();
     let mut change = state.store.begin_change().await?;
+    let mut mark = match &journal {
+        Some(j) => change.journal_mark(&device, j).await?,
+        None => 0,
+    };
+    let first_mark = mark;
     let mut done = Vec::with_capacity(steps.len());
-    let mut refused = None;
+    let (mut refused, mut changed) = (None, false);
     for (index, step) in steps.into_iter().enumerate() {
+        let seq = step.seq().filter(|_| journal.is_some());
+        if seq.is_some_and(|s| s <= mark)
+            && let Some(now) = change.entry(&folder.id, step.id()).await?
+        {
+            done.push(now);
+            continue;
+        }
         let applied = match step {
             Step::Put {
                 id,
                 if_match,
                 entry,
+                ..
             } => {
                 let cond = if_match.map_or(Condition::Create, Condition::Version);
                 put_step(&mut change, &folder.id, &id, cond, entry, &caller)
                     .await
                     .map(|(e, _)| e)
             }
-            Step::Delete { id, if_match } => {
+            Step::Delete { id, if_match, .. } => {
                 delete_step(&mut change, &folder.id, &id, if_match, &caller).await
             }
         };
         match applied {
-            Ok(e) => done.push(e),
+            Ok(e) => {
+                done.push(e);
+                changed = true;
+                mark = mark.max(seq.unwrap_or(0));
+            }
             // A fault of the cloud itself fails the whole batch, and nothing is kept.
             Err(e @ AppError::Internal(_)) => return Err(e),
             Err(e) => {
@@ -534,11 +555,38 @@ pub async fn apply_steps(
             }
         }
     }
-    if let Some(version) = done.first().map(|e| e.version) {
-        change.commit().await?;
+    if changed {
+        if let Some(j) = journal.as_deref().filter(|_| mark > first_mark) {
+            change.set_journal_mark(&device, j, mark).await?;
+        }
+        let version = change.commit().await?;
         state.feed.send_modify(|seq| *seq = (*seq).max(version));
     }
     Ok(Json(StepResults { done, refused }))
+}
+
+/// A journal id is a short token, and its record numbers fit the store.
+fn check_journal(journal: Option<&str>, steps: &[Step]) -> Result<(), AppError> {
+    if let Some(j) = journal
+        && (j.is_empty()
+            || j.len() > 64
+            || !j.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    {
+        return Err(AppError::invalid(
+            "bad_journal",
+            "a journal id is 1 to 64 letters, digits and dashes",
+        ));
+    }
+    if steps
+        .iter()
+        .any(|s| s.seq().is_some_and(|n| i64::try_from(n).is_err()))
+    {
+        return Err(AppError::invalid(
+            "bad_seq",
+            "a step's seq must be below 2^63",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

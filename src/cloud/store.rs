@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The schema this code writes; stored in `meta` so a later version can tell.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
@@ -86,7 +86,13 @@ const SCHEMA: &[&str] = &[
         folder TEXT NOT NULL REFERENCES folders(id),
         PRIMARY KEY (device, folder))",
     "CREATE INDEX IF NOT EXISTS mapped_folder ON mapped (folder)",
-    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 2, 0) ON CONFLICT (id) DO NOTHING",
+    // The highest record of each device journal whose step was applied (`Steps::journal`).
+    "CREATE TABLE IF NOT EXISTS journals (
+        device TEXT NOT NULL REFERENCES devices(id),
+        journal TEXT NOT NULL,
+        applied BIGINT NOT NULL,
+        PRIMARY KEY (device, journal))",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 3, 0) ON CONFLICT (id) DO NOTHING",
 ];
 
 /// What takes a store of schema version 1 to version 2 (peer addresses, mapped folders,
@@ -97,6 +103,10 @@ const MIGRATE_1_TO_2: &[&str] = &[
     "ALTER TABLE entries ADD COLUMN holders TEXT NOT NULL DEFAULT '[]'",
     "UPDATE meta SET schema_version = 2 WHERE id = 1",
 ];
+
+/// What takes a store of schema version 2 to version 3: the `journals` table, which
+/// [`SCHEMA`] (run after) creates.
+const MIGRATE_2_TO_3: &[&str] = &["UPDATE meta SET schema_version = 3 WHERE id = 1"];
 
 const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders";
 
@@ -263,10 +273,13 @@ impl Store {
             let row = sqlx::query("SELECT schema_version FROM meta WHERE id = 1")
                 .fetch_one(&mut *tx)
                 .await?;
-            if row.try_get::<i64, _>("schema_version")? == 1 {
-                for stmt in MIGRATE_1_TO_2 {
-                    sqlx::query(*stmt).execute(&mut *tx).await?;
-                }
+            let migrations: &[&[&str]] = match row.try_get::<i64, _>("schema_version")? {
+                1 => &[MIGRATE_1_TO_2, MIGRATE_2_TO_3],
+                2 => &[MIGRATE_2_TO_3],
+                _ => &[],
+            };
+            for stmt in migrations.iter().copied().flatten() {
+                sqlx::query(*stmt).execute(&mut *tx).await?;
             }
         }
         for stmt in SCHEMA {
@@ -792,6 +805,38 @@ impl Change {
         Ok(())
     }
 
+    /// The highest record of `device`'s journal `journal` applied so far (0: none).
+    pub async fn journal_mark(&mut self, device: &str, journal: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT applied FROM journals WHERE device = ? AND journal = ?")
+            .bind(device)
+            .bind(journal)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        match row {
+            Some(r) => to_u64(r.try_get("applied")?, "journal mark"),
+            None => Ok(0),
+        }
+    }
+
+    /// Records that the steps of `device`'s journal `journal` up to record `applied` are in.
+    pub async fn set_journal_mark(
+        &mut self,
+        device: &str,
+        journal: &str,
+        applied: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO journals (device, journal, applied) VALUES (?, ?, ?)
+             ON CONFLICT (device, journal) DO UPDATE SET applied = excluded.applied",
+        )
+        .bind(device)
+        .bind(journal)
+        .bind(to_i64(applied, "journal mark")?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     /// Makes the change durable; returns its version.
     pub async fn commit(self) -> Result<u64, StoreError> {
         self.tx.commit().await?;
@@ -893,6 +938,40 @@ mod tests {
                 quota: 10
             })
         );
+    }
+
+    #[tokio::test]
+    async fn a_version_2_store_gains_the_journal_marks_on_open() {
+        let (dir, store) = store_with_folder().await;
+        sqlx::query("DROP TABLE journals")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE meta SET schema_version = 2 WHERE id = 1")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).await.unwrap();
+        let d = Device {
+            id: "d".into(),
+            user: "ann".into(),
+            name: "laptop".into(),
+            public_key: String::new(),
+            created_ms: 0,
+            last_seen_ms: 0,
+            revoked: false,
+            addrs: vec![],
+            folders: vec![],
+        };
+        store.insert_device(&d).await.unwrap();
+        let mut c = store.begin_change().await.unwrap();
+        assert_eq!(c.journal_mark("d", "j").await.unwrap(), 0);
+        c.set_journal_mark("d", "j", 7).await.unwrap();
+        c.commit().await.unwrap();
+        let mut c = store.begin_change().await.unwrap();
+        assert_eq!(c.journal_mark("d", "j").await.unwrap(), 7);
+        assert!(store.folder("f").await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -277,8 +277,17 @@ pub struct EntryPut {
 
 /// Entry changes of one device, applied in order in one transaction: the cloud keeps every
 /// step up to the first it refuses, and reports that one as the single request would.
+///
+/// Steps that name their `journal` (an id the device made for its local journal) and
+/// carry that journal's record numbers (`seq`, increasing) are applied once: a step whose
+/// number is not above the highest the cloud applied from that journal is not applied
+/// again but reported as done, with the entry as it is now. A device replaying its journal
+/// after a crash cannot tell which of its last steps reached the cloud; this way an old
+/// step replayed after newer ones never undoes them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Steps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<String>,
     pub steps: Vec<Step>,
 }
 
@@ -291,9 +300,33 @@ pub enum Step {
         id: String,
         if_match: Option<u64>,
         entry: EntryPut,
+        /// The journal record this step plays (see [`Steps`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
     },
     /// `DELETE …/entries/{id}` with `If-Match`.
-    Delete { id: String, if_match: u64 },
+    Delete {
+        id: String,
+        if_match: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+}
+
+impl Step {
+    /// The entry the step changes.
+    pub fn id(&self) -> &str {
+        match self {
+            Step::Put { id, .. } | Step::Delete { id, .. } => id,
+        }
+    }
+
+    /// The journal record the step plays, if it says.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Step::Put { seq, .. } | Step::Delete { seq, .. } => *seq,
+        }
+    }
 }
 
 /// What became of a [`Steps`] batch: the entries as the steps left them, one per step
