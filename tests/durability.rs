@@ -101,3 +101,58 @@ fn a_block_altered_in_cloud_storage_fails_the_read_with_eio_never_wrong_bytes() 
         data
     );
 }
+
+/// A device whose store is put back from an older copy (a backup restored, a VM snapshot
+/// rolled back) hands out journal record numbers again that the cloud has seen: its new
+/// changes must still reach the cloud, not be taken for old ones already applied.
+#[test]
+fn changes_after_the_store_is_restored_from_an_older_copy_still_reach_the_cloud() {
+    let mut mesh = Mesh::new();
+    let notes = "Docs/notes.txt";
+    let on_b = |mesh: &Mesh, want: &[u8]| {
+        eventually(Duration::from_secs(20), || {
+            std::fs::read(mesh.mb.join(notes)).is_ok_and(|d| d == want)
+        })
+    };
+    std::fs::write(mesh.ma.join(notes), b"v1").unwrap();
+    assert!(mesh.a_uploaded());
+    assert!(on_b(&mesh, b"v1"));
+
+    // The copy, taken while the agent is down.
+    mesh.ma.stop();
+    let cache = mesh.a.home.join("cache");
+    let copy = mesh.a.home.join("cache-copy");
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cp -a {} {}", from.display(), to.display());
+    };
+    cp(&cache, &copy);
+
+    // A timeline the copy does not know: many records reach the cloud.
+    mesh.ma.restart();
+    for i in 0..20 {
+        std::fs::write(mesh.ma.join(notes), format!("lost timeline {i}")).unwrap();
+    }
+    assert!(mesh.a_uploaded());
+    assert!(on_b(&mesh, b"lost timeline 19"));
+
+    // Back to the copy; the next change must win in the cloud and on B.
+    mesh.ma.stop();
+    std::fs::remove_dir_all(&cache).unwrap();
+    cp(&copy, &cache);
+    mesh.ma.restart();
+    std::fs::write(mesh.ma.join(notes), b"v3, after the restore").unwrap();
+    assert!(mesh.a_uploaded(), "{}", mesh.ma.log_text());
+    assert!(
+        on_b(&mesh, b"v3, after the restore"),
+        "B has {:?}; A's log:\n{}",
+        String::from_utf8_lossy(&std::fs::read(mesh.mb.join(notes)).unwrap_or_default()),
+        mesh.ma.log_text()
+    );
+}

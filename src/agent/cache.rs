@@ -288,7 +288,7 @@ pub struct Cache {
     durable_seq: AtomicU64,
     /// Names this journal to the cloud, which applies each of its records once (made with
     /// the store: a new store, after the old one was lost, is a new journal).
-    journal_id: String,
+    journal_id: std::sync::RwLock<String>,
     /// Entries this device's own steps tombstoned lately, until the feed brings the
     /// tombstone (see [`Cache::note_departed`]).
     departed: Mutex<LruCache<(String, String), ()>>,
@@ -330,7 +330,7 @@ impl Cache {
             )),
             applied_seq: AtomicU64::new(0),
             durable_seq: AtomicU64::new(0),
-            journal_id,
+            journal_id: std::sync::RwLock::new(journal_id),
             departed: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DEPARTED).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -528,8 +528,19 @@ impl Cache {
     }
 
     /// The id the cloud knows this journal by (see [`crate::proto::Steps`]).
-    pub fn journal_id(&self) -> &str {
-        &self.journal_id
+    pub fn journal_id(&self) -> String {
+        let id = self.journal_id.read().unwrap_or_else(|p| p.into_inner());
+        id.clone()
+    }
+
+    /// Gives the journal a new id, for when its record numbers went back (the store was
+    /// restored from a copy): the cloud would take new records for old ones.
+    pub fn renew_journal_id(&self) -> Result<String, CacheError> {
+        let fresh = uuid::Uuid::new_v4().to_string();
+        self.tree.insert(JOURNAL_ID_KEY, fresh.as_bytes())?;
+        let mut id = self.journal_id.write().unwrap_or_else(|p| p.into_inner());
+        *id = fresh.clone();
+        Ok(fresh)
     }
 
     pub fn journal_len(&self) -> usize {

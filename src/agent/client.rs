@@ -5,8 +5,8 @@
 use crate::crypto::ticket::Signer;
 use crate::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, CloudInfo, Device,
-    DeviceAssertion, Entry, EntryList, EntryPut, Folder, FolderGrant, FolderPatch, Jwks,
-    LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right,
+    DeviceAssertion, Entry, EntryList, EntryPut, Folder, FolderGrant, FolderPatch, JournalMark,
+    Jwks, LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right,
     StepResults, Steps, TicketResponse, Usage, now_secs,
 };
 use bytes::Bytes;
@@ -494,6 +494,17 @@ impl CloudClient {
             .authed(Some(folder), Method::POST, &path, |r| r.json(steps))
             .await?;
         json(&path, resp).await
+    }
+
+    /// How far the cloud applied this device's journal `journal`.
+    pub async fn journal_mark(&self, journal: &str) -> Result<u64, ClientError> {
+        let path = format!(
+            "/users/{}/devices/{}/journals/{journal}",
+            self.user, self.device_id
+        );
+        let resp = self.authed(None, Method::GET, &path, |r| r).await?;
+        let mark: JournalMark = json(&path, resp).await?;
+        Ok(mark.applied)
     }
 
     pub async fn changes(

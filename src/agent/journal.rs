@@ -121,6 +121,7 @@ enum Prepared {
 impl Uploader {
     /// Plays the journal forever, oldest record first, as many as it can in one request.
     pub async fn run(self) {
+        self.check_journal().await;
         let mut backoff = Duration::from_millis(200);
         loop {
             let front = match self.cache.journal(BATCH + 1) {
@@ -156,6 +157,47 @@ impl Uploader {
                     backoff = Duration::from_millis(200);
                 }
             }
+        }
+    }
+
+    /// Makes sure the cloud will take this journal's next records as new: if its mark is
+    /// at or past the record numbers this store hands out now, the store went back in time
+    /// (restored from a copy), and the journal gets a new id. Waits for the cloud.
+    async fn check_journal(&self) {
+        let mut backoff = Duration::from_millis(200);
+        let applied = loop {
+            match self.client.journal_mark(&self.cache.journal_id()).await {
+                Ok(applied) => break applied,
+                Err(e) => match classify(e) {
+                    Outcome::Retry(_) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    other => {
+                        tracing::warn!(
+                            ?other,
+                            "could not learn how far the cloud applied the journal"
+                        );
+                        return;
+                    }
+                },
+            }
+        };
+        let result = self.cache.next_id().and_then(|next| {
+            if applied < next {
+                return Ok(None);
+            }
+            self.cache.renew_journal_id().map(Some)
+        });
+        match result {
+            Ok(None) => {}
+            Ok(Some(id)) => tracing::warn!(
+                applied,
+                journal = %id,
+                "the cloud has applied more of this journal than this device has written: \
+                 its store was restored from an older copy; going on as a new journal"
+            ),
+            Err(e) => tracing::error!(error = %e, "checking the journal's record numbers"),
         }
     }
 
@@ -206,7 +248,7 @@ impl Uploader {
             (true, _) | (false, None) => None,
             (false, Some(folder)) => {
                 let steps = Steps {
-                    journal: Some(self.cache.journal_id().to_string()),
+                    journal: Some(self.cache.journal_id()),
                     steps,
                 };
                 match self.client.apply_steps(&folder, &steps).await {

@@ -190,6 +190,17 @@ pub fn require_identity(caller: &Caller) -> Result<(), AppError> {
     }
 }
 
+/// The caller must be `device` itself, of `user`, with its identity ticket.
+pub fn require_self(caller: &Caller, user: &str, device: &str) -> Result<(), AppError> {
+    require_identity(caller)?;
+    require_user(caller, user, Right::Write)?;
+    if caller.claims.dev == device {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden)
+    }
+}
+
 /// Requires a ticket of `user` itself: its identity ticket, or its access ticket granting
 /// `right` on `/users/{user}`.
 pub fn require_user(caller: &Caller, user: &str, right: Right) -> Result<(), AppError> {

@@ -3,12 +3,12 @@
 
 use super::AppState;
 use super::account::{grants, valid_display_name};
-use super::auth::{Caller, Role, require, require_identity};
+use super::auth::{Caller, Role, require, require_identity, require_self};
 use super::error::AppError;
 use super::store::Change;
 use crate::proto::{
     BLOCK_SIZE, BlockHash, ChangeBatch, Entry, EntryKind, EntryList, EntryPut, Folder, FolderGrant,
-    FolderPatch, NewFolder, Right, Step, StepRefusal, StepResults, Steps, now_ms,
+    FolderPatch, JournalMark, NewFolder, Right, Step, StepRefusal, StepResults, Steps, now_ms,
 };
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -563,6 +563,19 @@ pub async fn apply_steps(
         state.feed.send_modify(|seq| *seq = (*seq).max(version));
     }
     Ok(Json(StepResults { done, refused }))
+}
+
+/// `GET /users/{user}/devices/{device}/journals/{journal}`: how far the cloud applied the
+/// device's journal; the device itself asks, at start (see `Uploader::check_journal`).
+pub async fn journal_mark(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((user, device, journal)): Path<(String, String, String)>,
+) -> Result<Json<JournalMark>, AppError> {
+    require_self(&caller, &user, &device)?;
+    check_journal(Some(&journal), &[])?;
+    let applied = state.store.journal_mark(&device, &journal).await?;
+    Ok(Json(JournalMark { applied }))
 }
 
 /// A journal id is a short token, and its record numbers fit the store.

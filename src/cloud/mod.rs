@@ -217,6 +217,10 @@ pub fn app(state: AppState) -> Router {
             "/users/{user}/devices/{device}/folders/{folder}",
             put(peers::map).delete(peers::unmap),
         )
+        .route(
+            "/users/{user}/devices/{device}/journals/{journal}",
+            get(graph::journal_mark),
+        )
         .route("/users/{user}/folders", get(account::folders))
         .route("/users/{user}/usage", get(account::usage))
         .route("/folders", post(graph::create_folder))

@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::account::{new_claims, sign_one};
-use super::auth::{Caller, require, require_identity, require_user};
+use super::auth::{Caller, require, require_identity, require_self, require_user};
 use super::error::AppError;
 use crate::crypto::keys;
 use crate::proto::claims::{AUDIENCE_PEER, PeerDevice, PeerGrant};
@@ -21,17 +21,6 @@ pub async fn info(State(state): State<AppState>) -> Json<CloudInfo> {
     Json(CloudInfo {
         relay: state.relay.clone(),
     })
-}
-
-/// The caller must be `device` itself, of `user`.
-fn require_self(caller: &Caller, user: &str, device: &str) -> Result<(), AppError> {
-    require_identity(caller)?;
-    require_user(caller, user, Right::Write)?;
-    if caller.claims.dev == device {
-        Ok(())
-    } else {
-        Err(AppError::Forbidden)
-    }
 }
 
 /// `PUT /users/{user}/devices/{device}/presence`: the device says where it listens.

@@ -678,6 +678,12 @@ impl Store {
         Ok((entries, seq))
     }
 
+    /// The highest record of `device`'s journal `journal` applied so far (0: none).
+    pub async fn journal_mark(&self, device: &str, journal: &str) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        mark_in(&mut conn, device, journal).await
+    }
+
     /// Starts a change: takes the next sequence number as the version every entry saved in
     /// this transaction gets. Dropping the `Change` without `commit` undoes it all.
     pub async fn begin_change(&self) -> Result<Change, StoreError> {
@@ -687,6 +693,22 @@ impl Store {
             .await?;
         let version = current_seq(&mut tx).await?;
         Ok(Change { tx, version })
+    }
+}
+
+async fn mark_in(
+    conn: &mut sqlx::SqliteConnection,
+    device: &str,
+    journal: &str,
+) -> Result<u64, StoreError> {
+    let row = sqlx::query("SELECT applied FROM journals WHERE device = ? AND journal = ?")
+        .bind(device)
+        .bind(journal)
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some(r) => to_u64(r.try_get("applied")?, "journal mark"),
+        None => Ok(0),
     }
 }
 
@@ -807,15 +829,7 @@ impl Change {
 
     /// The highest record of `device`'s journal `journal` applied so far (0: none).
     pub async fn journal_mark(&mut self, device: &str, journal: &str) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT applied FROM journals WHERE device = ? AND journal = ?")
-            .bind(device)
-            .bind(journal)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        match row {
-            Some(r) => to_u64(r.try_get("applied")?, "journal mark"),
-            None => Ok(0),
-        }
+        mark_in(&mut self.tx, device, journal).await
     }
 
     /// Records that the steps of `device`'s journal `journal` up to record `applied` are in.

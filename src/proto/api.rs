@@ -329,6 +329,13 @@ impl Step {
     }
 }
 
+/// `GET /users/{u}/devices/{d}/journals/{j}`: how far the cloud applied a device's journal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JournalMark {
+    /// The highest record applied (0: none).
+    pub applied: u64,
+}
+
 /// What became of a [`Steps`] batch: the entries as the steps left them, one per step
 /// applied, and the refusal that stopped it, if one did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
