@@ -578,8 +578,8 @@ async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
 /// counted as applied, and another journal (a device whose store was lost) starts afresh.
 #[tokio::test]
 async fn steps_of_a_journal_are_applied_once_however_often_they_are_replayed() {
-    use meshfs::proto::{Step, StepResults, Steps};
-    let (env, _ann, g) = ann_with_folder().await;
+    use meshfs::proto::{JournalMark, Step, StepResults, Steps};
+    let (env, ann, g) = ann_with_folder().await;
     let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
     let put = |id: &str, seq: u64, if_match: Option<u64>, e: EntryPut| Step::Put {
         id: id.into(),
@@ -665,6 +665,28 @@ async fn steps_of_a_journal_are_applied_once_however_often_they_are_replayed() {
         .map(|(i, _)| i)
         .collect();
     assert!(ids.contains(&"w".to_string()) && ids.contains(&"z".to_string()));
+
+    // The device reads how far its journal got (at start, to notice a store restored from
+    // an older copy); a ticket of another device may not.
+    let mark_path = |dev: &str, j: &str| format!("/users/ann/devices/{dev}/journals/{j}");
+    let res = env
+        .req(Method::GET, &mark_path(&ann.id, "j-1"), Some(&ann.identity))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<JournalMark>().await.unwrap().applied, 13);
+    let other = env.login("ann").await;
+    let res = env
+        .req(
+            Method::GET,
+            &mark_path(&ann.id, "j-1"),
+            Some(&other.identity),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
 
     // A journal id is a token; a record number must fit the store.
     let bad = env
