@@ -3,7 +3,7 @@
 # test, including the ones that mount the mesh through FUSE and run real cloud processes.
 #
 # On a fresh Debian machine it installs what the tests need (fuse3, iproute2, util-linux, git,
-# sqlite3) when it is absent; that needs root. The relay test makes network namespaces, which
+# sqlite3, libglib2.0-bin, attr) when it is absent; that needs root. The relay test makes network namespaces, which
 # needs root too. The FUSE tests need /dev/fuse, and either root or
 # `user_allow_other` in /etc/fuse.conf (the agent mounts with auto_unmount, which needs
 # allow_other).
@@ -58,9 +58,10 @@ step() {
 
 # Each tool the tests run, and the Debian package it comes in: fusermount3 for the mounts'
 # auto-unmount, ip and nsenter for the relay test's network namespaces, git and sqlite3 for
-# the application tests, gio for what a GIO file manager asks of a folder it opens.
+# the application tests, gio for what a GIO file manager asks of a folder it opens, getfattr
+# for extended attributes.
 missing=()
-for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3 gio:libglib2.0-bin; do
+for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3 gio:libglib2.0-bin getfattr:attr; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then

@@ -145,6 +145,18 @@ fn metadata_access_fetches_no_content_and_random_reads_fetch_one_block_each() {
         String::from_utf8_lossy(&out.stdout).trim(),
         libc::EOPNOTSUPP.to_string()
     );
+    // getfattr over every file gets the same answer for each, and fetches nothing.
+    let out = Command::new("getfattr")
+        .args(["-d", "-m", "-", "-R", "."])
+        .current_dir(&on_b)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines().count() >= 1000 && err.lines().all(|l| l.contains("Operation not supported")),
+        "getfattr: {}",
+        err.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         mesh.b.status().unwrap().counters.bytes_fetched,
