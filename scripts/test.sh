@@ -3,8 +3,8 @@
 # test, including the ones that mount the mesh through FUSE and run real cloud processes.
 #
 # On a fresh Debian machine it installs what the tests need (fuse3, iproute2, util-linux, git,
-# sqlite3, libglib2.0-bin, attr) when it is absent; that needs root. The relay test makes network namespaces, which
-# needs root too. The FUSE tests need /dev/fuse, and either root or
+# sqlite3, libglib2.0-bin, attr) when it is absent; that needs root. The relay test makes
+# network namespaces, which needs root too. The FUSE tests need /dev/fuse, and either root or
 # `user_allow_other` in /etc/fuse.conf (the agent mounts with auto_unmount, which needs
 # allow_other).
 #
