@@ -588,23 +588,29 @@ async fn steps_of_a_journal_are_applied_once_however_often_they_are_replayed() {
         seq: Some(seq),
     };
     let env = &env;
-    let send = |journal: &str, steps: Vec<Step>| {
+    let post = |journal: &str, steps: Vec<Step>| {
         let body = Steps {
             journal: Some(journal.into()),
             steps,
         };
         async move {
-            let res = env
-                .req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
+            env.req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
                 .json(&body)
                 .send()
                 .await
-                .unwrap();
+                .unwrap()
+        }
+    };
+    let send = |journal: &str, steps: Vec<Step>| {
+        let sent = post(journal, steps);
+        async move {
+            let res = sent.await;
             assert_eq!(res.status(), StatusCode::OK);
             res.json::<StepResults>().await.unwrap()
         }
     };
-    // Record 10 creates `a`; record 11 renames it to `b`; record 12 creates `c` where...
+    // Record 10 creates `x` as `a`; record 11 renames it to `b`; record 12 creates `y` as
+    // `a`, the name `x` left...
     let first = send("j-1", vec![put("x", 10, None, dir("a", None))]).await;
     let v1 = first.done[0].version;
     let second = send(
@@ -689,30 +695,13 @@ async fn steps_of_a_journal_are_applied_once_however_often_they_are_replayed() {
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 
     // A journal id is a token; a record number must fit the store.
-    let bad = env
-        .req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
-        .json(&Steps {
-            journal: Some("no spaces".into()),
-            steps: vec![],
-        })
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        api_error(bad).await,
+        api_error(post("no spaces", vec![]).await).await,
         (StatusCode::BAD_REQUEST, "bad_journal".into())
     );
-    let bad = env
-        .req(Method::POST, &format!("/folders/{f}/steps"), Some(t))
-        .json(&Steps {
-            journal: Some("j-1".into()),
-            steps: vec![put("v", u64::MAX, None, dir("v", None))],
-        })
-        .send()
-        .await
-        .unwrap();
+    let too_big = vec![put("v", u64::MAX, None, dir("v", None))];
     assert_eq!(
-        api_error(bad).await,
+        api_error(post("j-1", too_big).await).await,
         (StatusCode::BAD_REQUEST, "bad_seq".into())
     );
 }
