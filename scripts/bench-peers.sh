@@ -13,6 +13,9 @@
 #          BENCH_SIZE_MIB=N       size of the file (default 1024)
 #          BENCH_RUNS=N           first reads of each kind, reported as their median (default 3)
 #          BENCH_TMP=dir          parent of the temp dir (default /var/tmp)
+#          BENCH_QUICK=1          skip openssl speed and the handshake and record-layer costs
+#          BENCH_PERF=dir         record each timed read system-wide with `perf record` into dir
+#                                 (BENCH_PERF_ARGS adds options, e.g. "-g"); slows the reads
 # Output:  the table on stdout and in target/bench/peers.md; logs in target/bench/peers-logs/.
 set -euo pipefail
 
@@ -79,7 +82,8 @@ export NO_COLOR=1
 
 CLOUD_DATA="$T/cloud"
 "$BIN" cloud --data-dir "$CLOUD_DATA" --listen 127.0.0.1:0 </dev/null >/dev/null 2>"$LOGS/cloud.log" &
-PIDS+=($!)
+CLOUD=$!
+PIDS+=("$CLOUD")
 ADDR=""
 for ((i = 0; i < 300; i++)); do
     ADDR=$(sed -n 's/.*cloud listening on https:\/\/\([^ ]*\).*/\1/p' "$LOGS/cloud.log" | head -n1)
@@ -140,7 +144,13 @@ b = bytearray(int(sys.argv[1]))
 for i in range(0, len(b), 4096): b[i] = 1' $((2 * SIZE_BYTES + (512 << 20)))
 }
 
-first_read() { # first_read DEVICE -> seconds; checks the bytes
+# CPU time (user + system, in clock ticks) of one process and all its threads, and of the
+# whole machine (every core, kernel threads included).
+ticks_of() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+TICK=$(getconf CLK_TCK)
+
+first_read() { # first_read DEVICE -> seconds; checks the bytes; CPU per process in CPU_ROW
     # Only the read is timed (`cat` to /dev/null, as `cp` would read): hashing 1 GiB with
     # sha256sum costs this machine about 2.8 s of CPU, more than the transfer itself, and
     # would share the two cores with both agents. The bytes are checked afterwards, from
@@ -151,9 +161,28 @@ first_read() { # first_read DEVICE -> seconds; checks the bytes
         sleep 0.1
     done
     prepare
+    local c0=() c1=() p
+    for p in "$READER" "$AGENT_A" "$CLOUD"; do c0+=("$(ticks_of "$p")"); done
+    c0+=("$(busy_ticks)")
+    local perf=""
+    if [[ -n ${BENCH_PERF:-} ]]; then
+        mkdir -p "$BENCH_PERF"
+        perf record -q -a -F 1999 ${BENCH_PERF_ARGS:-} -o "$BENCH_PERF/$dev-$(date +%s).data" 2>/dev/null &
+        perf=$!
+        sleep 1
+    fi
     t0=$(date +%s%N)
     cat "$T/mnt-$dev/Private/big.bin" >/dev/null
     t1=$(date +%s%N)
+    [[ -z $perf ]] || { kill -INT "$perf"; wait "$perf" || true; }
+    for p in "$READER" "$AGENT_A" "$CLOUD"; do c1+=("$(ticks_of "$p")"); done
+    c1+=("$(busy_ticks)")
+    # CPU seconds per GiB read: reader, sender, cloud (with its relay), the rest (cat, the
+    # kernel's threads), all.
+    CPU_ROW=$(awk -v t="$TICK" -v gib="$SIZE_BYTES" -v a="${c0[*]}" -v b="${c1[*]}" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); f = 1073741824 / gib / t
+        r = (y[1] - x[1]) * f; s = (y[2] - x[2]) * f; c = (y[3] - x[3]) * f; all = (y[4] - x[4]) * f
+        printf "%.2f %.2f %.2f %.2f %.2f", r, s, c, all - r - s - c, all }')
     got=$(sha256sum <"$T/mnt-$dev/Private/big.bin" | cut -d' ' -f1)
     [[ "$got" == "$WANT" ]] || die "device $dev read wrong bytes"
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'
@@ -167,10 +196,14 @@ reads() {
     local dev=$1 run pid
     shift
     READS=()
+    CPUS=()
     for ((run = 0; run < RUNS; run++)); do
         start_agent "$dev" "$@"
         pid=$LAST_PID
-        READS+=("$(first_read "$dev")")
+        READER=$pid
+        first_read "$dev" >"$T/read-result"
+        READS+=("$(cat "$T/read-result")")
+        CPUS+=("$CPU_ROW")
         sleep 1.5
         PEER_BYTES=$(counter "$dev" bytes_from_peers)
         [[ $PEER_BYTES == "$SIZE_BYTES" ]] || die "device $dev took $PEER_BYTES bytes from peers, not $SIZE_BYTES"
@@ -185,21 +218,26 @@ stop_pid "$AGENT_B"
 log "first reads on B, A reachable directly ($RUNS runs)"
 reads b
 DIRECT=("${READS[@]}")
+DIRECT_CPU=("${CPUS[@]}")
 
 log "restarting A so that it advertises an address nobody listens on; C reads through the relay"
 stop_pid "$AGENT_A"
 start_agent a --peer-advertise 127.0.0.1:9
+AGENT_A=$LAST_PID
 reads c
 RELAYED=("${READS[@]}")
+RELAYED_CPU=("${CPUS[@]}")
 
-log "openssl speed (16 KiB blocks, one core)"
-AES=$(openssl speed -seconds 3 -evp aes-128-ctr 2>/dev/null | awk '/^AES-128-CTR/ { print $NF }')
-HMAC=$(openssl speed -seconds 3 -hmac sha256 2>/dev/null | awk '/^hmac\(sha256\)/ { print $NF }')
+AES=0 HMAC=0 COSTS="(costs not measured: BENCH_QUICK=1)"
 kps() { awk -v k="${1%k}" 'BEGIN { printf "%.0f", k * 1000 / 1e6 }'; }
-
-log "handshake and record-layer cost (cargo test --release, ignored measurement tests)"
-COSTS=$(cd "$ROOT" && cargo test --release --locked --lib -q -- --ignored --nocapture handshake_cost throughput 2>/dev/null |
-    grep -E 'handshake|MB/s' || true)
+if [[ ${BENCH_QUICK:-0} != 1 ]]; then
+    log "openssl speed (16 KiB blocks, one core)"
+    AES=$(openssl speed -seconds 3 -evp aes-128-ctr 2>/dev/null | awk '/^AES-128-CTR/ { print $NF }')
+    HMAC=$(openssl speed -seconds 3 -hmac sha256 2>/dev/null | awk '/^hmac\(sha256\)/ { print $NF }')
+    log "handshake and record-layer cost (cargo test --release, ignored measurement tests)"
+    COSTS=$(cd "$ROOT" && cargo test --release --locked --lib -q -- --ignored --nocapture handshake_cost throughput 2>/dev/null |
+        grep -E 'handshake|MB/s' || true)
+fi
 
 {
     echo "# meshfs peer transfers ($(date +%F), commit $COMMIT, $(nproc) cores)"
@@ -212,6 +250,15 @@ COSTS=$(cd "$ROOT" && cargo test --release --locked --lib -q -- --ignored --noca
         rates=()
         for t in "${runs[@]}"; do rates+=("$(mbps "$t")"); done
         printf '%-40s %9s %7s %15s\n' "${row%:*}" "$secs" "$(mbps "$secs")" "$(range "${rates[@]}")"
+    done
+    echo
+    printf '%-40s %8s %8s %8s %8s %8s\n' "CPU seconds per GiB (median run)" reader sender cloud other all
+    for row in "B, direct:DIRECT" "C, relayed:RELAYED"; do
+        declare -n runs=${row#*:}
+        declare -n cpus=${row#*:}_CPU
+        secs=$(median "${runs[@]}")
+        for i in "${!runs[@]}"; do [[ ${runs[$i]} == "$secs" ]] && break; done
+        printf '%-40s %8s %8s %8s %8s %8s\n' "${row%:*}" ${cpus[$i]}
     done
     echo
     printf '%-44s %23s\n' "openssl speed, 16 KiB blocks, one core" "MB/s"
