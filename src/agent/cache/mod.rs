@@ -13,19 +13,20 @@
 //! m/<name>                           small values (feed cursors)
 //! ```
 //!
-//! Blocks live as files named by their hash under `blocks/`, written to a temporary name,
-//! fsynced and renamed, so a block file is either whole or absent.
+//! Blocks live as files named by their hash under `blocks/` (see [`blocks`]).
+
+mod blocks;
+
+pub use blocks::{DIRECT_ALIGN, aligned_buffer};
 
 use crate::proto::{BlockHash, BlockRef, EntryKind};
 use bytes::Bytes;
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The mount root's inode.
 pub const ROOT: u64 = 1;
@@ -259,10 +260,11 @@ impl Txn {
 /// Decoded nodes kept in memory: a big file's node holds its whole manifest, and decoding
 /// it on every `read` would cost more than the read.
 const DECODED_NODES: usize = 256;
-/// Blocks just stored, kept in memory as well (32 MiB at most): a block fetched by
-/// read-ahead is read moments later, and serving it from here saves opening and reading
-/// back its file.
-const HOT_BLOCKS: usize = 32;
+/// Blocks just stored, kept in memory as well (64 MiB at most): a block fetched by
+/// read-ahead is read moments later, and serving it from here saves reading its file back
+/// from the disk (fetched blocks are written past the page cache). Twice the largest
+/// read-ahead window, so that what read-ahead brings is still here when it is read.
+const HOT_BLOCKS: usize = 64;
 /// Entries remembered as tombstoned by this device until the feed confirms it.
 const DEPARTED: usize = 65_536;
 
@@ -279,10 +281,12 @@ pub struct Cache {
     meta: Mutex<()>,
     /// Nodes as last read from or written to `tree`. Its lock is held across a miss's read
     /// of the tree and across every [`Cache::apply`], so it never keeps a stale node.
-    decoded: Mutex<LruCache<u64, Node>>,
+    decoded: Mutex<LruCache<u64, Arc<Node>>>,
     /// The last blocks stored, each also on disk (it enters after its file is written and
     /// leaves before its file is removed).
     hot: Mutex<LruCache<BlockHash, Bytes>>,
+    /// Whether the block store's file system takes direct writes (until it refuses one).
+    direct_io: AtomicBool,
     /// The highest journal record applied, and the highest known to be on disk.
     applied_seq: AtomicU64,
     durable_seq: AtomicU64,
@@ -328,6 +332,7 @@ impl Cache {
             hot: Mutex::new(LruCache::new(
                 NonZeroUsize::new(HOT_BLOCKS).unwrap_or(NonZeroUsize::MIN),
             )),
+            direct_io: AtomicBool::new(true),
             applied_seq: AtomicU64::new(0),
             durable_seq: AtomicU64::new(0),
             journal_id: std::sync::RwLock::new(journal_id),
@@ -406,15 +411,22 @@ impl Cache {
         Ok(self.db.generate_id()? + ROOT + 1)
     }
 
+    /// The node, to change or keep (a copy; see [`Cache::shared_node`] to only look).
     pub fn node(&self, ino: u64) -> Result<Option<Node>, CacheError> {
+        Ok(self.shared_node(ino)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// The node as decoded in memory, shared rather than copied: a big file's manifest is
+    /// tens of kilobytes, and `read` looks at it for every 128 KiB.
+    pub fn shared_node(&self, ino: u64) -> Result<Option<Arc<Node>>, CacheError> {
         let mut decoded = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = decoded.get(&ino) {
-            return Ok(Some(n.clone()));
+            return Ok(Some(Arc::clone(n)));
         }
         match self.tree.get(node_key(ino))? {
             Some(v) => {
-                let n: Node = serde_json::from_slice(&v)?;
-                decoded.put(ino, n.clone());
+                let n = Arc::new(serde_json::from_slice::<Node>(&v)?);
+                decoded.put(ino, Arc::clone(&n));
                 Ok(Some(n))
             }
             None => Ok(None),
@@ -547,130 +559,6 @@ impl Cache {
         self.tree.scan_prefix(b"j/").count()
     }
 
-    // ---- blocks ----
-
-    fn block_path(&self, hash: &BlockHash) -> PathBuf {
-        let fan_out = &hash.digest_hex()[..2];
-        self.blocks.join(fan_out).join(hash.to_hex())
-    }
-
-    pub fn has_block(&self, hash: &BlockHash) -> bool {
-        self.block_path(hash).exists()
-    }
-
-    fn hot(&self) -> std::sync::MutexGuard<'_, LruCache<BlockHash, Bytes>> {
-        self.hot.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Stores a block whose hash the caller has checked. Whole or absent after a crash;
-    /// `durable` blocks (written here, maybe nowhere else yet) are fsynced first, while a
-    /// fetched block can be fetched again and skips the cost.
-    pub fn store_block(
-        &self,
-        hash: &BlockHash,
-        data: Bytes,
-        durable: bool,
-    ) -> Result<(), CacheError> {
-        let path = self.block_path(hash);
-        if !path.exists() {
-            let io = |source| CacheError::Io {
-                path: path.clone(),
-                source,
-            };
-            let dir = path.parent().unwrap_or(&self.blocks);
-            std::fs::create_dir_all(dir).map_err(io)?;
-            let tmp = dir.join(format!(".{}.tmp{}", hash.to_hex(), std::process::id()));
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&data).map_err(io)?;
-            if durable {
-                f.sync_data().map_err(io)?;
-            }
-            std::fs::rename(&tmp, &path).map_err(io)?;
-        }
-        self.hot().put(*hash, data);
-        Ok(())
-    }
-
-    /// Bytes `from..to` of a block if it is still in memory, shared rather than copied.
-    pub fn hot_slice(&self, hash: &BlockHash, from: u64, to: u64) -> Option<Bytes> {
-        let data = self.hot().get(hash)?.clone();
-        let (from, to) = (usize::try_from(from).ok()?, usize::try_from(to).ok()?);
-        (from <= to && to <= data.len()).then(|| data.slice(from..to))
-    }
-
-    /// Reads `len` bytes at `offset` of a stored block into `out`; returns how many.
-    pub fn read_block(
-        &self,
-        hash: &BlockHash,
-        offset: u64,
-        out: &mut [u8],
-    ) -> Result<usize, CacheError> {
-        if let Some(data) = self.hot().get(hash) {
-            let from = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(data.len());
-            let n = out.len().min(data.len() - from);
-            out[..n].copy_from_slice(&data[from..from + n]);
-            return Ok(n);
-        }
-        let path = self.block_path(hash);
-        let io = |source| CacheError::Io {
-            path: path.clone(),
-            source,
-        };
-        let f = std::fs::File::open(&path).map_err(io)?;
-        let mut done = 0;
-        while done < out.len() {
-            let n = f
-                .read_at(&mut out[done..], offset + done as u64)
-                .map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        Ok(done)
-    }
-
-    /// Appends the stored block to `out` as it is on disk, without checking its hash (for
-    /// sending it to a peer, which checks every block it gets); false if it is not here.
-    pub fn append_block(&self, hash: &BlockHash, out: &mut Vec<u8>) -> Result<bool, CacheError> {
-        use std::io::Read;
-        let path = self.block_path(hash);
-        let io = |source| CacheError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io(e)),
-        };
-        let len = f.metadata().map_err(io)?.len();
-        out.reserve(usize::try_from(len).unwrap_or(0));
-        f.read_to_end(out).map_err(io)?;
-        Ok(true)
-    }
-
-    /// The whole stored block, checked again against its hash (a block file damaged on disk
-    /// is dropped and reported missing rather than served).
-    pub fn load_block(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, CacheError> {
-        if let Some(data) = self.hot().get(hash) {
-            return Ok(Some(data.to_vec()));
-        }
-        let path = self.block_path(hash);
-        match std::fs::read(&path) {
-            Ok(data) if hash.matches(&data) => Ok(Some(data)),
-            Ok(_) => {
-                tracing::warn!(%hash, "cached block is damaged; dropping it");
-                let _ = std::fs::remove_file(&path);
-                Ok(None)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(CacheError::Io { path, source }),
-        }
-    }
-
     /// The staging file of a node being written.
     pub fn staging_path(&self, ino: u64) -> PathBuf {
         self.staging.join(ino.to_string())
@@ -757,19 +645,5 @@ mod tests {
         );
         // Children of another parent do not leak into this listing.
         assert!(c.children(ino).unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_damaged_block_file_is_not_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Cache::open(dir.path()).unwrap();
-        let data = b"hello block".to_vec();
-        let h = BlockHash::of(&data);
-        c.store_block(&h, data.clone().into(), true).unwrap();
-        c.hot().clear();
-        assert_eq!(c.load_block(&h).unwrap(), Some(data));
-        std::fs::write(c.block_path(&h), b"evil").unwrap();
-        assert_eq!(c.load_block(&h).unwrap(), None);
-        assert!(!c.has_block(&h));
     }
 }

@@ -3,13 +3,14 @@
 //! whole handshake has [`HANDSHAKE_TIMEOUT`]. After it, each direction is a stream of
 //! frames: [`FrameWriter::send`] seals one, [`FrameReader::recv`] opens one.
 
+use crate::agent::cache::aligned_buffer;
 use crate::crypto::channel::handshake::message;
 use crate::crypto::channel::record::{HEADER_LEN, TAG_LEN};
 use crate::crypto::channel::{
     ChannelError, Established, Initiator, KeyLog, LocalPeer, Opener, PeerCheck, PeerInfo,
     Responder, Sealer,
 };
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use rsa::PrivateKey;
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
             io: BufReader::new(r),
             opener: self.opener,
             closed: false,
+            payload_at: 0,
         };
         let writer = FrameWriter {
             io: w,
@@ -206,9 +208,18 @@ pub struct FrameReader<R> {
     io: BufReader<R>,
     opener: Opener,
     closed: bool,
+    /// Where in each frame's plaintext the payload starts, to be placed for direct I/O.
+    payload_at: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Places byte `at` of every frame's plaintext on a
+    /// [`DIRECT_ALIGN`](crate::agent::cache::DIRECT_ALIGN) boundary in memory, so that a
+    /// block carried from there can be written straight to the disk.
+    pub fn align_payload_at(&mut self, at: usize) {
+        self.payload_at = at;
+    }
+
     /// The next frame's plaintext; `Ok(None)` when the peer closed the stream between
     /// frames. A stream that ends inside a frame is [`ChannelError::Truncated`].
     pub async fn recv(&mut self) -> Result<Option<Bytes>, ChannelError> {
@@ -235,7 +246,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let body = self.opener.body_len(header)?;
         // At most MAX_FRAME + 36 bytes, bounded before anything is read.
-        let mut frame = BytesMut::with_capacity(HEADER_LEN + body);
+        let mut frame = aligned_buffer(HEADER_LEN + body, HEADER_LEN + self.payload_at);
         frame.extend_from_slice(&header);
         let mut rest = (&mut self.io).take(body as u64);
         while frame.len() < HEADER_LEN + body {

@@ -48,7 +48,9 @@ impl Link {
     pub fn new(channel: Channel<BoxIo>, relayed: bool) -> Arc<Self> {
         let device = channel.peer.device.clone();
         let deadline = super::ticket_deadline(channel.peer.expires);
-        let (rd, wr) = channel.into_split();
+        let (mut rd, wr) = channel.into_split();
+        // Blocks arrive where the block store can write them to the disk directly.
+        rd.align_payload_at(ANSWER_HEADER);
         let waiters: Arc<Waiters> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let reader = tokio::spawn(read_answers(

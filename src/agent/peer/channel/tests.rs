@@ -91,18 +91,26 @@ async fn handshake_then_64_mib_of_frames_both_ways_arrive_intact() {
         })
     };
     let sending = [pump(iw, 1), pump(rw, 2)];
-    let drain = |mut r: FrameReader<_>, seed: u8| {
+    // One side asks for its payloads (from byte 6 on) to lie where direct I/O can write them.
+    let drain = |mut r: FrameReader<_>, seed: u8, payload_at: Option<usize>| {
         tokio::spawn(async move {
+            if let Some(at) = payload_at {
+                r.align_payload_at(at);
+            }
             let mut f = frame(seed, 0, LEN);
             for n in 0..FRAMES {
                 f[..4].copy_from_slice(&n.to_be_bytes());
                 let got = r.recv().await.unwrap().unwrap();
                 assert!(got == f, "frame {n} differs");
+                if let Some(at) = payload_at {
+                    let addr = got[at..].as_ptr() as usize;
+                    assert_eq!(addr % crate::agent::cache::DIRECT_ALIGN, 0, "frame {n}");
+                }
             }
             assert!(r.recv().await.unwrap().is_none());
         })
     };
-    let receiving = [drain(rr, 1), drain(ir, 2)];
+    let receiving = [drain(rr, 1, Some(6)), drain(ir, 2, None)];
     for t in sending.into_iter().chain(receiving) {
         t.await.unwrap();
     }

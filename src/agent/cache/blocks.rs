@@ -1,0 +1,310 @@
+//! The block store: one file per block under `blocks/`, named by its hash and written to a
+//! temporary name then renamed, so a block file is either whole or absent; the last blocks
+//! stored are also kept in memory (`hot`).
+//!
+//! Blocks fetched from elsewhere are written past the page cache (`O_DIRECT`) when their
+//! buffer allows it (see [`aligned_buffer`]): the kernel already caches what the mount
+//! served, and a second cached copy of every fetched byte cost the reader more CPU than
+//! checking the block's hash. This device's own blocks, which are fsynced and uploaded
+//! next, go through the page cache.
+
+use super::{Cache, CacheError};
+use crate::proto::BlockHash;
+use bytes::{Buf, Bytes, BytesMut};
+use lru::LruCache;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// Where and how much a direct write's buffer, length and file offset must be aligned to
+/// (the page size; disks ask for their logical block size, at most this).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// An empty buffer with room for `capacity` bytes, placed so that byte `at` of what is put
+/// in it falls on a [`DIRECT_ALIGN`] boundary: a frame read into it carries its block where
+/// [`Cache::store_block`] can write it to the disk directly.
+pub fn aligned_buffer(capacity: usize, at: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(capacity + DIRECT_ALIGN);
+    let misalign = (buf.as_ptr() as usize + at) % DIRECT_ALIGN;
+    let pad = (DIRECT_ALIGN - misalign) % DIRECT_ALIGN;
+    buf.resize(pad, 0);
+    buf.advance(pad);
+    buf
+}
+
+/// Whether `data` can be written with `O_DIRECT` from where it lies, as a whole file.
+fn suits_direct_io(data: &[u8]) -> bool {
+    !data.is_empty()
+        && data.len().is_multiple_of(DIRECT_ALIGN)
+        && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+}
+
+/// How a block file was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Straight to the disk, past the page cache.
+    Direct,
+    /// Through the page cache (and fsynced, for a durable block).
+    Cached,
+}
+
+/// A new file at `path`, for writing, emptied if it was there.
+fn create(path: &Path, direct: bool) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    if direct {
+        opts.custom_flags(libc::O_DIRECT);
+    }
+    opts.open(path)
+}
+
+fn is_einval(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
+
+impl Cache {
+    pub(super) fn block_path(&self, hash: &BlockHash) -> PathBuf {
+        let fan_out = &hash.digest_hex()[..2];
+        self.blocks.join(fan_out).join(hash.to_hex())
+    }
+
+    pub fn has_block(&self, hash: &BlockHash) -> bool {
+        self.hot().contains(hash) || self.block_path(hash).exists()
+    }
+
+    pub(super) fn hot(&self) -> std::sync::MutexGuard<'_, LruCache<BlockHash, Bytes>> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a block whose hash the caller has checked. Whole or absent after a crash;
+    /// `durable` blocks (written here, maybe nowhere else yet) are fsynced first, while a
+    /// fetched block can be fetched again and skips the cost.
+    pub fn store_block(
+        &self,
+        hash: &BlockHash,
+        data: Bytes,
+        durable: bool,
+    ) -> Result<(), CacheError> {
+        let path = self.block_path(hash);
+        if !path.exists() {
+            let io = |source| CacheError::Io {
+                path: path.clone(),
+                source,
+            };
+            let dir = path.parent().unwrap_or(&self.blocks);
+            std::fs::create_dir_all(dir).map_err(io)?;
+            let tmp = dir.join(format!(".{}.tmp{}", hash.to_hex(), std::process::id()));
+            self.write_block_file(&tmp, &data, durable).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+        }
+        self.hot().put(*hash, data);
+        Ok(())
+    }
+
+    /// Writes `data` as the new file `path`: directly to the disk when it is a fetched
+    /// block in a buffer that allows it, else through the page cache. A file system that
+    /// refuses direct I/O (tmpfs before Linux 6.6, say) is asked once.
+    pub(crate) fn write_block_file(
+        &self,
+        path: &Path,
+        data: &[u8],
+        durable: bool,
+    ) -> std::io::Result<Written> {
+        if !durable && suits_direct_io(data) && self.direct_io.load(Ordering::Relaxed) {
+            match create(path, true) {
+                Ok(mut f) => match f.write_all(data) {
+                    Ok(()) => return Ok(Written::Direct),
+                    // Stricter alignment than ours: write it the usual way below.
+                    Err(e) if is_einval(&e) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(e) if is_einval(&e) => {
+                    self.direct_io.store(false, Ordering::Relaxed);
+                    tracing::debug!(
+                        "the block store's file system refuses direct I/O; blocks go through the page cache"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut f = create(path, false)?;
+        f.write_all(data)?;
+        if durable {
+            f.sync_data()?;
+        }
+        Ok(Written::Cached)
+    }
+
+    /// Bytes `from..to` of a block if it is still in memory, shared rather than copied.
+    pub fn hot_slice(&self, hash: &BlockHash, from: u64, to: u64) -> Option<Bytes> {
+        let data = self.hot().get(hash)?.clone();
+        let (from, to) = (usize::try_from(from).ok()?, usize::try_from(to).ok()?);
+        (from <= to && to <= data.len()).then(|| data.slice(from..to))
+    }
+
+    /// Reads `len` bytes at `offset` of a stored block into `out`; returns how many.
+    pub fn read_block(
+        &self,
+        hash: &BlockHash,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<usize, CacheError> {
+        if let Some(data) = self.hot().get(hash) {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            let n = out.len().min(data.len() - from);
+            out[..n].copy_from_slice(&data[from..from + n]);
+            return Ok(n);
+        }
+        let path = self.block_path(hash);
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let f = std::fs::File::open(&path).map_err(io)?;
+        let mut done = 0;
+        while done < out.len() {
+            let n = f
+                .read_at(&mut out[done..], offset + done as u64)
+                .map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// Appends the stored block to `out` as it is on disk, without checking its hash (for
+    /// sending it to a peer, which checks every block it gets); false if it is not here.
+    pub fn append_block(&self, hash: &BlockHash, out: &mut Vec<u8>) -> Result<bool, CacheError> {
+        use std::io::Read;
+        let path = self.block_path(hash);
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        let len = f.metadata().map_err(io)?.len();
+        out.reserve(usize::try_from(len).unwrap_or(0));
+        f.read_to_end(out).map_err(io)?;
+        Ok(true)
+    }
+
+    /// The whole stored block, checked again against its hash (a block file damaged on disk
+    /// is dropped and reported missing rather than served).
+    pub fn load_block(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, CacheError> {
+        if let Some(data) = self.hot().get(hash) {
+            return Ok(Some(data.to_vec()));
+        }
+        let path = self.block_path(hash);
+        match std::fs::read(&path) {
+            Ok(data) if hash.matches(&data) => Ok(Some(data)),
+            Ok(_) => {
+                tracing::warn!(%hash, "cached block is damaged; dropping it");
+                let _ = std::fs::remove_file(&path);
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CacheError::Io { path, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_block_file_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path()).unwrap();
+        let data = b"hello block".to_vec();
+        let h = BlockHash::of(&data);
+        c.store_block(&h, data.clone().into(), true).unwrap();
+        c.hot().clear();
+        assert_eq!(c.load_block(&h).unwrap(), Some(data));
+        std::fs::write(c.block_path(&h), b"evil").unwrap();
+        assert_eq!(c.load_block(&h).unwrap(), None);
+        assert!(!c.has_block(&h));
+    }
+
+    #[test]
+    fn an_aligned_buffer_puts_the_chosen_byte_on_a_boundary() {
+        for at in [
+            0,
+            1,
+            10,
+            DIRECT_ALIGN - 1,
+            DIRECT_ALIGN,
+            3 * DIRECT_ALIGN + 7,
+        ] {
+            let mut buf = aligned_buffer(1 << 16, at);
+            assert!(buf.is_empty());
+            assert!(buf.capacity() >= 1 << 16, "room for what was asked");
+            buf.resize(at + 1, 0);
+            assert_eq!(buf[at..].as_ptr() as usize % DIRECT_ALIGN, 0, "at {at}");
+        }
+    }
+
+    /// A fetched block in an aligned buffer goes to the disk directly; a short block, an
+    /// unaligned buffer or a durable block goes through the page cache; all read back the
+    /// same, from memory and from their files.
+    #[test]
+    fn fetched_blocks_in_aligned_buffers_are_written_directly_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path()).unwrap();
+        let page_multiple: Vec<u8> = (0..4 * DIRECT_ALIGN).map(|i| (i % 251) as u8).collect();
+        let mut aligned = aligned_buffer(page_multiple.len() + 1, 1);
+        aligned.extend_from_slice(b"h");
+        aligned.extend_from_slice(&page_multiple);
+        let aligned = aligned.freeze().slice(1..);
+        let mut unaligned = aligned_buffer(page_multiple.len() + 1, 0);
+        unaligned.extend_from_slice(b"h");
+        unaligned.extend_from_slice(&page_multiple);
+        let unaligned = unaligned.freeze().slice(1..);
+        let short = Bytes::from_static(b"a short last block");
+
+        let cases = [
+            (aligned.clone(), false, Written::Direct),
+            (unaligned, false, Written::Cached),
+            (short.clone(), false, Written::Cached),
+            (aligned, true, Written::Cached),
+        ];
+        for (i, (data, durable, want)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("case-{i}"));
+            let written = c.write_block_file(&path, &data, durable).unwrap();
+            // A file system without direct I/O (tmpfs on older kernels) writes it cached.
+            let want = if c.direct_io.load(Ordering::Relaxed) {
+                want
+            } else {
+                Written::Cached
+            };
+            assert_eq!(written, want, "case {i}");
+            assert_eq!(std::fs::read(&path).unwrap(), &data[..], "case {i}");
+        }
+
+        let mut block = aligned_buffer(page_multiple.len(), 0);
+        block.extend_from_slice(&page_multiple);
+        let h = BlockHash::of(&page_multiple);
+        c.store_block(&h, block.freeze(), false).unwrap();
+        assert_eq!(
+            c.load_block(&h).unwrap().as_deref(),
+            Some(&page_multiple[..])
+        );
+        c.hot().clear();
+        assert_eq!(
+            c.load_block(&h).unwrap().as_deref(),
+            Some(&page_multiple[..])
+        );
+        let mut part = vec![0; 100];
+        assert_eq!(c.read_block(&h, 5000, &mut part).unwrap(), 100);
+        assert_eq!(part, page_multiple[5000..5100]);
+    }
+}
