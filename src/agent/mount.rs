@@ -8,6 +8,7 @@ use crate::agent::feed::{self, Invalidator};
 use crate::agent::fetch::{BlockSource, Fetcher};
 use crate::agent::fs::Fs;
 use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator, Owner};
+use crate::agent::fs::readahead;
 use crate::agent::home::{Home, HomeError};
 use crate::agent::journal::{Journal, KnownInCloud, Uploader};
 use crate::agent::peer::keylog::KeyLogFile;
@@ -291,7 +292,12 @@ pub async fn run(
         path: mountpoint.into(),
         source,
     };
+    // Resolved before mounting: afterwards, a look at the path would ask the mount itself.
+    let resolved = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.into());
     let session = fuser::Session::new(adapter, mountpoint, &config).map_err(fuse_err)?;
+    readahead::raise(&resolved);
     let inv: Arc<dyn Invalidator> =
         Arc::new(KernelInvalidator::new(session.notifier()).map_err(fuse_err)?);
     let bg = session.spawn().map_err(fuse_err)?;

@@ -135,8 +135,10 @@ impl fuser::Filesystem for FuseAdapter {
                 tracing::debug!(?cap, "kernel lacks a FUSE capability");
             }
         }
-        let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_write(1 << 20);
+        // A block at a time (the kernel lowers read-ahead to its default unless
+        // `readahead::raise` could raise it).
+        let _ = config.set_max_readahead(BLOCK_SIZE as u32);
+        let _ = config.set_max_write(BLOCK_SIZE as u32);
         Ok(())
     }
 
