@@ -13,6 +13,7 @@ use crate::crypto::ticket::KeySet;
 use crate::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER};
 use crate::proto::relay::{self as wire, Hello, Reply};
 use crate::proto::{TicketKind, now_secs};
+use futures::FutureExt;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -33,8 +34,8 @@ use tokio_rustls::server::TlsStream;
 const ACCEPT_WITHIN: Duration = Duration::from_secs(10);
 /// How long a device has to send its first message.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
-/// Bytes copied per read, each way.
-const COPY_CHUNK: usize = 256 * 1024;
+/// Most bytes gathered for one write, each way.
+const COPY_CHUNK: usize = 1 << 20;
 
 /// How to run a relay.
 #[derive(Clone, Debug)]
@@ -118,7 +119,12 @@ pub async fn start(
             tokio::spawn(async move {
                 let buffered = BufReader::with_capacity(wire::SOCKET_READ, tcp);
                 match tokio::time::timeout(HELLO_WITHIN, acceptor.accept(buffered)).await {
-                    Ok(Ok(tls)) => relay.serve(tls, from).await,
+                    Ok(Ok(mut tls)) => {
+                        tls.get_mut()
+                            .1
+                            .set_buffer_limit(Some(wire::TLS_SEND_BUFFER));
+                        relay.serve(tls, from).await
+                    }
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "relay TLS handshake failed"),
                     Err(_) => tracing::debug!(%from, "relay TLS handshake timed out"),
                 }
@@ -315,9 +321,8 @@ async fn refuse(mut tls: Stream, why: &str) {
 }
 
 /// Copies bytes both ways between two paired connections until both ends close, writing
-/// what each side sent to its transcript file if there is one. A direction's writer is
-/// flushed whenever its reader has nothing more at once (a TLS stream may otherwise hold
-/// the end of a burst back), and shut down when its reader ends.
+/// what each side sent to its transcript file if there is one. Returns the bytes each side
+/// sent.
 async fn forward<A, B>(
     a: A,
     b: B,
@@ -328,8 +333,45 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut a, mut b) = (Recorded::new(a, a_sent), Recorded::new(b, b_sent));
-    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_CHUNK, COPY_CHUNK).await
+    let (a_rd, a_wr) = tokio::io::split(Recorded::new(a, a_sent));
+    let (b_rd, b_wr) = tokio::io::split(Recorded::new(b, b_sent));
+    tokio::try_join!(pump(a_rd, b_wr), pump(b_rd, a_wr))
+}
+
+/// One direction of [`forward`]: reads what the sender has, writes it to the other side
+/// and flushes, and shuts the other side's sending down when the sender's ends. A TLS
+/// stream yields one record (16 KiB at most) a read, so each write first gathers whatever
+/// else is already there, up to [`COPY_CHUNK`]: a relayed block then goes out in a few
+/// large writes rather than sixty-odd small ones.
+async fn pump<R, W>(mut from: R, mut to: W) -> std::io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut total = 0u64;
+    loop {
+        let mut n = from.read(&mut buf).await?;
+        let mut ended = n == 0;
+        while !ended && n < buf.len() {
+            let Some(read) = from.read(&mut buf[n..]).now_or_never() else {
+                break;
+            };
+            match read? {
+                0 => ended = true,
+                m => n += m,
+            }
+        }
+        if n > 0 {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await?;
+            total += n as u64;
+        }
+        if ended {
+            to.shutdown().await?;
+            return Ok(total);
+        }
+    }
 }
 
 /// A stream whose reads are also written to a transcript file (the test mode's record of

@@ -91,6 +91,9 @@ async fn open(net: &PeerNet, hello: &Hello) -> Result<RelayStream, RelayClientEr
     let mut tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| RelayClientError::Timeout)??;
+    tls.get_mut()
+        .1
+        .set_buffer_limit(Some(wire::TLS_SEND_BUFFER));
     wire::write(&mut tls, hello).await?;
     Ok(tls)
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 
-/// Requests of one channel answered at once.
-const IN_FLIGHT: usize = 16;
+/// Requests of one channel answered at once (as many as a reader's read-ahead asks for).
+const IN_FLIGHT: usize = 32;
 
 /// Accepts direct connections forever.
 pub async fn listen(net: Arc<PeerNet>, listener: TcpListener) {
