@@ -5,12 +5,13 @@
 
 use crate::agent::cache::aligned_buffer;
 use crate::crypto::channel::handshake::message;
+use crate::crypto::channel::record::FrameOpen;
 use crate::crypto::channel::record::{HEADER_LEN, TAG_LEN};
 use crate::crypto::channel::{
     ChannelError, Established, Initiator, KeyLog, LocalPeer, Opener, PeerCheck, PeerInfo,
     Responder, Sealer,
 };
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use rsa::PrivateKey;
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
 };
+use tokio::sync::mpsc;
 
 /// How long a handshake may take, from the first byte to an established channel.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -223,6 +225,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame's plaintext; `Ok(None)` when the peer closed the stream between
     /// frames. A stream that ends inside a frame is [`ChannelError::Truncated`].
     pub async fn recv(&mut self) -> Result<Option<Bytes>, ChannelError> {
+        match self.recv_sealed().await? {
+            Some(frame) => frame.open().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next frame as it came, its number taken but not yet checked; see [`recv`].
+    ///
+    /// [`recv`]: Self::recv
+    async fn recv_sealed(&mut self) -> Result<Option<SealedFrame>, ChannelError> {
         if self.closed {
             return Err(ChannelError::Closed);
         }
@@ -233,7 +245,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         frame
     }
 
-    async fn next(&mut self) -> Result<Option<Bytes>, ChannelError> {
+    async fn next(&mut self) -> Result<Option<SealedFrame>, ChannelError> {
         let mut header = [0; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
@@ -244,7 +256,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 n => got += n,
             }
         }
-        let body = self.opener.body_len(header)?;
+        let (body, key) = self.opener.next_frame(header)?;
         // At most MAX_FRAME + 36 bytes, bounded before anything is read.
         let mut frame = aligned_buffer(HEADER_LEN + body, HEADER_LEN + self.payload_at);
         frame.extend_from_slice(&header);
@@ -254,15 +266,71 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Err(ChannelError::Truncated);
             }
         }
-        let len = self.opener.open_in_place(&mut frame)?.len();
-        frame.advance(HEADER_LEN);
-        frame.truncate(len);
-        Ok(Some(frame.freeze()))
+        Ok(Some(SealedFrame { frame, key }))
     }
 }
 
-/// A buffer for [`FrameWriter::send_in_place`] with room for `plaintext` bytes: it starts
-/// with the record header's room, and the caller appends the plaintext.
+impl<R: AsyncRead + Unpin + Send + 'static> FrameReader<R> {
+    /// Reads frames in a task of their own and checks and decrypts up to `depth` of them at
+    /// once on the blocking pool (each is two passes over up to 1 MiB), while the next ones
+    /// arrive. The receiver gets them in the order they came: await each [`Opening`] for its
+    /// plaintext. It ends after the peer's clean close, or with the first error; dropping it
+    /// stops the reading.
+    pub fn open_ahead(mut self, depth: usize) -> mpsc::Receiver<Opening> {
+        let (tx, rx) = mpsc::channel(depth.max(1));
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = self.recv_sealed() => next,
+                    () = tx.closed() => return,
+                };
+                let opening = match next {
+                    Ok(Some(frame)) => {
+                        Opening(Ok(tokio::task::spawn_blocking(move || frame.open())))
+                    }
+                    Ok(None) => return,
+                    Err(e) => Opening(Err(e)),
+                };
+                let failed = opening.0.is_err();
+                if tx.send(opening).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// A frame read but not yet checked: its bytes and the keys of its number.
+struct SealedFrame {
+    frame: BytesMut,
+    key: FrameOpen,
+}
+
+impl SealedFrame {
+    /// Checks and decrypts the frame; a failure closes the reader it came from.
+    fn open(self) -> Result<Bytes, ChannelError> {
+        let Self { mut frame, key } = self;
+        let len = key.open_in_place(&mut frame)?.len();
+        frame.advance(HEADER_LEN);
+        frame.truncate(len);
+        Ok(frame.freeze())
+    }
+}
+
+/// A frame from [`FrameReader::open_ahead`], being checked and decrypted.
+pub struct Opening(Result<tokio::task::JoinHandle<Result<Bytes, ChannelError>>, ChannelError>);
+
+impl Opening {
+    /// The frame's plaintext, or why the channel ended here.
+    pub async fn plaintext(self) -> Result<Bytes, ChannelError> {
+        self.0?.await.map_err(|_| ChannelError::Task)?
+    }
+}
+
+/// A buffer for [`FrameWriter::send_all`] with room for `plaintext` bytes: it starts with
+/// the record header's room, and the caller appends the plaintext, which is then sealed
+/// where it lies (for 1 MiB blocks, one copy less per block).
 pub fn frame_buffer(plaintext: usize) -> Vec<u8> {
     let mut frame = Vec::with_capacity(HEADER_LEN + plaintext + TAG_LEN);
     frame.resize(HEADER_LEN, 0);
@@ -297,20 +365,52 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         send(&mut self.io, &self.buf).await
     }
 
-    /// Seals and sends a frame built with [`frame_buffer`], without copying its plaintext
-    /// (for 1 MiB blocks, one copy less per block).
-    pub async fn send_in_place(&mut self, frame: &mut Vec<u8>) -> Result<(), ChannelError> {
+    /// Sends every frame built with [`frame_buffer`] that comes from `frames`, in order,
+    /// sealing up to `depth` of them at once on the blocking pool while earlier ones are
+    /// written. Returns when `frames` ends and all are sent, or at the first failure.
+    pub async fn send_all(
+        &mut self,
+        frames: &mut mpsc::Receiver<Vec<u8>>,
+        depth: usize,
+    ) -> Result<(), ChannelError> {
         if self.closed {
             return Err(ChannelError::Closed);
         }
-        let sent = match self.sealer.seal_in_place(frame) {
-            Ok(()) => send(&mut self.io, frame).await,
-            Err(e) => Err(e),
-        };
+        let sent = self.pipeline(frames, depth.max(1)).await;
         if sent.is_err() {
             self.closed = true;
         }
         sent
+    }
+
+    async fn pipeline(
+        &mut self,
+        frames: &mut mpsc::Receiver<Vec<u8>>,
+        depth: usize,
+    ) -> Result<(), ChannelError> {
+        let mut sealing = std::collections::VecDeque::with_capacity(depth);
+        loop {
+            // Start on what is waiting; wait for a frame only with none in hand.
+            while sealing.len() < depth {
+                let next = if sealing.is_empty() {
+                    frames.recv().await
+                } else {
+                    frames.try_recv().ok()
+                };
+                let Some(mut frame) = next else {
+                    break;
+                };
+                let seal = self.sealer.next_frame()?;
+                sealing.push_back(tokio::task::spawn_blocking(move || {
+                    seal.seal_in_place(&mut frame).map(|()| frame)
+                }));
+            }
+            let Some(oldest) = sealing.pop_front() else {
+                return Ok(());
+            };
+            let frame = oldest.await.map_err(|_| ChannelError::Task)??;
+            send(&mut self.io, &frame).await?;
+        }
     }
 
     /// Flushes and shuts the sending direction down; the peer then sees a clean end.

@@ -137,20 +137,24 @@ fn fail_all(waiters: &Waiters, why: &str) {
 }
 
 async fn read_answers(
-    mut rd: FrameReader<ReadHalf<BoxIo>>,
+    rd: FrameReader<ReadHalf<BoxIo>>,
     waiters: Arc<Waiters>,
     alive: Arc<AtomicBool>,
     device: String,
     deadline: tokio::time::Instant,
 ) {
+    let mut frames = rd.open_ahead(super::crypto_depth());
     let why = loop {
-        let frame = tokio::select! {
-            r = rd.recv() => match r {
-                Ok(Some(f)) => f,
-                Ok(None) => break "the peer closed the channel".to_string(),
-                Err(e) => break e.to_string(),
+        let opening = tokio::select! {
+            next = frames.recv() => match next {
+                Some(opening) => opening,
+                None => break "the peer closed the channel".to_string(),
             },
             () = tokio::time::sleep_until(deadline) => break "the peer's ticket expired".to_string(),
+        };
+        let frame = match opening.plaintext().await {
+            Ok(f) => f,
+            Err(e) => break e.to_string(),
         };
         let (id, status) = match wire::parse(&frame) {
             Ok(Message::Answer { id, status }) => (id, status),

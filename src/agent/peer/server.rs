@@ -73,11 +73,7 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
     // Answers arrive as frame buffers (`channel::frame_buffer`), sealed where they lie.
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(IN_FLIGHT);
     let writer = tokio::spawn(async move {
-        while let Some(mut frame) = rx.recv().await {
-            if wr.send_in_place(&mut frame).await.is_err() {
-                break;
-            }
-        }
+        let _ = wr.send_all(&mut rx, super::crypto_depth()).await;
     });
     let limit = Arc::new(Semaphore::new(IN_FLIGHT));
     let result = loop {

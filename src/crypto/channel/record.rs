@@ -11,7 +11,10 @@
 //! Frame `seq` owns the counter blocks whose first half is `iv[0..8] ⊕ seq`, so no two
 //! frames share keystream; a frame holds at most 2^16 blocks of the 2^64 its half allows.
 //! The tag is checked in constant time before anything is decrypted. Any failure closes
-//! the sealer or opener for good, and neither goes past 2^32 frames.
+//! the sealer or opener for good, and neither goes past 2^32 frames. A frame's number and
+//! keys are taken in order ([`Sealer::next_frame`], [`Opener::next_frame`]); the work on it
+//! may then run on another thread, so that several frames of one direction are sealed or
+//! opened at once.
 
 use super::ChannelError;
 use super::schedule::{DirectionKeys, hmac_sha256};
@@ -21,6 +24,8 @@ use ctr::CtrCore;
 use ctr::flavors::Ctr64BE;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use zeroize::Zeroizing;
 
 /// Bytes of the length field in front of each frame.
@@ -52,7 +57,9 @@ struct Keys {
     iv: Zeroizing<[u8; 16]>,
     dir: Direction,
     seq: u64,
-    closed: bool,
+    /// Set by any failure, here or in a frame taken from here; then nothing more is sealed or
+    /// opened in this direction.
+    closed: Arc<AtomicBool>,
 }
 
 impl Keys {
@@ -63,11 +70,51 @@ impl Keys {
             iv: Zeroizing::new(keys.iv),
             dir,
             seq: 0,
-            closed: false,
+            closed: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// The keystream of frame `self.seq`.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// The keys of the next frame, its number spent. Refuses once closed, or once the
+    /// counter is spent.
+    fn take(&mut self) -> Result<FrameKeys, ChannelError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ChannelError::Closed);
+        }
+        if self.seq >= MAX_FRAMES {
+            self.close();
+            return Err(ChannelError::SequenceExhausted);
+        }
+        let frame = FrameKeys {
+            aes: self.aes.clone(),
+            mac: self.mac.clone(),
+            iv: self.iv.clone(),
+            dir: self.dir,
+            seq: self.seq,
+            closed: Arc::clone(&self.closed),
+        };
+        self.seq += 1;
+        Ok(frame)
+    }
+}
+
+/// The keys of one numbered frame, taken from its direction in order. Sealing or opening a
+/// frame is two passes over it (AES and HMAC), which may run on any thread, several frames
+/// at once; the caller sends or accepts the frames in the order their keys were taken.
+struct FrameKeys {
+    aes: Aes128,
+    mac: Hmac<Sha256>,
+    iv: Zeroizing<[u8; 16]>,
+    dir: Direction,
+    seq: u64,
+    closed: Arc<AtomicBool>,
+}
+
+impl FrameKeys {
+    /// The keystream of this frame.
     fn cipher(&self) -> StreamCipherCoreWrapper<CtrCore<Aes128, Ctr64BE>> {
         let mut block = Zeroizing::new(*self.iv);
         for (b, s) in block.iter_mut().zip(self.seq.to_be_bytes()) {
@@ -79,7 +126,7 @@ impl Keys {
         ))
     }
 
-    /// The MAC of frame `self.seq` after its header, ready for the ciphertext.
+    /// The MAC of this frame after its header, ready for the ciphertext.
     fn mac(&self, len: u32) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
         mac.update(&[self.dir as u8]);
@@ -88,21 +135,28 @@ impl Keys {
         mac
     }
 
-    /// Refuses once closed, or once the counter is spent.
-    fn ready(&mut self) -> Result<(), ChannelError> {
-        if self.closed {
+    /// Refuses once the direction this frame came from has closed (a frame taken before
+    /// another failed is not worked on after it).
+    fn ready(&self) -> Result<(), ChannelError> {
+        if self.closed.load(Ordering::Acquire) {
             return Err(ChannelError::Closed);
         }
-        if self.seq >= MAX_FRAMES {
-            self.closed = true;
-            return Err(ChannelError::SequenceExhausted);
-        }
         Ok(())
+    }
+
+    /// Closes the direction this frame came from, and passes the error on.
+    fn fail<T>(&self, e: ChannelError) -> Result<T, ChannelError> {
+        self.closed.store(true, Ordering::Release);
+        Err(e)
     }
 }
 
 /// Seals the frames of one direction.
 pub struct Sealer(Keys);
+
+/// The next frame of a [`Sealer`], to be sealed anywhere and then sent after the frames
+/// taken before it.
+pub struct FrameSeal(FrameKeys);
 
 impl Sealer {
     /// A sealer for `dir` starting at frame 0.
@@ -112,46 +166,17 @@ impl Sealer {
 
     /// Appends one frame carrying `plaintext` (at most [`MAX_FRAME`] bytes) to `out`.
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), ChannelError> {
+        let frame = self.next_frame()?;
         let start = out.len();
         out.reserve(HEADER_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&[0; HEADER_LEN]);
         out.extend_from_slice(plaintext);
-        self.seal_from(out, start)
+        frame.seal_from(out, start)
     }
 
-    /// Seals `frame` where it lies: on entry its first [`HEADER_LEN`] bytes are room for the
-    /// header (their value does not matter) and the rest is the plaintext; on return it is
-    /// the whole frame. Saves [`seal`](Self::seal)'s copy of a large plaintext.
-    pub fn seal_in_place(&mut self, frame: &mut Vec<u8>) -> Result<(), ChannelError> {
-        if frame.len() < HEADER_LEN {
-            self.0.closed = true;
-            return Err(ChannelError::BadMessage("no room for the frame header"));
-        }
-        self.seal_from(frame, 0)
-    }
-
-    /// Seals `out[start..]`: header room, then plaintext.
-    fn seal_from(&mut self, out: &mut Vec<u8>, start: usize) -> Result<(), ChannelError> {
-        let k = &mut self.0;
-        k.ready()?;
-        let plain_len = out.len() - start - HEADER_LEN;
-        let len = match u32::try_from(plain_len) {
-            Ok(len) if plain_len <= MAX_FRAME => len,
-            _ => {
-                k.closed = true;
-                return Err(ChannelError::FrameTooLarge(plain_len));
-            }
-        };
-        out[start..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
-        let mut cipher = k.cipher();
-        let mut mac = k.mac(len);
-        for chunk in out[start + HEADER_LEN..].chunks_mut(CHUNK) {
-            cipher.apply_keystream(chunk);
-            mac.update(chunk);
-        }
-        out.extend_from_slice(&mac.finalize().into_bytes());
-        k.seq += 1;
-        Ok(())
+    /// Takes the next frame's number and keys.
+    pub fn next_frame(&mut self) -> Result<FrameSeal, ChannelError> {
+        self.0.take().map(FrameSeal)
     }
 
     /// A sealer whose next frame is `seq`, to test the end of the counter.
@@ -163,8 +188,47 @@ impl Sealer {
     }
 }
 
+impl FrameSeal {
+    /// Seals `frame` where it lies: on entry its first [`HEADER_LEN`] bytes are room for the
+    /// header (their value does not matter) and the rest is the plaintext; on return it is
+    /// the whole frame. Saves [`Sealer::seal`]'s copy of a large plaintext. A failure closes
+    /// the sealer.
+    pub fn seal_in_place(self, frame: &mut Vec<u8>) -> Result<(), ChannelError> {
+        if frame.len() < HEADER_LEN {
+            return self
+                .0
+                .fail(ChannelError::BadMessage("no room for the frame header"));
+        }
+        self.seal_from(frame, 0)
+    }
+
+    /// Seals `out[start..]`: header room, then plaintext.
+    fn seal_from(self, out: &mut Vec<u8>, start: usize) -> Result<(), ChannelError> {
+        let k = self.0;
+        k.ready()?;
+        let plain_len = out.len() - start - HEADER_LEN;
+        let len = match u32::try_from(plain_len) {
+            Ok(len) if plain_len <= MAX_FRAME => len,
+            _ => return k.fail(ChannelError::FrameTooLarge(plain_len)),
+        };
+        out[start..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+        let mut cipher = k.cipher();
+        let mut mac = k.mac(len);
+        for chunk in out[start + HEADER_LEN..].chunks_mut(CHUNK) {
+            cipher.apply_keystream(chunk);
+            mac.update(chunk);
+        }
+        out.extend_from_slice(&mac.finalize().into_bytes());
+        Ok(())
+    }
+}
+
 /// Opens the frames of one direction, in order, each once.
 pub struct Opener(Keys);
+
+/// The next frame of an [`Opener`], to be checked and decrypted anywhere; the frames taken
+/// after it are accepted only if it opens.
+pub struct FrameOpen(FrameKeys);
 
 impl Opener {
     /// An opener for `dir` expecting frame 0.
@@ -176,28 +240,52 @@ impl Opener {
     /// [`MAX_FRAME`] before anything is read.
     pub fn body_len(&mut self, header: [u8; HEADER_LEN]) -> Result<usize, ChannelError> {
         let k = &mut self.0;
-        k.ready()?;
+        if k.closed.load(Ordering::Acquire) {
+            return Err(ChannelError::Closed);
+        }
         let len = u32::from_be_bytes(header) as usize;
         if len > MAX_FRAME {
-            k.closed = true;
+            k.close();
             return Err(ChannelError::FrameTooLarge(len));
         }
         Ok(len + TAG_LEN)
     }
 
+    /// [`body_len`](Self::body_len), and the keys of the frame this header begins.
+    pub fn next_frame(
+        &mut self,
+        header: [u8; HEADER_LEN],
+    ) -> Result<(usize, FrameOpen), ChannelError> {
+        let body = self.body_len(header)?;
+        Ok((body, FrameOpen(self.0.take()?)))
+    }
+
     /// Checks and decrypts one whole frame (header, ciphertext, tag) in place and returns
     /// the plaintext, which is `frame[HEADER_LEN..frame.len() - TAG_LEN]`.
     pub fn open_in_place<'a>(&mut self, frame: &'a mut [u8]) -> Result<&'a mut [u8], ChannelError> {
-        self.0.ready()?;
-        let opened = Self::open(&mut self.0, frame);
-        match opened {
-            Ok(_) => self.0.seq += 1,
-            Err(_) => self.0.closed = true,
-        }
-        opened
+        FrameOpen(self.0.take()?).open_in_place(frame)
     }
 
-    fn open<'a>(k: &mut Keys, frame: &'a mut [u8]) -> Result<&'a mut [u8], ChannelError> {
+    /// An opener whose next frame is `seq`, to test the end of the counter.
+    #[cfg(test)]
+    pub(crate) fn starting_at(keys: &DirectionKeys, dir: Direction, seq: u64) -> Self {
+        let mut o = Self::new(keys, dir);
+        o.0.seq = seq;
+        o
+    }
+}
+
+impl FrameOpen {
+    /// Like [`Opener::open_in_place`], for this frame. A failure closes the opener.
+    pub fn open_in_place(self, frame: &mut [u8]) -> Result<&mut [u8], ChannelError> {
+        self.0.ready()?;
+        match Self::open(&self.0, frame) {
+            Ok(plain) => Ok(plain),
+            Err(e) => self.0.fail(e),
+        }
+    }
+
+    fn open<'a>(k: &FrameKeys, frame: &'a mut [u8]) -> Result<&'a mut [u8], ChannelError> {
         let (header, rest) = frame
             .split_first_chunk_mut::<HEADER_LEN>()
             .ok_or(ChannelError::Truncated)?;
@@ -219,14 +307,6 @@ impl Opener {
         mac.verify_slice(tag).map_err(|_| ChannelError::BadMac)?;
         k.cipher().apply_keystream(ct);
         Ok(ct)
-    }
-
-    /// An opener whose next frame is `seq`, to test the end of the counter.
-    #[cfg(test)]
-    pub(crate) fn starting_at(keys: &DirectionKeys, dir: Direction, seq: u64) -> Self {
-        let mut o = Self::new(keys, dir);
-        o.0.seq = seq;
-        o
     }
 }
 
@@ -312,12 +392,12 @@ mod tests {
         for pt in [&b""[..], b"x", VECTOR_PT] {
             let mut frame = vec![0xee; HEADER_LEN];
             frame.extend_from_slice(pt);
-            b.seal_in_place(&mut frame).unwrap();
+            b.next_frame().unwrap().seal_in_place(&mut frame).unwrap();
             assert_eq!(frame, seal(&mut a, pt));
         }
         let mut short = vec![0; HEADER_LEN - 1];
         assert!(matches!(
-            b.seal_in_place(&mut short),
+            b.next_frame().unwrap().seal_in_place(&mut short),
             Err(ChannelError::BadMessage(_))
         ));
         assert!(matches!(b.seal(b"", &mut short), Err(ChannelError::Closed)));
@@ -463,6 +543,83 @@ mod tests {
         // The genuine frame, the one the opener expects, is refused too.
         assert!(matches!(open(&mut o, &good), Err(ChannelError::Closed)));
         assert!(matches!(o.body_len([0; 4]), Err(ChannelError::Closed)));
+    }
+
+    #[test]
+    fn frames_taken_in_order_seal_and_open_on_other_threads_in_any_order() {
+        let (mut s, mut o) = pair();
+        let plain: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        // Keys taken in order, sealed in reverse order, each on a thread of its own.
+        let seals: Vec<_> = plain.iter().map(|_| s.next_frame().unwrap()).collect();
+        let sealed: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = seals
+                .into_iter()
+                .zip(&plain)
+                .rev()
+                .map(|(seal, pt)| {
+                    scope.spawn(move || {
+                        let mut frame = vec![0; HEADER_LEN];
+                        frame.extend_from_slice(pt);
+                        seal.seal_in_place(&mut frame).unwrap();
+                        frame
+                    })
+                })
+                .collect();
+            let mut out: Vec<_> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+            out.reverse();
+            out
+        });
+        // The same frames as a plain sealer makes one after another.
+        let (mut again, _) = pair();
+        for (frame, pt) in sealed.iter().zip(&plain) {
+            assert_eq!(frame, &seal(&mut again, pt));
+        }
+        // Opened in reverse order too, each with the keys of its own number.
+        let opens: Vec<_> = sealed
+            .iter()
+            .map(|f| {
+                let header = f[..HEADER_LEN].try_into().unwrap();
+                let (body, open) = o.next_frame(header).unwrap();
+                assert_eq!(body, f.len() - HEADER_LEN);
+                open
+            })
+            .collect();
+        for ((open, frame), pt) in opens.into_iter().zip(sealed).zip(&plain).rev() {
+            let mut frame = frame;
+            assert_eq!(open.open_in_place(&mut frame).unwrap(), &pt[..]);
+        }
+    }
+
+    #[test]
+    fn a_frame_opened_with_another_frames_keys_fails_and_closes_the_opener() {
+        let (mut s, mut o) = pair();
+        let a = seal(&mut s, b"frame a");
+        let b = seal(&mut s, b"frame b");
+        let header = |f: &[u8]| f[..HEADER_LEN].try_into().unwrap();
+        let (_, open_a) = o.next_frame(header(&a)).unwrap();
+        let (_, open_b) = o.next_frame(header(&b)).unwrap();
+        let mut b_copy = b.clone();
+        assert!(matches!(
+            open_a.open_in_place(&mut b_copy),
+            Err(ChannelError::BadMac)
+        ));
+        // The failure closed the opener: no more frames, not even the right pairing.
+        assert!(matches!(
+            o.next_frame(header(&a)),
+            Err(ChannelError::Closed)
+        ));
+        let mut b = b;
+        assert!(
+            matches!(open_b.open_in_place(&mut b), Err(ChannelError::Closed)),
+            "a frame taken before the failure is not opened after it"
+        );
+        // And a failed seal closes its sealer.
+        let bad = s.next_frame().unwrap();
+        assert!(matches!(
+            bad.seal_in_place(&mut vec![0; MAX_FRAME + HEADER_LEN + 1]),
+            Err(ChannelError::FrameTooLarge(_))
+        ));
+        assert!(matches!(s.next_frame(), Err(ChannelError::Closed)));
     }
 
     #[test]

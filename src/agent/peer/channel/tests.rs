@@ -6,6 +6,7 @@ use crate::crypto::channel::record::TAG_LEN;
 use std::sync::Mutex;
 use tokio::io::{DuplexStream, duplex};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 fn check(me: &str, key: &PrivateKey) -> Arc<dyn PeerCheck + Send + Sync> {
     Arc::new(checker(me, key))
@@ -77,41 +78,55 @@ async fn handshake_then_64_mib_of_frames_both_ways_arrive_intact() {
     assert_eq!(i.peer.device, "bob");
     assert_eq!(r.peer.device, "alice");
 
-    let (ir, iw) = i.into_split();
-    let (rr, rw) = r.into_split();
-    let pump = |mut w: FrameWriter<_>, seed: u8| {
-        tokio::spawn(async move {
-            let base = frame(seed, 0, LEN);
-            let mut f = base.clone();
+    // Alice to bob goes the way of block answers: sealed several at once (`send_all`),
+    // opened several at once (`open_ahead`), payloads from byte 6 on placed for direct I/O.
+    // Bob to alice goes frame by frame.
+    let (ir, mut iw) = i.into_split();
+    let (mut rr, rw) = r.into_split();
+    let alice_sends = tokio::spawn(async move {
+        let (tx, mut rx) = mpsc::channel(4);
+        let feed = tokio::spawn(async move {
             for n in 0..FRAMES {
-                f[..4].copy_from_slice(&n.to_be_bytes());
-                w.send(&f).await.unwrap();
+                let mut f = frame_buffer(LEN);
+                f.extend_from_slice(&frame(1, n, LEN));
+                tx.send(f).await.unwrap();
             }
-            w.close().await.unwrap();
-        })
-    };
-    let sending = [pump(iw, 1), pump(rw, 2)];
-    // One side asks for its payloads (from byte 6 on) to lie where direct I/O can write them.
-    let drain = |mut r: FrameReader<_>, seed: u8, payload_at: Option<usize>| {
-        tokio::spawn(async move {
-            if let Some(at) = payload_at {
-                r.align_payload_at(at);
-            }
-            let mut f = frame(seed, 0, LEN);
-            for n in 0..FRAMES {
-                f[..4].copy_from_slice(&n.to_be_bytes());
-                let got = r.recv().await.unwrap().unwrap();
-                assert!(got == f, "frame {n} differs");
-                if let Some(at) = payload_at {
-                    let addr = got[at..].as_ptr() as usize;
-                    assert_eq!(addr % crate::agent::cache::DIRECT_ALIGN, 0, "frame {n}");
-                }
-            }
-            assert!(r.recv().await.unwrap().is_none());
-        })
-    };
-    let receiving = [drain(rr, 1, Some(6)), drain(ir, 2, None)];
-    for t in sending.into_iter().chain(receiving) {
+        });
+        iw.send_all(&mut rx, 3).await.unwrap();
+        feed.await.unwrap();
+        iw.close().await.unwrap();
+    });
+    let bob_receives = tokio::spawn(async move {
+        rr.align_payload_at(6);
+        let mut frames = rr.open_ahead(3);
+        for n in 0..FRAMES {
+            let got = frames.recv().await.unwrap().plaintext().await.unwrap();
+            assert!(got == frame(1, n, LEN), "frame {n} differs");
+            let addr = got[6..].as_ptr() as usize;
+            assert_eq!(addr % crate::agent::cache::DIRECT_ALIGN, 0, "frame {n}");
+        }
+        assert!(frames.recv().await.is_none(), "a clean end");
+    });
+    let bob_sends = tokio::spawn(async move {
+        let mut w = rw;
+        let mut f = frame(2, 0, LEN);
+        for n in 0..FRAMES {
+            f[..4].copy_from_slice(&n.to_be_bytes());
+            w.send(&f).await.unwrap();
+        }
+        w.close().await.unwrap();
+    });
+    let alice_receives = tokio::spawn(async move {
+        let mut r = ir;
+        let mut f = frame(2, 0, LEN);
+        for n in 0..FRAMES {
+            f[..4].copy_from_slice(&n.to_be_bytes());
+            let got = r.recv().await.unwrap().unwrap();
+            assert!(got == f, "frame {n} differs");
+        }
+        assert!(r.recv().await.unwrap().is_none());
+    });
+    for t in [alice_sends, bob_receives, bob_sends, alice_receives] {
         t.await.unwrap();
     }
 }
@@ -159,8 +174,11 @@ impl Mitm {
     }
 }
 
-/// Alice and bob with `tamper` between them; alice sends frames 0..4 and hangs up.
+/// Alice and bob with `tamper` between them; alice sends frames 0..4 and hangs up. Bob
+/// takes six results: frame by frame with `recv`, or, `pipelined`, through `open_ahead`
+/// (from alice's `send_all`), where the end after an error reads as `Closed`.
 async fn through_mitm(
+    pipelined: bool,
     tamper: impl FnMut(u32, Vec<u8>) -> Vec<Vec<u8>> + Send + 'static,
 ) -> (Vec<Result<Option<Bytes>, ChannelError>>, Mitm) {
     let (a, a_end) = duplex(1 << 16);
@@ -170,14 +188,39 @@ async fn through_mitm(
     let (_ir, mut iw) = i.into_split();
     let (mut rr, _rw) = r.into_split();
     tokio::spawn(async move {
-        for n in 0..4 {
-            iw.send(&frame(1, n, 1000)).await?;
+        if pipelined {
+            let (tx, mut rx) = mpsc::channel(4);
+            for n in 0..4 {
+                let mut f = frame_buffer(1000);
+                f.extend_from_slice(&frame(1, n, 1000));
+                let _ = tx.send(f).await;
+            }
+            drop(tx);
+            iw.send_all(&mut rx, 3).await?;
+        } else {
+            for n in 0..4 {
+                iw.send(&frame(1, n, 1000)).await?;
+            }
         }
         iw.close().await
     });
     let mut got = Vec::new();
-    for _ in 0..6 {
-        got.push(rr.recv().await);
+    if pipelined {
+        let mut frames = rr.open_ahead(3);
+        let mut failed = false;
+        for _ in 0..6 {
+            let r = match frames.recv().await {
+                Some(opening) => opening.plaintext().await.map(Some),
+                None if failed => Err(ChannelError::Closed),
+                None => Ok(None),
+            };
+            failed |= r.is_err();
+            got.push(r);
+        }
+    } else {
+        for _ in 0..6 {
+            got.push(rr.recv().await);
+        }
     }
     (got, mitm)
 }
@@ -188,67 +231,81 @@ fn is_frame(r: &Result<Option<Bytes>, ChannelError>, n: u32) -> bool {
 
 #[tokio::test]
 async fn an_untouched_stream_arrives_whole_and_ends_cleanly() {
-    let (got, mitm) = through_mitm(|_, f| vec![f]).await;
-    for n in 0..4 {
-        assert!(is_frame(&got[n as usize], n), "{:?}", got[n as usize]);
+    for pipelined in [false, true] {
+        let (got, mitm) = through_mitm(pipelined, |_, f| vec![f]).await;
+        for n in 0..4 {
+            assert!(is_frame(&got[n as usize], n), "{:?}", got[n as usize]);
+        }
+        assert!(matches!(got[4], Ok(None)));
+        // What a relay forwards is ciphertext: no plaintext of a frame appears in it.
+        let wire = mitm.wire.lock().unwrap();
+        let pt = frame(1, 2, 1000);
+        assert!(!wire.windows(32).any(|w| w == &pt[100..132]));
     }
-    assert!(matches!(got[4], Ok(None)));
-    // What a relay forwards is ciphertext: no plaintext of a frame appears in it.
-    let wire = mitm.wire.lock().unwrap();
-    let pt = frame(1, 2, 1000);
-    assert!(!wire.windows(32).any(|w| w == &pt[100..132]));
 }
 
 #[tokio::test]
 async fn a_flipped_bit_from_a_man_in_the_middle_closes_the_channel() {
-    let (got, _) = through_mitm(|n, mut f| {
-        if n == 2 {
-            f[HEADER_LEN + 10] ^= 0x04;
-        }
-        vec![f]
-    })
-    .await;
-    assert!(is_frame(&got[0], 0) && is_frame(&got[1], 1));
-    assert!(matches!(got[2], Err(ChannelError::BadMac)), "{:?}", got[2]);
-    assert!(matches!(got[3], Err(ChannelError::Closed)), "{:?}", got[3]);
+    for pipelined in [false, true] {
+        let (got, _) = through_mitm(pipelined, |n, mut f| {
+            if n == 2 {
+                f[HEADER_LEN + 10] ^= 0x04;
+            }
+            vec![f]
+        })
+        .await;
+        assert!(is_frame(&got[0], 0) && is_frame(&got[1], 1));
+        assert!(matches!(got[2], Err(ChannelError::BadMac)), "{:?}", got[2]);
+        assert!(matches!(got[3], Err(ChannelError::Closed)), "{:?}", got[3]);
+    }
 }
 
 #[tokio::test]
 async fn a_replayed_frame_closes_the_channel() {
-    let (got, _) = through_mitm(|n, f| if n == 1 { vec![f.clone(), f] } else { vec![f] }).await;
-    assert!(is_frame(&got[0], 0) && is_frame(&got[1], 1));
-    assert!(matches!(got[2], Err(ChannelError::BadMac)), "{:?}", got[2]);
-    assert!(matches!(got[3], Err(ChannelError::Closed)));
+    for pipelined in [false, true] {
+        let (got, _) = through_mitm(
+            pipelined,
+            |n, f| if n == 1 { vec![f.clone(), f] } else { vec![f] },
+        )
+        .await;
+        assert!(is_frame(&got[0], 0) && is_frame(&got[1], 1));
+        assert!(matches!(got[2], Err(ChannelError::BadMac)), "{:?}", got[2]);
+        assert!(matches!(got[3], Err(ChannelError::Closed)));
+    }
 }
 
 #[tokio::test]
 async fn a_dropped_frame_closes_the_channel() {
-    let (got, _) = through_mitm(|n, f| if n == 1 { vec![] } else { vec![f] }).await;
-    assert!(is_frame(&got[0], 0));
-    assert!(matches!(got[1], Err(ChannelError::BadMac)), "{:?}", got[1]);
-    assert!(matches!(got[2], Err(ChannelError::Closed)));
+    for pipelined in [false, true] {
+        let (got, _) = through_mitm(pipelined, |n, f| if n == 1 { vec![] } else { vec![f] }).await;
+        assert!(is_frame(&got[0], 0));
+        assert!(matches!(got[1], Err(ChannelError::BadMac)), "{:?}", got[1]);
+        assert!(matches!(got[2], Err(ChannelError::Closed)));
+    }
 }
 
 #[tokio::test]
 async fn a_stream_cut_inside_a_frame_is_an_error_not_the_end() {
-    for cut in [2, HEADER_LEN + 500, HEADER_LEN + 1000 + TAG_LEN - 1] {
-        let (got, _) = through_mitm(move |n, mut f| match n {
-            0 => vec![f],
-            1 => {
-                f.truncate(cut);
-                vec![f]
-            }
-            // The proxy hangs up after the cut frame.
-            _ => vec![],
-        })
-        .await;
-        assert!(is_frame(&got[0], 0));
-        // Frames after the cut are dropped by the proxy; it shuts down once alice does.
-        assert!(
-            matches!(got[1], Err(ChannelError::Truncated)),
-            "cut {cut}: {:?}",
-            got[1]
-        );
+    for pipelined in [false, true] {
+        for cut in [2, HEADER_LEN + 500, HEADER_LEN + 1000 + TAG_LEN - 1] {
+            let (got, _) = through_mitm(pipelined, move |n, mut f| match n {
+                0 => vec![f],
+                1 => {
+                    f.truncate(cut);
+                    vec![f]
+                }
+                // The proxy hangs up after the cut frame.
+                _ => vec![],
+            })
+            .await;
+            assert!(is_frame(&got[0], 0));
+            // Frames after the cut are dropped by the proxy; it shuts down once alice does.
+            assert!(
+                matches!(got[1], Err(ChannelError::Truncated)),
+                "cut {cut}: {:?}",
+                got[1]
+            );
+        }
     }
 }
 
