@@ -9,6 +9,7 @@
 use crate::agent::cache::{Cache, Node, ROOT, Txn};
 use crate::agent::fetch::{Fetcher, Want};
 use crate::agent::fs::FsError;
+use crate::agent::fs::readahead::ReadAhead;
 use crate::agent::journal::Journal;
 use crate::agent::status::Counters;
 use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind};
@@ -20,11 +21,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// Longest name a directory entry may have, in bytes.
 const NAME_MAX: usize = 255;
-/// Largest read-ahead window, in blocks: 32 MiB asked for ahead of a sequential reader. A
-/// block from a peer through the relay crosses two processes and three sockets, and took
-/// tens of milliseconds on a loaded machine; 16 blocks in flight held a relayed first read
-/// under 380 MB/s there, 32 did not.
-const MAX_READAHEAD_BLOCKS: u64 = 32;
 
 fn now_ns() -> i64 {
     crate::proto::now_ms().saturating_mul(1_000_000)
@@ -96,11 +92,7 @@ struct Handle {
     writable: bool,
     /// `Staging::commits` at this handle's last change of the file, if it made one.
     changed_at: Option<u64>,
-    /// Where the next sequential read would start, and the read-ahead window in blocks.
-    next_offset: u64,
-    window: u64,
-    /// Blocks before this index were asked for by read-ahead already (since the last seek).
-    ahead_until: u64,
+    ahead: ReadAhead,
 }
 
 /// The state behind the mount.
@@ -478,9 +470,7 @@ impl Fs {
             ino,
             writable,
             changed_at: None,
-            next_offset: 0,
-            window: 0,
-            ahead_until: 0,
+            ahead: ReadAhead::default(),
         };
         self.handles
             .lock()
@@ -596,7 +586,7 @@ impl Fs {
         }
         let first = offset / BLOCK_SIZE;
         let last = (end - 1) / BLOCK_SIZE;
-        self.read_ahead(fh, &n, folder, offset, end, last);
+        self.read_ahead(fh, &n, folder, offset, end);
         if first == last {
             // Within one block: a block still in memory is answered without a copy.
             let b = n.manifest.get(first as usize).ok_or(FsError::Invalid)?;
@@ -624,28 +614,17 @@ impl Fs {
         Ok(out.into())
     }
 
-    /// Grows the window on sequential reads, resets it on a seek, and starts fetching the
-    /// blocks after `last` in the background, each once: the kernel reads 128 KiB at a
-    /// time, and a block asked for by an earlier read is not asked for again.
-    fn read_ahead(&self, fh: u64, n: &Node, folder: &str, offset: u64, end: u64, last: u64) {
-        let (from, to) = {
+    /// Starts fetching in the background the blocks the handle's read-ahead asks for after
+    /// a read of `offset..end` (see [`ReadAhead`]).
+    fn read_ahead(&self, fh: u64, n: &Node, folder: &str, offset: u64, end: u64) {
+        let ahead = {
             let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
             let Some(h) = handles.get_mut(&fh) else {
                 return;
             };
-            if offset == h.next_offset && offset != 0 {
-                h.window = (h.window * 2).clamp(1, MAX_READAHEAD_BLOCKS);
-            } else {
-                h.window = 0;
-                h.ahead_until = 0;
-            }
-            h.next_offset = end;
-            let from = h.ahead_until.max(last + 1);
-            let to = last + 1 + h.window;
-            h.ahead_until = h.ahead_until.max(to);
-            (from, to)
+            h.ahead.after_read(offset, end)
         };
-        for idx in from..to {
+        for idx in ahead {
             let Some(b) = n.manifest.get(idx as usize) else {
                 break;
             };
