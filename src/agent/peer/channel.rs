@@ -1,7 +1,9 @@
 //! Runs the peer handshake and the record layer of `crypto::channel` over an async byte
 //! stream. RSA private-key operations (milliseconds each) run on the blocking pool; the
 //! whole handshake has [`HANDSHAKE_TIMEOUT`]. After it, each direction is a stream of
-//! frames: [`FrameWriter::send`] seals one, [`FrameReader::recv`] opens one.
+//! frames: [`FrameWriter::send`] seals one, [`FrameReader::recv`] opens one, and for block
+//! answers [`FrameWriter::send_all`] and [`FrameReader::open_ahead`] work on several at
+//! once on the blocking pool, still in order.
 
 use crate::agent::cache::aligned_buffer;
 use crate::crypto::channel::handshake::message;
