@@ -236,7 +236,7 @@ if [[ ${BENCH_QUICK:-0} != 1 ]]; then
     HMAC=$(openssl speed -seconds 3 -hmac sha256 2>/dev/null | awk '/^hmac\(sha256\)/ { print $NF }')
     log "handshake and record-layer cost (cargo test --release, ignored measurement tests)"
     COSTS=$(cd "$ROOT" && cargo test --release --locked --lib -q -- --ignored --nocapture handshake_cost throughput 2>/dev/null |
-        grep -E 'handshake|MB/s' || true)
+        grep -E 'handshake|MB/s' | sed 's/^[.i]*//' || true)
 fi
 
 {

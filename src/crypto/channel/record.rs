@@ -661,7 +661,7 @@ mod tests {
         }
         let mbps = |d: std::time::Duration| 1024.0 * 1.048576 / d.as_secs_f64();
         println!(
-            "1 GiB in 1 MiB frames: seal {:.0} MB/s, open {:.0} MB/s, both on one core {:.0} MB/s",
+            "record layer, 1 GiB in 1 MiB frames: seal {:.0} MB/s, open {:.0} MB/s, both on one core {:.0} MB/s",
             mbps(sealing),
             mbps(opening),
             mbps(sealing + opening)
