@@ -50,53 +50,35 @@ pub enum Direction {
 /// sealer's two passes over a frame share the cache.
 const CHUNK: usize = 16 * 1024;
 
-/// One direction's expanded keys and frame counter.
-struct Keys {
-    aes: Aes128,
-    mac: Hmac<Sha256>,
-    iv: Zeroizing<[u8; 16]>,
-    dir: Direction,
-    seq: u64,
-    /// Set by any failure, here or in a frame taken from here; then nothing more is sealed or
-    /// opened in this direction.
-    closed: Arc<AtomicBool>,
-}
+/// One direction: the keys of its next frame, whose number counts up.
+struct Keys(FrameKeys);
 
 impl Keys {
     fn new(keys: &DirectionKeys, dir: Direction) -> Self {
-        Self {
+        Self(FrameKeys {
             aes: Aes128::new(&keys.key.into()),
             mac: hmac_sha256(&keys.mac),
             iv: Zeroizing::new(keys.iv),
             dir,
             seq: 0,
             closed: Arc::new(AtomicBool::new(false)),
-        }
+        })
     }
 
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.0.closed.store(true, Ordering::Release);
     }
 
     /// The keys of the next frame, its number spent. Refuses once closed, or once the
     /// counter is spent.
     fn take(&mut self) -> Result<FrameKeys, ChannelError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(ChannelError::Closed);
-        }
-        if self.seq >= MAX_FRAMES {
+        self.0.ready()?;
+        if self.0.seq >= MAX_FRAMES {
             self.close();
             return Err(ChannelError::SequenceExhausted);
         }
-        let frame = FrameKeys {
-            aes: self.aes.clone(),
-            mac: self.mac.clone(),
-            iv: self.iv.clone(),
-            dir: self.dir,
-            seq: self.seq,
-            closed: Arc::clone(&self.closed),
-        };
-        self.seq += 1;
+        let frame = self.0.clone();
+        self.0.seq += 1;
         Ok(frame)
     }
 }
@@ -104,12 +86,15 @@ impl Keys {
 /// The keys of one numbered frame, taken from its direction in order. Sealing or opening a
 /// frame is two passes over it (AES and HMAC), which may run on any thread, several frames
 /// at once; the caller sends or accepts the frames in the order their keys were taken.
+#[derive(Clone)]
 struct FrameKeys {
     aes: Aes128,
     mac: Hmac<Sha256>,
     iv: Zeroizing<[u8; 16]>,
     dir: Direction,
     seq: u64,
+    /// Set by any failure, in this frame or another of its direction; then nothing more is
+    /// sealed or opened in that direction.
     closed: Arc<AtomicBool>,
 }
 
@@ -183,7 +168,7 @@ impl Sealer {
     #[cfg(test)]
     pub(crate) fn starting_at(keys: &DirectionKeys, dir: Direction, seq: u64) -> Self {
         let mut s = Self::new(keys, dir);
-        s.0.seq = seq;
+        s.0.0.seq = seq;
         s
     }
 }
@@ -240,9 +225,7 @@ impl Opener {
     /// [`MAX_FRAME`] before anything is read.
     pub fn body_len(&mut self, header: [u8; HEADER_LEN]) -> Result<usize, ChannelError> {
         let k = &mut self.0;
-        if k.closed.load(Ordering::Acquire) {
-            return Err(ChannelError::Closed);
-        }
+        k.0.ready()?;
         let len = u32::from_be_bytes(header) as usize;
         if len > MAX_FRAME {
             k.close();
@@ -270,7 +253,7 @@ impl Opener {
     #[cfg(test)]
     pub(crate) fn starting_at(keys: &DirectionKeys, dir: Direction, seq: u64) -> Self {
         let mut o = Self::new(keys, dir);
-        o.0.seq = seq;
+        o.0.0.seq = seq;
         o
     }
 }
