@@ -13,7 +13,7 @@
 //! m/<name>                           small values (feed cursors)
 //! ```
 //!
-//! Blocks live as files named by their hash under `blocks/` (see [`blocks`]).
+//! Blocks live as files named by their hash under `blocks/` (see `cache/blocks.rs`).
 
 mod blocks;
 

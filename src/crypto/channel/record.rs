@@ -65,17 +65,12 @@ impl Keys {
         })
     }
 
-    fn close(&self) {
-        self.0.closed.store(true, Ordering::Release);
-    }
-
     /// The keys of the next frame, its number spent. Refuses once closed, or once the
     /// counter is spent.
     fn take(&mut self) -> Result<FrameKeys, ChannelError> {
         self.0.ready()?;
         if self.0.seq >= MAX_FRAMES {
-            self.close();
-            return Err(ChannelError::SequenceExhausted);
+            return self.0.fail(ChannelError::SequenceExhausted);
         }
         let frame = self.0.clone();
         self.0.seq += 1;
@@ -223,18 +218,18 @@ impl Opener {
 
     /// How many bytes follow this header (ciphertext and tag); refuses a length over
     /// [`MAX_FRAME`] before anything is read.
-    pub fn body_len(&mut self, header: [u8; HEADER_LEN]) -> Result<usize, ChannelError> {
+    fn body_len(&mut self, header: [u8; HEADER_LEN]) -> Result<usize, ChannelError> {
         let k = &mut self.0;
         k.0.ready()?;
         let len = u32::from_be_bytes(header) as usize;
         if len > MAX_FRAME {
-            k.close();
-            return Err(ChannelError::FrameTooLarge(len));
+            return k.0.fail(ChannelError::FrameTooLarge(len));
         }
         Ok(len + TAG_LEN)
     }
 
-    /// [`body_len`](Self::body_len), and the keys of the frame this header begins.
+    /// How many bytes follow this header (ciphertext and tag), and the keys of the frame it
+    /// begins; refuses a length over [`MAX_FRAME`] before anything is read.
     pub fn next_frame(
         &mut self,
         header: [u8; HEADER_LEN],
