@@ -7,9 +7,9 @@ use meshfs::crypto::ticket::{KeySet, Signer};
 use meshfs::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER, ISSUER};
 use meshfs::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, BlockRef, ChangeBatch, Claims, Device,
-    DeviceAssertion, Entry, EntryKind, EntryList, EntryPut, Folder, FolderGrant, FolderPatch, Jwks,
-    LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right, TicketKind,
-    TicketResponse, Usage, now_secs,
+    DeviceAssertion, Entry, EntryKind, EntryList, EntryPut, ErrorCode, Folder, FolderGrant,
+    FolderPatch, Jwks, LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest,
+    Right, TicketKind, TicketResponse, Usage, now_secs,
 };
 use reqwest::header::{AUTHORIZATION, ETAG, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -241,7 +241,7 @@ fn file(name: &str, blocks: &[&[u8]]) -> EntryPut {
     }
 }
 
-async fn api_error(res: reqwest::Response) -> (StatusCode, String) {
+async fn api_error(res: reqwest::Response) -> (StatusCode, ErrorCode) {
     let status = res.status();
     let body: ApiError = res.json().await.unwrap();
     assert!(!body.message.is_empty());
@@ -319,12 +319,12 @@ async fn login_returns_an_identity_ticket_that_verifies_through_the_jwks() {
     let wrong = env.login_with("ann", "not-the-password", &KEY_A).await;
     assert_eq!(
         api_error(wrong).await,
-        (StatusCode::UNAUTHORIZED, "bad_credentials".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::BadCredentials)
     );
     let nobody = env.login_with("nobody", "x", &KEY_A).await;
     assert_eq!(
         api_error(nobody).await,
-        (StatusCode::UNAUTHORIZED, "bad_credentials".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::BadCredentials)
     );
     env.cloud.shutdown().await.unwrap();
 }
@@ -346,7 +346,7 @@ async fn listing_folders_returns_a_ticket_per_folder() {
         .unwrap();
     assert_eq!(
         api_error(dup).await,
-        (StatusCode::CONFLICT, "name_taken".into())
+        (StatusCode::CONFLICT, ErrorCode::NameTaken)
     );
 
     let res = env
@@ -395,7 +395,7 @@ async fn entries_change_only_under_their_etag_conditions() {
         api_error(again).await,
         (
             StatusCode::PRECONDITION_FAILED,
-            "precondition_failed".into()
+            ErrorCode::PreconditionFailed
         )
     );
     let blind = env.put_entry(t, f, "d1", &dir("renamed", None), None).await;
@@ -403,7 +403,7 @@ async fn entries_change_only_under_their_etag_conditions() {
         api_error(blind).await,
         (
             StatusCode::PRECONDITION_REQUIRED,
-            "precondition_required".into()
+            ErrorCode::PreconditionRequired
         )
     );
 
@@ -444,7 +444,7 @@ async fn entries_change_only_under_their_etag_conditions() {
         api_error(stale).await,
         (
             StatusCode::PRECONDITION_FAILED,
-            "precondition_failed".into()
+            ErrorCode::PreconditionFailed
         )
     );
     let list = env.entries(t, f).await;
@@ -524,7 +524,7 @@ async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
     );
     let refused = r.refused.expect("the fourth step is refused");
     assert_eq!((refused.index, refused.status), (3, 412));
-    assert_eq!(refused.error.error, "precondition_failed");
+    assert_eq!(refused.error.error, ErrorCode::PreconditionFailed);
     let list = env.entries(t, f).await;
     let mut names: Vec<_> = list.entries.iter().map(|e| e.name.as_str()).collect();
     names.sort_unstable();
@@ -568,7 +568,7 @@ async fn steps_apply_in_order_up_to_the_first_refusal_which_changes_nothing() {
     let res = send(many).await.unwrap();
     assert_eq!(
         api_error(res).await,
-        (StatusCode::BAD_REQUEST, "too_many_steps".into())
+        (StatusCode::BAD_REQUEST, ErrorCode::TooManySteps)
     );
 }
 
@@ -657,7 +657,7 @@ async fn steps_of_a_journal_are_applied_once_however_often_they_are_replayed() {
     let refused = send("j-1", vec![put("z", 13, None, dir("b", None))]).await;
     assert_eq!(
         refused.refused.map(|r| r.error.error),
-        Some("name_taken".into())
+        Some(ErrorCode::NameTaken)
     );
     let fixed = send("j-1", vec![put("z", 13, None, dir("z", None))]).await;
     assert!(fixed.refused.is_none());
@@ -697,12 +697,12 @@ async fn steps_of_a_journal_are_applied_once_however_often_they_are_replayed() {
     // A journal id is a token; a record number must fit the store.
     assert_eq!(
         api_error(post("no spaces", vec![]).await).await,
-        (StatusCode::BAD_REQUEST, "bad_journal".into())
+        (StatusCode::BAD_REQUEST, ErrorCode::BadJournal)
     );
     let too_big = vec![put("v", u64::MAX, None, dir("v", None))];
     assert_eq!(
         api_error(post("j-1", too_big).await).await,
-        (StatusCode::BAD_REQUEST, "bad_seq".into())
+        (StatusCode::BAD_REQUEST, ErrorCode::BadSeq)
     );
 }
 
@@ -718,7 +718,7 @@ async fn a_taken_name_needs_replace_and_the_tree_stays_a_tree() {
     let taken = env.create(t, f, "a2", &file("a", &[])).await;
     assert_eq!(
         api_error(taken).await,
-        (StatusCode::CONFLICT, "name_taken".into())
+        (StatusCode::CONFLICT, ErrorCode::NameTaken)
     );
     let over_file = EntryPut {
         replace: true,
@@ -727,7 +727,7 @@ async fn a_taken_name_needs_replace_and_the_tree_stays_a_tree() {
     let res = env.create(t, f, "a3", &over_file).await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::CONFLICT, "kind_mismatch".into())
+        (StatusCode::CONFLICT, ErrorCode::KindMismatch)
     );
     let replace = EntryPut {
         replace: true,
@@ -748,17 +748,17 @@ async fn a_taken_name_needs_replace_and_the_tree_stays_a_tree() {
     let orphan = env.create(t, f, "x", &dir("x", Some("nope"))).await;
     assert_eq!(
         api_error(orphan).await,
-        (StatusCode::CONFLICT, "no_parent".into())
+        (StatusCode::CONFLICT, ErrorCode::NoParent)
     );
     let under_file = env.create(t, f, "x", &dir("x", Some("a2"))).await;
     assert_eq!(
         api_error(under_file).await,
-        (StatusCode::CONFLICT, "no_parent".into())
+        (StatusCode::CONFLICT, ErrorCode::NoParent)
     );
     let bad = env.create(t, f, "x", &dir("..", None)).await;
     assert_eq!(
         api_error(bad).await,
-        (StatusCode::BAD_REQUEST, "bad_name".into())
+        (StatusCode::BAD_REQUEST, ErrorCode::BadName)
     );
 
     let sub = env.create(t, f, "d2", &dir("sub", Some("d1"))).await;
@@ -777,7 +777,7 @@ async fn a_taken_name_needs_replace_and_the_tree_stays_a_tree() {
         .await;
     assert_eq!(
         api_error(cycle).await,
-        (StatusCode::CONFLICT, "cycle".into())
+        (StatusCode::CONFLICT, ErrorCode::Cycle)
     );
     let del = env
         .req(Method::DELETE, &format!("/folders/{f}/entries/d1"), Some(t))
@@ -787,7 +787,7 @@ async fn a_taken_name_needs_replace_and_the_tree_stays_a_tree() {
         .unwrap();
     assert_eq!(
         api_error(del).await,
-        (StatusCode::CONFLICT, "not_empty".into())
+        (StatusCode::CONFLICT, ErrorCode::NotEmpty)
     );
     assert_eq!(env.entries(t, f).await.entries.len(), 3);
 }
@@ -802,7 +802,7 @@ async fn a_file_is_published_only_when_its_blocks_are_in_the_cloud() {
     let early = env.create(t, f, "n1", &body).await;
     assert_eq!(
         api_error(early).await,
-        (StatusCode::CONFLICT, "missing_blocks".into())
+        (StatusCode::CONFLICT, ErrorCode::MissingBlocks)
     );
     let wrong_size = EntryPut {
         size: 3,
@@ -811,7 +811,7 @@ async fn a_file_is_published_only_when_its_blocks_are_in_the_cloud() {
     let res = env.create(t, f, "n1", &wrong_size).await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::BAD_REQUEST, "size_mismatch".into())
+        (StatusCode::BAD_REQUEST, ErrorCode::SizeMismatch)
     );
 
     for b in [b1, b2] {
@@ -860,7 +860,7 @@ async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
     let res = env.put_block(t, f, &h, b"something else").await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::BAD_REQUEST, "hash_mismatch".into())
+        (StatusCode::BAD_REQUEST, ErrorCode::HashMismatch)
     );
     assert_eq!(env.block_status(t, f, &h).await, StatusCode::NOT_FOUND);
     let big = vec![0u8; meshfs::proto::BLOCK_SIZE as usize + 1];
@@ -869,7 +869,7 @@ async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
         .await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::PAYLOAD_TOO_LARGE, "too_large".into())
+        (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge)
     );
 
     cloud::set_quota(&env.data, "ann", 10).await.unwrap();
@@ -878,7 +878,7 @@ async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
     let res = env.put_block(t, f, &h, data).await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded".into())
+        (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::QuotaExceeded)
     );
     assert_eq!(env.block_status(t, f, &h).await, StatusCode::NOT_FOUND);
 
@@ -888,7 +888,7 @@ async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
         .await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::FORBIDDEN, "device_only".into())
+        (StatusCode::FORBIDDEN, ErrorCode::DeviceOnly)
     );
     // A manifest whose blocks are nowhere in the cloud is refused unless the author says
     // it holds them; then the entry names it as the holder.
@@ -902,7 +902,7 @@ async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
         .await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::CONFLICT, "missing_blocks".into())
+        (StatusCode::CONFLICT, ErrorCode::MissingBlocks)
     );
     let held = EntryPut {
         device_held: true,
@@ -970,7 +970,7 @@ async fn a_request_without_a_ticket_is_401_and_changes_nothing() {
         .unwrap();
     assert_eq!(
         api_error(res).await,
-        (StatusCode::UNAUTHORIZED, "no_ticket".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::NoTicket)
     );
     assert_eq!(env.entries(t, f).await.entries, before.entries);
 }
@@ -994,15 +994,15 @@ async fn expired_forged_and_unknown_kid_tickets_are_401_and_change_nothing() {
         .sign(&access_claims(&ann, f, now, now + 60));
 
     for (ticket, code) in [
-        (expired.as_str(), "ticket_expired"),
-        (flipped.as_str(), "bad_signature"),
-        (other_kid.as_str(), "unknown_kid"),
-        ("not-a-ticket", "malformed_ticket"),
+        (expired.as_str(), ErrorCode::TicketExpired),
+        (flipped.as_str(), ErrorCode::BadSignature),
+        (other_kid.as_str(), ErrorCode::UnknownKid),
+        ("not-a-ticket", ErrorCode::MalformedTicket),
     ] {
         let res = env.create(ticket, f, "x", &dir("x", None)).await;
         assert_eq!(
             api_error(res).await,
-            (StatusCode::UNAUTHORIZED, code.into()),
+            (StatusCode::UNAUTHORIZED, code),
             "{code}"
         );
     }
@@ -1029,7 +1029,7 @@ async fn another_users_tickets_are_403_on_this_users_folder() {
         .await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::FORBIDDEN, "forbidden".into())
+        (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
     );
     let bobs = env.new_folder(&bob, "docs", false).await;
     let res = env
@@ -1037,7 +1037,7 @@ async fn another_users_tickets_are_403_on_this_users_folder() {
         .await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::FORBIDDEN, "forbidden".into())
+        (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
     );
     let res = env
         .req(Method::GET, "/users/ann/folders", Some(&bob.identity))
@@ -1069,13 +1069,13 @@ async fn a_read_only_ticket_cannot_write_entries_or_blocks() {
     let res = env.create(&ro.ticket, f, "x", &dir("x", None)).await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::FORBIDDEN, "forbidden".into())
+        (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
     );
     let h = BlockHash::of(b"data").to_hex();
     let res = env.put_block(&ro.ticket, f, &h, b"data").await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::FORBIDDEN, "forbidden".into())
+        (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
     );
     assert_eq!(env.entries(t, f).await.entries, before.entries);
     assert_eq!(env.block_status(t, f, &h).await, StatusCode::NOT_FOUND);
@@ -1144,7 +1144,7 @@ async fn a_revoked_devices_tickets_stop_working_at_once() {
     let res = env.create(&access.ticket, f, "x", &dir("x", None)).await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::DeviceRevoked)
     );
     let res = env
         .req(
@@ -1157,14 +1157,14 @@ async fn a_revoked_devices_tickets_stop_working_at_once() {
         .unwrap();
     assert_eq!(
         api_error(res).await,
-        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::DeviceRevoked)
     );
     let res = env
         .access(&second, &format!("/folders/{f}"), &[Right::Read])
         .await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::DeviceRevoked)
     );
     let assertion = Signer::new(second.id.clone(), KEY_A.clone()).sign(&DeviceAssertion {
         iss: second.id.clone(),
@@ -1185,7 +1185,7 @@ async fn a_revoked_devices_tickets_stop_working_at_once() {
         .unwrap();
     assert_eq!(
         api_error(res).await,
-        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::DeviceRevoked)
     );
 
     assert_eq!(env.entries(t, f).await.entries, before.entries);
@@ -1210,7 +1210,7 @@ async fn an_identity_ticket_is_403_where_an_access_ticket_is_needed() {
     let res = env.create(&ann.identity, f, "x", &dir("x", None)).await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::FORBIDDEN, "forbidden".into())
+        (StatusCode::FORBIDDEN, ErrorCode::Forbidden)
     );
     let res = env
         .req(
@@ -1266,7 +1266,7 @@ async fn renewal_needs_an_assertion_signed_by_the_devices_own_key() {
     let res = renew(assertion(&KEY_B)).await.unwrap();
     assert_eq!(
         api_error(res).await,
-        (StatusCode::UNAUTHORIZED, "bad_assertion".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::BadAssertion)
     );
 
     let res = renew(assertion(&KEY_A)).await.unwrap();
@@ -1410,7 +1410,7 @@ async fn peer_tickets_name_both_devices_with_their_keys_only_for_pairs_the_cloud
     let res = env.peer_ticket(&ann2, &ann1, None).await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::UNAUTHORIZED, "device_revoked".into())
+        (StatusCode::UNAUTHORIZED, ErrorCode::DeviceRevoked)
     );
 }
 
@@ -1508,6 +1508,6 @@ async fn only_the_owner_switches_a_folder_to_device_only_and_then_its_blocks_are
         .await;
     assert_eq!(
         api_error(res).await,
-        (StatusCode::FORBIDDEN, "device_only".into())
+        (StatusCode::FORBIDDEN, ErrorCode::DeviceOnly)
     );
 }

@@ -13,6 +13,7 @@
 mod common;
 
 use common::{Cloud, Mesh, eventually, is_mounted, pseudo_random};
+use meshfs::agent::remote::Remote;
 use meshfs::proto::BlockHash;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -270,7 +271,7 @@ fn watch_published(
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async move {
-            let client = meshfs::agent::mount::connect(&home).expect("client");
+            let client = meshfs::agent::client::connect(&home).expect("client");
             let (mut seen, mut since) = (Vec::new(), 0);
             while !stop.load(Ordering::SeqCst) {
                 match client.changes(&folder, since, 1).await {
@@ -452,7 +453,7 @@ fn a_random_workload_survives_twenty_sigkills_and_reaches_the_cloud_and_the_othe
         "the watcher saw {} versions",
         files_published.len()
     );
-    let client = meshfs::agent::mount::connect(&meshfs::agent::home::Home::new(&mesh.a.home))
+    let client = meshfs::agent::client::connect(&meshfs::agent::home::Home::new(&mesh.a.home))
         .expect("client");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut blocks: HashMap<BlockHash, bytes::Bytes> = HashMap::new();

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Cloud, Device, Mesh, eventually, pseudo_random};
+use meshfs::agent::remote::Remote;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -479,7 +480,7 @@ struct Hand {
 impl Hand {
     fn of(dev: &Device) -> Self {
         let home = meshfs::agent::home::Home::new(&dev.home);
-        let client = meshfs::agent::mount::connect(&home).expect("client");
+        let client = meshfs::agent::client::connect(&home).expect("client");
         let key = meshfs::crypto::keys::load_private(&home.key()).expect("key");
         Hand {
             id: client.device_id().to_string(),

@@ -2,13 +2,19 @@
 //! them before they expire. Identity tickets are renewed with an assertion signed by the
 //! device key; access tickets, one per folder, sit in an LRU.
 
+pub use crate::agent::remote::ClientError;
+
+use crate::agent::home::{Home, HomeError};
+use crate::agent::remote::Remote;
+use crate::crypto::keys::{self, KeyError};
 use crate::crypto::ticket::Signer;
 use crate::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, CloudInfo, Device,
-    DeviceAssertion, Entry, EntryList, EntryPut, Folder, FolderGrant, FolderPatch, JournalMark,
+    DeviceAssertion, Entry, EntryList, ErrorCode, Folder, FolderGrant, FolderPatch, JournalMark,
     Jwks, LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right,
     StepResults, Steps, TicketResponse, Usage, now_secs,
 };
+use async_trait::async_trait;
 use bytes::Bytes;
 use lru::LruCache;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -22,56 +28,11 @@ use std::time::Duration;
 /// for short-lived tickets, so a request never leaves with a ticket about to expire.
 const RENEW_BEFORE_SECS: i64 = 60;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot reach the cloud at {url}; check that it runs and that this device is online")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("the cloud answered {status}: {message}")]
-    Api {
-        status: u16,
-        error: String,
-        message: String,
-    },
-    #[error("could not read the cloud's CA at {path}")]
-    Ca {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("setting up the HTTPS client")]
-    Setup(#[source] reqwest::Error),
-}
-
-impl ClientError {
-    /// The HTTP status of a refusal, if the cloud answered at all.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ClientError::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// The cloud could not be reached (the request may be retried later).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClientError::Unreachable { .. })
-    }
-
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            ClientError::Api { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
-
 /// Builds the HTTPS client that trusts only the cloud's CA.
 pub fn https(ca_pem: &[u8]) -> Result<reqwest::Client, ClientError> {
     crate::crypto::install_tls_provider();
-    let cert = reqwest::Certificate::from_pem(ca_pem).map_err(ClientError::Setup)?;
+    let setup = |e: reqwest::Error| ClientError::Setup(Box::new(e));
+    let cert = reqwest::Certificate::from_pem(ca_pem).map_err(setup)?;
     reqwest::Client::builder()
         .tls_certs_only([cert])
         .https_only(true)
@@ -81,7 +42,7 @@ pub fn https(ca_pem: &[u8]) -> Result<reqwest::Client, ClientError> {
         .timeout(Duration::from_secs(30))
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
-        .map_err(ClientError::Setup)
+        .map_err(setup)
 }
 
 async fn send(url: &str, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
@@ -90,23 +51,23 @@ async fn send(url: &str, req: RequestBuilder) -> Result<reqwest::Response, Clien
         .await
         .map_err(|source| ClientError::Unreachable {
             url: url.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     if resp.status().is_success() {
         return Ok(resp);
     }
     let status = resp.status().as_u16();
     let body = resp.bytes().await.unwrap_or_default();
-    let (error, message) = match serde_json::from_slice::<ApiError>(&body) {
+    let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
         Ok(e) => (e.error, e.message),
         Err(_) => (
-            "http".into(),
+            ErrorCode::Unknown,
             String::from_utf8_lossy(&body).chars().take(200).collect(),
         ),
     };
     Err(ClientError::Api {
         status,
-        error,
+        code,
         message,
     })
 }
@@ -116,7 +77,7 @@ async fn json<T: DeserializeOwned>(url: &str, resp: reqwest::Response) -> Result
         .await
         .map_err(|source| ClientError::Unreachable {
             url: url.to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -169,6 +130,38 @@ pub struct CloudClient {
     peer: Mutex<LruCache<(String, Option<String>), Held>>,
 }
 
+/// The cloud's CA as the device pinned it at login.
+pub fn read_ca(home: &Home) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(home.ca()).map_err(|source| ClientError::Ca {
+        path: home.ca().display().to_string(),
+        source,
+    })
+}
+
+/// A client of the cloud for the device logged in at `home`.
+pub fn connect(home: &Home) -> Result<CloudClient, ConnectError> {
+    let dev = home.load_device()?;
+    let key = keys::load_private(&home.key())?;
+    Ok(CloudClient::new(
+        https(&read_ca(home)?)?,
+        &dev.cloud,
+        &dev.user,
+        &dev.device_id,
+        key,
+    ))
+}
+
+/// Why a device's client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
 impl CloudClient {
     pub fn new(
         http: reqwest::Client,
@@ -193,47 +186,8 @@ impl CloudClient {
         }
     }
 
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// The cloud's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    pub fn device_id(&self) -> &str {
-        &self.device_id
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
-    }
-
-    /// A valid identity ticket, renewed with a device-signed assertion when near expiry.
-    pub async fn identity(&self) -> Result<String, ClientError> {
-        let mut held = self.identity.lock().await;
-        if let Some(h) = held.as_ref().filter(|h| h.fresh()) {
-            return Ok(h.token.clone());
-        }
-        let now = now_secs();
-        let assertion = self.assertion_signer.sign(&DeviceAssertion {
-            iss: self.device_id.clone(),
-            aud: AUDIENCE_RENEW.into(),
-            iat: now,
-            exp: now + 60,
-            jti: uuid::Uuid::new_v4().to_string(),
-        });
-        let url = self.url("/tickets/identity");
-        let body = RenewRequest {
-            device_id: self.device_id.clone(),
-            assertion,
-        };
-        let resp = send(&url, self.http.post(&url).json(&body)).await?;
-        let t: TicketResponse = json(&url, resp).await?;
-        let token = t.ticket.clone();
-        *held = Some(t.into());
-        Ok(token)
     }
 
     fn cached_access(&self, folder: &str) -> Option<String> {
@@ -284,9 +238,9 @@ impl CloudClient {
             match send(&url, req).await {
                 Err(ClientError::Api {
                     status: 401,
-                    ref error,
+                    code: ErrorCode::TicketExpired,
                     ..
-                }) if attempt == 0 && error == "ticket_expired" => {
+                }) if attempt == 0 => {
                     self.forget_tickets(folder).await;
                 }
                 other => return other,
@@ -302,16 +256,6 @@ impl CloudClient {
             }
             None => *self.identity.lock().await = None,
         }
-    }
-
-    pub async fn folders(&self) -> Result<Vec<FolderGrant>, ClientError> {
-        let path = format!("/users/{}/folders", self.user);
-        let resp = self.authed(None, Method::GET, &path, |r| r).await?;
-        let grants: Vec<FolderGrant> = json(&path, resp).await?;
-        for g in &grants {
-            self.remember_access(&g.folder.id, g.ticket.clone());
-        }
-        Ok(grants)
     }
 
     pub async fn create_folder(
@@ -341,19 +285,207 @@ impl CloudClient {
         json(&path, resp).await
     }
 
-    pub async fn devices(&self) -> Result<Vec<Device>, ClientError> {
+    /// Maps (`on`) or unmaps a folder on one of the user's devices.
+    pub async fn set_mapped(
+        &self,
+        device: &str,
+        folder: &str,
+        on: bool,
+    ) -> Result<Device, ClientError> {
+        let path = format!("/users/{}/devices/{device}/folders/{folder}", self.user);
+        let method = if on { Method::PUT } else { Method::DELETE };
+        let resp = self.authed(None, method, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+
+    pub async fn revoke(&self, device: &str) -> Result<Device, ClientError> {
+        let path = format!("/users/{}/devices/{device}", self.user);
+        let resp = self.authed(None, Method::DELETE, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+}
+
+#[async_trait]
+impl Remote for CloudClient {
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn base(&self) -> Option<&str> {
+        Some(&self.base)
+    }
+
+    async fn folders(&self) -> Result<Vec<FolderGrant>, ClientError> {
+        let path = format!("/users/{}/folders", self.user);
+        let resp = self.authed(None, Method::GET, &path, |r| r).await?;
+        let grants: Vec<FolderGrant> = json(&path, resp).await?;
+        for g in &grants {
+            self.remember_access(&g.folder.id, g.ticket.clone());
+        }
+        Ok(grants)
+    }
+
+    async fn entries(&self, folder: &str) -> Result<EntryList, ClientError> {
+        let path = format!("/folders/{folder}/entries");
+        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+
+    async fn entry(&self, folder: &str, id: &str) -> Result<Entry, ClientError> {
+        let path = format!("/folders/{folder}/entries/{id}");
+        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+
+    async fn changes(
+        &self,
+        folder: &str,
+        since: u64,
+        wait_secs: u64,
+    ) -> Result<ChangeBatch, ClientError> {
+        let path = format!("/folders/{folder}/changes?since={since}&wait={wait_secs}");
+        let timeout = Duration::from_secs(wait_secs + 15);
+        let resp = self
+            .authed(Some(folder), Method::GET, &path, |r| r.timeout(timeout))
+            .await?;
+        json(&path, resp).await
+    }
+
+    /// Several puts and deletes in one request and one cloud transaction, applied in
+    /// order up to the first refused (see [`Steps`]).
+    async fn apply_steps(&self, folder: &str, steps: &Steps) -> Result<StepResults, ClientError> {
+        let path = format!("/folders/{folder}/steps");
+        let resp = self
+            .authed(Some(folder), Method::POST, &path, |r| r.json(steps))
+            .await?;
+        json(&path, resp).await
+    }
+
+    /// How far the cloud applied this device's journal `journal`.
+    async fn journal_mark(&self, journal: &str) -> Result<u64, ClientError> {
+        let path = format!(
+            "/users/{}/devices/{}/journals/{journal}",
+            self.user, self.device_id
+        );
+        let resp = self.authed(None, Method::GET, &path, |r| r).await?;
+        let mark: JournalMark = json(&path, resp).await?;
+        Ok(mark.applied)
+    }
+
+    async fn usage(&self) -> Result<Usage, ClientError> {
+        let path = format!("/users/{}/usage", self.user);
+        let resp = self
+            .authed(None, Method::GET, &path, |r| {
+                r.timeout(Duration::from_secs(5))
+            })
+            .await?;
+        json(&path, resp).await
+    }
+
+    async fn has_block(&self, folder: &str, hash: &BlockHash) -> Result<bool, ClientError> {
+        let path = format!("/folders/{folder}/blocks/{hash}");
+        match self.authed(Some(folder), Method::HEAD, &path, |r| r).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_block(
+        &self,
+        folder: &str,
+        hash: &BlockHash,
+        data: Bytes,
+    ) -> Result<(), ClientError> {
+        let path = format!("/folders/{folder}/blocks/{hash}");
+        self.authed(Some(folder), Method::PUT, &path, |r| r.body(data.clone()))
+            .await?;
+        Ok(())
+    }
+
+    /// The block's bytes as the cloud sent them: the caller checks them against the hash.
+    async fn get_block(&self, folder: &str, hash: &BlockHash) -> Result<Bytes, ClientError> {
+        let path = format!("/folders/{folder}/blocks/{hash}");
+        let resp = self
+            .authed(Some(folder), Method::GET, &path, |r| {
+                r.timeout(Duration::from_secs(60))
+            })
+            .await?;
+        resp.bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: path,
+                source: Box::new(source),
+            })
+    }
+
+    async fn devices(&self) -> Result<Vec<Device>, ClientError> {
         let path = format!("/users/{}/devices", self.user);
         let resp = self.authed(None, Method::GET, &path, |r| r).await?;
         json(&path, resp).await
     }
 
+    /// The devices, of any member, that have `folder` mapped.
+    async fn folder_devices(&self, folder: &str) -> Result<Vec<Device>, ClientError> {
+        let path = format!("/folders/{folder}/devices");
+        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+
+    /// Where the relay is, and the cloud's signing keys (both public, no ticket).
+    async fn cloud_info(&self) -> Result<(CloudInfo, Jwks), ClientError> {
+        let (info_url, jwks_url) = (
+            self.url("/.well-known/meshfs"),
+            self.url("/.well-known/jwks.json"),
+        );
+        let info = json(&info_url, send(&info_url, self.http.get(&info_url)).await?).await?;
+        let jwks = json(&jwks_url, send(&jwks_url, self.http.get(&jwks_url)).await?).await?;
+        Ok((info, jwks))
+    }
+
+    /// Tells the cloud where this device's peer listener is reached.
+    async fn set_presence(&self, addrs: Vec<String>) -> Result<Device, ClientError> {
+        let path = format!("/users/{}/devices/{}/presence", self.user, self.device_id);
+        let body = Presence { addrs };
+        let resp = self
+            .authed(None, Method::PUT, &path, |r| r.json(&body))
+            .await?;
+        json(&path, resp).await
+    }
+
+    /// A valid identity ticket, renewed with a device-signed assertion when near expiry.
+    async fn identity(&self) -> Result<String, ClientError> {
+        let mut held = self.identity.lock().await;
+        if let Some(h) = held.as_ref().filter(|h| h.fresh()) {
+            return Ok(h.token.clone());
+        }
+        let now = now_secs();
+        let assertion = self.assertion_signer.sign(&DeviceAssertion {
+            iss: self.device_id.clone(),
+            aud: AUDIENCE_RENEW.into(),
+            iat: now,
+            exp: now + 60,
+            jti: uuid::Uuid::new_v4().to_string(),
+        });
+        let url = self.url("/tickets/identity");
+        let body = RenewRequest {
+            device_id: self.device_id.clone(),
+            assertion,
+        };
+        let resp = send(&url, self.http.post(&url).json(&body)).await?;
+        let t: TicketResponse = json(&url, resp).await?;
+        let token = t.ticket.clone();
+        *held = Some(t.into());
+        Ok(token)
+    }
+
     /// A peer ticket naming this device and `device` (through `folder` for devices of
     /// another user), from the cache while it has some life left.
-    pub async fn peer_ticket(
-        &self,
-        device: &str,
-        folder: Option<&str>,
-    ) -> Result<String, ClientError> {
+    async fn peer_ticket(&self, device: &str, folder: Option<&str>) -> Result<String, ClientError> {
         let key = (device.to_string(), folder.map(str::to_string));
         {
             let mut lru = self.peer.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,183 +507,5 @@ impl CloudClient {
             .unwrap_or_else(|p| p.into_inner())
             .put(key, t.into());
         Ok(token)
-    }
-
-    /// The devices, of any member, that have `folder` mapped.
-    pub async fn folder_devices(&self, folder: &str) -> Result<Vec<Device>, ClientError> {
-        let path = format!("/folders/{folder}/devices");
-        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
-        json(&path, resp).await
-    }
-
-    /// Tells the cloud where this device's peer listener is reached.
-    pub async fn set_presence(&self, addrs: Vec<String>) -> Result<Device, ClientError> {
-        let path = format!("/users/{}/devices/{}/presence", self.user, self.device_id);
-        let body = Presence { addrs };
-        let resp = self
-            .authed(None, Method::PUT, &path, |r| r.json(&body))
-            .await?;
-        json(&path, resp).await
-    }
-
-    /// Maps (`on`) or unmaps a folder on one of the user's devices.
-    pub async fn set_mapped(
-        &self,
-        device: &str,
-        folder: &str,
-        on: bool,
-    ) -> Result<Device, ClientError> {
-        let path = format!("/users/{}/devices/{device}/folders/{folder}", self.user);
-        let method = if on { Method::PUT } else { Method::DELETE };
-        let resp = self.authed(None, method, &path, |r| r).await?;
-        json(&path, resp).await
-    }
-
-    /// Where the relay is, and the cloud's signing keys (both public, no ticket).
-    pub async fn cloud_info(&self) -> Result<(CloudInfo, Jwks), ClientError> {
-        let (info_url, jwks_url) = (
-            self.url("/.well-known/meshfs"),
-            self.url("/.well-known/jwks.json"),
-        );
-        let info = json(&info_url, send(&info_url, self.http.get(&info_url)).await?).await?;
-        let jwks = json(&jwks_url, send(&jwks_url, self.http.get(&jwks_url)).await?).await?;
-        Ok((info, jwks))
-    }
-
-    pub async fn revoke(&self, device: &str) -> Result<Device, ClientError> {
-        let path = format!("/users/{}/devices/{device}", self.user);
-        let resp = self.authed(None, Method::DELETE, &path, |r| r).await?;
-        json(&path, resp).await
-    }
-
-    pub async fn usage(&self) -> Result<Usage, ClientError> {
-        let path = format!("/users/{}/usage", self.user);
-        let resp = self
-            .authed(None, Method::GET, &path, |r| {
-                r.timeout(Duration::from_secs(5))
-            })
-            .await?;
-        json(&path, resp).await
-    }
-
-    pub async fn entries(&self, folder: &str) -> Result<EntryList, ClientError> {
-        let path = format!("/folders/{folder}/entries");
-        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
-        json(&path, resp).await
-    }
-
-    pub async fn entry(&self, folder: &str, id: &str) -> Result<Entry, ClientError> {
-        let path = format!("/folders/{folder}/entries/{id}");
-        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
-        json(&path, resp).await
-    }
-
-    /// Creates (`base` = None, `If-None-Match: *`) or updates (`If-Match: "base"`) an entry.
-    pub async fn put_entry(
-        &self,
-        folder: &str,
-        id: &str,
-        base: Option<u64>,
-        body: &EntryPut,
-    ) -> Result<Entry, ClientError> {
-        let path = format!("/folders/{folder}/entries/{id}");
-        let resp = self
-            .authed(Some(folder), Method::PUT, &path, |r| {
-                let r = match base {
-                    Some(v) => r.header("If-Match", format!("\"{v}\"")),
-                    None => r.header("If-None-Match", "*"),
-                };
-                r.json(body)
-            })
-            .await?;
-        json(&path, resp).await
-    }
-
-    pub async fn delete_entry(
-        &self,
-        folder: &str,
-        id: &str,
-        base: u64,
-    ) -> Result<Entry, ClientError> {
-        let path = format!("/folders/{folder}/entries/{id}");
-        let resp = self
-            .authed(Some(folder), Method::DELETE, &path, |r| {
-                r.header("If-Match", format!("\"{base}\""))
-            })
-            .await?;
-        json(&path, resp).await
-    }
-
-    /// Several puts and deletes in one request and one cloud transaction, applied in
-    /// order up to the first refused (see [`Steps`]).
-    pub async fn apply_steps(
-        &self,
-        folder: &str,
-        steps: &Steps,
-    ) -> Result<StepResults, ClientError> {
-        let path = format!("/folders/{folder}/steps");
-        let resp = self
-            .authed(Some(folder), Method::POST, &path, |r| r.json(steps))
-            .await?;
-        json(&path, resp).await
-    }
-
-    /// How far the cloud applied this device's journal `journal`.
-    pub async fn journal_mark(&self, journal: &str) -> Result<u64, ClientError> {
-        let path = format!(
-            "/users/{}/devices/{}/journals/{journal}",
-            self.user, self.device_id
-        );
-        let resp = self.authed(None, Method::GET, &path, |r| r).await?;
-        let mark: JournalMark = json(&path, resp).await?;
-        Ok(mark.applied)
-    }
-
-    pub async fn changes(
-        &self,
-        folder: &str,
-        since: u64,
-        wait_secs: u64,
-    ) -> Result<ChangeBatch, ClientError> {
-        let path = format!("/folders/{folder}/changes?since={since}&wait={wait_secs}");
-        let timeout = Duration::from_secs(wait_secs + 15);
-        let resp = self
-            .authed(Some(folder), Method::GET, &path, |r| r.timeout(timeout))
-            .await?;
-        json(&path, resp).await
-    }
-
-    pub async fn has_block(&self, folder: &str, hash: &BlockHash) -> Result<bool, ClientError> {
-        let path = format!("/folders/{folder}/blocks/{hash}");
-        match self.authed(Some(folder), Method::HEAD, &path, |r| r).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.status() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub async fn put_block(
-        &self,
-        folder: &str,
-        hash: &BlockHash,
-        data: Bytes,
-    ) -> Result<(), ClientError> {
-        let path = format!("/folders/{folder}/blocks/{hash}");
-        self.authed(Some(folder), Method::PUT, &path, |r| r.body(data.clone()))
-            .await?;
-        Ok(())
-    }
-
-    /// The block's bytes as the cloud sent them: the caller checks them against the hash.
-    pub async fn get_block(&self, folder: &str, hash: &BlockHash) -> Result<Bytes, ClientError> {
-        let path = format!("/folders/{folder}/blocks/{hash}");
-        let resp = self
-            .authed(Some(folder), Method::GET, &path, |r| {
-                r.timeout(Duration::from_secs(60))
-            })
-            .await?;
-        resp.bytes()
-            .await
-            .map_err(|source| ClientError::Unreachable { url: path, source })
     }
 }

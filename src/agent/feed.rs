@@ -1,487 +1,127 @@
-//! Follows each folder's change feed and applies it to the cache, then tells the kernel what
-//! it touched so a listing on this device shows a change made elsewhere within seconds.
-//!
-//! Applying is idempotent and ordered by version: an entry whose version is not newer than
-//! what the cache holds is old news (our own writes come back this way). A node with local
-//! changes not yet uploaded keeps its local state; its upload's `If-Match` finds the race.
+//! Follows each folder's change feed and applies it to the cache (`cache::merge`), then
+//! tells the kernel what it touched, so a listing on this device shows a change made
+//! elsewhere within seconds. The cursor of each folder is kept in the cache, so a restart
+//! goes on where the last run stopped.
 
-use crate::agent::cache::{Cache, CacheError, FolderInfo, Node, ROOT, Txn};
-use crate::agent::client::CloudClient;
+use crate::agent::cache::{Cache, CacheError, FolderInfo, ROOT, Txn, merge};
+use crate::agent::invalidate::Invalidator;
+use crate::agent::remote::{ClientError, Remote};
 use crate::agent::status::Counters;
-use crate::proto::Entry;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// Tells the kernel to drop what it cached. The FUSE adapter implements it with the
-/// session's notifier; tests implement it with a recorder.
-pub trait Invalidator: Send + Sync {
-    /// Forget the name `name` under directory `parent`.
-    fn entry(&self, parent: u64, name: &str);
-    /// Forget the attributes and cached pages of `ino`.
-    fn inode(&self, ino: u64);
-}
-
-/// An invalidator for when no kernel is attached.
-pub struct NoKernel;
-impl Invalidator for NoKernel {
-    fn entry(&self, _: u64, _: &str) {}
-    fn inode(&self, _: u64) {}
-}
-
-fn node_of(e: &Entry, ino: u64, parent: u64, folder: &str) -> Node {
-    Node {
-        ino,
-        parent,
-        name: e.name.clone(),
-        folder: Some(folder.to_string()),
-        entry: Some(e.id.clone()),
-        kind: e.kind,
-        mode: e.mode,
-        size: e.size,
-        mtime_ns: e.mtime_ns,
-        version: e.version,
-        manifest: e.manifest.clone(),
-        target: e.target.clone(),
-        pending: 0,
-        linked: true,
-        holders: e.holders.clone(),
-    }
-}
-
-/// The inode for an entry id, allocated (and indexed) on first sight, so that a child can
-/// arrive before its parent.
-fn ino_for(cache: &Cache, txn: &mut Txn, folder: &str, entry: &str) -> Result<u64, CacheError> {
-    if let Some(ino) = cache.ino_of_entry(folder, entry)? {
-        return Ok(ino);
-    }
-    let ino = cache.next_id()?;
-    txn.index_entry(folder, entry, ino);
-    Ok(ino)
-}
-
-/// Applies one entry of `folder` to the cache, under the cache's lock (so a local change
-/// made meanwhile is seen, and wins while it waits to upload). Returns whether anything
-/// changed.
-pub fn apply_entry(
-    cache: &Cache,
-    inv: &dyn Invalidator,
-    folder: &FolderInfo,
-    e: &Entry,
-) -> Result<bool, CacheError> {
-    let _g = cache.lock();
-    let existing = match cache.ino_of_entry(&folder.id, &e.id)? {
-        Some(ino) => cache.node(ino)?.map(|n| (ino, n)),
-        None => None,
-    };
-    if let Some((_, n)) = &existing
-        && (n.pending > 0 || e.version <= n.version)
-    {
-        return Ok(false);
-    }
-    // An entry a step of ours tombstoned, in a batch fetched before that step.
-    if existing.is_none() && cache.departed(&folder.id, &e.id, e.deleted) {
-        return Ok(false);
-    }
-    let mut txn = Txn::default();
-    if e.deleted {
-        let Some((ino, n)) = existing else {
-            return Ok(false);
-        };
-        // Only a name that still leads here goes; one taken over since (a rename over it)
-        // stays, and the kernel keeps its entry: needless invalidations race with lookups.
-        let linked_here = cache.lookup(n.parent, &n.name)? == Some(ino);
-        if linked_here {
-            txn.unlink(n.parent, &n.name);
-        }
-        txn.unindex_entry(&folder.id, &e.id);
-        // Kept, unlinked, for descriptors still open on it; removed at their last close or
-        // at the next start.
-        let mut gone = n.clone();
-        gone.linked = false;
-        txn.put_node(&gone);
-        cache.apply(txn)?;
-        if linked_here {
-            inv.entry(n.parent, &n.name);
-        }
-        inv.inode(ino);
-        return Ok(true);
-    }
-    let parent = match &e.parent {
-        None => folder.ino,
-        Some(p) => ino_for(cache, &mut txn, &folder.id, p)?,
-    };
-    let ino = match &existing {
-        Some((ino, _)) => *ino,
-        None => ino_for(cache, &mut txn, &folder.id, &e.id)?,
-    };
-    let new = node_of(e, ino, parent, &folder.id);
-    // Names whose meaning changes; the kernel forgets them once the change is applied.
-    let mut renamed: Vec<(u64, &str)> = Vec::new();
-    if let Some(occupant) = cache.lookup(parent, &e.name)?.filter(|&o| o != ino) {
-        match cache.node(occupant)? {
-            // A local file not yet uploaded holds the name: it keeps it, and its upload will
-            // be renamed as a conflict copy. The remote entry shows up after that.
-            Some(o) if o.pending > 0 => return Ok(false),
-            // A clean node there was replaced remotely; its tombstone follows.
-            _ => {
-                txn.unlink(parent, &e.name);
-                renamed.push((parent, &e.name));
-            }
-        }
-    }
-    let moved_from = existing
-        .as_ref()
-        .map(|(_, old)| (old.parent, old.name.as_str()))
-        .filter(|&(p, n)| (p, n) != (parent, e.name.as_str()));
-    if let Some((p, n)) = moved_from
-        && cache.lookup(p, n)? == Some(ino)
-    {
-        txn.unlink(p, n);
-        renamed.push((p, n));
-    }
-    if existing.is_none() || moved_from.is_some() {
-        renamed.push((parent, &e.name));
-    }
-    txn.link(parent, &e.name, ino);
-    txn.put_node(&new);
-    cache.apply(txn)?;
-    for (p, n) in renamed {
-        inv.entry(p, n);
-    }
-    // Attributes and cached pages of the node itself.
-    inv.inode(ino);
-    Ok(true)
-}
-
-/// Makes sure a folder has its root node under the mount root, with the cloud's current
-/// content setting; returns what the cache knows.
-pub fn ensure_folder(
-    cache: &Cache,
-    id: &str,
-    name: &str,
-    device_only: bool,
-) -> Result<FolderInfo, CacheError> {
-    let _g = cache.lock();
-    if let Some(mut f) = cache.folder(id)? {
-        if f.device_only != device_only {
-            f.device_only = device_only;
-            let mut txn = Txn::default();
-            txn.put_folder(&f);
-            cache.apply(txn)?;
-        }
-        return Ok(f);
-    }
-    let ino = cache.next_id()?;
-    let mut display = name.to_string();
-    while cache.lookup(ROOT, &display)?.is_some() {
-        display = format!("{display} ({})", &id[..id.len().min(8)]);
-    }
-    let info = FolderInfo {
-        id: id.to_string(),
-        name: display.clone(),
-        ino,
-        device_only,
-    };
-    let mut txn = Txn::default();
-    txn.put_node(&Node::fixed_dir(ino, &display, Some(id.to_string())));
-    txn.link(ROOT, &display, ino);
-    txn.put_folder(&info);
-    cache.apply(txn)?;
-    Ok(info)
-}
 
 /// How long one long-poll waits on the cloud.
 const POLL_WAIT_SECS: u64 = 20;
 /// How often the list of folders is refreshed.
 const FOLDER_REFRESH: Duration = Duration::from_secs(10);
 
-/// Follows the list of folders and each folder's feed, forever.
-pub async fn run(
-    cache: Arc<Cache>,
-    client: Arc<CloudClient>,
-    inv: Arc<dyn Invalidator>,
-    counters: Arc<Counters>,
-) {
-    let mut following = HashSet::new();
-    loop {
-        match client.folders().await {
-            Ok(grants) => {
-                for g in grants {
-                    match ensure_folder(&cache, &g.folder.id, &g.folder.name, g.folder.device_only)
-                    {
-                        Ok(info) if following.contains(&info.id) => {}
-                        Ok(info) => {
-                            inv.entry(ROOT, &info.name);
-                            following.insert(info.id.clone());
-                            tokio::spawn(follow(
-                                Arc::clone(&cache),
-                                Arc::clone(&client),
-                                Arc::clone(&inv),
-                                Arc::clone(&counters),
-                                info,
-                            ));
-                        }
-                        Err(e) => tracing::error!(error = %e, "recording a folder"),
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "listing folders"),
-        }
-        tokio::time::sleep(FOLDER_REFRESH).await;
-    }
-}
-
-async fn follow(
-    cache: Arc<Cache>,
-    client: Arc<CloudClient>,
-    inv: Arc<dyn Invalidator>,
-    counters: Arc<Counters>,
-    folder: FolderInfo,
-) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match step(&cache, &client, inv.as_ref(), &counters, &folder).await {
-            Ok(()) => {
-                counters.cloud_reachable.store(true, Ordering::Relaxed);
-                backoff = Duration::from_millis(250);
-            }
-            Err(e) => {
-                if matches!(&e, StepError::Cloud(c) if c.is_unreachable()) {
-                    counters.cloud_reachable.store(false, Ordering::Relaxed);
-                }
-                tracing::debug!(folder = %folder.name, error = %e, "change feed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+/// What the feed runs on.
+#[derive(Clone)]
+pub struct Feed {
+    pub cache: Arc<Cache>,
+    pub remote: Arc<dyn Remote>,
+    pub inv: Arc<dyn Invalidator>,
+    pub counters: Arc<Counters>,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub enum FeedError {
     #[error(transparent)]
-    Cloud(#[from] crate::agent::client::ClientError),
+    Cloud(#[from] ClientError),
     #[error(transparent)]
     Cache(#[from] CacheError),
 }
 
-async fn step(
-    cache: &Cache,
-    client: &CloudClient,
-    inv: &dyn Invalidator,
-    counters: &Counters,
-    folder: &FolderInfo,
-) -> Result<(), StepError> {
-    let (entries, next) = match cache.cursor(&folder.id)? {
-        None => {
-            let mut list = client.entries(&folder.id).await?;
-            list.entries.sort_by_key(|e| e.version);
-            (list.entries, list.seq)
-        }
-        Some(since) => {
-            let batch = client.changes(&folder.id, since, POLL_WAIT_SECS).await?;
-            (batch.changes, batch.next)
-        }
-    };
-    for e in &entries {
-        let applied = apply_entry(cache, inv, folder, e)?;
-        tracing::debug!(entry = %e.id, name = %e.name, version = e.version, deleted = e.deleted, applied, "change from the feed");
-        if applied {
-            Counters::add(&counters.changes_applied, 1);
-        }
-    }
-    let mut txn = Txn::default();
-    txn.set_cursor(&folder.id, next);
-    cache.apply(txn)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::EntryKind;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
-    impl Invalidator for Recorder {
-        fn entry(&self, parent: u64, name: &str) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("entry {parent} {name}"));
-        }
-        fn inode(&self, ino: u64) {
-            self.0.lock().unwrap().push(format!("inode {ino}"));
+impl Feed {
+    /// Follows the list of folders and each folder's feed, forever.
+    pub async fn run(self) {
+        let mut following = HashSet::new();
+        loop {
+            match self.folders().await {
+                Ok(folders) => {
+                    for info in folders {
+                        if following.insert(info.id.clone()) {
+                            tokio::spawn(self.clone().follow(info));
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "listing folders"),
+            }
+            tokio::time::sleep(FOLDER_REFRESH).await;
         }
     }
 
-    fn entry(id: &str, parent: Option<&str>, name: &str, kind: EntryKind, version: u64) -> Entry {
-        Entry {
-            id: id.into(),
-            folder: "f".into(),
-            parent: parent.map(Into::into),
-            name: name.into(),
-            kind,
-            mode: 0o644,
-            size: 0,
-            mtime_ns: 0,
-            version,
-            deleted: false,
-            manifest: vec![],
-            target: None,
-            author: "other".into(),
-            in_cloud: true,
-            holders: vec![],
+    /// Reads the user's folders from the cloud and makes sure each has its root under the
+    /// mount root (telling the kernel of new ones); returns them.
+    pub async fn folders(&self) -> Result<Vec<FolderInfo>, FeedError> {
+        let mut out = Vec::new();
+        for g in self.remote.folders().await? {
+            let known = self.cache.folder(&g.folder.id)?.is_some();
+            let info = merge::ensure_folder(
+                &self.cache,
+                &g.folder.id,
+                &g.folder.name,
+                g.folder.device_only,
+            )?;
+            if !known {
+                self.inv.entry(ROOT, &info.name);
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    async fn follow(self, folder: FolderInfo) {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            match self.step(&folder, POLL_WAIT_SECS).await {
+                Ok(_) => {
+                    self.counters.cloud_reachable.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(250);
+                }
+                Err(e) => {
+                    if matches!(&e, FeedError::Cloud(c) if c.is_unreachable()) {
+                        self.counters
+                            .cloud_reachable
+                            .store(false, Ordering::Relaxed);
+                    }
+                    tracing::debug!(folder = %folder.name, error = %e, "change feed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
         }
     }
 
-    fn setup() -> (tempfile::TempDir, Cache, FolderInfo) {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path()).unwrap();
-        let f = ensure_folder(&cache, "f", "Docs", false).unwrap();
-        (dir, cache, f)
-    }
-
-    #[test]
-    fn a_child_arriving_before_its_parent_is_linked_once_the_parent_comes() {
-        let (_d, cache, f) = setup();
-        let inv = Recorder::default();
-        assert!(
-            apply_entry(
-                &cache,
-                &inv,
-                &f,
-                &entry("c", Some("p"), "child", EntryKind::File, 2)
-            )
-            .unwrap()
-        );
-        assert!(cache.lookup(f.ino, "dir").unwrap().is_none());
-        assert!(
-            apply_entry(
-                &cache,
-                &inv,
-                &f,
-                &entry("p", None, "dir", EntryKind::Dir, 3)
-            )
-            .unwrap()
-        );
-        let p = cache.lookup(f.ino, "dir").unwrap().unwrap();
-        let c = cache.lookup(p, "child").unwrap().unwrap();
-        assert_eq!(cache.node(c).unwrap().unwrap().entry.as_deref(), Some("c"));
-    }
-
-    #[test]
-    fn rename_moves_the_link_and_invalidates_both_names() {
-        let (_d, cache, f) = setup();
-        let inv = Recorder::default();
-        apply_entry(
-            &cache,
-            &inv,
-            &f,
-            &entry("a", None, "old", EntryKind::File, 1),
-        )
-        .unwrap();
-        let ino = cache.lookup(f.ino, "old").unwrap().unwrap();
-        inv.0.lock().unwrap().clear();
-        apply_entry(
-            &cache,
-            &inv,
-            &f,
-            &entry("a", None, "new", EntryKind::File, 2),
-        )
-        .unwrap();
-        assert_eq!(cache.lookup(f.ino, "new").unwrap(), Some(ino));
-        assert!(cache.lookup(f.ino, "old").unwrap().is_none());
-        let log = inv.0.lock().unwrap().clone();
-        assert!(log.contains(&format!("entry {} old", f.ino)));
-        assert!(log.contains(&format!("entry {} new", f.ino)));
-    }
-
-    #[test]
-    fn old_versions_and_deletes_apply_idempotently() {
-        let (_d, cache, f) = setup();
-        let inv = Recorder::default();
-        let e = entry("a", None, "x", EntryKind::File, 5);
-        assert!(apply_entry(&cache, &inv, &f, &e).unwrap());
-        assert!(!apply_entry(&cache, &inv, &f, &e).unwrap());
-        assert!(
-            !apply_entry(&cache, &inv, &f, &entry("a", None, "y", EntryKind::File, 4)).unwrap()
-        );
-        let mut gone = entry("a", None, "x", EntryKind::File, 6);
-        gone.deleted = true;
-        assert!(apply_entry(&cache, &inv, &f, &gone).unwrap());
-        assert!(cache.lookup(f.ino, "x").unwrap().is_none());
-        assert!(!apply_entry(&cache, &inv, &f, &gone).unwrap());
-    }
-
-    /// `mv j a` over `a` on this device: the step tombstoned `a`'s entry and the uploader
-    /// let go of it. A feed batch fetched before that step still carries `a` alive; it
-    /// must neither come back nor take its name from `j`, and its tombstone ends the note.
-    #[test]
-    fn an_entry_this_device_tombstoned_does_not_come_back_from_an_older_batch() {
-        let (_d, cache, f) = setup();
-        let inv = Recorder::default();
-        apply_entry(&cache, &inv, &f, &entry("a", None, "a", EntryKind::File, 1)).unwrap();
-        apply_entry(&cache, &inv, &f, &entry("j", None, "j", EntryKind::File, 2)).unwrap();
-        let (a, j) = (
-            cache.lookup(f.ino, "a").unwrap().unwrap(),
-            cache.lookup(f.ino, "j").unwrap().unwrap(),
-        );
-        // The rename as the uploader leaves it: `j` at `a` with the step's version, `a`'s
-        // node unlinked and its entry let go.
-        let mut t = Txn::default();
-        t.unlink(f.ino, "j");
-        t.link(f.ino, "a", j);
-        let mut jn = cache.node(j).unwrap().unwrap();
-        (jn.name, jn.version) = ("a".into(), 4);
-        t.put_node(&jn);
-        let mut an = cache.node(a).unwrap().unwrap();
-        an.linked = false;
-        t.put_node(&an);
-        t.unindex_entry("f", "a");
-        cache.apply(t).unwrap();
-        cache.note_departed("f", "a");
-
-        let stale = entry("a", None, "a", EntryKind::File, 3);
-        assert!(!apply_entry(&cache, &inv, &f, &stale).unwrap());
-        assert_eq!(
-            cache.lookup(f.ino, "a").unwrap(),
-            Some(j),
-            "j keeps the name"
-        );
-        let mut tomb = entry("a", None, "a", EntryKind::File, 4);
-        tomb.deleted = true;
-        assert!(!apply_entry(&cache, &inv, &f, &tomb).unwrap());
-        assert!(
-            !cache.departed("f", "a", false),
-            "the tombstone ended the note"
-        );
-        assert_eq!(cache.lookup(f.ino, "a").unwrap(), Some(j));
-    }
-
-    #[test]
-    fn local_changes_not_yet_uploaded_win_over_the_feed() {
-        let (_d, cache, f) = setup();
-        let inv = Recorder::default();
-        apply_entry(&cache, &inv, &f, &entry("a", None, "x", EntryKind::File, 1)).unwrap();
-        let ino = cache.lookup(f.ino, "x").unwrap().unwrap();
-        let mut n = cache.node(ino).unwrap().unwrap();
-        n.pending = 1;
-        let mut t = Txn::default();
-        t.put_node(&n);
-        cache.apply(t).unwrap();
-        assert!(
-            !apply_entry(
-                &cache,
-                &inv,
-                &f,
-                &entry("a", None, "remote", EntryKind::File, 9)
-            )
-            .unwrap()
-        );
-        assert_eq!(cache.lookup(f.ino, "x").unwrap(), Some(ino));
+    /// One round: the folder's whole listing the first time, then the changes after the
+    /// cursor (waiting up to `wait_secs` for one), applied in order; the cursor moves only
+    /// after all of them are applied. Returns how many changed the cache.
+    pub async fn step(&self, folder: &FolderInfo, wait_secs: u64) -> Result<usize, FeedError> {
+        let (entries, next) = match self.cache.cursor(&folder.id)? {
+            None => {
+                let mut list = self.remote.entries(&folder.id).await?;
+                list.entries.sort_by_key(|e| e.version);
+                (list.entries, list.seq)
+            }
+            Some(since) => {
+                let batch = self.remote.changes(&folder.id, since, wait_secs).await?;
+                (batch.changes, batch.next)
+            }
+        };
+        let mut applied = 0;
+        for e in &entries {
+            let changed = merge::apply_entry(&self.cache, self.inv.as_ref(), folder, e)?;
+            tracing::debug!(entry = %e.id, name = %e.name, version = e.version, deleted = e.deleted, changed, "change from the feed");
+            if changed {
+                applied += 1;
+                Counters::add(&self.counters.changes_applied, 1);
+            }
+        }
+        let mut txn = Txn::default();
+        txn.set_cursor(&folder.id, next);
+        self.cache.apply(txn)?;
+        Ok(applied)
     }
 }

@@ -3,7 +3,6 @@
 //! tried in order until one gives the right bytes.
 
 use crate::agent::cache::Cache;
-use crate::agent::client::CloudClient;
 use crate::agent::status::Counters;
 use crate::proto::BlockHash;
 use bytes::Bytes;
@@ -47,24 +46,6 @@ pub trait BlockSource: Send + Sync {
 
 /// Times one source is asked for one block after it gave a wrong one.
 const RETRIES_AFTER_A_LIE: usize = 3;
-
-impl BlockSource for CloudClient {
-    fn name(&self) -> &str {
-        "cloud"
-    }
-
-    fn get<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>> {
-        async move {
-            self.get_block(&want.folder, &want.hash)
-                .await
-                .map_err(|e| match e.status() {
-                    Some(_) => SourceError::Missing(e.to_string()),
-                    None => SourceError::Unreachable(e.to_string()),
-                })
-        }
-        .boxed()
-    }
-}
 
 /// Why a block could not be had from any source.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

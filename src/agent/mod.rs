@@ -4,13 +4,17 @@
 //! Inside: `fs` → `cache`/`fetch`/`journal`; `feed` → `cache`; nothing imports `fs` but
 //! `mount`, which wires the parts together.
 
+pub mod aligned;
 pub mod cache;
 pub mod client;
 pub mod feed;
 pub mod fetch;
 pub mod fs;
 pub mod home;
+pub mod invalidate;
 pub mod journal;
 pub mod mount;
 pub mod peer;
+pub mod remote;
 pub mod status;
+pub mod uploader;

@@ -92,3 +92,15 @@ pub struct AgentStatus {
     pub failed_uploads: u64,
     pub counters: CounterSnapshot,
 }
+
+/// A report older than this means the agent is not running any more.
+const STALE_MS: i64 = 5_000;
+
+impl AgentStatus {
+    /// The report at `path`, if the agent that wrote it still runs and wrote it lately.
+    pub fn read_live(path: &std::path::Path) -> Option<Self> {
+        let s: Self = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let alive = std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
+        (alive && crate::proto::now_ms() - s.written_ms < STALE_MS).then_some(s)
+    }
+}

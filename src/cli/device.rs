@@ -1,6 +1,7 @@
 //! `meshfs device list|revoke`.
 
-use crate::agent::mount::connect;
+use crate::agent::client::connect;
+use crate::agent::remote::Remote;
 use crate::cli::args::DeviceCommand;
 use anyhow::Context;
 

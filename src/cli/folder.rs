@@ -1,7 +1,8 @@
 //! `meshfs folder create|list|map|unmap|content`.
 
 use crate::agent::client::CloudClient;
-use crate::agent::mount::connect;
+use crate::agent::client::connect;
+use crate::agent::remote::Remote;
 use crate::cli::args::{FolderCommand, HomeArg};
 use crate::proto::FolderGrant;
 use crate::proto::Right;

@@ -1,13 +1,11 @@
 //! `meshfs status`: what this device is, whether its agent runs (checked, not assumed),
 //! what waits to upload, what moved, and whether the cloud answers.
 
-use crate::agent::mount::connect;
+use crate::agent::client::connect;
+use crate::agent::remote::Remote;
 use crate::agent::status::AgentStatus;
 use crate::cli::args::StatusArgs;
 use serde::Serialize;
-
-/// A report older than this means the agent is not running any more.
-const STALE_MS: i64 = 5_000;
 
 #[derive(Serialize)]
 struct Report {
@@ -19,12 +17,6 @@ struct Report {
     quota_used: Option<u64>,
     quota: Option<u64>,
     agent: Option<AgentStatus>,
-}
-
-fn live_agent(path: &std::path::Path) -> Option<AgentStatus> {
-    let s: AgentStatus = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    let alive = std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
-    (alive && crate::proto::now_ms() - s.written_ms < STALE_MS).then_some(s)
 }
 
 pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
@@ -40,7 +32,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
         cloud_error: usage.as_ref().err().map(|e| format!("{e:#}")),
         quota_used: usage.as_ref().ok().map(|u| u.bytes_stored),
         quota: usage.as_ref().ok().map(|u| u.quota),
-        agent: live_agent(&home.status_file()),
+        agent: AgentStatus::read_live(&home.status_file()),
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

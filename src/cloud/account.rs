@@ -2,9 +2,11 @@
 //! their keys, and the decision who gets which ticket (login, renewal, access tickets).
 
 use super::AppState;
-use super::auth::{Caller, Role, intersect, require_identity, require_user};
+use super::auth::{Caller, intersect, require_identity, require_user};
 use super::error::AppError;
 use crate::crypto::{keys, ticket};
+use crate::proto::ErrorCode;
+use crate::proto::Role;
 use crate::proto::claims::{AUDIENCE_CLOUD, ISSUER};
 use crate::proto::{
     AUDIENCE_RENEW, AccessRequest, Claims, Device, DeviceAssertion, Folder, FolderGrant, Jwks,
@@ -179,13 +181,13 @@ pub async fn login(
     }
     if !valid_display_name(&req.device_name) {
         return Err(AppError::invalid(
-            "bad_name",
+            ErrorCode::BadName,
             "a device name is 1 to 255 bytes without '/' or control characters",
         ));
     }
     keys::parse_public_pem(&req.device_key).map_err(|_| {
         AppError::invalid(
-            "bad_key",
+            ErrorCode::BadKey,
             "device_key must be the device's RSA public key as SPKI PEM",
         )
     })?;

@@ -22,42 +22,6 @@ const TICKET_CACHE_ENTRIES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 /// A device's `last_seen_ms` is written at most this often.
 const LAST_SEEN_EVERY_MS: i64 = 60_000;
 
-/// A user's standing on a folder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Owner,
-    Writer,
-    Reader,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Owner => "owner",
-            Self::Writer => "writer",
-            Self::Reader => "reader",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "owner" => Some(Self::Owner),
-            "writer" => Some(Self::Writer),
-            "reader" => Some(Self::Reader),
-            _ => None,
-        }
-    }
-
-    /// The rights the role holds on its folder.
-    pub fn rights(self) -> &'static [Right] {
-        match self {
-            Self::Owner => &[Right::Read, Right::Write, Right::Admin],
-            Self::Writer => &[Right::Read, Right::Write],
-            Self::Reader => &[Right::Read],
-        }
-    }
-}
-
 /// The rights of `wanted` that `held` covers, sorted and without repeats.
 pub fn intersect(wanted: &[Right], held: &[Right]) -> Vec<Right> {
     let mut out: Vec<Right> = wanted
@@ -217,6 +181,7 @@ pub fn require_user(caller: &Caller, user: &str, right: Right) -> Result<(), App
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Role;
 
     #[test]
     fn granted_rights_are_the_intersection_of_wanted_and_held() {

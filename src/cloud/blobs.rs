@@ -10,6 +10,7 @@ use super::AppState;
 use super::auth::{Caller, require};
 use super::error::AppError;
 use super::store::BlockRecord;
+use crate::proto::ErrorCode;
 use crate::proto::{BLOCK_SIZE, BlockHash, Right};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -87,7 +88,7 @@ impl Blobs {
 fn parse_hash(s: &str) -> Result<BlockHash, AppError> {
     s.parse().map_err(|_| {
         AppError::invalid(
-            "bad_hash",
+            ErrorCode::BadHash,
             "a block is named by its hash: \"b3-\" and 64 hex digits (BLAKE3), or 64 hex digits (SHA-256)",
         )
     })
@@ -129,7 +130,7 @@ pub async fn put_block(
     }
     if !hash.matches(&data) {
         return Err(AppError::invalid(
-            "hash_mismatch",
+            ErrorCode::HashMismatch,
             "the body does not hash to the hash in the URL; nothing was stored, send the block again",
         ));
     }

@@ -3,7 +3,7 @@
 //! Internal faults are logged here and reach the client only as `internal`.
 
 use crate::crypto::ticket::TicketError;
-use crate::proto::ApiError;
+use crate::proto::{ApiError, ErrorCode};
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -31,9 +31,9 @@ pub enum AppError {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("invalid request ({code}): {message}")]
-    Invalid { code: &'static str, message: String },
+    Invalid { code: ErrorCode, message: String },
     #[error("conflict ({code}): {message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("precondition required")]
@@ -48,14 +48,14 @@ pub enum AppError {
 }
 
 impl AppError {
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Invalid {
             code,
             message: message.into(),
         }
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Conflict {
             code,
             message: message.into(),
@@ -70,31 +70,27 @@ impl AppError {
     /// The status and body a refusal is answered with.
     pub fn api(&self) -> (StatusCode, ApiError) {
         let (status, error, message) = self.parts();
-        (
-            status,
-            ApiError {
-                error: error.into(),
-                message,
-            },
-        )
+        (status, ApiError { error, message })
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, String) {
+    fn parts(&self) -> (StatusCode, ErrorCode, String) {
         use StatusCode as S;
         match self {
             Self::NoTicket => (
                 S::UNAUTHORIZED,
-                "no_ticket",
+                ErrorCode::NoTicket,
                 "send a ticket as `Authorization: Bearer <ticket>`; log in to get one".into(),
             ),
             Self::Ticket(e) => {
                 let code = match e {
-                    TicketError::Expired => "ticket_expired",
-                    TicketError::NotYetValid => "ticket_not_yet_valid",
-                    TicketError::BadSignature => "bad_signature",
-                    TicketError::UnknownKid => "unknown_kid",
-                    TicketError::WrongAudience => "wrong_audience",
-                    TicketError::Malformed | TicketError::UnsupportedAlg => "malformed_ticket",
+                    TicketError::Expired => ErrorCode::TicketExpired,
+                    TicketError::NotYetValid => ErrorCode::TicketNotYetValid,
+                    TicketError::BadSignature => ErrorCode::BadSignature,
+                    TicketError::UnknownKid => ErrorCode::UnknownKid,
+                    TicketError::WrongAudience => ErrorCode::WrongAudience,
+                    TicketError::Malformed | TicketError::UnsupportedAlg => {
+                        ErrorCode::MalformedTicket
+                    }
                 };
                 (
                     S::UNAUTHORIZED,
@@ -104,62 +100,62 @@ impl AppError {
             }
             Self::UnknownDevice => (
                 S::UNAUTHORIZED,
-                "unknown_device",
+                ErrorCode::UnknownDevice,
                 "the ticket names a device this account does not have; log in again".into(),
             ),
             Self::DeviceRevoked => (
                 S::UNAUTHORIZED,
-                "device_revoked",
+                ErrorCode::DeviceRevoked,
                 "this device was revoked; log in again to claim it anew".into(),
             ),
             Self::BadCredentials => (
                 S::UNAUTHORIZED,
-                "bad_credentials",
+                ErrorCode::BadCredentials,
                 "unknown user or wrong password; check both and try again".into(),
             ),
             Self::BadAssertion => (
                 S::UNAUTHORIZED,
-                "bad_assertion",
+                ErrorCode::BadAssertion,
                 "the renewal assertion was not signed by this device's key or is out of its \
                  time window; check the clock or log in again"
                     .into(),
             ),
             Self::Forbidden => (
                 S::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "the ticket does not grant this operation on this resource; ask for an access \
                  ticket that covers it"
                     .into(),
             ),
             Self::DeviceOnly => (
                 S::FORBIDDEN,
-                "device_only",
+                ErrorCode::DeviceOnly,
                 "this folder is device-only: its content never goes to the cloud; send blocks \
                  peer to peer"
                     .into(),
             ),
             Self::NotFound(what) => (
                 S::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 format!("no such {what}; check the id"),
             ),
-            Self::Invalid { code, message } => (S::BAD_REQUEST, code, message.clone()),
-            Self::Conflict { code, message } => (S::CONFLICT, code, message.clone()),
+            Self::Invalid { code, message } => (S::BAD_REQUEST, *code, message.clone()),
+            Self::Conflict { code, message } => (S::CONFLICT, *code, message.clone()),
             Self::PreconditionFailed => (
                 S::PRECONDITION_FAILED,
-                "precondition_failed",
+                ErrorCode::PreconditionFailed,
                 "the resource changed since you read it (or already exists); fetch it again \
                  and retry"
                     .into(),
             ),
             Self::PreconditionRequired => (
                 S::PRECONDITION_REQUIRED,
-                "precondition_required",
+                ErrorCode::PreconditionRequired,
                 "send `If-Match: \"<version>\"` to update or `If-None-Match: *` to create".into(),
             ),
             Self::TooLarge => (
                 S::PAYLOAD_TOO_LARGE,
-                "too_large",
+                ErrorCode::TooLarge,
                 format!(
                     "a block holds at most {} bytes; split the data",
                     crate::proto::BLOCK_SIZE
@@ -167,13 +163,13 @@ impl AppError {
             ),
             Self::QuotaExceeded => (
                 S::INSUFFICIENT_STORAGE,
-                "quota_exceeded",
+                ErrorCode::QuotaExceeded,
                 "the cloud storage quota is full; keep the content peer to peer or free space"
                     .into(),
             ),
             Self::Internal(_) => (
                 S::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "the cloud failed to handle this request; retry later".into(),
             ),
         }
@@ -186,12 +182,12 @@ impl IntoResponse for AppError {
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         } else {
-            tracing::debug!(%status, code, "request refused");
+            tracing::debug!(%status, %code, "request refused");
         }
         (
             status,
             Json(ApiError {
-                error: code.into(),
+                error: code,
                 message,
             }),
         )
@@ -208,7 +204,7 @@ impl From<TicketError> for AppError {
 impl From<JsonRejection> for AppError {
     fn from(e: JsonRejection) -> Self {
         Self::invalid(
-            "bad_body",
+            ErrorCode::BadBody,
             format!("the JSON body is not valid: {}", e.body_text()),
         )
     }
@@ -217,7 +213,7 @@ impl From<JsonRejection> for AppError {
 impl From<QueryRejection> for AppError {
     fn from(e: QueryRejection) -> Self {
         Self::invalid(
-            "bad_query",
+            ErrorCode::BadQuery,
             format!("the query string is not valid: {}", e.body_text()),
         )
     }
@@ -228,7 +224,10 @@ impl From<BytesRejection> for AppError {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::TooLarge
         } else {
-            Self::invalid("bad_body", "the body could not be read; send it again")
+            Self::invalid(
+                ErrorCode::BadBody,
+                "the body could not be read; send it again",
+            )
         }
     }
 }
@@ -248,15 +247,15 @@ mod tests {
         let (status, code, message) =
             AppError::internal("store", "disk /secret/path failed").parts();
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(code, "internal");
+        assert_eq!(code, ErrorCode::Internal);
         assert!(!message.contains("secret"));
     }
 
     #[test]
     fn ticket_errors_map_to_401_with_precise_codes() {
         let (s, c, _) = AppError::from(TicketError::Expired).parts();
-        assert_eq!((s, c), (StatusCode::UNAUTHORIZED, "ticket_expired"));
+        assert_eq!((s, c), (StatusCode::UNAUTHORIZED, ErrorCode::TicketExpired));
         let (s, c, _) = AppError::from(TicketError::UnknownKid).parts();
-        assert_eq!((s, c), (StatusCode::UNAUTHORIZED, "unknown_kid"));
+        assert_eq!((s, c), (StatusCode::UNAUTHORIZED, ErrorCode::UnknownKid));
     }
 }

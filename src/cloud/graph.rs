@@ -3,9 +3,11 @@
 
 use super::AppState;
 use super::account::{grants, valid_display_name};
-use super::auth::{Caller, Role, require, require_identity, require_self};
+use super::auth::{Caller, require, require_identity, require_self};
 use super::error::AppError;
 use super::store::Change;
+use crate::proto::ErrorCode;
+use crate::proto::Role;
 use crate::proto::{
     BLOCK_SIZE, BlockHash, ChangeBatch, Entry, EntryKind, EntryList, EntryPut, Folder, FolderGrant,
     FolderPatch, JournalMark, NewFolder, Right, Step, StepRefusal, StepResults, Steps, now_ms,
@@ -40,7 +42,7 @@ fn condition(headers: &HeaderMap) -> Result<Condition, AppError> {
         return match v.to_str().map(str::trim) {
             Ok("*") => Ok(Condition::Create),
             _ => Err(AppError::invalid(
-                "bad_precondition",
+                ErrorCode::BadPrecondition,
                 "If-None-Match must be `*`",
             )),
         };
@@ -54,7 +56,7 @@ fn condition(headers: &HeaderMap) -> Result<Condition, AppError> {
         .map(Condition::Version)
         .ok_or_else(|| {
             AppError::invalid(
-                "bad_precondition",
+                ErrorCode::BadPrecondition,
                 "If-Match must be a quoted version, e.g. \"42\"",
             )
         })
@@ -73,7 +75,7 @@ fn with_etag(status: StatusCode, entry: Entry) -> Result<Response, AppError> {
 fn check_name(name: &str) -> Result<(), AppError> {
     if name.is_empty() || name.len() > 255 || name.contains('/') || name == "." || name == ".." {
         return Err(AppError::invalid(
-            "bad_name",
+            ErrorCode::BadName,
             "an entry name is 1 to 255 bytes, without '/', and not \".\" or \"..\"",
         ));
     }
@@ -90,7 +92,7 @@ fn check_id(id: &str) -> Result<(), AppError> {
         Ok(())
     } else {
         Err(AppError::invalid(
-            "bad_id",
+            ErrorCode::BadId,
             "an entry id is 1 to 128 of A-Z a-z 0-9 - _ (a UUID fits)",
         ))
     }
@@ -107,14 +109,14 @@ fn check_content(put: &EntryPut) -> Result<(), AppError> {
                 .any(|b| b.len == 0 || u64::from(b.len) > BLOCK_SIZE)
             {
                 return Err(AppError::invalid(
-                    "bad_manifest",
+                    ErrorCode::BadManifest,
                     format!("every block of a manifest holds 1 to {BLOCK_SIZE} bytes"),
                 ));
             }
             let sum: u64 = put.manifest.iter().map(|b| u64::from(b.len)).sum();
             if sum != put.size {
                 return Err(AppError::invalid(
-                    "size_mismatch",
+                    ErrorCode::SizeMismatch,
                     format!(
                         "size is {} but the manifest's blocks hold {sum} bytes",
                         put.size
@@ -125,7 +127,7 @@ fn check_content(put: &EntryPut) -> Result<(), AppError> {
         EntryKind::Dir => {
             if !put.manifest.is_empty() || put.target.is_some() {
                 return Err(AppError::invalid(
-                    "bad_manifest",
+                    ErrorCode::BadManifest,
                     "a directory has no manifest or target",
                 ));
             }
@@ -133,14 +135,17 @@ fn check_content(put: &EntryPut) -> Result<(), AppError> {
         EntryKind::Symlink => {
             if put.target.as_deref().is_none_or(str::is_empty) || !put.manifest.is_empty() {
                 return Err(AppError::invalid(
-                    "bad_target",
+                    ErrorCode::BadTarget,
                     "a symlink needs a target and no manifest",
                 ));
             }
         }
     }
     if i64::try_from(put.size).is_err() {
-        return Err(AppError::invalid("size_mismatch", "size is too large"));
+        return Err(AppError::invalid(
+            ErrorCode::SizeMismatch,
+            "size is too large",
+        ));
     }
     Ok(())
 }
@@ -171,7 +176,7 @@ pub async fn create_folder(
     let Json(req) = body?;
     if !valid_display_name(&req.name) {
         return Err(AppError::invalid(
-            "bad_name",
+            ErrorCode::BadName,
             "a folder name is 1 to 255 bytes without '/' or control characters",
         ));
     }
@@ -184,7 +189,7 @@ pub async fn create_folder(
     };
     if !state.store.insert_folder(&folder).await? {
         return Err(AppError::conflict(
-            "name_taken",
+            ErrorCode::NameTaken,
             "you already have a folder of that name; pick another",
         ));
     }
@@ -280,7 +285,7 @@ async fn check_parent(
     };
     let no_parent = || {
         AppError::conflict(
-            "no_parent",
+            ErrorCode::NoParent,
             "the parent is not a live directory of this folder",
         )
     };
@@ -295,7 +300,7 @@ async fn check_parent(
         };
         if a.id == id {
             return Err(AppError::conflict(
-                "cycle",
+                ErrorCode::Cycle,
                 "a directory cannot move below itself",
             ));
         }
@@ -305,7 +310,7 @@ async fn check_parent(
         };
     }
     Err(AppError::conflict(
-        "cycle",
+        ErrorCode::Cycle,
         "the directory chain is too deep",
     ))
 }
@@ -357,7 +362,7 @@ async fn put_step(
         .filter(|c| !c.deleted && c.kind != put.kind)
     {
         return Err(AppError::conflict(
-            "kind_mismatch",
+            ErrorCode::KindMismatch,
             format!(
                 "this entry is a {:?}; delete it first to make another kind",
                 cur.kind
@@ -373,7 +378,7 @@ async fn put_step(
     };
     if missing > 0 && !put.device_held {
         return Err(AppError::conflict(
-            "missing_blocks",
+            ErrorCode::MissingBlocks,
             format!(
                 "{missing} block(s) of the manifest are not in the cloud; upload them first, or say the device holds them (device_held)"
             ),
@@ -385,19 +390,19 @@ async fn put_step(
     if let Some(mut other) = occupant.filter(|o| o.id != id) {
         if !put.replace {
             return Err(AppError::conflict(
-                "name_taken",
+                ErrorCode::NameTaken,
                 "another entry has this name here; pick another name or set replace",
             ));
         }
         if (other.kind == EntryKind::Dir) != (put.kind == EntryKind::Dir) {
             return Err(AppError::conflict(
-                "kind_mismatch",
+                ErrorCode::KindMismatch,
                 "a directory and a non-directory cannot replace each other",
             ));
         }
         if other.kind == EntryKind::Dir && change.has_live_children(folder, &other.id).await? {
             return Err(AppError::conflict(
-                "not_empty",
+                ErrorCode::NotEmpty,
                 "the directory to replace is not empty",
             ));
         }
@@ -468,7 +473,7 @@ async fn delete_step(
     check_condition(Condition::Version(v), Some(&entry))?;
     if entry.kind == EntryKind::Dir && change.has_live_children(folder, id).await? {
         return Err(AppError::conflict(
-            "not_empty",
+            ErrorCode::NotEmpty,
             "the directory is not empty; delete its entries first",
         ));
     }
@@ -498,7 +503,7 @@ pub async fn apply_steps(
     let Json(Steps { journal, steps }) = body?;
     if steps.len() > MAX_STEPS {
         return Err(AppError::invalid(
-            "too_many_steps",
+            ErrorCode::TooManySteps,
             format!("send at most {MAX_STEPS} steps at once"),
         ));
     }
@@ -586,7 +591,7 @@ fn check_journal(journal: Option<&str>, steps: &[Step]) -> Result<(), AppError> 
             || !j.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     {
         return Err(AppError::invalid(
-            "bad_journal",
+            ErrorCode::BadJournal,
             "a journal id is 1 to 64 letters, digits and dashes",
         ));
     }
@@ -595,7 +600,7 @@ fn check_journal(journal: Option<&str>, steps: &[Step]) -> Result<(), AppError> 
         .any(|s| s.seq().is_some_and(|n| i64::try_from(n).is_err()))
     {
         return Err(AppError::invalid(
-            "bad_seq",
+            ErrorCode::BadSeq,
             "a step's seq must be below 2^63",
         ));
     }

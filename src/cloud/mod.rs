@@ -13,7 +13,7 @@ pub(crate) mod peers;
 pub(crate) mod store;
 pub(crate) mod tls;
 
-pub use auth::Role;
+pub use crate::proto::Role;
 
 use crate::proto::BLOCK_SIZE;
 use auth::TicketCache;

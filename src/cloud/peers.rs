@@ -7,6 +7,7 @@ use super::account::{new_claims, sign_one};
 use super::auth::{Caller, require, require_identity, require_self, require_user};
 use super::error::AppError;
 use crate::crypto::keys;
+use crate::proto::ErrorCode;
 use crate::proto::claims::{AUDIENCE_PEER, PeerDevice, PeerGrant};
 use crate::proto::{
     CloudInfo, Device, MAX_ADDRS, PeerRequest, Presence, Right, TicketKind, TicketResponse,
@@ -34,7 +35,7 @@ pub async fn presence(
     let Json(p) = body?;
     if p.addrs.len() > MAX_ADDRS || !p.addrs.iter().all(|a| dialable(a)) {
         return Err(AppError::invalid(
-            "bad_addrs",
+            ErrorCode::BadAddrs,
             format!(
                 "give at most {MAX_ADDRS} addresses, each ip:port with a port and a unicast IP that can be dialed"
             ),

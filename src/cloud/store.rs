@@ -7,8 +7,7 @@
 //! `busy_timeout` applies and no snapshot goes stale), in PostgreSQL it row-locks the
 //! sequence, so versions are handed out and committed in one order either way.
 
-use super::auth::Role;
-use crate::proto::{BlockHash, BlockRef, Device, Entry, EntryKind, Folder};
+use crate::proto::{BlockHash, BlockRef, Device, Entry, EntryKind, Folder, Role};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,

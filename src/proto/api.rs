@@ -40,10 +40,124 @@ use serde::{Deserialize, Serialize};
 /// A refusal or failure, as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiError {
-    /// Machine-readable reason, e.g. `ticket_expired`, `forbidden`, `precondition_failed`.
-    pub error: String,
+    /// Machine-readable reason: what a client decides on.
+    pub error: ErrorCode,
     /// What went wrong and what to do next, for a person.
     pub message: String,
+}
+
+/// Every reason the cloud gives for a refusal, spelled on the wire in snake case
+/// (`ticket_expired`). The cloud answers with these and the agent decides on them; no side
+/// compares the spelling itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // Tickets and who is calling (401).
+    NoTicket,
+    TicketExpired,
+    TicketNotYetValid,
+    BadSignature,
+    UnknownKid,
+    WrongAudience,
+    MalformedTicket,
+    UnknownDevice,
+    DeviceRevoked,
+    BadCredentials,
+    BadAssertion,
+    // What a ticket grants (403).
+    Forbidden,
+    DeviceOnly,
+    NotFound,
+    // Conditions (412, 428).
+    PreconditionFailed,
+    PreconditionRequired,
+    // Bad requests (400, 413).
+    BadBody,
+    BadQuery,
+    BadName,
+    BadId,
+    BadKey,
+    BadAddrs,
+    BadManifest,
+    BadTarget,
+    BadHash,
+    BadPrecondition,
+    BadJournal,
+    BadSeq,
+    SizeMismatch,
+    HashMismatch,
+    TooManySteps,
+    TooLarge,
+    // The tree's rules (409).
+    NameTaken,
+    KindMismatch,
+    NotEmpty,
+    NoParent,
+    Cycle,
+    MissingBlocks,
+    // Storage (507).
+    QuotaExceeded,
+    // A fault of the cloud itself (500).
+    Internal,
+    /// A reason this version does not know (from a newer cloud), or a body that was not
+    /// an [`ApiError`] at all.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as spelled on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoTicket => "no_ticket",
+            Self::TicketExpired => "ticket_expired",
+            Self::TicketNotYetValid => "ticket_not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKid => "unknown_kid",
+            Self::WrongAudience => "wrong_audience",
+            Self::MalformedTicket => "malformed_ticket",
+            Self::UnknownDevice => "unknown_device",
+            Self::DeviceRevoked => "device_revoked",
+            Self::BadCredentials => "bad_credentials",
+            Self::BadAssertion => "bad_assertion",
+            Self::Forbidden => "forbidden",
+            Self::DeviceOnly => "device_only",
+            Self::NotFound => "not_found",
+            Self::PreconditionFailed => "precondition_failed",
+            Self::PreconditionRequired => "precondition_required",
+            Self::BadBody => "bad_body",
+            Self::BadQuery => "bad_query",
+            Self::BadName => "bad_name",
+            Self::BadId => "bad_id",
+            Self::BadKey => "bad_key",
+            Self::BadAddrs => "bad_addrs",
+            Self::BadManifest => "bad_manifest",
+            Self::BadTarget => "bad_target",
+            Self::BadHash => "bad_hash",
+            Self::BadPrecondition => "bad_precondition",
+            Self::BadJournal => "bad_journal",
+            Self::BadSeq => "bad_seq",
+            Self::SizeMismatch => "size_mismatch",
+            Self::HashMismatch => "hash_mismatch",
+            Self::TooManySteps => "too_many_steps",
+            Self::TooLarge => "too_large",
+            Self::NameTaken => "name_taken",
+            Self::KindMismatch => "kind_mismatch",
+            Self::NotEmpty => "not_empty",
+            Self::NoParent => "no_parent",
+            Self::Cycle => "cycle",
+            Self::MissingBlocks => "missing_blocks",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::Internal => "internal",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -372,4 +486,64 @@ pub struct ChangeBatch {
 pub struct Usage {
     pub bytes_stored: u64,
     pub quota: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire spelling is serde's, and `as_str` says the same; an unknown code parses.
+    #[test]
+    fn error_codes_are_spelled_on_the_wire_as_as_str_says() {
+        let all = [
+            ErrorCode::NoTicket,
+            ErrorCode::TicketExpired,
+            ErrorCode::TicketNotYetValid,
+            ErrorCode::BadSignature,
+            ErrorCode::UnknownKid,
+            ErrorCode::WrongAudience,
+            ErrorCode::MalformedTicket,
+            ErrorCode::UnknownDevice,
+            ErrorCode::DeviceRevoked,
+            ErrorCode::BadCredentials,
+            ErrorCode::BadAssertion,
+            ErrorCode::Forbidden,
+            ErrorCode::DeviceOnly,
+            ErrorCode::NotFound,
+            ErrorCode::PreconditionFailed,
+            ErrorCode::PreconditionRequired,
+            ErrorCode::BadBody,
+            ErrorCode::BadQuery,
+            ErrorCode::BadName,
+            ErrorCode::BadId,
+            ErrorCode::BadKey,
+            ErrorCode::BadAddrs,
+            ErrorCode::BadManifest,
+            ErrorCode::BadTarget,
+            ErrorCode::BadHash,
+            ErrorCode::BadPrecondition,
+            ErrorCode::BadJournal,
+            ErrorCode::BadSeq,
+            ErrorCode::SizeMismatch,
+            ErrorCode::HashMismatch,
+            ErrorCode::TooManySteps,
+            ErrorCode::TooLarge,
+            ErrorCode::NameTaken,
+            ErrorCode::KindMismatch,
+            ErrorCode::NotEmpty,
+            ErrorCode::NoParent,
+            ErrorCode::Cycle,
+            ErrorCode::MissingBlocks,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::Internal,
+        ];
+        for code in all {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        let later: ApiError =
+            serde_json::from_str(r#"{"error":"a_code_from_later","message":"m"}"#).unwrap();
+        assert_eq!(later.error, ErrorCode::Unknown);
+    }
 }

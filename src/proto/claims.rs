@@ -31,6 +31,43 @@ pub enum Right {
     Admin,
 }
 
+/// A user's standing on a Mesh Folder: its owner, or a member who writes or only reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Writer,
+    Reader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Writer => "writer",
+            Self::Reader => "reader",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Self::Owner),
+            "writer" => Some(Self::Writer),
+            "reader" => Some(Self::Reader),
+            _ => None,
+        }
+    }
+
+    /// The rights the role holds on its folder.
+    pub fn rights(self) -> &'static [Right] {
+        match self {
+            Self::Owner => &[Right::Read, Right::Write, Right::Admin],
+            Self::Writer => &[Right::Read, Right::Write],
+            Self::Reader => &[Right::Read],
+        }
+    }
+}
+
 /// A ticket's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {

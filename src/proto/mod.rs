@@ -7,7 +7,7 @@ pub mod hash;
 pub mod relay;
 
 pub use api::*;
-pub use claims::{Claims, Right, TicketKind};
+pub use claims::{Claims, Right, Role, TicketKind};
 pub use hash::BlockHash;
 
 /// Size of a content block. Files are cut into fixed blocks of this size; the last may be

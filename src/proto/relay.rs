@@ -4,9 +4,12 @@
 //! ticket for the pair), or *accepts* an announced rendezvous. Each message is a JSON object
 //! after a 4-byte big-endian length; after both sides got `Ready`, the connection carries
 //! only the peers' encrypted channel.
+//!
+//! This module only encodes and decodes ([`encode`], [`body_len`], [`decode`]); each side
+//! reads and writes its own sockets.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Longest relay message: two tickets and some JSON.
 pub const MAX_MESSAGE: usize = 32 * 1024;
@@ -49,73 +52,74 @@ pub enum Reply {
     Refused { message: String },
 }
 
-/// Why a relay message could not be read or written.
+/// Why a relay message could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayWireError {
-    #[error("relay connection")]
-    Io(#[from] std::io::Error),
     #[error("a relay message of {0} bytes is over the limit")]
     TooLarge(usize),
     #[error("a relay message is not valid")]
     Malformed(#[from] serde_json::Error),
 }
 
-/// Writes one message.
-pub async fn write<W, T>(w: &mut W, msg: &T) -> Result<(), RelayWireError>
-where
-    W: AsyncWrite + Unpin,
-    T: Serialize,
-{
+/// Length of the header before each message: its body's length, 4 bytes big-endian.
+pub const HEADER_LEN: usize = 4;
+
+/// One message as it goes on the wire: the header, then the JSON body.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, RelayWireError> {
     let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_MESSAGE {
-        return Err(RelayWireError::TooLarge(body.len()));
-    }
-    // Bounded by MAX_MESSAGE above.
-    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    w.write_all(&body).await?;
-    w.flush().await?;
-    Ok(())
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_MESSAGE)
+        .ok_or(RelayWireError::TooLarge(body.len()))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
 }
 
-/// Reads one message.
-pub async fn read<R, T>(r: &mut R) -> Result<T, RelayWireError>
-where
-    R: AsyncRead + Unpin,
-    T: for<'de> Deserialize<'de>,
-{
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+/// The length of the body a header announces, refused over [`MAX_MESSAGE`] before anything
+/// is read.
+pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, RelayWireError> {
+    let len = u32::from_be_bytes(header) as usize;
     if len > MAX_MESSAGE {
         return Err(RelayWireError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    Ok(serde_json::from_slice(&body)?)
+    Ok(len)
+}
+
+/// A message's body.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, RelayWireError> {
+    Ok(serde_json::from_slice(body)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn messages_round_trip_and_oversized_ones_are_refused() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+    #[test]
+    fn messages_round_trip_and_oversized_ones_are_refused() {
         let hello = Hello::Dial {
             identity: "i".into(),
             ticket: "t".into(),
         };
-        write(&mut a, &hello).await.unwrap();
-        assert_eq!(read::<_, Hello>(&mut b).await.unwrap(), hello);
+        let bytes = encode(&hello).unwrap();
+        let header: [u8; HEADER_LEN] = bytes[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(body_len(header).unwrap(), bytes.len() - HEADER_LEN);
+        assert_eq!(decode::<Hello>(&bytes[HEADER_LEN..]).unwrap(), hello);
 
-        a.write_all(&(MAX_MESSAGE as u32 + 1).to_be_bytes())
-            .await
-            .unwrap();
         assert!(matches!(
-            read::<_, Hello>(&mut b).await,
+            body_len((MAX_MESSAGE as u32 + 1).to_be_bytes()),
             Err(RelayWireError::TooLarge(_))
         ));
-        write(&mut a, &Reply::Ready).await.unwrap();
-        assert!(read::<_, Hello>(&mut b).await.is_err(), "not a hello");
+        let huge = Hello::Dial {
+            identity: "i".repeat(MAX_MESSAGE),
+            ticket: "t".into(),
+        };
+        assert!(matches!(encode(&huge), Err(RelayWireError::TooLarge(_))));
+        let ready = encode(&Reply::Ready).unwrap();
+        assert!(
+            decode::<Hello>(&ready[HEADER_LEN..]).is_err(),
+            "not a hello"
+        );
     }
 }

@@ -9,9 +9,9 @@
 //! listener's connection, the listener *accepts* it on a new connection, and the relay
 //! copies bytes between the two until either side closes. The wire is `proto::relay`.
 
-use crate::crypto::ticket::KeySet;
+use crate::crypto::ticket::{KeySet, TicketError};
 use crate::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER};
-use crate::proto::relay::{self as wire, Hello, Reply};
+use crate::proto::relay::{self as wire, Hello, RelayWireError, Reply};
 use crate::proto::{TicketKind, now_secs};
 use futures::FutureExt;
 use std::collections::HashMap;
@@ -44,6 +44,56 @@ pub struct RelayConfig {
     /// Test mode: every byte forwarded is also written to a file per direction in this
     /// directory, so a test can show what the relay saw.
     pub transcript: Option<PathBuf>,
+}
+
+/// Why the relay refused a device; the text is what the device is told.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("send a relay hello first")]
+    NoHello,
+    #[error("identity ticket refused: {0}")]
+    Identity(TicketError),
+    #[error("an identity ticket is needed")]
+    NotIdentity,
+    #[error("peer ticket refused: {0}")]
+    PeerTicket(TicketError),
+    #[error("the peer ticket is not the caller's ticket for a pair")]
+    NotAPair,
+    #[error("the device is not reachable through this relay")]
+    NotListening,
+    #[error("the device did not accept in time")]
+    NotAccepted,
+    #[error("this rendezvous is for another device")]
+    OtherDevice,
+    #[error("no such rendezvous (expired?)")]
+    NoRendezvous,
+}
+
+/// Why a relay message could not be read or written.
+#[derive(Debug, thiserror::Error)]
+enum MessageError {
+    #[error("relay connection")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] RelayWireError),
+}
+
+/// Reads one message.
+async fn read<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    r: &mut R,
+) -> Result<T, MessageError> {
+    let mut header = [0u8; wire::HEADER_LEN];
+    r.read_exact(&mut header).await?;
+    let mut body = vec![0u8; wire::body_len(header)?];
+    r.read_exact(&mut body).await?;
+    Ok(wire::decode(&body)?)
+}
+
+/// Writes one message and flushes it.
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, msg: &Reply) -> Result<(), MessageError> {
+    w.write_all(&wire::encode(msg)?).await?;
+    w.flush().await?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,10 +186,9 @@ pub async fn start(
 
 impl Relay {
     async fn serve(self: Arc<Self>, mut tls: Stream, from: SocketAddr) {
-        let hello = match tokio::time::timeout(HELLO_WITHIN, wire::read::<_, Hello>(&mut tls)).await
-        {
+        let hello = match tokio::time::timeout(HELLO_WITHIN, read::<_, Hello>(&mut tls)).await {
             Ok(Ok(h)) => h,
-            _ => return refuse(tls, "send a relay hello first").await,
+            _ => return refuse(tls, &Refusal::NoHello).await,
         };
         let outcome = match hello {
             Hello::Listen { identity } => match self.identity(&identity) {
@@ -167,31 +216,31 @@ impl Relay {
     }
 
     /// The device an identity ticket names, if the ticket is valid.
-    fn identity(&self, token: &str) -> Result<String, String> {
+    fn identity(&self, token: &str) -> Result<String, Refusal> {
         let t = self
             .keys
             .check(token, AUDIENCE_CLOUD, now_secs())
-            .map_err(|e| format!("identity ticket refused: {e}"))?;
+            .map_err(Refusal::Identity)?;
         if t.claims().kind != TicketKind::Identity {
-            return Err("an identity ticket is needed".into());
+            return Err(Refusal::NotIdentity);
         }
         Ok(t.claims().dev.clone())
     }
 
     /// Who dials whom: the identity's device must hold a peer ticket naming the other.
-    fn dial_target(&self, identity: &str, ticket: &str) -> Result<(String, String), String> {
+    fn dial_target(&self, identity: &str, ticket: &str) -> Result<(String, String), Refusal> {
         let caller = self.identity(identity)?;
         let t = self
             .keys
             .check(ticket, AUDIENCE_PEER, now_secs())
-            .map_err(|e| format!("peer ticket refused: {e}"))?;
+            .map_err(Refusal::PeerTicket)?;
         let c = t.claims();
         let callee = c
             .peer
             .as_ref()
             .filter(|_| c.kind == TicketKind::Peer && c.dev == caller)
             .and_then(|g| g.other(&caller))
-            .ok_or("the peer ticket is not the caller's ticket for a pair")?;
+            .ok_or(Refusal::NotAPair)?;
         Ok((caller, callee.id.clone()))
     }
 
@@ -202,14 +251,14 @@ impl Relay {
             .unwrap_or_else(|p| p.into_inner())
             .insert(device.clone(), tx.clone());
         tracing::debug!(%device, "device listening at the relay");
-        let mut ok = wire::write(&mut tls, &Reply::Ready).await.is_ok();
+        let mut ok = write(&mut tls, &Reply::Ready).await.is_ok();
         let mut probe = [0u8; 1];
         while ok {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     // A listener that stops reading is dropped, not waited on.
                     Some(m) => {
-                        let wrote = tokio::time::timeout(HELLO_WITHIN, wire::write(&mut tls, &m));
+                        let wrote = tokio::time::timeout(HELLO_WITHIN, write(&mut tls, &m));
                         ok = matches!(wrote.await, Ok(Ok(())));
                     }
                     None => ok = false,
@@ -232,7 +281,7 @@ impl Relay {
             .get(&callee)
             .cloned();
         let Some(announce) = announce else {
-            return refuse(tls, "the device is not reachable through this relay").await;
+            return refuse(tls, &Refusal::NotListening).await;
         };
         let rendezvous = uuid::Uuid::new_v4().to_string();
         let (join, joined) = oneshot::channel();
@@ -263,10 +312,10 @@ impl Relay {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rendezvous);
         let Some(mut other) = other else {
-            return refuse(tls, "the device did not accept in time").await;
+            return refuse(tls, &Refusal::NotAccepted).await;
         };
-        if wire::write(&mut tls, &Reply::Ready).await.is_err()
-            || wire::write(&mut other, &Reply::Ready).await.is_err()
+        if write(&mut tls, &Reply::Ready).await.is_err()
+            || write(&mut other, &Reply::Ready).await.is_err()
         {
             return;
         }
@@ -295,22 +344,22 @@ impl Relay {
     }
 
     /// The dialer waiting on `rendezvous`, if `identity` is the device it waits for.
-    fn accept(&self, identity: &str, rendezvous: &str) -> Result<oneshot::Sender<Stream>, String> {
+    fn accept(&self, identity: &str, rendezvous: &str) -> Result<oneshot::Sender<Stream>, Refusal> {
         let device = self.identity(identity)?;
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         match waiting.get(rendezvous) {
             Some(w) if w.callee == device => waiting
                 .remove(rendezvous)
                 .map(|w| w.join)
-                .ok_or_else(|| "no such rendezvous".into()),
-            Some(_) => Err("this rendezvous is for another device".into()),
-            None => Err("no such rendezvous (expired?)".into()),
+                .ok_or(Refusal::NoRendezvous),
+            Some(_) => Err(Refusal::OtherDevice),
+            None => Err(Refusal::NoRendezvous),
         }
     }
 }
 
-async fn refuse(mut tls: Stream, why: &str) {
-    let _ = wire::write(
+async fn refuse(mut tls: Stream, why: &Refusal) {
+    let _ = write(
         &mut tls,
         &Reply::Refused {
             message: why.to_string(),

@@ -3,35 +3,20 @@
 //! stored are also kept in memory (`hot`).
 //!
 //! Blocks fetched from elsewhere are written past the page cache (`O_DIRECT`) when their
-//! buffer allows it (see [`aligned_buffer`]): the kernel already caches what the mount
+//! buffer allows it (see `agent::aligned`): the kernel already caches what the mount
 //! served, and a second cached copy of every fetched byte cost the reader more CPU than
 //! checking the block's hash. This device's own blocks, which are fsynced and uploaded
 //! next, go through the page cache.
 
 use super::{Cache, CacheError};
+use crate::agent::aligned::DIRECT_ALIGN;
 use crate::proto::BlockHash;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use lru::LruCache;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-
-/// Where and how much a direct write's buffer, length and file offset must be aligned to
-/// (the page size; disks ask for their logical block size, at most this).
-pub const DIRECT_ALIGN: usize = 4096;
-
-/// An empty buffer with room for `capacity` bytes, placed so that byte `at` of what is put
-/// in it falls on a [`DIRECT_ALIGN`] boundary: a frame read into it carries its block where
-/// [`Cache::store_block`] can write it to the disk directly.
-pub fn aligned_buffer(capacity: usize, at: usize) -> BytesMut {
-    let mut buf = BytesMut::with_capacity(capacity + DIRECT_ALIGN);
-    let misalign = (buf.as_ptr() as usize + at) % DIRECT_ALIGN;
-    let pad = (DIRECT_ALIGN - misalign) % DIRECT_ALIGN;
-    buf.resize(pad, 0);
-    buf.advance(pad);
-    buf
-}
 
 /// Whether `data` can be written with `O_DIRECT` from where it lies, as a whole file.
 fn suits_direct_io(data: &[u8]) -> bool {
@@ -220,6 +205,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::aligned::aligned_buffer;
 
     #[test]
     fn a_damaged_block_file_is_not_served() {
@@ -233,24 +219,6 @@ mod tests {
         std::fs::write(c.block_path(&h), b"evil").unwrap();
         assert_eq!(c.load_block(&h).unwrap(), None);
         assert!(!c.has_block(&h));
-    }
-
-    #[test]
-    fn an_aligned_buffer_puts_the_chosen_byte_on_a_boundary() {
-        for at in [
-            0,
-            1,
-            10,
-            DIRECT_ALIGN - 1,
-            DIRECT_ALIGN,
-            3 * DIRECT_ALIGN + 7,
-        ] {
-            let mut buf = aligned_buffer(1 << 16, at);
-            assert!(buf.is_empty());
-            assert!(buf.capacity() >= 1 << 16, "room for what was asked");
-            buf.resize(at + 1, 0);
-            assert_eq!(buf[at..].as_ptr() as usize % DIRECT_ALIGN, 0, "at {at}");
-        }
     }
 
     /// A fetched block in an aligned buffer goes to the disk directly; a short block, an

@@ -16,8 +16,7 @@
 //! Blocks live as files named by their hash under `blocks/` (see `cache/blocks.rs`).
 
 mod blocks;
-
-pub use blocks::{DIRECT_ALIGN, aligned_buffer};
+pub mod merge;
 
 use crate::proto::{BlockHash, BlockRef, EntryKind};
 use bytes::Bytes;
@@ -562,6 +561,17 @@ impl Cache {
     /// The staging file of a node being written.
     pub fn staging_path(&self, ino: u64) -> PathBuf {
         self.staging.join(ino.to_string())
+    }
+
+    /// Removes every staging file: at start, they hold writes never committed by a close
+    /// or fsync, so nothing was promised about them (committed versions live in blocks and
+    /// the journal).
+    pub fn clear_staging(&self) {
+        if let Ok(rd) = std::fs::read_dir(&self.staging) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 

@@ -5,9 +5,9 @@
 //! thread never blocks on the network (fuser's `TokioAdapter` habit).
 
 use crate::agent::cache::Node;
-use crate::agent::feed::Invalidator;
 use crate::agent::fs::ops::Opened;
 use crate::agent::fs::{Fs, FsError};
+use crate::agent::invalidate::Invalidator;
 use crate::proto::{BLOCK_SIZE, EntryKind};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,

@@ -5,7 +5,7 @@
 //! answers [`FrameWriter::send_all`] and [`FrameReader::open_ahead`] work on several at
 //! once on the blocking pool, still in order.
 
-use crate::agent::cache::aligned_buffer;
+use crate::agent::aligned::aligned_buffer;
 use crate::crypto::channel::handshake::message;
 use crate::crypto::channel::record::FrameOpen;
 use crate::crypto::channel::record::{HEADER_LEN, TAG_LEN};
@@ -218,7 +218,7 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Places byte `at` of every frame's plaintext on a
-    /// [`DIRECT_ALIGN`](crate::agent::cache::DIRECT_ALIGN) boundary in memory, so that a
+    /// [`DIRECT_ALIGN`](crate::agent::aligned::DIRECT_ALIGN) boundary in memory, so that a
     /// block carried from there can be written straight to the disk.
     pub fn align_payload_at(&mut self, at: usize) {
         self.payload_at = at;

@@ -2,10 +2,10 @@
 //! id and waits for its own answer, which a reader task hands over as it arrives. The first
 //! error of the channel ends the link and fails every request still waiting on it.
 
+use super::BlockRequest;
 use super::BoxIo;
 use super::channel::{Channel, FrameReader};
 use super::wire::{self, ANSWER_HEADER, Message, Status};
-use crate::agent::fetch::Want;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -83,7 +83,7 @@ impl Link {
     }
 
     /// Asks the peer for one block and waits for the answer.
-    pub async fn get(&self, want: &Want) -> Result<Bytes, LinkError> {
+    pub async fn get(&self, want: &BlockRequest) -> Result<Bytes, LinkError> {
         if !self.is_alive() {
             return Err(LinkError::Closed("closed earlier".into()));
         }

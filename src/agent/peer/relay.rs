@@ -3,13 +3,16 @@
 //! ciphertext only.
 
 use super::net::PeerNet;
-use super::{BoxIo, server};
-use crate::proto::relay::{self as wire, Hello, Reply};
+use super::server;
+use super::{BoxIo, Me};
+use crate::agent::remote::ClientError;
+use crate::crypto::channel::ChannelError;
+use crate::proto::relay::{self as wire, Hello, RelayWireError, Reply};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::BufReader;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -36,14 +39,24 @@ pub enum RelayClientError {
     },
     #[error("the relay took too long")]
     Timeout,
-    #[error("getting a ticket: {0}")]
-    Ticket(String),
+    #[error("getting a ticket")]
+    Ticket(#[source] Box<ClientError>),
+    #[error("the relay connection")]
+    Io(#[from] std::io::Error),
     #[error(transparent)]
-    Wire(#[from] wire::RelayWireError),
+    Wire(#[from] RelayWireError),
     #[error("the relay refused: {0}")]
     Refused(String),
     #[error("the relay answered out of turn")]
     Unexpected,
+    #[error("the relayed channel")]
+    Channel(#[from] ChannelError),
+}
+
+impl From<ClientError> for RelayClientError {
+    fn from(e: ClientError) -> Self {
+        Self::Ticket(Box::new(e))
+    }
 }
 
 fn connector(ca_pem: &[u8]) -> Result<TlsConnector, RelayClientError> {
@@ -64,27 +77,43 @@ fn connector(ca_pem: &[u8]) -> Result<TlsConnector, RelayClientError> {
 /// [`wire::SOCKET_READ`] bytes.
 type RelayStream = TlsStream<BufReader<TcpStream>>;
 
-/// A TLS connection to the relay, its first message sent.
-async fn open(net: &PeerNet, hello: &Hello) -> Result<RelayStream, RelayClientError> {
-    let addr = net.relay_addr().ok_or(RelayClientError::NoRelay)?;
+/// Reads one message from the relay.
+async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Reply, RelayClientError> {
+    let mut header = [0u8; wire::HEADER_LEN];
+    r.read_exact(&mut header).await?;
+    let mut body = vec![0u8; wire::body_len(header)?];
+    r.read_exact(&mut body).await?;
+    Ok(wire::decode(&body)?)
+}
+
+/// Writes one message to the relay and flushes it.
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, msg: &Hello) -> Result<(), RelayClientError> {
+    w.write_all(&wire::encode(msg)?).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// A TLS connection to the relay at `addr`, its first message sent.
+async fn open(addr: &str, ca_pem: &[u8], hello: &Hello) -> Result<RelayStream, RelayClientError> {
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-        .ok_or_else(|| RelayClientError::BadAddr(addr.clone()))?;
-    let name = ServerName::try_from(host).map_err(|_| RelayClientError::BadAddr(addr.clone()))?;
+        .ok_or_else(|| RelayClientError::BadAddr(addr.to_string()))?;
+    let name =
+        ServerName::try_from(host).map_err(|_| RelayClientError::BadAddr(addr.to_string()))?;
     let connect = async {
-        let tcp = TcpStream::connect(&addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| RelayClientError::Connect {
-                addr: addr.clone(),
+                addr: addr.to_string(),
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        connector(net.ca_pem())?
+        connector(ca_pem)?
             .connect(name, BufReader::with_capacity(wire::SOCKET_READ, tcp))
             .await
             .map_err(|source| RelayClientError::Connect {
-                addr: addr.clone(),
+                addr: addr.to_string(),
                 source,
             })
     };
@@ -94,20 +123,13 @@ async fn open(net: &PeerNet, hello: &Hello) -> Result<RelayStream, RelayClientEr
     tls.get_mut()
         .1
         .set_buffer_limit(Some(wire::TLS_SEND_BUFFER));
-    wire::write(&mut tls, hello).await?;
+    write(&mut tls, hello).await?;
     Ok(tls)
-}
-
-async fn identity(net: &PeerNet) -> Result<String, RelayClientError> {
-    net.client
-        .identity()
-        .await
-        .map_err(|e| RelayClientError::Ticket(e.to_string()))
 }
 
 /// Waits for the relay's `Ready`.
 async fn ready(tls: &mut RelayStream) -> Result<(), RelayClientError> {
-    let reply = tokio::time::timeout(PAIR_TIMEOUT, wire::read::<_, Reply>(tls))
+    let reply = tokio::time::timeout(PAIR_TIMEOUT, read(tls))
         .await
         .map_err(|_| RelayClientError::Timeout)??;
     match reply {
@@ -117,23 +139,15 @@ async fn ready(tls: &mut RelayStream) -> Result<(), RelayClientError> {
     }
 }
 
-/// A stream to `device` through the relay, on which the caller runs the channel handshake;
-/// `scope` is the folder the pair's ticket goes through, for another user's device.
+/// A stream to the other device of peer ticket `ticket` through the relay at `relay`, on
+/// which the caller runs the channel handshake.
 pub async fn dial(
-    net: &PeerNet,
-    device: &str,
-    scope: Option<&str>,
+    relay: &str,
+    ca_pem: &[u8],
+    identity: String,
+    ticket: String,
 ) -> Result<BoxIo, RelayClientError> {
-    let ticket = net
-        .client
-        .peer_ticket(device, scope)
-        .await
-        .map_err(|e| RelayClientError::Ticket(e.to_string()))?;
-    let hello = Hello::Dial {
-        identity: identity(net).await?,
-        ticket,
-    };
-    let mut tls = open(net, &hello).await?;
+    let mut tls = open(relay, ca_pem, &Hello::Dial { identity, ticket }).await?;
     ready(&mut tls).await?;
     Ok(Box::new(tls))
 }
@@ -143,9 +157,9 @@ pub async fn dial(
 pub async fn stay_reachable(net: Arc<PeerNet>) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        if net.relay_addr().is_some() {
+        if let Some(relay) = net.directory.relay() {
             let started = std::time::Instant::now();
-            if let Err(e) = listen_once(&net).await {
+            if let Err(e) = listen_once(&net, &relay).await {
                 tracing::debug!(error = %e, "relay listening connection ended");
             }
             // A connection that held a while was fine: the next try comes quickly.
@@ -158,19 +172,19 @@ pub async fn stay_reachable(net: Arc<PeerNet>) {
     }
 }
 
-async fn listen_once(net: &Arc<PeerNet>) -> Result<(), RelayClientError> {
+async fn listen_once(net: &Arc<PeerNet>, relay: &str) -> Result<(), RelayClientError> {
     let hello = Hello::Listen {
-        identity: identity(net).await?,
+        identity: net.remote.identity().await?,
     };
-    let mut tls = open(net, &hello).await?;
+    let mut tls = open(relay, &net.me.ca_pem, &hello).await?;
     ready(&mut tls).await?;
     tracing::debug!("reachable through the relay");
     loop {
-        match wire::read::<_, Reply>(&mut tls).await? {
+        match read(&mut tls).await? {
             Reply::Incoming { rendezvous, from } => {
-                let net = Arc::clone(net);
+                let (net, relay) = (Arc::clone(net), relay.to_string());
                 tokio::spawn(async move {
-                    if let Err(e) = accept(&net, rendezvous).await {
+                    if let Err(e) = accept(&net, &relay, rendezvous).await {
                         tracing::info!(peer = %from, error = %e, "relayed peer connection failed");
                     }
                 });
@@ -181,14 +195,18 @@ async fn listen_once(net: &Arc<PeerNet>) -> Result<(), RelayClientError> {
     }
 }
 
-async fn accept(net: &Arc<PeerNet>, rendezvous: String) -> Result<(), String> {
+async fn accept(
+    net: &Arc<PeerNet>,
+    relay: &str,
+    rendezvous: String,
+) -> Result<(), RelayClientError> {
     let hello = Hello::Accept {
-        identity: identity(net).await.map_err(|e| e.to_string())?,
+        identity: net.remote.identity().await?,
         rendezvous,
     };
-    let mut tls = open(net, &hello).await.map_err(|e| e.to_string())?;
-    ready(&mut tls).await.map_err(|e| e.to_string())?;
-    server::accept_and_serve(Arc::clone(net), Box::new(tls), true)
-        .await
-        .map_err(|e| e.to_string())
+    let me: &Me = &net.me;
+    let mut tls = open(relay, &me.ca_pem, &hello).await?;
+    ready(&mut tls).await?;
+    server::accept_and_serve(Arc::clone(net), Box::new(tls), true).await?;
+    Ok(())
 }

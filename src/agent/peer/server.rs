@@ -1,13 +1,12 @@
 //! The answering side: every accepted channel (direct, or handed over by the relay) is
-//! served by one task that reads requests and answers each from the local block store, a
-//! bounded number at a time. A peer paired through one Mesh Folder gets only blocks of files
-//! in that folder; anything malformed ends the channel.
+//! served by one task that reads requests and answers each from the [`Shelf`], a bounded
+//! number at a time. A peer paired through one Mesh Folder gets only blocks of files in
+//! that folder; anything malformed ends the channel.
 
 use super::channel::{Channel, frame_buffer};
 use super::net::PeerNet;
 use super::wire::{self, Message, Status};
-use super::{BoxIo, Io};
-use crate::agent::fetch::Want;
+use super::{BlockRequest, BoxIo, Io, Shelf};
 use crate::agent::status::Counters;
 use crate::crypto::channel::{ChannelError, TicketRefusal};
 use crate::proto::BLOCK_SIZE;
@@ -63,7 +62,7 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
     // A peer of another user may only have what its ticket's folder holds; a ticket with
     // no folder is for the user's own devices only (the cloud signs no other).
     let scope = match &channel.peer.folder {
-        None if channel.peer.user != net.client.user() => {
+        None if channel.peer.user != net.remote.user() => {
             return Err(ChannelError::BadTicket(TicketRefusal::NotForMe));
         }
         folder => folder.clone(),
@@ -104,22 +103,22 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
 }
 
 /// The answer to one request, as a frame buffer.
-async fn answer(net: &PeerNet, scope: Option<&str>, id: u32, want: &Want) -> Vec<u8> {
+async fn answer(net: &PeerNet, scope: Option<&str>, id: u32, want: &BlockRequest) -> Vec<u8> {
     let refusal = |status| {
         let mut frame = frame_buffer(wire::ANSWER_HEADER);
         frame.extend_from_slice(&wire::answer_header(id, status));
         frame
     };
-    if !allowed(net, scope, want) {
+    if !allowed(net.shelf.as_ref(), scope, want) {
         return refusal(Status::Forbidden);
     }
-    let cache = Arc::clone(&net.cache);
+    let shelf = Arc::clone(&net.shelf);
     let hash = want.hash;
     let block = tokio::task::spawn_blocking(move || {
         let mut frame = frame_buffer(wire::ANSWER_HEADER + BLOCK_SIZE as usize);
         frame.extend_from_slice(&wire::answer_header(id, Status::Found));
         let header = frame.len();
-        cache
+        shelf
             .append_block(&hash, &mut frame)
             .ok()
             .filter(|&found| found)
@@ -140,18 +139,9 @@ async fn answer(net: &PeerNet, scope: Option<&str>, id: u32, want: &Want) -> Vec
 
 /// Whether a peer limited to `scope` may have the block: only a block of a file of that
 /// folder, as this device knows the file. A peer of the same user may have any block.
-fn allowed(net: &PeerNet, scope: Option<&str>, want: &Want) -> bool {
-    let Some(folder) = scope else {
-        return true;
-    };
-    if want.folder != folder {
-        return false;
+fn allowed(shelf: &dyn Shelf, scope: Option<&str>, want: &BlockRequest) -> bool {
+    match scope {
+        None => true,
+        Some(folder) => want.folder == folder && shelf.in_file(folder, &want.entry, &want.hash),
     }
-    let node = net
-        .cache
-        .ino_of_entry(folder, &want.entry)
-        .ok()
-        .flatten()
-        .and_then(|ino| net.cache.node(ino).ok().flatten());
-    node.is_some_and(|n| n.manifest.iter().any(|b| b.hash == want.hash))
 }

@@ -10,7 +10,7 @@
 //!
 //! The asker checks each block against its hash; a wrong one drops the peer.
 
-use crate::agent::fetch::Want;
+use super::BlockRequest;
 use crate::proto::BlockHash;
 use crate::proto::hash::WIRE_LEN;
 
@@ -31,7 +31,7 @@ pub enum Status {
 /// A message of the block protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    Request { id: u32, want: Want },
+    Request { id: u32, want: BlockRequest },
     Answer { id: u32, status: Status },
 }
 
@@ -41,7 +41,7 @@ pub enum Message {
 pub struct Malformed;
 
 /// `Q id folder entry hash`.
-pub fn request(id: u32, want: &Want) -> Result<Vec<u8>, Malformed> {
+pub fn request(id: u32, want: &BlockRequest) -> Result<Vec<u8>, Malformed> {
     let (folder, entry) = (want.folder.as_bytes(), want.entry.as_bytes());
     if folder.len() > MAX_ID || entry.len() > MAX_ID {
         return Err(Malformed);
@@ -114,11 +114,10 @@ pub fn parse(frame: &[u8]) -> Result<Message, Malformed> {
             }
             Ok(Message::Request {
                 id,
-                want: Want {
+                want: BlockRequest {
                     folder,
                     entry,
                     hash,
-                    holders: Vec::new(),
                 },
             })
         }
@@ -142,12 +141,11 @@ pub fn parse(frame: &[u8]) -> Result<Message, Malformed> {
 mod tests {
     use super::*;
 
-    fn want() -> Want {
-        Want {
+    fn want() -> BlockRequest {
+        BlockRequest {
             folder: "f-1".into(),
             entry: "e-2".into(),
             hash: BlockHash::of(b"x"),
-            holders: Vec::new(),
         }
     }
 

@@ -103,7 +103,7 @@ async fn handshake_then_64_mib_of_frames_both_ways_arrive_intact() {
             let got = frames.recv().await.unwrap().plaintext().await.unwrap();
             assert!(got == frame(1, n, LEN), "frame {n} differs");
             let addr = got[6..].as_ptr() as usize;
-            assert_eq!(addr % crate::agent::cache::DIRECT_ALIGN, 0, "frame {n}");
+            assert_eq!(addr % crate::agent::aligned::DIRECT_ALIGN, 0, "frame {n}");
         }
         assert!(frames.recv().await.is_none(), "a clean end");
     });

@@ -1,36 +1,52 @@
 //! `meshfs mount`: wires the cache, the cloud client, the fetcher, the journal's uploader,
-//! the change feed and the FUSE session together, and takes them down cleanly on SIGINT or
-//! SIGTERM.
+//! the change feed, the peers and the FUSE session together, and takes them down cleanly on
+//! SIGINT or SIGTERM.
+
+mod watchdog;
+
+pub use watchdog::watch;
 
 use crate::agent::cache::{Cache, CacheError};
-use crate::agent::client::{ClientError, CloudClient};
-use crate::agent::feed::{self, Invalidator};
-use crate::agent::fetch::{BlockSource, Fetcher};
+use crate::agent::client::{self, ConnectError};
+use crate::agent::feed::Feed;
+use crate::agent::fetch::{BlockSource, Fetcher, SourceError, Want};
 use crate::agent::fs::Fs;
 use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator, Owner};
 use crate::agent::fs::readahead;
-use crate::agent::home::{Home, HomeError};
-use crate::agent::journal::{Journal, KnownInCloud, Uploader};
+use crate::agent::home::Home;
+use crate::agent::invalidate::Invalidator;
+use crate::agent::journal::Journal;
 use crate::agent::peer::keylog::KeyLogFile;
-use crate::agent::peer::{PeerConfig, PeerNet};
+use crate::agent::peer::{BlockRequest, PeerConfig, PeerMiss, PeerNet, Shelf};
+use crate::agent::remote::{CloudBlocks, Remote};
 use crate::agent::status::{AgentStatus, Counters};
+use crate::agent::uploader::{KnownInCloud, Uploader};
 use crate::crypto::channel::KeyLog;
-use crate::crypto::keys::{self, KeyError};
+use crate::crypto::keys;
+use crate::proto::BlockHash;
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use watchdog::{clear_stale_mount, start_watchdog, unmount};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error(transparent)]
-    Home(#[from] HomeError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    #[error(transparent)]
-    Client(#[from] ClientError),
+    Connect(#[from] ConnectError),
+    #[error(
+        "this device home is already mounted at {mountpoint} by meshfs process {pid}; stop it first (kill {pid}, or `systemctl --user stop meshfs-mount`)"
+    )]
+    AlreadyMounted { pid: u32, mountpoint: String },
+    #[error(
+        "another process holds this device's cache ({path}); is another `meshfs mount` of this home starting? Stop it first"
+    )]
+    CacheBusy { path: PathBuf },
     #[error("opening the local cache")]
     Cache(#[from] CacheError),
     #[error("mount point {path}")]
@@ -58,33 +74,12 @@ pub enum MountError {
 /// Everything the agent runs on, built from a device home.
 pub struct Agent {
     pub cache: Arc<Cache>,
-    pub client: Arc<CloudClient>,
+    pub remote: Arc<dyn Remote>,
     pub counters: Arc<Counters>,
     pub journal: Arc<Journal>,
     pub fs: Arc<Fs>,
     /// The user's other devices, when peer to peer is on.
     pub peers: Option<Arc<PeerNet>>,
-}
-
-fn read_ca(home: &Home) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(home.ca()).map_err(|source| ClientError::Ca {
-        path: home.ca().display().to_string(),
-        source,
-    })
-}
-
-/// A client of the cloud for the device logged in at `home`.
-pub fn connect(home: &Home) -> Result<CloudClient, MountError> {
-    let dev = home.load_device()?;
-    let key = keys::load_private(&home.key())?;
-    let http = crate::agent::client::https(&read_ca(home)?)?;
-    Ok(CloudClient::new(
-        http,
-        &dev.cloud,
-        &dev.user,
-        &dev.device_id,
-        key,
-    ))
 }
 
 /// How the agent takes part in peer to peer transfers.
@@ -110,34 +105,94 @@ fn open_key_log(path: &Path) -> Result<Arc<dyn KeyLog>, MountError> {
     Ok(Arc::new(log))
 }
 
+/// The peers as a source of blocks, asked before the cloud.
+struct PeerBlocks(Arc<PeerNet>);
+
+impl BlockSource for PeerBlocks {
+    fn name(&self) -> &str {
+        "peers"
+    }
+
+    fn get<'a>(&'a self, want: &'a Want) -> BoxFuture<'a, Result<Bytes, SourceError>> {
+        async move {
+            let req = BlockRequest {
+                folder: want.folder.clone(),
+                entry: want.entry.clone(),
+                hash: want.hash,
+            };
+            self.0.get(&req, &want.holders).await.map_err(|e| match e {
+                PeerMiss::Unreachable => SourceError::Unreachable(e.to_string()),
+                PeerMiss::Missing => SourceError::Missing(e.to_string()),
+            })
+        }
+        .boxed()
+    }
+
+    fn rejected(&self, want: &Want) -> bool {
+        self.0.reject(&want.hash)
+    }
+}
+
+/// The block store as what this device serves its peers.
+struct CacheShelf(Arc<Cache>);
+
+impl Shelf for CacheShelf {
+    fn in_file(&self, folder: &str, entry: &str, hash: &BlockHash) -> bool {
+        let node = self
+            .0
+            .ino_of_entry(folder, entry)
+            .ok()
+            .flatten()
+            .and_then(|ino| self.0.shared_node(ino).ok().flatten());
+        node.is_some_and(|n| n.manifest.iter().any(|b| b.hash == *hash))
+    }
+
+    fn append_block(&self, hash: &BlockHash, out: &mut Vec<u8>) -> std::io::Result<bool> {
+        self.0
+            .append_block(hash, out)
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// Opens the device's cache, refusing clearly when another agent serves this home.
+fn open_cache(home: &Home) -> Result<Cache, MountError> {
+    if let Some(s) = AgentStatus::read_live(&home.status_file()) {
+        return Err(MountError::AlreadyMounted {
+            pid: s.pid,
+            mountpoint: s.mountpoint,
+        });
+    }
+    let dir = home.cache_dir();
+    match Cache::open(&dir) {
+        Err(CacheError::Db(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(MountError::CacheBusy { path: dir })
+        }
+        other => Ok(other?),
+    }
+}
+
 /// Opens the device's state and connects the parts (no mount yet). With `peers`, blocks
 /// are asked of the user's other devices before the cloud.
 pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, MountError> {
-    let client = Arc::new(connect(home)?);
-    let cache_dir = home.cache_dir();
-    let cache = Arc::new(Cache::open(&cache_dir)?);
+    let remote: Arc<dyn Remote> = Arc::new(client::connect(home)?);
+    let cache = Arc::new(open_cache(home)?);
     // Staging files hold writes never committed by a close or fsync: nothing was promised
     // about them, and committed versions live in blocks and the journal.
-    let staging = cache_dir.join("staging");
-    if let Ok(rd) = std::fs::read_dir(&staging) {
-        for e in rd.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    cache.clear_staging();
     let swept = cache.sweep_unlinked()?;
     tracing::debug!(swept, "removed unlinked nodes left from the last run");
     let counters = Arc::new(Counters::default());
     let peers = match peers {
         Some(opts) => Some(PeerNet::new(
-            Arc::clone(&cache),
+            Arc::clone(&remote),
+            keys::load_private(&home.key()).map_err(ConnectError::from)?,
+            Arc::new(CacheShelf(Arc::clone(&cache))),
             Arc::clone(&counters),
-            Arc::clone(&client),
-            keys::load_private(&home.key())?,
             PeerConfig {
                 listen: opts.listen,
                 advertise: opts.advertise,
                 jwks_file: home.root().join("jwks.json"),
-                ca_pem: read_ca(home)?,
+                ca_pem: client::read_ca(home).map_err(ConnectError::from)?,
                 key_log: match &opts.key_log {
                     Some(path) => Some(open_key_log(path)?),
                     None => None,
@@ -148,9 +203,9 @@ pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, Moun
     };
     let mut sources: Vec<Arc<dyn BlockSource>> = Vec::new();
     if let Some(p) = &peers {
-        sources.push(p.clone());
+        sources.push(Arc::new(PeerBlocks(Arc::clone(p))));
     }
-    sources.push(client.clone());
+    sources.push(Arc::new(CloudBlocks(Arc::clone(&remote))));
     let fetcher = Arc::new(Fetcher::new(
         Arc::clone(&cache),
         sources,
@@ -165,7 +220,7 @@ pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, Moun
     ));
     Ok(Agent {
         cache,
-        client,
+        remote,
         counters,
         journal,
         fs,
@@ -173,81 +228,6 @@ pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, Moun
     })
 }
 
-/// How long the watchdog waits for a dead agent's mount to answer ENOTCONN.
-const WATCH_FOR_DEATH: Duration = Duration::from_secs(10);
-
-/// Starts `meshfs watch-mount`, which outlives this process: when it dies (its end of the
-/// pipe closes), the watchdog clears a mount it left. fusermount's own auto-unmount does
-/// this too, but it first opens the mount point to check it, and when that open races the
-/// dying agent's last descriptor of /dev/fuse it fails and gives up, leaving a dead mount
-/// (about one SIGKILL in eight here). The returned pipe end must live as long as the agent.
-fn start_watchdog(mountpoint: &Path) -> Option<std::process::ChildStdin> {
-    let exe = std::env::current_exe().ok()?;
-    let spawned = std::process::Command::new(exe)
-        .arg("watch-mount")
-        .arg(mountpoint)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn();
-    match spawned {
-        Ok(mut child) => child.stdin.take(),
-        Err(e) => {
-            tracing::warn!(error = %e, "starting the mount watchdog; a crash may leave a dead mount");
-            None
-        }
-    }
-}
-
-/// The watchdog's work (`meshfs watch-mount`): waits until stdin closes, which happens when
-/// the agent ends however it ends, then clears the mount if it is a dead one. An agent that
-/// stopped cleanly has unmounted already, and a live mount (a new agent's) is left alone.
-pub async fn watch(mountpoint: &Path) {
-    use tokio::io::AsyncReadExt;
-    let mut sink = [0u8; 64];
-    let mut stdin = tokio::io::stdin();
-    while stdin.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-    let deadline = tokio::time::Instant::now() + WATCH_FOR_DEATH;
-    while tokio::time::Instant::now() < deadline && is_meshfs_mount(mountpoint) {
-        if is_dead(mountpoint) {
-            tracing::warn!(path = %mountpoint.display(), "the agent died; clearing its mount");
-            unmount(mountpoint);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Whether a meshfs filesystem is mounted at `path`.
-fn is_meshfs_mount(path: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    mounts.lines().any(|l| {
-        let mut f = l.split(' ');
-        let (point, kind) = (f.nth(1), f.next());
-        // /proc/self/mounts escapes spaces and a few others as octal.
-        let point = point.map(|p| p.replace("\\040", " ").replace("\\011", "\t"));
-        point.as_deref() == Some(&*want) && kind == Some("fuse.meshfs")
-    })
-}
-
-/// Whether the filesystem at `path` has no agent behind it any more.
-fn is_dead(path: &Path) -> bool {
-    // Opening the directory always reaches the filesystem; a stat may be answered from
-    // attributes the kernel still caches for the dead mount.
-    std::fs::read_dir(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
-}
-
-/// A mount point left behind by an agent that died answers ENOTCONN; clear it.
-fn clear_stale_mount(mountpoint: &Path) {
-    if is_dead(mountpoint) {
-        tracing::warn!(path = %mountpoint.display(), "clearing a stale mount left by an agent that died");
-        unmount(mountpoint);
-    }
-}
-
-/// Mounts the mesh at `mountpoint` and serves it until SIGINT or SIGTERM.
 pub async fn run(
     home: &Home,
     mountpoint: &Path,
@@ -308,7 +288,7 @@ pub async fn run(
         tokio::spawn(
             Uploader {
                 cache: Arc::clone(&agent.cache),
-                client: Arc::clone(&agent.client),
+                remote: Arc::clone(&agent.remote),
                 journal: Arc::clone(&agent.journal),
                 inv: Arc::clone(&inv),
                 counters: Arc::clone(&agent.counters),
@@ -316,12 +296,15 @@ pub async fn run(
             }
             .run(),
         ),
-        tokio::spawn(feed::run(
-            Arc::clone(&agent.cache),
-            Arc::clone(&agent.client),
-            inv,
-            Arc::clone(&agent.counters),
-        )),
+        tokio::spawn(
+            Feed {
+                cache: Arc::clone(&agent.cache),
+                remote: Arc::clone(&agent.remote),
+                inv,
+                counters: Arc::clone(&agent.counters),
+            }
+            .run(),
+        ),
         tokio::spawn(report_status(
             home.status_file(),
             mountpoint.display().to_string(),
@@ -356,21 +339,6 @@ pub async fn run(
     agent.cache.flush().await?;
     let _ = std::fs::remove_file(home.status_file());
     Ok(())
-}
-
-/// Detaches the mount (`fusermount3 -u -z`, or `umount -l` where fusermount3 is absent).
-fn unmount(mountpoint: &Path) {
-    let done = std::process::Command::new("fusermount3")
-        .args(["-u", "-z"])
-        .arg(mountpoint)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !done {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(mountpoint)
-            .status();
-    }
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,698 @@
+//! The uploader: plays the journal to the cloud, oldest record first, as many as it can in
+//! one `steps` request. A record is removed only after the cloud accepted it, so a crash at
+//! any point replays safely: every step names this journal and its record number, and the
+//! cloud applies a record once, reporting one it already has as done. Replaying the last
+//! records sent before a crash thus never puts an old state back over a newer one.
+
+use crate::agent::cache::{Cache, CacheError, JournalOp, Node, Snapshot, Txn, merge};
+use crate::agent::invalidate::Invalidator;
+use crate::agent::journal::Journal;
+use crate::agent::remote::{ClientError, Remote};
+use crate::agent::status::Counters;
+use crate::proto::{BlockHash, BlockRef, Entry, EntryKind, EntryPut, ErrorCode, Step, Steps};
+use bytes::Bytes;
+use futures::StreamExt;
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// What became of one record.
+#[derive(Debug)]
+enum Outcome {
+    /// Done: the cloud has it (or it no longer applies).
+    Done,
+    /// Play it again after a pause (offline, server trouble).
+    Wait(ClientError),
+    /// Play it again soon: the node now carries what the next try needs (the cloud's
+    /// version after a rebase, a new entry id, a conflict copy's name).
+    Again,
+    /// The cloud refused it for good; it is set aside and logged.
+    Refused(String),
+}
+
+/// What a round of [`Uploader::play`] left to do.
+#[derive(Debug)]
+enum Played {
+    /// Every record it took is done.
+    Done,
+    /// The front record must be played again soon.
+    Again,
+    /// The front record waits for the cloud.
+    Wait(ClientError),
+}
+
+/// Why the blocks of a version could not all be offered to the cloud.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error(transparent)]
+    Cloud(#[from] ClientError),
+    #[error("block {0} of a committed version is not in the local store")]
+    LocalBlockMissing(BlockHash),
+}
+
+pub struct Uploader {
+    pub cache: Arc<Cache>,
+    pub remote: Arc<dyn Remote>,
+    pub journal: Arc<Journal>,
+    pub inv: Arc<dyn Invalidator>,
+    pub counters: Arc<Counters>,
+    pub in_cloud: KnownInCloud,
+}
+
+/// Blocks the cloud said it has, by folder: not asked about again (a block, once stored,
+/// stays; many small files share a few blocks, an empty or a one-byte one).
+pub struct KnownInCloud(Mutex<LruCache<(String, BlockHash), ()>>);
+
+impl Default for KnownInCloud {
+    fn default() -> Self {
+        /// Blocks remembered at most.
+        const KNOWN: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
+        Self(Mutex::new(LruCache::new(KNOWN)))
+    }
+}
+
+impl KnownInCloud {
+    fn has(&self, folder: &str, hash: &BlockHash) -> bool {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(&(folder.to_string(), *hash)).is_some()
+    }
+
+    fn add(&self, folder: &str, hash: BlockHash) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        known.put((folder.to_string(), hash), ());
+    }
+}
+
+/// Journal records played in one `steps` request at most.
+const BATCH: usize = 256;
+/// The first pause after a round that must be played again.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// A record made ready to send, or what became of it without sending.
+enum Prepared {
+    Step(Step),
+    Now(Outcome),
+}
+
+impl Uploader {
+    /// Plays the journal forever, oldest record first, as many as it can in one request.
+    pub async fn run(self) {
+        self.check_journal().await;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let front = match self.cache.journal(BATCH + 1) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the journal");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let Some(&(last, _)) = front.last() else {
+                // Wake on a new record, or look again after a while.
+                self.journal.appended(Duration::from_secs(5)).await;
+                continue;
+            };
+            if let Err(e) = self.cache.make_durable(last).await {
+                tracing::error!(error = %e, "flushing the journal before an upload");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            match self.play(&front).await {
+                Played::Wait(e) => {
+                    self.counters
+                        .cloud_reachable
+                        .store(!e.is_unreachable(), Ordering::Relaxed);
+                    tracing::debug!(error = %e, "upload postponed");
+                    self.journal.appended(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Played::Again => {
+                    self.counters.cloud_reachable.store(true, Ordering::Relaxed);
+                    self.journal.appended(FIRST_BACKOFF).await;
+                }
+                Played::Done => {
+                    self.counters.cloud_reachable.store(true, Ordering::Relaxed);
+                    backoff = FIRST_BACKOFF;
+                }
+            }
+        }
+    }
+
+    /// Makes sure the cloud will take this journal's next records as new: if its mark is
+    /// at or past the record numbers this store hands out now, the store went back in time
+    /// (restored from a copy), and the journal gets a new id. Waits for the cloud.
+    async fn check_journal(&self) {
+        let mut backoff = Duration::from_millis(200);
+        let applied = loop {
+            match self.remote.journal_mark(&self.cache.journal_id()).await {
+                Ok(applied) => break applied,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not learn how far the cloud applied the journal");
+                    return;
+                }
+            }
+        };
+        let result = self.cache.next_id().and_then(|next| {
+            if applied < next {
+                return Ok(None);
+            }
+            self.cache.renew_journal_id().map(Some)
+        });
+        match result {
+            Ok(None) => {}
+            Ok(Some(id)) => tracing::warn!(
+                applied,
+                journal = %id,
+                "the cloud has applied more of this journal than this device has written: \
+                 its store was restored from an older copy; going on as a new journal"
+            ),
+            Err(e) => tracing::error!(error = %e, "checking the journal's record numbers"),
+        }
+    }
+
+    /// Plays records from the front of the journal: the ones that need no request, and
+    /// the longest run of steps that can go in one `steps` request (one step per node, so
+    /// that each carries the version the cloud last gave it). Returns whether the front
+    /// record must be played again, and the error to back off on if it must wait.
+    async fn play(&self, front: &[(u64, JournalOp)]) -> Played {
+        let mut ready: Vec<(u64, &JournalOp, Prepared)> = Vec::new();
+        let mut inos = std::collections::HashSet::new();
+        // One request goes to one folder.
+        let folder = front.first().and_then(|(_, op)| self.folder_of(op.ino()));
+        for (i, (seq, op)) in front.iter().enumerate().take(BATCH) {
+            if i > 0 && self.folder_of(op.ino()) != folder {
+                break;
+            }
+            // The next record sends a newer state of the same node: this one adds nothing.
+            let superseded = matches!(op, JournalOp::Put { ino, snap } if !snap.replace
+                && front.get(i + 1).is_some_and(|(_, next)|
+                    matches!(next, JournalOp::Put { ino: n, .. } if n == ino)));
+            let prepared = if superseded {
+                Prepared::Now(Outcome::Done)
+            } else if !inos.insert(op.ino()) {
+                break;
+            } else {
+                match self.prepare(*seq, op).await {
+                    Ok(p) => p,
+                    Err(e) => Prepared::Now(Outcome::Refused(format!("local store: {e}"))),
+                }
+            };
+            let wait = matches!(prepared, Prepared::Now(Outcome::Wait(_) | Outcome::Again));
+            if wait && !ready.is_empty() {
+                break;
+            }
+            ready.push((*seq, op, prepared));
+            if wait {
+                break;
+            }
+        }
+        let steps: Vec<Step> = ready
+            .iter()
+            .filter_map(|(_, _, p)| match p {
+                Prepared::Step(s) => Some(s.clone()),
+                Prepared::Now(_) => None,
+            })
+            .collect();
+        let results = match (steps.is_empty(), folder) {
+            (true, _) | (false, None) => None,
+            (false, Some(folder)) => {
+                let steps = Steps {
+                    journal: Some(self.cache.journal_id()),
+                    steps,
+                };
+                match self.remote.apply_steps(&folder, &steps).await {
+                    Ok(r) => Some(r),
+                    Err(e) => return Played::Wait(e),
+                }
+            }
+        };
+        let (mut done, refused) = match results {
+            Some(r) => (r.done.into_iter(), r.refused),
+            None => (Vec::new().into_iter(), None),
+        };
+        let mut step_index = 0;
+        for (seq, op, prepared) in ready {
+            let outcome = match prepared {
+                Prepared::Now(o) => o,
+                Prepared::Step(_) => {
+                    let index = step_index;
+                    step_index += 1;
+                    match (done.next(), &refused) {
+                        (Some(entry), _) => self.sent(op, &entry),
+                        (None, Some(r)) if r.index == index => {
+                            let e = ClientError::Api {
+                                status: r.status,
+                                code: r.error.error,
+                                message: r.error.message.clone(),
+                            };
+                            self.refused(op, e).await
+                        }
+                        // After the refused step: not sent; played again next time.
+                        (None, _) => return Played::Done,
+                    }
+                    .unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")))
+                }
+            };
+            tracing::debug!(seq, ?op, ?outcome, "journal record played");
+            match outcome {
+                Outcome::Wait(e) => return Played::Wait(e),
+                Outcome::Again => return Played::Again,
+                Outcome::Refused(why) => {
+                    self.journal.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(?op, %why, "the cloud refused a local change; it stays on this device only");
+                }
+                Outcome::Done => {}
+            }
+            let replaced = match op {
+                JournalOp::Put { snap, .. } => snap.replaced,
+                JournalOp::Delete { .. } => None,
+            };
+            if let Err(e) = self.finish(seq, op.ino(), replaced) {
+                tracing::error!(error = %e, "removing a journal record");
+            }
+        }
+        Played::Done
+    }
+
+    fn folder_of(&self, ino: u64) -> Option<String> {
+        self.cache.node(ino).ok().flatten().and_then(|n| n.folder)
+    }
+
+    /// A record ready to send (its blocks uploaded first), or its outcome without a request.
+    async fn prepare(&self, seq: u64, op: &JournalOp) -> Result<Prepared, CacheError> {
+        match op {
+            JournalOp::Put { ino, snap } => self.prepare_put(seq, *ino, snap).await,
+            JournalOp::Delete { ino } => self.prepare_delete(seq, *ino),
+        }
+    }
+
+    /// What the cloud's acceptance of `op`'s step means here. A step replayed after a crash
+    /// that the cloud had applied already comes back with the entry as it is now: adopted
+    /// only if this device wrote that version; one written elsewhere since stays news, so
+    /// that this device's next change of the node meets it as a lost race.
+    fn sent(&self, op: &JournalOp, entry: &Entry) -> Result<Outcome, CacheError> {
+        match op {
+            JournalOp::Put { ino, .. } if entry.author == self.remote.device_id() => {
+                self.agreed(*ino, entry)?;
+            }
+            JournalOp::Put { .. } => {}
+            JournalOp::Delete { .. } => {
+                self.cache.note_departed(&entry.folder, &entry.id);
+                self.forget(&entry.folder, &entry.id)?;
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// What the cloud's refusal of `op`'s step means here.
+    async fn refused(&self, op: &JournalOp, e: ClientError) -> Result<Outcome, CacheError> {
+        match op {
+            JournalOp::Put { ino, snap } => self.put_refused(*ino, snap, e).await,
+            JournalOp::Delete { ino } => self.delete_refused(*ino, e).await,
+        }
+    }
+
+    /// Drops the record and the node's pending count in one batch; for a step that
+    /// replaced a node, lets that node go too (its entry is tombstoned in the cloud now).
+    fn finish(&self, seq: u64, ino: u64, replaced: Option<u64>) -> Result<(), CacheError> {
+        let _g = self.cache.lock();
+        let mut txn = Txn::default();
+        txn.unjournal(seq);
+        if let Some(old) = replaced.and_then(|r| self.cache.node(r).ok().flatten()) {
+            if let (Some(folder), Some(entry)) = (&old.folder, &old.entry) {
+                txn.unindex_entry(folder, entry);
+                self.cache.note_departed(folder, entry);
+            }
+            let mut old = old;
+            old.pending = old.pending.saturating_sub(1);
+            txn.put_node(&old);
+        }
+        if let Some(mut n) = self.cache.node(ino)? {
+            n.pending = n.pending.saturating_sub(1);
+            txn.put_node(&n);
+        }
+        self.cache.apply(txn)
+    }
+
+    async fn prepare_put(
+        &self,
+        seq: u64,
+        ino: u64,
+        snap: &Snapshot,
+    ) -> Result<Prepared, CacheError> {
+        let Some(n) = self.cache.node(ino)? else {
+            return Ok(Prepared::Now(Outcome::Done));
+        };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(Prepared::Now(Outcome::Done));
+        };
+        // Every step is replayed, also for a node unlinked or replaced since: a step the
+        // cloud already has (say, the create of a lock file) must be followed by the ones
+        // that move or replace it, or it would stay behind. The parent outlives the
+        // records of its children (they come first in the journal).
+        let Some(parent) = self.cache.node(snap.parent)? else {
+            return Ok(Prepared::Now(Outcome::Done));
+        };
+        let device_only = self.cache.folder(&folder)?.is_some_and(|f| f.device_only);
+        let in_cloud = match n.kind {
+            EntryKind::File if device_only => snap.manifest.is_empty(),
+            EntryKind::File => match self.upload_blocks(&folder, &snap.manifest).await {
+                Ok(all) => all,
+                Err(UploadError::Cloud(e)) => return Ok(Prepared::Now(classify(e))),
+                Err(e) => return Ok(Prepared::Now(Outcome::Refused(e.to_string()))),
+            },
+            _ => true,
+        };
+        Ok(Prepared::Step(Step::Put {
+            id: entry,
+            if_match: (n.version > 0).then_some(n.version),
+            entry: EntryPut {
+                parent: parent.entry,
+                name: snap.name.clone(),
+                kind: n.kind,
+                mode: snap.mode,
+                size: snap.size,
+                mtime_ns: snap.mtime_ns,
+                manifest: snap.manifest.clone(),
+                target: snap.target.clone(),
+                replace: snap.replace,
+                device_held: !in_cloud,
+            },
+            seq: Some(seq),
+        }))
+    }
+
+    /// The cloud refused a put: a lost race, an entry deleted elsewhere, a name taken.
+    async fn put_refused(
+        &self,
+        ino: u64,
+        snap: &Snapshot,
+        e: ClientError,
+    ) -> Result<Outcome, CacheError> {
+        let Some(n) = self.cache.node(ino)? else {
+            return Ok(Outcome::Done);
+        };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(Outcome::Done);
+        };
+        match e {
+            e if e.status() == Some(412) => self.lost_race(&n, &snap.name, &folder, &entry).await,
+            e if e.status() == Some(404) => {
+                // Deleted elsewhere while changed here: keep the change as a new entry.
+                self.reenter(ino, None)?;
+                Ok(Outcome::Again)
+            }
+            e if e.code() == Some(ErrorCode::NameTaken) => {
+                Counters::add(&self.counters.conflicts, 1);
+                tracing::warn!(name = %snap.name, entry, "another entry took this name in the cloud; keeping this device's file as a conflict copy");
+                let name = conflict_name(&snap.name, self.remote.device_id());
+                self.reenter(ino, Some((&snap.name, name)))?;
+                Ok(Outcome::Again)
+            }
+            e => Ok(classify(e)),
+        }
+    }
+
+    /// Uploads the blocks the cloud lacks, four at a time. Past the quota a block stays on
+    /// this device, which serves it to peers (DESIGN §4): gives whether all are in the cloud.
+    async fn upload_blocks(
+        &self,
+        folder: &str,
+        manifest: &[BlockRef],
+    ) -> Result<bool, UploadError> {
+        let jobs: Vec<_> = manifest
+            .iter()
+            .map(|b| {
+                let (remote, cache, counters) = (
+                    Arc::clone(&self.remote),
+                    Arc::clone(&self.cache),
+                    Arc::clone(&self.counters),
+                );
+                let (folder, hash) = (folder.to_string(), b.hash);
+                async move {
+                    if self.in_cloud.has(&folder, &hash) {
+                        return Ok(true);
+                    }
+                    if remote.has_block(&folder, &hash).await? {
+                        self.in_cloud.add(&folder, hash);
+                        return Ok(true);
+                    }
+                    let Ok(Some(data)) = cache.load_block(&hash) else {
+                        return Err(UploadError::LocalBlockMissing(hash));
+                    };
+                    let len = data.len() as u64;
+                    match remote.put_block(&folder, &hash, Bytes::from(data)).await {
+                        Ok(()) => {}
+                        // Past the quota, or the folder became device-only since this
+                        // device last listed it: the block stays here, served to peers.
+                        Err(e)
+                            if matches!(
+                                e.code(),
+                                Some(ErrorCode::QuotaExceeded | ErrorCode::DeviceOnly)
+                            ) =>
+                        {
+                            return Ok(false);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    Counters::add(&counters.blocks_uploaded, 1);
+                    Counters::add(&counters.bytes_uploaded, len);
+                    self.in_cloud.add(&folder, hash);
+                    Ok(true)
+                }
+            })
+            .collect();
+        let mut jobs = futures::stream::iter(jobs).buffer_unordered(4);
+        let mut all = true;
+        while let Some(r) = jobs.next().await {
+            all &= r?;
+        }
+        Ok(all)
+    }
+
+    /// Records the version the cloud gave our write.
+    fn agreed(&self, ino: u64, e: &Entry) -> Result<(), CacheError> {
+        let _g = self.cache.lock();
+        if let Some(mut n) = self.cache.node(ino)? {
+            n.version = n.version.max(e.version);
+            let mut txn = Txn::default();
+            txn.put_node(&n);
+            self.cache.apply(txn)?;
+        }
+        Ok(())
+    }
+
+    /// Our `If-Match` lost: the entry changed in the cloud since this device last saw it.
+    async fn lost_race(
+        &self,
+        n: &Node,
+        name: &str,
+        folder: &str,
+        entry: &str,
+    ) -> Result<Outcome, CacheError> {
+        let remote = match self.remote.entry(folder, entry).await {
+            Ok(r) => r,
+            Err(e) => return Ok(classify(e)),
+        };
+        let me = self.remote.device_id();
+        if remote.deleted && remote.author == me {
+            // A later step of this device (a delete, or a rename over the entry) reached
+            // the cloud before a crash and this older step is being replayed: sending it
+            // again would bring the entry back, or meet the name its replacer holds now.
+            self.agreed(n.ino, &remote)?;
+            return Ok(Outcome::Done);
+        }
+        if remote.author == me || n.kind != EntryKind::File {
+            // Our own earlier write (replayed after a crash), or a metadata change that
+            // simply goes on top: adopt the cloud's version and send again.
+            self.agreed(n.ino, &remote)?;
+            return Ok(Outcome::Again);
+        }
+        // Two devices changed one file: ours becomes a conflict copy beside theirs.
+        Counters::add(&self.counters.conflicts, 1);
+        tracing::warn!(%name, "the file changed on another device too; keeping this device's version as a conflict copy");
+        self.reenter(n.ino, Some((name, conflict_name(name, me))))?;
+        if let Some(info) = self.cache.folder(folder)? {
+            merge::apply_entry(&self.cache, self.inv.as_ref(), &info, &remote)?;
+        }
+        Ok(Outcome::Again)
+    }
+
+    /// Gives the node a new entry id so that its next upload creates a new entry instead
+    /// of overwriting. With `rename = (from, to)`, the waiting records that carry the name
+    /// `from` say `to` instead, and so does the node if it still holds `from` here.
+    fn reenter(&self, ino: u64, rename: Option<(&str, String)>) -> Result<(), CacheError> {
+        let g = self.cache.lock();
+        let Some(mut n) = self.cache.node(ino)? else {
+            return Ok(());
+        };
+        let (Some(folder), Some(old)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(());
+        };
+        let mut txn = Txn::default();
+        let new_entry = uuid::Uuid::new_v4().to_string();
+        txn.unindex_entry(&folder, &old);
+        txn.index_entry(&folder, &new_entry, ino);
+        let mut renamed = None;
+        if let Some((from, to)) = rename {
+            for (seq, op) in self.cache.journal(usize::MAX)? {
+                if let JournalOp::Put { ino: i, mut snap } = op
+                    && i == ino
+                    && snap.name == from
+                {
+                    snap.name = to.clone();
+                    txn.journal(seq, &JournalOp::Put { ino, snap });
+                }
+            }
+            if n.linked && n.name == from {
+                txn.unlink(n.parent, &n.name);
+                txn.link(n.parent, &to, ino);
+                renamed = Some(std::mem::replace(&mut n.name, to));
+            }
+        }
+        n.entry = Some(new_entry);
+        n.version = 0;
+        txn.put_node(&n);
+        self.cache.apply(txn)?;
+        drop(g);
+        if let Some(old_name) = renamed {
+            self.inv.entry(n.parent, &old_name);
+            self.inv.entry(n.parent, &n.name);
+        }
+        Ok(())
+    }
+
+    fn prepare_delete(&self, seq: u64, ino: u64) -> Result<Prepared, CacheError> {
+        let Some(n) = self.cache.node(ino)? else {
+            return Ok(Prepared::Now(Outcome::Done));
+        };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(Prepared::Now(Outcome::Done));
+        };
+        if n.version == 0 {
+            // Never reached the cloud: nothing to delete there.
+            self.forget(&folder, &entry)?;
+            return Ok(Prepared::Now(Outcome::Done));
+        }
+        Ok(Prepared::Step(Step::Delete {
+            id: entry,
+            if_match: n.version,
+            seq: Some(seq),
+        }))
+    }
+
+    /// The cloud refused a delete: already gone, or changed since this device saw it.
+    async fn delete_refused(&self, ino: u64, e: ClientError) -> Result<Outcome, CacheError> {
+        let Some(n) = self.cache.node(ino)? else {
+            return Ok(Outcome::Done);
+        };
+        let (Some(folder), Some(entry)) = (n.folder.clone(), n.entry.clone()) else {
+            return Ok(Outcome::Done);
+        };
+        match e {
+            e if e.status() == Some(404) => {
+                self.forget(&folder, &entry)?;
+                Ok(Outcome::Done)
+            }
+            e if matches!(e.status(), Some(412 | 409)) => {
+                let remote = match self.remote.entry(&folder, &entry).await {
+                    Ok(r) => r,
+                    Err(e) => return Ok(classify(e)),
+                };
+                if e.status() == Some(412)
+                    && remote.author == self.remote.device_id()
+                    && !remote.deleted
+                {
+                    // Our own later version (its record replayed after a crash): delete
+                    // on top of it.
+                    self.agreed(ino, &remote)?;
+                    return Ok(Outcome::Again);
+                }
+                // Changed (or filled) elsewhere after we last saw it: deleting would lose
+                // that work, so the entry comes back here instead.
+                tracing::warn!(name = %n.name, "not deleting: it changed on another device; it reappears here");
+                self.forget(&folder, &entry)?;
+                if let Some(info) = self.cache.folder(&folder)? {
+                    merge::apply_entry(&self.cache, self.inv.as_ref(), &info, &remote)?;
+                }
+                Ok(Outcome::Done)
+            }
+            e => Ok(classify(e)),
+        }
+    }
+
+    /// Lets go of an entry gone from the cloud. The node stays (unlinked) while a
+    /// descriptor may still read it; the last close, or the next start, removes it.
+    fn forget(&self, folder: &str, entry: &str) -> Result<(), CacheError> {
+        let mut txn = Txn::default();
+        txn.unindex_entry(folder, entry);
+        self.cache.apply(txn)
+    }
+}
+
+fn classify(e: ClientError) -> Outcome {
+    if e.is_transient() {
+        Outcome::Wait(e)
+    } else {
+        Outcome::Refused(e.to_string())
+    }
+}
+
+/// `report.txt` → `report (conflict abcd1234 2026-11-25 12.00.00).txt`.
+pub fn conflict_name(name: &str, device: &str) -> String {
+    let secs = crate::proto::now_secs();
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let stamp = format!(
+        "{y:04}-{m:02}-{d:02} {:02}.{:02}.{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    let dev = &device[..device.len().min(8)];
+    match name.rfind('.').filter(|&i| i > 0) {
+        Some(i) => format!("{} (conflict {dev} {stamp}){}", &name[..i], &name[i..]),
+        None => format!("{name} (conflict {dev} {stamp})"),
+    }
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_517), (2026, 3, 5));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let n = conflict_name("report.txt", "abcdef123456");
+        assert!(n.starts_with("report (conflict abcdef12 "), "{n}");
+        assert!(n.ends_with(").txt"), "{n}");
+        assert!(conflict_name(".bashrc", "d").starts_with(".bashrc (conflict d "));
+    }
+}
