@@ -17,4 +17,6 @@ pub mod mount;
 pub mod peer;
 pub mod remote;
 pub mod status;
+#[cfg(test)]
+pub mod testkit;
 pub mod uploader;

@@ -27,6 +27,9 @@ pub struct Counters {
     pub bytes_served: AtomicU64,
     /// Whether the last request to the cloud (feed or upload) got an answer.
     pub cloud_reachable: AtomicBool,
+    /// The user's cloud quota and what the cloud holds of it, as last heard (0: not yet).
+    pub cloud_quota: AtomicU64,
+    pub cloud_used: AtomicU64,
 }
 
 impl Counters {

@@ -35,7 +35,7 @@ enum Outcome {
 
 /// What a round of [`Uploader::play`] left to do.
 #[derive(Debug)]
-enum Played {
+pub(crate) enum Played {
     /// Every record it took is done.
     Done,
     /// The front record must be played again soon.
@@ -103,26 +103,10 @@ impl Uploader {
         self.check_journal().await;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let front = match self.cache.journal(BATCH + 1) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the journal");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let Some(&(last, _)) = front.last() else {
+            match self.round().await {
                 // Wake on a new record, or look again after a while.
-                self.journal.appended(Duration::from_secs(5)).await;
-                continue;
-            };
-            if let Err(e) = self.cache.make_durable(last).await {
-                tracing::error!(error = %e, "flushing the journal before an upload");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            match self.play(&front).await {
-                Played::Wait(e) => {
+                Ok(None) => self.journal.appended(Duration::from_secs(5)).await,
+                Ok(Some(Played::Wait(e))) => {
                     self.counters
                         .cloud_reachable
                         .store(!e.is_unreachable(), Ordering::Relaxed);
@@ -130,22 +114,38 @@ impl Uploader {
                     self.journal.appended(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Played::Again => {
+                Ok(Some(Played::Again)) => {
                     self.counters.cloud_reachable.store(true, Ordering::Relaxed);
                     self.journal.appended(FIRST_BACKOFF).await;
                 }
-                Played::Done => {
+                Ok(Some(Played::Done)) => {
                     self.counters.cloud_reachable.store(true, Ordering::Relaxed);
                     backoff = FIRST_BACKOFF;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading or flushing the journal");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
     }
 
+    /// One round: the front of the journal made durable here, then played. `None` when
+    /// the journal is empty.
+    pub(crate) async fn round(&self) -> Result<Option<Played>, CacheError> {
+        let front = self.cache.journal(BATCH + 1)?;
+        let Some(&(last, _)) = front.last() else {
+            return Ok(None);
+        };
+        // The cloud must never have a change that a crash here could still undo.
+        self.cache.make_durable(last).await?;
+        Ok(Some(self.play(&front).await))
+    }
+
     /// Makes sure the cloud will take this journal's next records as new: if its mark is
     /// at or past the record numbers this store hands out now, the store went back in time
     /// (restored from a copy), and the journal gets a new id. Waits for the cloud.
-    async fn check_journal(&self) {
+    pub(crate) async fn check_journal(&self) {
         let mut backoff = Duration::from_millis(200);
         let applied = loop {
             match self.remote.journal_mark(&self.cache.journal_id()).await {
@@ -510,6 +510,12 @@ impl Uploader {
             self.agreed(n.ino, &remote)?;
             return Ok(Outcome::Done);
         }
+        if remote.deleted {
+            // Deleted elsewhere while changed here: nobody else's work is lost if this
+            // device's version comes back, as a new entry under its name.
+            self.reenter(n.ino, None)?;
+            return Ok(Outcome::Again);
+        }
         if remote.author == me || n.kind != EntryKind::File {
             // Our own earlier write (replayed after a crash), or a metadata change that
             // simply goes on top: adopt the cloud's version and send again.
@@ -554,7 +560,7 @@ impl Uploader {
             }
             if n.linked && n.name == from {
                 txn.unlink(n.parent, &n.name);
-                txn.link(n.parent, &to, ino);
+                txn.link(n.parent, &to, &n);
                 renamed = Some(std::mem::replace(&mut n.name, to));
             }
         }
@@ -694,5 +700,308 @@ mod tests {
         assert!(n.starts_with("report (conflict abcdef12 "), "{n}");
         assert!(n.ends_with(").txt"), "{n}");
         assert!(conflict_name(".bashrc", "d").starts_with(".bashrc (conflict d "));
+    }
+
+    // ---- over an in-memory cloud ----
+
+    use crate::agent::remote::memory::{Call, Failure, MemoryCloud};
+    use crate::agent::testkit::{TestDevice, one_device};
+    use crate::proto::BLOCK_SIZE;
+
+    fn data(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Ann's second device, which knows the folder.
+    async fn second(cloud: &Arc<MemoryCloud>) -> TestDevice {
+        let b = TestDevice::new(cloud, "ann", "dev-b");
+        b.sync().await;
+        b
+    }
+
+    #[tokio::test]
+    async fn a_new_file_reaches_the_cloud_with_its_blocks_and_the_node_takes_its_version() {
+        let (cloud, folder, a) = one_device().await;
+        let content = data(2 * BLOCK_SIZE as usize + 5, 1);
+        a.write("Docs/f", &content).await.unwrap();
+        a.upload().await.unwrap();
+        let e = &cloud.tree(&folder)["f"];
+        assert_eq!(e.size, content.len() as u64);
+        assert!(e.in_cloud);
+        for b in &e.manifest {
+            assert!(cloud.block(&folder, &b.hash).is_some());
+        }
+        let n = a.cache.node(a.ino("Docs/f").unwrap()).unwrap().unwrap();
+        assert_eq!((n.version, n.pending), (e.version, 0));
+        assert_eq!(a.cache.journal_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn unchanged_blocks_of_a_new_version_are_not_sent_again() {
+        let (_c, _f, a) = one_device().await;
+        let mut content = data(4 * BLOCK_SIZE as usize, 2);
+        a.write("Docs/f", &content).await.unwrap();
+        a.upload().await.unwrap();
+        assert_eq!(a.remote.calls(Call::PutBlock), 4);
+        content[10] ^= 1;
+        a.write("Docs/f", &content).await.unwrap();
+        a.upload().await.unwrap();
+        assert_eq!(a.remote.calls(Call::PutBlock), 5, "only the changed block");
+        assert_eq!(
+            a.remote.calls(Call::HasBlock),
+            5,
+            "blocks known to be in the cloud are not asked about again"
+        );
+    }
+
+    #[tokio::test]
+    async fn many_records_go_in_one_steps_request() {
+        let (cloud, folder, a) = one_device().await;
+        a.mkdir("Docs/d").unwrap();
+        for i in 0..100 {
+            a.write(&format!("Docs/d/f{i}"), format!("{i}").as_bytes())
+                .await
+                .unwrap();
+        }
+        a.upload().await.unwrap();
+        assert_eq!(a.remote.calls(Call::Steps), 1);
+        assert_eq!(cloud.tree(&folder).len(), 101);
+    }
+
+    #[tokio::test]
+    async fn consecutive_versions_of_one_file_go_as_its_latest_state() {
+        let (cloud, folder, a) = one_device().await;
+        for v in 0..5u8 {
+            a.write("Docs/f", &[v; 10]).await.unwrap();
+        }
+        a.upload().await.unwrap();
+        assert_eq!(cloud.tree(&folder)["f"].size, 10);
+        let b = second(&cloud).await;
+        assert_eq!(b.read("Docs/f").await.unwrap(), [4; 10]);
+        assert_eq!(
+            a.remote.calls(Call::PutBlock),
+            1,
+            "only the last version's block"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_cloud_keeps_every_record_until_it_answers() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/f", b"offline work").await.unwrap();
+        a.remote.fail(Call::Steps, Failure::Unreachable);
+        let e = a.upload().await.unwrap_err();
+        assert!(e.is_unreachable());
+        assert_eq!(a.cache.journal_len(), 2);
+        assert!(cloud.tree(&folder).is_empty());
+        a.upload().await.unwrap();
+        assert_eq!(a.cache.journal_len(), 0);
+        let b = second(&cloud).await;
+        assert_eq!(b.read("Docs/f").await.unwrap(), b"offline work");
+    }
+
+    #[tokio::test]
+    async fn a_failing_cloud_is_waited_for_never_refused() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/f", b"x").await.unwrap();
+        a.remote
+            .fail(Call::PutBlock, Failure::Answer(500, ErrorCode::Internal));
+        a.remote
+            .fail(Call::Steps, Failure::Answer(503, ErrorCode::Internal));
+        assert_eq!(a.upload().await.unwrap_err().status(), Some(503));
+        assert_eq!(
+            a.remote.calls(Call::PutBlock),
+            2,
+            "the failed block went again"
+        );
+        a.upload().await.unwrap();
+        assert_eq!(a.uploader.journal.failed.load(Ordering::Relaxed), 0);
+        assert_eq!(cloud.tree(&folder)["f"].size, 1);
+    }
+
+    /// The cloud applies a batch and the answer is lost: the replay is recognised by the
+    /// journal's record numbers and applied once, with no conflict copy.
+    #[tokio::test]
+    async fn a_batch_applied_whose_answer_was_lost_is_not_applied_twice() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/f", b"v1").await.unwrap();
+        a.rename("Docs/f", "Docs/g").unwrap();
+        a.remote.fail(Call::Steps, Failure::AppliedThenLost);
+        assert!(a.upload().await.unwrap_err().is_unreachable());
+        let version = cloud.tree(&folder)["g"].version;
+        a.upload().await.unwrap();
+        let tree = cloud.tree(&folder);
+        assert_eq!(tree.keys().collect::<Vec<_>>(), ["g"]);
+        assert_eq!(tree["g"].version, version, "not applied again");
+        assert_eq!(a.counters.conflicts.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            a.cache
+                .node(a.ino("Docs/g").unwrap())
+                .unwrap()
+                .unwrap()
+                .version,
+            version
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_keeps_both_versions_and_names_the_copy_for_the_device() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/report.txt", b"base").await.unwrap();
+        a.upload().await.unwrap();
+        let b = second(&cloud).await;
+        b.write("Docs/report.txt", b"theirs").await.unwrap();
+        b.upload().await.unwrap();
+        a.write("Docs/report.txt", b"mine").await.unwrap();
+        a.upload().await.unwrap();
+        assert_eq!(a.counters.conflicts.load(Ordering::Relaxed), 1);
+        let tree = cloud.tree(&folder);
+        assert_eq!(tree.len(), 2);
+        let copy = tree
+            .keys()
+            .find(|k| k.starts_with("report (conflict dev-a "))
+            .expect("a conflict copy");
+        assert!(copy.ends_with(").txt"));
+        assert_eq!(a.read("Docs/report.txt").await.unwrap(), b"theirs");
+        assert_eq!(a.read(&format!("Docs/{copy}")).await.unwrap(), b"mine");
+        b.sync().await;
+        assert_eq!(b.read(&format!("Docs/{copy}")).await.unwrap(), b"mine");
+    }
+
+    #[tokio::test]
+    async fn a_name_taken_in_the_cloud_meanwhile_makes_a_conflict_copy() {
+        let (cloud, folder, a) = one_device().await;
+        let b = second(&cloud).await;
+        b.write("Docs/notes", b"b's").await.unwrap();
+        b.upload().await.unwrap();
+        a.write("Docs/notes", b"a's").await.unwrap();
+        a.upload().await.unwrap();
+        let tree = cloud.tree(&folder);
+        assert_eq!(tree.len(), 2);
+        assert!(tree.keys().any(|k| k.starts_with("notes (conflict dev-a ")));
+    }
+
+    #[tokio::test]
+    async fn a_file_deleted_elsewhere_while_changed_here_comes_back_as_a_new_entry() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/f", b"v1").await.unwrap();
+        a.upload().await.unwrap();
+        let id = cloud.tree(&folder)["f"].id.clone();
+        cloud.delete(&folder, &id, "dev-b");
+        a.write("Docs/f", b"v2, changed here").await.unwrap();
+        a.upload().await.unwrap();
+        let e = &cloud.tree(&folder)["f"];
+        assert_ne!(e.id, id, "a new entry");
+        let b = second(&cloud).await;
+        assert_eq!(b.read("Docs/f").await.unwrap(), b"v2, changed here");
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_meets_a_newer_version_from_elsewhere_brings_the_file_back() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/f", b"v1").await.unwrap();
+        a.upload().await.unwrap();
+        let b = second(&cloud).await;
+        b.write("Docs/f", b"v2 from b").await.unwrap();
+        b.upload().await.unwrap();
+        a.unlink("Docs/f").unwrap();
+        a.upload().await.unwrap();
+        assert!(
+            cloud.tree(&folder).contains_key("f"),
+            "not deleted in the cloud"
+        );
+        a.sync().await;
+        assert_eq!(a.read("Docs/f").await.unwrap(), b"v2 from b");
+    }
+
+    #[tokio::test]
+    async fn past_the_quota_blocks_stay_on_the_device_and_the_entry_says_so() {
+        let cloud = MemoryCloud::new();
+        cloud.add_user("ann", BLOCK_SIZE + 10);
+        let folder = cloud.create_folder("ann", "Docs", false);
+        let a = TestDevice::new(&cloud, "ann", "dev-a");
+        a.sync().await;
+        let content = data(3 * BLOCK_SIZE as usize, 4);
+        a.write("Docs/big", &content).await.unwrap();
+        a.upload().await.unwrap();
+        let e = &cloud.tree(&folder)["big"];
+        assert!(!e.in_cloud);
+        assert_eq!(e.holders, ["dev-a"]);
+        assert!(cloud.stored("ann") <= BLOCK_SIZE + 10);
+        assert_eq!(
+            a.read("Docs/big").await.unwrap(),
+            content,
+            "nothing lost here"
+        );
+        assert_eq!(a.uploader.journal.failed.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_device_only_folder_never_sends_content() {
+        let cloud = MemoryCloud::new();
+        cloud.add_user("ann", 1 << 30);
+        let folder = cloud.create_folder("ann", "Private", true);
+        let a = TestDevice::new(&cloud, "ann", "dev-a");
+        a.sync().await;
+        a.write("Private/secret", b"stays here").await.unwrap();
+        a.upload().await.unwrap();
+        assert_eq!(a.remote.calls(Call::PutBlock), 0);
+        assert_eq!(a.remote.calls(Call::HasBlock), 0);
+        assert!(!cloud.tree(&folder)["secret"].in_cloud);
+        assert_eq!(cloud.stored("ann"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_store_restored_from_an_older_copy_goes_on_as_a_new_journal() {
+        let (cloud, folder, a) = one_device().await;
+        let old = a.cache.journal_id();
+        cloud.set_mark("dev-a", &old, u64::MAX >> 2);
+        a.write("Docs/after-restore", b"new work").await.unwrap();
+        a.upload().await.unwrap();
+        assert_ne!(a.cache.journal_id(), old);
+        assert!(
+            cloud.tree(&folder).contains_key("after-restore"),
+            "taken as new, not as a replay"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rename_over_a_file_tombstones_the_replaced_entry_in_the_same_step() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/old", b"old").await.unwrap();
+        a.upload().await.unwrap();
+        let replaced = a.ino("Docs/old").unwrap();
+        a.write("Docs/tmp", b"new").await.unwrap();
+        a.rename("Docs/tmp", "Docs/old").unwrap();
+        a.upload().await.unwrap();
+        let tree = cloud.tree(&folder);
+        assert_eq!(tree.keys().collect::<Vec<_>>(), ["old"]);
+        let b = second(&cloud).await;
+        assert_eq!(b.read("Docs/old").await.unwrap(), b"new");
+        let n = a.cache.node(replaced).unwrap().expect("held by the kernel");
+        assert_eq!(n.pending, 0, "let go once the step was in");
+    }
+
+    #[tokio::test]
+    async fn a_change_the_cloud_refuses_for_good_is_counted_and_stays_on_the_device() {
+        let (cloud, folder, a) = one_device().await;
+        a.mkdir("Docs/d").unwrap();
+        a.upload().await.unwrap();
+        let d = cloud.tree(&folder)["d"].id.clone();
+        // Another device removes the directory; this one, not yet told, writes into it.
+        cloud.delete(&folder, &d, "dev-b");
+        a.write("Docs/d/orphan", b"kept here").await.unwrap();
+        a.upload().await.unwrap();
+        assert_eq!(a.uploader.journal.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(a.cache.journal_len(), 0, "set aside, not retried forever");
+        assert_eq!(a.read("Docs/d/orphan").await.unwrap(), b"kept here");
     }
 }

@@ -243,6 +243,12 @@ pub struct MountArgs {
     /// Neither serve blocks to peers nor fetch from them: the cloud only.
     #[arg(long, env = "MESHFS_NO_PEERS")]
     pub no_peers: bool,
+    /// Let every local user (and services running as other users) into the mount, with
+    /// permissions checked against each file's mode bits. By default only the owner of the
+    /// device home and root may use it. Needs root, or `user_allow_other` in
+    /// /etc/fuse.conf.
+    #[arg(long)]
+    pub allow_other: bool,
     /// Append every peer session's secrets to this file, for tests and for debugging a
     /// capture; whoever reads it can decrypt the recorded traffic. Set through the
     /// environment only, like TLS's SSLKEYLOGFILE.

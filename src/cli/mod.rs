@@ -106,7 +106,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 advertise: a.peer_advertise,
                 key_log: a.peer_keylog.clone(),
             });
-            crate::agent::mount::run(&home, &a.mountpoint, peers)
+            let access = if a.allow_other {
+                crate::agent::mount::Access::Everyone
+            } else {
+                crate::agent::mount::Access::Owner
+            };
+            crate::agent::mount::run(&home, &a.mountpoint, peers, access)
                 .await
                 .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
         }

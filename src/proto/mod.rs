@@ -24,6 +24,14 @@ pub fn now_ms() -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn now_secs() -> i64 {
     now_ms() / 1000

@@ -19,6 +19,8 @@ fn node_of(e: &Entry, ino: u64, parent: u64, folder: &str) -> Node {
         mode: e.mode,
         size: e.size,
         mtime_ns: e.mtime_ns,
+        atime_ns: None,
+        ctime_ns: Some(crate::proto::now_ns()),
         version: e.version,
         manifest: e.manifest.clone(),
         target: e.target.clone(),
@@ -72,6 +74,7 @@ pub fn apply_entry(
         let linked_here = cache.lookup(n.parent, &n.name)? == Some(ino);
         if linked_here {
             txn.unlink(n.parent, &n.name);
+            txn.touch_dir(cache, n.parent)?;
         }
         txn.unindex_entry(&folder.id, &e.id);
         // Kept, unlinked, for descriptors still open on it; removed at their last close or
@@ -94,7 +97,8 @@ pub fn apply_entry(
         Some((ino, _)) => *ino,
         None => ino_for(cache, &mut txn, &folder.id, &e.id)?,
     };
-    let new = node_of(e, ino, parent, &folder.id);
+    let mut new = node_of(e, ino, parent, &folder.id);
+    new.atime_ns = existing.as_ref().and_then(|(_, old)| old.atime_ns);
     // Names whose meaning changes; the kernel forgets them once the change is applied.
     let mut renamed: Vec<(u64, &str)> = Vec::new();
     if let Some(occupant) = cache.lookup(parent, &e.name)?.filter(|&o| o != ino) {
@@ -122,7 +126,12 @@ pub fn apply_entry(
     if existing.is_none() || moved_from.is_some() {
         renamed.push((parent, &e.name));
     }
-    txn.link(parent, &e.name, ino);
+    let mut dirs: Vec<u64> = renamed.iter().map(|&(p, _)| p).collect();
+    dirs.dedup();
+    for dir in dirs {
+        txn.touch_dir(cache, dir)?;
+    }
+    txn.link(parent, &e.name, &new);
     txn.put_node(&new);
     cache.apply(txn)?;
     for (p, n) in renamed {
@@ -163,8 +172,9 @@ pub fn ensure_folder(
         device_only,
     };
     let mut txn = Txn::default();
-    txn.put_node(&Node::fixed_dir(ino, &display, Some(id.to_string())));
-    txn.link(ROOT, &display, ino);
+    let root = Node::fixed_dir(ino, &display, Some(id.to_string()));
+    txn.put_node(&root);
+    txn.link(ROOT, &display, &root);
     txn.put_folder(&info);
     cache.apply(txn)?;
     Ok(info)
@@ -292,8 +302,8 @@ mod tests {
         // node unlinked and its entry let go.
         let mut t = Txn::default();
         t.unlink(f.ino, "j");
-        t.link(f.ino, "a", j);
         let mut jn = cache.node(j).unwrap().unwrap();
+        t.link(f.ino, "a", &jn);
         (jn.name, jn.version) = ("a".into(), 4);
         t.put_node(&jn);
         let mut an = cache.node(a).unwrap().unwrap();

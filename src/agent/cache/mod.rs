@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! n/<ino:u64 BE>                     Node (JSON)
-//! c/<parent:u64 BE><name bytes>      child ino (u64 BE)
+//! c/<parent:u64 BE><name bytes>      child ino (u64 BE), then 1 if it is a directory
 //! e/<folder>/<entry>                 ino of a cloud entry (u64 BE)
 //! f/<folder>                         FolderInfo (JSON)
 //! j/<seq:u64 BE>                     JournalRecord (JSON)
@@ -58,6 +58,13 @@ pub struct Node {
     pub mode: u32,
     pub size: u64,
     pub mtime_ns: i64,
+    /// Set by `utimensat`, kept on this device only; the mtime when never set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime_ns: Option<i64>,
+    /// When this device last changed the node's metadata or content (or applied a change
+    /// to it); the mtime when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i64>,
     /// The cloud version this node last agreed with; 0 when never uploaded.
     pub version: u64,
     pub manifest: Vec<BlockRef>,
@@ -86,7 +93,9 @@ impl Node {
             kind: EntryKind::Dir,
             mode: 0o755,
             size: 0,
-            mtime_ns: crate::proto::now_ms().saturating_mul(1_000_000),
+            mtime_ns: crate::proto::now_ns(),
+            atime_ns: None,
+            ctime_ns: None,
             version: 0,
             manifest: Vec::new(),
             target: None,
@@ -98,6 +107,16 @@ impl Node {
 
     pub fn is_dir(&self) -> bool {
         self.kind == EntryKind::Dir
+    }
+
+    /// Marks the node changed now (its ctime), and its content too (its mtime) when
+    /// `content`: what a directory gets when an entry is made, removed or renamed in it.
+    pub fn touch(&mut self, content: bool) {
+        let now = crate::proto::now_ns();
+        if content {
+            self.mtime_ns = now;
+        }
+        self.ctime_ns = Some(now);
     }
 }
 
@@ -201,6 +220,19 @@ fn u64_of(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
+/// A directory link's value: the child's inode, then whether it is a directory (links
+/// written before that byte existed have only the inode).
+fn link_value(child: &Node) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[..8].copy_from_slice(&child.ino.to_be_bytes());
+    v[8] = u8::from(child.is_dir());
+    v
+}
+
+fn linked_ino(v: &[u8]) -> Option<u64> {
+    u64_of(v.get(..8)?)
+}
+
 /// A set of changes applied atomically by [`Cache::apply`].
 #[derive(Default)]
 pub struct Txn {
@@ -209,6 +241,8 @@ pub struct Txn {
     nodes: Vec<u64>,
     /// The highest journal record the batch appends.
     journal_seq: Option<u64>,
+    /// The directories whose links the batch changes.
+    parents: Vec<u64>,
 }
 
 impl Txn {
@@ -222,12 +256,15 @@ impl Txn {
         self.batch.remove(node_key(ino));
         self.nodes.push(ino);
     }
-    pub fn link(&mut self, parent: u64, name: &str, ino: u64) {
+    /// Links `child` into `parent` as `name`.
+    pub fn link(&mut self, parent: u64, name: &str, child: &Node) {
         self.batch
-            .insert(child_key(parent, name), &ino.to_be_bytes());
+            .insert(child_key(parent, name), &link_value(child));
+        self.parents.push(parent);
     }
     pub fn unlink(&mut self, parent: u64, name: &str) {
         self.batch.remove(child_key(parent, name));
+        self.parents.push(parent);
     }
     pub fn index_entry(&mut self, folder: &str, entry: &str, ino: u64) {
         self.batch
@@ -248,6 +285,15 @@ impl Txn {
     pub fn unjournal(&mut self, seq: u64) {
         self.batch.remove(journal_key(seq));
     }
+    /// Marks directory `dir` changed now: an entry was made, removed or renamed in it.
+    /// Kept on this device (a directory's times travel only when set explicitly).
+    pub fn touch_dir(&mut self, cache: &Cache, dir: u64) -> Result<(), CacheError> {
+        if let Some(mut d) = cache.node(dir)? {
+            d.touch(true);
+            self.put_node(&d);
+        }
+        Ok(())
+    }
     pub fn set_cursor(&mut self, folder: &str, seq: u64) {
         self.batch.insert(
             format!("m/cursor/{folder}").into_bytes(),
@@ -266,6 +312,8 @@ const DECODED_NODES: usize = 256;
 const HOT_BLOCKS: usize = 64;
 /// Entries remembered as tombstoned by this device until the feed confirms it.
 const DEPARTED: usize = 65_536;
+/// Directories whose count of subdirectories is remembered.
+const SUBDIR_COUNTS: usize = 4096;
 
 /// The metadata store and the block store of one device.
 pub struct Cache {
@@ -295,6 +343,9 @@ pub struct Cache {
     /// Entries this device's own steps tombstoned lately, until the feed brings the
     /// tombstone (see [`Cache::note_departed`]).
     departed: Mutex<LruCache<(String, String), ()>>,
+    /// Subdirectories per directory, for its link count; an entry goes when a batch
+    /// changes the directory's links.
+    subdirs: Mutex<LruCache<u64, u64>>,
 }
 
 impl Cache {
@@ -338,6 +389,9 @@ impl Cache {
             departed: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DEPARTED).unwrap_or(NonZeroUsize::MIN),
             )),
+            subdirs: Mutex::new(LruCache::new(
+                NonZeroUsize::new(SUBDIR_COUNTS).unwrap_or(NonZeroUsize::MIN),
+            )),
         };
         // Records found at start were read from disk; later ones get higher numbers.
         let found = cache.last_journal_seq()?;
@@ -378,7 +432,13 @@ impl Cache {
         for ino in &txn.nodes {
             decoded.pop(ino);
         }
-        self.tree.apply_batch(txn.batch)?;
+        {
+            let mut subdirs = self.subdirs.lock().unwrap_or_else(|p| p.into_inner());
+            for parent in &txn.parents {
+                subdirs.pop(parent);
+            }
+            self.tree.apply_batch(txn.batch)?;
+        }
         if let Some(seq) = txn.journal_seq {
             self.applied_seq.fetch_max(seq, Ordering::SeqCst);
         }
@@ -436,7 +496,34 @@ impl Cache {
         Ok(self
             .tree
             .get(child_key(parent, name))?
-            .and_then(|v| u64_of(&v)))
+            .and_then(|v| linked_ino(&v)))
+    }
+
+    /// How many directories `parent` holds (a directory's link count is two more).
+    pub fn subdirs(&self, parent: u64) -> Result<u64, CacheError> {
+        let mut memo = self.subdirs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = memo.get(&parent) {
+            return Ok(*n);
+        }
+        let mut n = 0;
+        for kv in self.tree.scan_prefix(child_prefix(parent)) {
+            let (_, v) = kv?;
+            let dir = match v.get(8) {
+                Some(flag) => *flag == 1,
+                // Read from the tree, not through `decoded`: `apply` takes that lock
+                // before this one.
+                None => match linked_ino(&v).map(node_key) {
+                    Some(key) => match self.tree.get(key)? {
+                        Some(n) => serde_json::from_slice::<Node>(&n)?.is_dir(),
+                        None => false,
+                    },
+                    None => false,
+                },
+            };
+            n += u64::from(dir);
+        }
+        memo.put(parent, n);
+        Ok(n)
     }
 
     /// The children of `parent` as (name, ino), in name order.
@@ -446,7 +533,7 @@ impl Cache {
         for kv in self.tree.scan_prefix(&prefix) {
             let (k, v) = kv?;
             let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            if let Some(ino) = u64_of(&v) {
+            if let Some(ino) = linked_ino(&v) {
                 out.push((name, ino));
             }
         }
@@ -590,6 +677,8 @@ mod tests {
             mode: 0o644,
             size: 0,
             mtime_ns: 0,
+            atime_ns: None,
+            ctime_ns: None,
             version: 0,
             manifest: vec![],
             target: None,
@@ -638,7 +727,7 @@ mod tests {
             assert!(ino > ROOT);
             let mut t = Txn::default();
             t.put_node(&file(ino, ROOT, "a"));
-            t.link(ROOT, "a", ino);
+            t.link(ROOT, "a", &file(ino, ROOT, "a"));
             t.index_entry("f", "e1", ino);
             t.journal(7, &JournalOp::Delete { ino });
             c.apply(t).unwrap();

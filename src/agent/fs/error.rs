@@ -19,6 +19,10 @@ pub enum FsError {
     Invalid,
     #[error("name too long")]
     NameTooLong,
+    #[error("file too large")]
+    TooBig,
+    #[error("operation not supported")]
+    Unsupported,
     #[error("not permitted: {0}")]
     NotPermitted(&'static str),
     #[error("moving between Mesh Folders is a copy")]
@@ -54,6 +58,8 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::Invalid => libc::EINVAL,
             FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::TooBig => libc::EFBIG,
+            FsError::Unsupported => libc::EOPNOTSUPP,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::CrossFolder => libc::EXDEV,
             FsError::BadHandle => libc::EBADF,

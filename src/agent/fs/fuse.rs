@@ -1,12 +1,11 @@
 //! The FUSE adapter: decodes each kernel request, runs it against [`Fs`], and replies.
 //! Operations that only touch local state (metadata in sled, writes into a staging file)
-//! answer inline; those that may wait on the network or on hashing (open, create, read,
-//! flush, fsync, release, truncate) move their reply into a tokio task, so the session
-//! thread never blocks on the network (fuser's `TokioAdapter` habit).
+//! answer inline; those that may wait on the network or on hashing (open for writing,
+//! create, read, flush and release with writes to commit, fsync, size changes) move their
+//! reply into a tokio task, so the session thread never blocks on the network (fuser's
+//! `TokioAdapter` habit). Nothing here decides anything a test of `Fs` would not see.
 
-use crate::agent::cache::Node;
-use crate::agent::fs::ops::Opened;
-use crate::agent::fs::{Fs, FsError};
+use crate::agent::fs::{Allocate, Attr, DirEntry, Fs, FsError, Opened, SetAttr, TimeSet};
 use crate::agent::invalidate::Invalidator;
 use crate::proto::{BLOCK_SIZE, EntryKind};
 use fuser::{
@@ -24,26 +23,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// what changes elsewhere and local changes pass through here.
 const TTL: Duration = Duration::from_secs(300);
 
-/// The owner shown for every file: the user who mounted.
-#[derive(Clone, Copy)]
-pub struct Owner {
-    pub uid: u32,
-    pub gid: u32,
-}
-
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
-    owner: Owner,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle, owner: Owner) -> Self {
-        Self { fs, rt, owner }
-    }
-
-    fn attr(&self, n: &Node) -> FileAttr {
-        attr_of(n, self.owner)
+    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
+        Self { fs, rt }
     }
 
     /// Runs `op` on the runtime and answers the kernel from there.
@@ -70,28 +57,39 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn attr_of(n: &Node, owner: Owner) -> FileAttr {
-    let mtime = UNIX_EPOCH + Duration::from_nanos(u64::try_from(n.mtime_ns).unwrap_or(0));
-    let (kind, nlink) = match n.kind {
-        EntryKind::Dir => (FileType::Directory, 2),
-        EntryKind::File => (FileType::RegularFile, 1),
-        EntryKind::Symlink => (FileType::Symlink, 1),
-    };
+fn time(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+fn file_type(kind: EntryKind) -> FileType {
+    match kind {
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::File => FileType::RegularFile,
+        EntryKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
-        ino: INodeNo(n.ino),
-        size: n.size,
-        blocks: n.size.div_ceil(512),
-        atime: mtime,
-        mtime,
-        ctime: mtime,
-        crtime: mtime,
-        kind,
-        perm: (n.mode & 0o7777) as u16,
-        nlink,
-        uid: owner.uid,
-        gid: owner.gid,
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.mtime_ns),
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
         rdev: 0,
-        blksize: BLOCK_SIZE as u32,
+        blksize: a.blksize,
         flags: 0,
     }
 }
@@ -100,14 +98,13 @@ fn name_of(name: &OsStr) -> Result<&str, Errno> {
     name.to_str().ok_or(Errno::EINVAL)
 }
 
-fn time_ns(t: TimeOrNow) -> i64 {
-    let t = match t {
-        TimeOrNow::SpecificTime(t) => t,
-        TimeOrNow::Now => SystemTime::now(),
-    };
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+        }),
     }
 }
 
@@ -124,12 +121,28 @@ fn open_flags(o: &Opened, write: bool) -> FopenFlags {
     flags
 }
 
+fn entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 impl fuser::Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for cap in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            // `open` sees O_TRUNC, so opening a file to overwrite it fetches nothing.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks a FUSE capability");
@@ -144,13 +157,7 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = name_of(name).and_then(|n| self.fs.lookup(parent.0, n).map_err(|e| errno(&e)));
-        match r {
-            Ok(n) => {
-                self.fs.remember(n.ino);
-                reply.entry(&TTL, &self.attr(&n), Generation(0));
-            }
-            Err(e) => reply.error(e),
-        }
+        entry(reply, r);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -161,20 +168,20 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(n) => reply.attr(&TTL, &self.attr(&n)),
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn setattr(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -184,25 +191,24 @@ impl fuser::Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Ownership is the mounting user's; changing it is refused rather than ignored.
-        if uid.is_some_and(|u| u != self.owner.uid) || gid.is_some_and(|g| g != self.owner.gid) {
-            return reply.error(Errno::EPERM);
-        }
-        let _ = req;
-        let meta = self.fs.set_meta(ino.0, mode, mtime.map(time_ns));
-        let Some(size) = size else {
-            return match meta {
-                Ok(n) => reply.attr(&TTL, &self.attr(&n)),
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        if size.is_none() {
+            return match self.fs.set_meta(ino.0, &change) {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             };
-        };
-        if let Err(e) = meta {
-            return reply.error(errno(&e));
         }
-        let (fs, owner) = (Arc::clone(&self.fs), self.owner);
+        let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
-            match fs.truncate(ino.0, size).await {
-                Ok(n) => reply.attr(&TTL, &attr_of(&n, owner)),
+            match fs.setattr(ino.0, change).await {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -220,15 +226,14 @@ impl fuser::Filesystem for FuseAdapter {
         _req: &Request,
         _p: INodeNo,
         _n: &OsStr,
-        mode: u32,
+        _mode: u32,
         _u: u32,
         _r: u32,
         reply: ReplyEntry,
     ) {
         // Only regular files, made through create(); device nodes, FIFOs and sockets have
         // no meaning on other devices.
-        let _ = mode;
-        reply.error(Errno::from_i32(libc::EPERM));
+        reply.error(Errno::EPERM);
     }
 
     fn mkdir(
@@ -245,27 +250,17 @@ impl fuser::Filesystem for FuseAdapter {
                 .mkdir(parent.0, n, mode & !umask)
                 .map_err(|e| errno(&e))
         });
-        match r {
-            Ok(n) => {
-                self.fs.remember(n.ino);
-                reply.entry(&TTL, &self.attr(&n), Generation(0));
-            }
-            Err(e) => reply.error(e),
-        }
+        entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_of(name).and_then(|n| self.fs.unlink(parent.0, n).map_err(|e| errno(&e))) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let r = name_of(name).and_then(|n| self.fs.unlink(parent.0, n).map_err(|e| errno(&e)));
+        empty(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_of(name).and_then(|n| self.fs.rmdir(parent.0, n).map_err(|e| errno(&e))) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let r = name_of(name).and_then(|n| self.fs.rmdir(parent.0, n).map_err(|e| errno(&e)));
+        empty(reply, r);
     }
 
     fn symlink(
@@ -280,13 +275,7 @@ impl fuser::Filesystem for FuseAdapter {
             let t = target.to_str().ok_or(Errno::EINVAL)?;
             self.fs.symlink(parent.0, n, t).map_err(|e| errno(&e))
         });
-        match r {
-            Ok(n) => {
-                self.fs.remember(n.ino);
-                reply.entry(&TTL, &self.attr(&n), Generation(0));
-            }
-            Err(e) => reply.error(e),
-        }
+        entry(reply, r);
     }
 
     fn rename(
@@ -311,15 +300,12 @@ impl fuser::Filesystem for FuseAdapter {
                 .rename(parent.0, a, newparent.0, b, noreplace)
                 .map_err(|e| errno(&e))
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        empty(reply, r);
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        // A mesh entry has one parent; hard links cannot be shown on other devices.
-        reply.error(Errno::EPERM);
+    fn link(&self, _req: &Request, ino: INodeNo, np: INodeNo, nn: &OsStr, reply: ReplyEntry) {
+        let r = name_of(nn).and_then(|n| self.fs.link(ino.0, np.0, n).map_err(|e| errno(&e)));
+        entry(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -354,19 +340,16 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
-        let (fs, owner) = (Arc::clone(&self.fs), self.owner);
+        let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask).await {
-                Ok((n, o)) => {
-                    fs.remember(n.ino);
-                    reply.created(
-                        &TTL,
-                        &attr_of(&n, owner),
-                        Generation(0),
-                        FileHandle(o.fh),
-                        open_flags(&o, true),
-                    );
-                }
+                Ok((a, o)) => reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    open_flags(&o, true),
+                ),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -409,6 +392,27 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let how = match mode {
+            0 => Allocate::Extend,
+            libc::FALLOC_FL_KEEP_SIZE => Allocate::KeepSize,
+            // Punching holes, zeroing and collapsing ranges are not offered.
+            _ => return reply.error(Errno::EOPNOTSUPP),
+        };
+        // Local disk only.
+        let r = self.fs.fallocate(fh.0, offset, length, how);
+        empty(reply, r.map_err(|e| errno(&e)));
     }
 
     fn flush(
@@ -478,26 +482,13 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let children = match self.fs.listing(fh.0, ino.0, offset) {
-            Ok(c) => c,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let parent = self.fs.getattr(ino.0).map_or(ino.0, |n| n.parent);
-        let dots = [
-            (ino.0, FileType::Directory, "."),
-            (parent, FileType::Directory, ".."),
-        ];
-        let all = dots.into_iter().chain(
-            children
-                .iter()
-                .map(|n| (n.ino, attr_of(n, self.owner).kind, n.name.as_str())),
-        );
-        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
-                break;
-            }
+        let r = self.fs.readdir(fh.0, ino.0, offset, |e: DirEntry<'_>| {
+            reply.add(INodeNo(e.ino), e.next, file_type(e.kind), e.name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -508,39 +499,20 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (this, children) = match self
-            .fs
-            .getattr(ino.0)
-            .and_then(|n| Ok((n, self.fs.listing(fh.0, ino.0, offset)?)))
-        {
-            Ok(c) => c,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let parent = self
-            .fs
-            .getattr(this.parent)
-            .unwrap_or_else(|_| this.clone());
-        let dots = [(".", &this), ("..", &parent)];
-        let all = dots
-            .into_iter()
-            .chain(children.iter().map(|n| (n.name.as_str(), n)));
-        for (i, (name, n)) in all.enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(n.ino),
-                i as u64 + 1,
-                name,
+        let r = self.fs.readdirplus(fh.0, ino.0, offset, |e, a| {
+            reply.add(
+                INodeNo(e.ino),
+                e.next,
+                e.name,
                 &TTL,
-                &self.attr(n),
+                &file_attr(a),
                 Generation(0),
-            ) {
-                break;
-            }
-            // Each entry but the dots counts as a lookup in the kernel.
-            if i >= 2 {
-                self.fs.remember(n.ino);
-            }
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         }
-        reply.ok();
     }
 
     // Extended attributes do not travel between devices. ENOSYS tells the kernel once and
@@ -603,10 +575,10 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // The mesh has no fixed size; report a large, honest-looking free space so that
-        // programs which check before writing go ahead (the cloud enforces the quota).
-        let blocks = 1u64 << 32;
-        reply.statfs(blocks, blocks, blocks, 1 << 30, 1 << 30, 4096, 255, 4096);
+        let s = self.fs.statfs();
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+        );
     }
 }
 

@@ -1,12 +1,20 @@
-//! The filesystem: `ops` holds the operations as plain functions over the cache, testable
-//! without `/dev/fuse`; `fuse` is only the adapter that decodes kernel requests, hands the
-//! ones that may touch the network to tokio, and replies; `readahead` holds the agent's
-//! read-ahead window per open file and raises the kernel's for the mount.
+//! The filesystem: [`Fs`] holds every operation as a method over the cache, testable
+//! without `/dev/fuse` (`ops` the namespace and attributes, `content` reading and writing
+//! files, `attr` the values `stat` and `statfs` report); `fuse` is only the adapter that
+//! decodes kernel requests, hands the ones that may touch the network to tokio, and
+//! replies; `readahead` holds the agent's read-ahead window per open file and raises the
+//! kernel's for the mount.
 
+pub mod attr;
+pub mod content;
 pub mod error;
 pub mod fuse;
 pub mod ops;
 pub mod readahead;
+#[cfg(test)]
+mod tests;
 
+pub use attr::{Attr, Owner, SetAttr, StatFs, TimeSet};
+pub use content::{Allocate, Closing, Opened};
 pub use error::FsError;
-pub use ops::Fs;
+pub use ops::{DirEntry, Fs};

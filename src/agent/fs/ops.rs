@@ -1,131 +1,76 @@
-//! Filesystem operations over the local cache. Metadata operations touch only sled and
-//! return at once (they never wait on the network); `read`, `open` for writing and the
-//! commit on `flush`/`fsync` are async because they may fetch blocks or hash content.
+//! The namespace: lookups and attributes, directories and their listings, and the
+//! operations that change names and metadata. Each touches only sled and returns at once
+//! (none waits on the network); a change and its journal record go into one sled batch.
 //!
-//! Writes go to a staging file per inode. A commit cuts it into blocks, stores them,
-//! records the new manifest and a journal record in one sled batch, flushes sled, and only
-//! then returns: from that moment the version survives a crash of the agent.
+//! The kernel's references to inodes are counted here ([`Fs::lookup`] and every operation
+//! that answers with an entry count one; [`Fs::forget`] gives them back), so an unlinked
+//! node stays while the kernel may still open it.
 
+use super::attr::{Attr, NAME_MAX, Owner, SetAttr, StatFs, TimeSet};
+use super::content::Staging;
+use super::readahead::ReadAhead;
 use crate::agent::cache::{Cache, Node, ROOT, Txn};
-use crate::agent::fetch::{Fetcher, Want};
+use crate::agent::fetch::Fetcher;
 use crate::agent::fs::FsError;
-use crate::agent::fs::readahead::ReadAhead;
 use crate::agent::journal::Journal;
 use crate::agent::status::Counters;
-use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind};
-use bytes::Bytes;
+use crate::proto::{EntryKind, now_ns};
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// Longest name a directory entry may have, in bytes.
-const NAME_MAX: usize = 255;
-
-fn now_ns() -> i64 {
-    crate::proto::now_ms().saturating_mul(1_000_000)
-}
-
-/// What to ask the fetcher for block `hash` of file `n` in `folder`.
-fn want(n: &Node, folder: &str, hash: BlockHash) -> Want {
-    Want {
-        folder: folder.to_string(),
-        entry: n.entry.clone().unwrap_or_default(),
-        hash,
-        holders: n.holders.clone(),
-    }
-}
-
-fn check_name(name: &str) -> Result<(), FsError> {
+/// A name that is longer than a directory entry may be.
+pub(super) fn check_len(name: &str) -> Result<(), FsError> {
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
     }
+    Ok(())
+}
+
+/// A name a new entry may have.
+fn check_name(name: &str) -> Result<(), FsError> {
+    check_len(name)?;
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
         return Err(FsError::Invalid);
     }
     Ok(())
 }
 
-/// A file being written: its local copy and whether it holds uncommitted writes.
-struct Staging {
-    file: std::fs::File,
-    /// Writes hold it shared; a commit holds it exclusively while it reads the file, so a
-    /// committed version never mixes bytes from before and after a concurrent write.
-    gate: RwLock<()>,
-    dirty: AtomicBool,
-    /// Commits so far; a handle remembers the count at its last write, so its release
-    /// knows whether a commit has taken that write since.
-    commits: AtomicU64,
-    opens: AtomicU64,
-    /// The live size and mtime while writes go on; the node gets them at commit, so a
-    /// write costs no metadata update.
-    size: AtomicU64,
-    mtime_ns: AtomicI64,
-}
-
-impl Staging {
-    /// Sets the length (`O_TRUNC`, `ftruncate`), as a write would.
-    fn resize(&self, size: u64) -> Result<(), FsError> {
-        let _w = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        self.file.set_len(size)?;
-        self.dirty.store(true, Ordering::SeqCst);
-        self.size.store(size, Ordering::SeqCst);
-        self.mtime_ns.store(now_ns(), Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn new(file: std::fs::File, size: u64, dirty: bool) -> Arc<Self> {
-        Arc::new(Self {
-            file,
-            gate: RwLock::new(()),
-            dirty: AtomicBool::new(dirty),
-            commits: AtomicU64::new(0),
-            opens: AtomicU64::new(0),
-            size: AtomicU64::new(size),
-            mtime_ns: AtomicI64::new(now_ns()),
-        })
-    }
-}
-
-struct Handle {
-    ino: u64,
-    writable: bool,
+/// An open file.
+pub(super) struct Handle {
+    pub(super) ino: u64,
+    pub(super) writable: bool,
     /// `Staging::commits` at this handle's last change of the file, if it made one.
-    changed_at: Option<u64>,
-    ahead: ReadAhead,
+    pub(super) changed_at: Option<u64>,
+    pub(super) ahead: ReadAhead,
+}
+
+/// One entry of a directory listing, the dots included.
+pub struct DirEntry<'a> {
+    pub ino: u64,
+    /// Where the next `readdir` goes on after this entry.
+    pub next: u64,
+    pub kind: EntryKind,
+    pub name: &'a str,
 }
 
 /// The state behind the mount.
 pub struct Fs {
-    cache: Arc<Cache>,
-    fetcher: Arc<Fetcher>,
-    journal: Arc<Journal>,
-    counters: Arc<Counters>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    pub(super) cache: Arc<Cache>,
+    pub(super) fetcher: Arc<Fetcher>,
+    pub(super) journal: Arc<Journal>,
+    pub(super) counters: Arc<Counters>,
+    owner: Owner,
+    pub(super) handles: Mutex<HashMap<u64, Handle>>,
     /// How many times the kernel was told of each inode and not yet told to forget it: an
     /// unlinked node stays until the kernel lets go, since it may still open it.
     lookups: Mutex<HashMap<u64, u64>>,
-    next_fh: AtomicU64,
+    pub(super) next_fh: AtomicU64,
     /// Open directory handles and the listing each read at its first `readdir`.
     dirs: Mutex<HashMap<u64, Option<Arc<Vec<Node>>>>>,
-    staging: Mutex<HashMap<u64, Arc<Staging>>>,
+    pub(super) staging: Mutex<HashMap<u64, Arc<Staging>>>,
     /// One file is brought to the device for writing at a time.
-    materializing: tokio::sync::Mutex<()>,
-}
-
-/// A writing handle's release, for [`Fs::finish_write`].
-pub struct Closing {
-    ino: u64,
-    /// It changed the file after the last commit.
-    commit: bool,
-}
-
-/// What `open` tells the kernel.
-pub struct Opened {
-    pub fh: u64,
-    /// The kernel may keep cached pages from earlier opens (the feed invalidates them when
-    /// the content changes elsewhere).
-    pub keep_cache: bool,
+    pub(super) materializing: tokio::sync::Mutex<()>,
 }
 
 impl Fs {
@@ -134,12 +79,14 @@ impl Fs {
         fetcher: Arc<Fetcher>,
         journal: Arc<Journal>,
         counters: Arc<Counters>,
+        owner: Owner,
     ) -> Self {
         Self {
             cache,
             fetcher,
             journal,
             counters,
+            owner,
             handles: Mutex::new(HashMap::new()),
             lookups: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -149,11 +96,11 @@ impl Fs {
         }
     }
 
-    fn lock_meta(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(super) fn lock_meta(&self) -> std::sync::MutexGuard<'_, ()> {
         self.cache.lock()
     }
 
-    fn node(&self, ino: u64) -> Result<Node, FsError> {
+    pub(super) fn node(&self, ino: u64) -> Result<Node, FsError> {
         self.cache.node(ino)?.ok_or(FsError::NotFound)
     }
 
@@ -166,38 +113,63 @@ impl Fs {
         }
     }
 
-    // ---- reading metadata ----
+    /// The node at `name` in directory `parent` (no kernel reference is counted).
+    fn find(&self, parent: u64, name: &str) -> Result<Node, FsError> {
+        check_len(name)?;
+        self.dir(parent)?;
+        let ino = self.cache.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        self.node(ino)
+    }
 
-    /// A node as the kernel should see it: a file being written shows its live size.
-    fn live(&self, mut n: Node) -> Node {
+    // ---- attributes ----
+
+    /// A node as the kernel should see it: a file being written shows its live size and
+    /// times.
+    pub(super) fn live(&self, mut n: Node) -> Node {
         if let Some(s) = self.staging_of(n.ino) {
-            n.size = s.size.load(Ordering::SeqCst);
-            n.mtime_ns = s.mtime_ns.load(Ordering::SeqCst);
+            s.overlay(&mut n);
         }
         n
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Node, FsError> {
-        self.node(ino).map(|n| self.live(n))
+    /// The attributes of `n` as `stat` shows them.
+    fn attr(&self, n: Node) -> Result<Attr, FsError> {
+        let n = self.live(n);
+        let subdirs = if n.is_dir() {
+            self.cache.subdirs(n.ino)?
+        } else {
+            0
+        };
+        Ok(Attr::of(&n, subdirs, self.owner))
     }
 
-    pub fn lookup(&self, parent: u64, name: &str) -> Result<Node, FsError> {
-        self.dir(parent)?;
-        let ino = self.cache.lookup(parent, name)?.ok_or(FsError::NotFound)?;
-        self.node(ino).map(|n| self.live(n))
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.attr(self.node(ino)?)
     }
 
-    /// The entries of a directory with their nodes, in name order.
-    pub fn readdir(&self, ino: u64) -> Result<Vec<Node>, FsError> {
-        self.dir(ino)?;
-        let mut out = Vec::new();
-        for (_, child) in self.cache.children(ino)? {
-            if let Some(n) = self.cache.node(child)? {
-                out.push(self.live(n));
-            }
-        }
-        Ok(out)
+    /// `lookup`: the entry, which the kernel now holds a reference to.
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        let a = self.attr(self.find(parent, name)?)?;
+        self.remember(a.ino);
+        Ok(a)
     }
+
+    pub fn readlink(&self, ino: u64) -> Result<String, FsError> {
+        let n = self.node(ino)?;
+        n.target
+            .filter(|_| n.kind == EntryKind::Symlink)
+            .ok_or(FsError::Invalid)
+    }
+
+    /// The mesh's size for `statfs`: the user's cloud quota and its use, as last heard.
+    pub fn statfs(&self) -> StatFs {
+        StatFs::of(
+            self.counters.cloud_quota.load(Ordering::Relaxed),
+            self.counters.cloud_used.load(Ordering::Relaxed),
+        )
+    }
+
+    // ---- directories ----
 
     /// `opendir`: a handle whose listing is read once, at its first `readdir`, and kept for
     /// the calls that follow (the kernel reads a big directory in many small pieces; reading
@@ -212,15 +184,27 @@ impl Fs {
         Ok(fh)
     }
 
+    /// The children of directory `ino` with their nodes, in name order.
+    fn children(&self, ino: u64) -> Result<Vec<Node>, FsError> {
+        let mut out = Vec::new();
+        for (_, child) in self.cache.children(ino)? {
+            if let Some(n) = self.cache.node(child)? {
+                out.push(self.live(n));
+            }
+        }
+        Ok(out)
+    }
+
     /// The listing of directory handle `fh` for a `readdir` from `offset`: read now at the
     /// start (offset 0, or a handle that has none yet), else the one read then.
-    pub fn listing(&self, fh: u64, ino: u64, offset: u64) -> Result<Arc<Vec<Node>>, FsError> {
+    fn listing(&self, fh: u64, ino: u64, offset: u64) -> Result<Arc<Vec<Node>>, FsError> {
         if offset > 0
             && let Some(Some(kept)) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&fh)
         {
             return Ok(Arc::clone(kept));
         }
-        let listed = Arc::new(self.readdir(ino)?);
+        self.dir(ino)?;
+        let listed = Arc::new(self.children(ino)?);
         Counters::add(&self.counters.dirs_listed, 1);
         if let Some(slot) = self
             .dirs
@@ -233,6 +217,69 @@ impl Fs {
         Ok(listed)
     }
 
+    /// `readdir` of handle `fh` on directory `ino` from `offset`: gives `.`, `..` and the
+    /// children to `add` in order until it returns true (the reply is full).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(DirEntry<'_>) -> bool,
+    ) -> Result<(), FsError> {
+        let children = self.listing(fh, ino, offset)?;
+        let parent = self.node(ino).map_or(ino, |n| n.parent);
+        let dots = [(ino, EntryKind::Dir, "."), (parent, EntryKind::Dir, "..")];
+        let all = dots
+            .into_iter()
+            .chain(children.iter().map(|n| (n.ino, n.kind, n.name.as_str())));
+        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if add(DirEntry {
+                ino: child,
+                next,
+                kind,
+                name,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `readdirplus`: like [`Fs::readdir`] with each entry's attributes; every entry
+    /// `add` takes but the dots counts as a kernel reference.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(DirEntry<'_>, &Attr) -> bool,
+    ) -> Result<(), FsError> {
+        let this = self.node(ino)?;
+        let children = self.listing(fh, ino, offset)?;
+        let parent = self.node(this.parent).unwrap_or_else(|_| this.clone());
+        let dots = [(".", this), ("..", parent)];
+        let all = dots
+            .into_iter()
+            .chain(children.iter().map(|n| (n.name.as_str(), n.clone())));
+        for (i, (name, n)) in all.enumerate().skip(offset as usize) {
+            let a = self.attr(n)?;
+            let entry = DirEntry {
+                ino: a.ino,
+                next: i as u64 + 1,
+                kind: a.kind,
+                name,
+            };
+            if add(entry, &a) {
+                break;
+            }
+            if i >= 2 {
+                self.remember(a.ino);
+            }
+        }
+        Ok(())
+    }
+
     /// `releasedir`: the handle's listing goes.
     pub fn releasedir(&self, fh: u64) {
         self.dirs
@@ -241,16 +288,9 @@ impl Fs {
             .remove(&fh);
     }
 
-    pub fn readlink(&self, ino: u64) -> Result<String, FsError> {
-        let n = self.node(ino)?;
-        n.target
-            .filter(|_| n.kind == EntryKind::Symlink)
-            .ok_or(FsError::Invalid)
-    }
+    // ---- changing names and metadata ----
 
-    // ---- changing metadata ----
-
-    fn new_child(
+    pub(super) fn new_child(
         &self,
         parent: u64,
         name: &str,
@@ -273,6 +313,7 @@ impl Fs {
         let ino = self.cache.next_id()?;
         let entry = uuid::Uuid::new_v4().to_string();
         let size = target.as_ref().map_or(0, |t| t.len() as u64);
+        let now = now_ns();
         let node = Node {
             ino,
             parent,
@@ -282,7 +323,9 @@ impl Fs {
             kind,
             mode: mode & 0o7777,
             size,
-            mtime_ns: now_ns(),
+            mtime_ns: now,
+            atime_ns: None,
+            ctime_ns: None,
             version: 0,
             manifest: Vec::new(),
             target,
@@ -292,43 +335,43 @@ impl Fs {
         };
         let mut txn = Txn::default();
         txn.put_node(&node);
-        txn.link(parent, name, ino);
+        txn.link(parent, name, &node);
         txn.index_entry(&folder, &entry, ino);
+        txn.touch_dir(&self.cache, parent)?;
         self.journal.put(&self.cache, txn, &node, None)?;
         Ok(node)
     }
 
-    pub fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Node, FsError> {
-        self.new_child(parent, name, EntryKind::Dir, mode, None)
+    /// `mkdir`: the new directory, which the kernel now holds a reference to.
+    pub fn mkdir(&self, parent: u64, name: &str, mode: u32) -> Result<Attr, FsError> {
+        let n = self.new_child(parent, name, EntryKind::Dir, mode, None)?;
+        self.remember(n.ino);
+        self.attr(n)
     }
 
-    pub fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Node, FsError> {
-        self.new_child(
+    /// `symlink`: the new link, which the kernel now holds a reference to.
+    pub fn symlink(&self, parent: u64, name: &str, target: &str) -> Result<Attr, FsError> {
+        let n = self.new_child(
             parent,
             name,
             EntryKind::Symlink,
             0o777,
             Some(target.to_string()),
-        )
+        )?;
+        self.remember(n.ino);
+        self.attr(n)
     }
 
-    /// Creates an empty file and opens it for writing.
-    pub async fn create(
-        &self,
-        parent: u64,
-        name: &str,
-        mode: u32,
-    ) -> Result<(Node, Opened), FsError> {
-        let node = self.new_child(parent, name, EntryKind::File, mode, None)?;
-        let staging = self.staging_empty(node.ino)?;
-        staging.opens.fetch_add(1, Ordering::SeqCst);
-        let opened = self.new_handle(node.ino, true, false);
-        self.changed_by(opened.fh, &staging);
-        Ok((node.clone(), opened))
+    /// `link`: a mesh entry has one parent, so hard links cannot be shown on other devices.
+    pub fn link(&self, _ino: u64, _new_parent: u64, new_name: &str) -> Result<Attr, FsError> {
+        check_len(new_name)?;
+        Err(FsError::NotPermitted(
+            "hard links cannot be shown on other devices",
+        ))
     }
 
-    /// Changes a node and journals the change in one batch.
-    fn update(&self, ino: u64, change: impl FnOnce(&mut Node)) -> Result<Node, FsError> {
+    /// Changes a node (and notes the change time) and journals the change in one batch.
+    pub(super) fn update(&self, ino: u64, change: impl FnOnce(&mut Node)) -> Result<Node, FsError> {
         let mut n = self.node(ino)?;
         change(&mut n);
         n.pending += 1;
@@ -347,13 +390,14 @@ impl Fs {
     }
 
     fn remove(&self, parent: u64, name: &str, dir: bool) -> Result<(), FsError> {
+        check_len(name)?;
         let _g = self.lock_meta();
         if parent == ROOT {
             return Err(FsError::NotPermitted(
                 "Mesh Folders are removed through the cloud",
             ));
         }
-        let n = self.lookup(parent, name)?;
+        let n = self.find(parent, name)?;
         match (dir, n.is_dir()) {
             (true, false) => return Err(FsError::NotDir),
             (false, true) => return Err(FsError::IsDir),
@@ -363,9 +407,11 @@ impl Fs {
         let mut gone = n;
         gone.linked = false;
         gone.pending += 1;
+        gone.touch(false);
         let mut txn = Txn::default();
         txn.unlink(parent, name);
         txn.put_node(&gone);
+        txn.touch_dir(&self.cache, parent)?;
         self.journal.delete(&self.cache, txn, gone.ino)?;
         Ok(())
     }
@@ -379,6 +425,7 @@ impl Fs {
         new_name: &str,
         noreplace: bool,
     ) -> Result<(), FsError> {
+        check_len(name)?;
         check_name(new_name)?;
         let _g = self.lock_meta();
         if parent == ROOT || new_parent == ROOT {
@@ -386,7 +433,7 @@ impl Fs {
                 "Mesh Folders are renamed through the cloud",
             ));
         }
-        let src = self.lookup(parent, name)?;
+        let src = self.find(parent, name)?;
         let dst_dir = self.dir(new_parent)?;
         if dst_dir.folder != src.folder {
             return Err(FsError::CrossFolder);
@@ -424,360 +471,87 @@ impl Fs {
             // that step is uploaded the old node stays, pending (see Snapshot::replaced).
             old.linked = false;
             old.pending += 1;
+            old.touch(false);
             txn.put_node(&old);
         }
         let mut n = src;
         txn.unlink(n.parent, &n.name);
+        txn.touch_dir(&self.cache, n.parent)?;
+        if new_parent != n.parent {
+            txn.touch_dir(&self.cache, new_parent)?;
+        }
         n.parent = new_parent;
         n.name = new_name.to_string();
         n.pending += 1;
-        txn.link(new_parent, new_name, n.ino);
+        n.touch(false);
+        txn.link(new_parent, new_name, &n);
         txn.put_node(&n);
         self.journal.put(&self.cache, txn, &n, target)?;
         Ok(())
     }
 
-    /// `chmod` and `utimens`; size changes go through [`Fs::truncate`].
-    pub fn set_meta(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        mtime_ns: Option<i64>,
-    ) -> Result<Node, FsError> {
+    /// `setattr` without a size: mode and times (and ownership, which only the mounting
+    /// user may keep). A time set on a file being written is kept by its next commit.
+    /// Local only; answers at once.
+    pub fn set_meta(&self, ino: u64, a: &SetAttr) -> Result<Attr, FsError> {
+        if a.uid.is_some_and(|u| u != self.owner.uid) || a.gid.is_some_and(|g| g != self.owner.gid)
+        {
+            return Err(FsError::NotPermitted(
+                "files belong to the user who mounted the mesh",
+            ));
+        }
         let _g = self.lock_meta();
         let n = self.node(ino)?;
+        if a.mode.is_none() && a.atime.is_none() && a.mtime.is_none() {
+            return self.attr(n);
+        }
         if n.entry.is_none() {
             return Err(FsError::NotPermitted("the roots of the mount are fixed"));
         }
-        if mode.is_none() && mtime_ns.is_none() {
-            return Ok(n);
+        let mtime = a.mtime.map(TimeSet::ns);
+        let atime = a.atime.map(TimeSet::ns);
+        if let (Some(s), Some(t)) = (self.staging_of(ino), mtime) {
+            s.set_mtime(t);
         }
-        self.update(ino, |n| {
-            if let Some(m) = mode {
-                n.mode = m & 0o7777;
-            }
-            if let Some(t) = mtime_ns {
-                n.mtime_ns = t;
-            }
-        })
-    }
-
-    // ---- content ----
-
-    fn new_handle(&self, ino: u64, writable: bool, keep_cache: bool) -> Opened {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let h = Handle {
-            ino,
-            writable,
-            changed_at: None,
-            ahead: ReadAhead::default(),
-        };
-        self.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, h);
-        Opened { fh, keep_cache }
-    }
-
-    fn staging_of(&self, ino: u64) -> Option<Arc<Staging>> {
-        let map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ino).cloned()
-    }
-
-    fn create_staging_file(&self, ino: u64) -> Result<std::fs::File, FsError> {
-        let path = self.cache.staging_path(ino);
-        Ok(std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?)
-    }
-
-    /// A new, empty staging file for `ino` (creation or `O_TRUNC`).
-    fn staging_empty(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
-        let s = Staging::new(self.create_staging_file(ino)?, 0, true);
-        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(ino, Arc::clone(&s));
-        Ok(s)
-    }
-
-    /// The staging file of `ino`, made from its committed content if there is none yet.
-    async fn staging_full(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
-        let _one = self.materializing.lock().await;
-        if let Some(s) = self.staging_of(ino) {
-            return Ok(s);
-        }
-        let n = self.node(ino)?;
-        let folder = n.folder.clone().ok_or(FsError::Invalid)?;
-        let file = self.create_staging_file(ino)?;
-        let mut at = 0u64;
-        for b in &n.manifest {
-            self.fetcher.ensure(want(&n, &folder, b.hash)).await?;
-            let data = self
-                .cache
-                .load_block(&b.hash)?
-                .ok_or(FsError::Fetch(crate::agent::fetch::FetchError::Local))?;
-            file.write_all_at(&data, at)?;
-            at += data.len() as u64;
-        }
-        file.set_len(n.size)?;
-        let s = Staging::new(file, n.size, false);
-        s.mtime_ns.store(n.mtime_ns, Ordering::SeqCst);
-        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(ino, Arc::clone(&s));
-        Ok(s)
-    }
-
-    fn file(&self, ino: u64) -> Result<Node, FsError> {
-        let n = self.node(ino)?;
-        match n.kind {
-            EntryKind::File => Ok(n),
-            EntryKind::Dir => Err(FsError::IsDir),
-            EntryKind::Symlink => Err(FsError::Invalid),
-        }
-    }
-
-    /// `open(2)` for reading: local state only (blocks are fetched by `read`).
-    pub fn open_read(&self, ino: u64) -> Result<Opened, FsError> {
-        self.file(ino)?;
-        let keep = self.staging_of(ino).is_none();
-        Ok(self.new_handle(ino, false, keep))
-    }
-
-    /// `open(2)` of a file. Opening for writing brings the whole content to the device
-    /// first (or none of it, with `O_TRUNC`).
-    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<Opened, FsError> {
-        if !write {
-            return self.open_read(ino);
-        }
-        self.file(ino)?;
-        let s = match (self.staging_of(ino), truncate) {
-            (Some(s), _) => s,
-            (None, true) => self.staging_empty(ino)?,
-            (None, false) => self.staging_full(ino).await?,
-        };
-        if truncate {
-            s.resize(0)?;
-        }
-        s.opens.fetch_add(1, Ordering::SeqCst);
-        let opened = self.new_handle(ino, true, false);
-        if truncate {
-            self.changed_by(opened.fh, &s);
-        }
-        Ok(opened)
-    }
-
-    /// Reads from the staging file if the file is being written, else from blocks,
-    /// fetching the ones not on the device.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let ino = self.handle_ino(fh)?;
-        if let Some(s) = self.staging_of(ino) {
-            let mut buf = vec![0u8; size as usize];
-            let n = s.file.read_at(&mut buf, offset)?;
-            buf.truncate(n);
-            return Ok(buf.into());
-        }
-        let n = self.cache.shared_node(ino)?.ok_or(FsError::NotFound)?;
-        let folder = n.folder.as_deref().ok_or(FsError::Invalid)?;
-        let end = n.size.min(offset.saturating_add(u64::from(size)));
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
-        let first = offset / BLOCK_SIZE;
-        let last = (end - 1) / BLOCK_SIZE;
-        self.read_ahead(fh, &n, folder, offset, end);
-        if first == last {
-            // Within one block: a block still in memory is answered without a copy.
-            let b = n.manifest.get(first as usize).ok_or(FsError::Invalid)?;
-            if !self.cache.has_block(&b.hash) {
-                self.fetcher.ensure(want(&n, folder, b.hash)).await?;
-            }
-            let start = first * BLOCK_SIZE;
-            if let Some(part) = self.cache.hot_slice(&b.hash, offset - start, end - start) {
-                return Ok(part);
-            }
-        }
-        let mut out = vec![0u8; (end - offset) as usize];
-        for idx in first..=last {
-            let b = n.manifest.get(idx as usize).ok_or(FsError::Invalid)?;
-            self.fetcher.ensure(want(&n, folder, b.hash)).await?;
-            let block_start = idx * BLOCK_SIZE;
-            let from = offset.max(block_start);
-            let to = end.min(block_start + u64::from(b.len));
-            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
-            let got = self.cache.read_block(&b.hash, from - block_start, dst)?;
-            if got != dst.len() {
-                return Err(FsError::Fetch(crate::agent::fetch::FetchError::Local));
-            }
-        }
-        Ok(out.into())
-    }
-
-    /// Starts fetching in the background the blocks the handle's read-ahead asks for after
-    /// a read of `offset..end` (see [`ReadAhead`]).
-    fn read_ahead(&self, fh: u64, n: &Node, folder: &str, offset: u64, end: u64) {
-        let ahead = {
-            let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(h) = handles.get_mut(&fh) else {
-                return;
-            };
-            h.ahead.after_read(offset, end)
-        };
-        for idx in ahead {
-            let Some(b) = n.manifest.get(idx as usize) else {
-                break;
-            };
-            if self.cache.has_block(&b.hash) {
-                continue;
-            }
-            let fetcher = Arc::clone(&self.fetcher);
-            let want = want(n, folder, b.hash);
-            tokio::spawn(async move {
-                let _ = fetcher.ensure(want).await;
-            });
-        }
-    }
-
-    fn handle_ino(&self, fh: u64) -> Result<u64, FsError> {
-        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        handles.get(&fh).map(|h| h.ino).ok_or(FsError::BadHandle)
-    }
-
-    /// Writes into the staging file. Local disk only.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        let (ino, writable) = {
-            let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-            let h = handles.get(&fh).ok_or(FsError::BadHandle)?;
-            (h.ino, h.writable)
-        };
-        if !writable {
-            return Err(FsError::BadHandle);
-        }
-        let s = self.staging_of(ino).ok_or(FsError::BadHandle)?;
-        let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
-        s.file.write_all_at(data, offset)?;
-        s.dirty.store(true, Ordering::SeqCst);
-        s.size
-            .fetch_max(offset + data.len() as u64, Ordering::SeqCst);
-        s.mtime_ns.store(now_ns(), Ordering::SeqCst);
-        self.changed_by(fh, &s);
-        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
-    }
-
-    /// Notes that handle `fh` changed the staging file `s`. Called with `s.gate` held
-    /// shared, so no commit runs between the change and the note.
-    fn changed_by(&self, fh: u64, s: &Staging) {
-        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = handles.get_mut(&fh) {
-            h.changed_at = Some(s.commits.load(Ordering::SeqCst));
-        }
-    }
-
-    /// `truncate(2)`/`ftruncate(2)`: changes the size and commits.
-    pub async fn truncate(&self, ino: u64, size: u64) -> Result<Node, FsError> {
-        let n = self.node(ino)?;
-        match n.kind {
-            EntryKind::File => {}
-            EntryKind::Dir => return Err(FsError::IsDir),
-            EntryKind::Symlink => return Err(FsError::Invalid),
-        }
-        let s = match self.staging_of(ino) {
-            Some(s) => s,
-            None if size == 0 => self.staging_empty(ino)?,
-            None => self.staging_full(ino).await?,
-        };
-        s.resize(size)?;
-        self.commit(ino).await?;
-        self.drop_staging_if_idle(ino);
-        self.getattr(ino)
-    }
-
-    /// Commits the staging file of `ino` as a new version, durably, if it has uncommitted
-    /// writes. Called on `flush`, `fsync` and `release`.
-    pub async fn commit(&self, ino: u64) -> Result<(), FsError> {
-        let Some(s) = self.staging_of(ino) else {
-            return Ok(());
-        };
-        if !s.dirty.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let cache = Arc::clone(&self.cache);
-        let (manifest, size, mtime_ns) = tokio::task::spawn_blocking(move || {
-            let _x = s.gate.write().unwrap_or_else(|p| p.into_inner());
-            s.dirty.store(false, Ordering::SeqCst);
-            let (manifest, size) = chunk(&cache, &s.file)?;
-            s.commits.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, FsError>((manifest, size, s.mtime_ns.load(Ordering::SeqCst)))
-        })
-        .await
-        .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
-        {
-            let _g = self.lock_meta();
+        let n = if a.mode.is_some() || mtime.is_some() {
             self.update(ino, |n| {
-                n.size = size;
-                n.manifest = manifest;
-                n.mtime_ns = mtime_ns;
-            })?;
+                if let Some(m) = a.mode {
+                    n.mode = m & 0o7777;
+                }
+                if let Some(t) = mtime {
+                    n.mtime_ns = t;
+                }
+                if atime.is_some() {
+                    n.atime_ns = atime;
+                }
+                n.touch(false);
+            })?
+        } else {
+            // The access time stays on this device: nothing to upload.
+            let mut n = n;
+            n.atime_ns = atime;
+            n.touch(false);
+            let mut txn = Txn::default();
+            txn.put_node(&n);
+            self.cache.apply(txn)?;
+            n
+        };
+        self.attr(n)
+    }
+
+    /// `setattr`: a size change (which commits, see [`Fs::truncate`]), then mode and times,
+    /// so that a time set in the same call wins over the truncation's.
+    pub async fn setattr(&self, ino: u64, a: SetAttr) -> Result<Attr, FsError> {
+        if let Some(size) = a.size {
+            self.truncate(ino, size).await?;
         }
-        self.cache.flush().await?;
-        tracing::debug!(ino, size, "committed a version");
-        Counters::add(&self.counters.commits, 1);
-        Ok(())
+        self.set_meta(ino, &a)
     }
 
-    /// `fsync`: commit, and make sure the journal is durable.
-    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
-        let ino = self.handle_ino(fh)?;
-        self.commit(ino).await?;
-        self.cache.flush().await?;
-        Ok(())
-    }
-
-    /// `fsyncdir`: directory changes are in the journal; make it durable.
-    pub async fn sync_metadata(&self) -> Result<(), FsError> {
-        self.cache.flush().await?;
-        Ok(())
-    }
-
-    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        let ino = self.handle_ino(fh)?;
-        self.commit(ino).await
-    }
-
-    /// Whether a `flush` of this handle has writes to commit.
-    pub fn has_uncommitted(&self, fh: u64) -> bool {
-        self.handle_ino(fh)
-            .ok()
-            .and_then(|ino| self.staging_of(ino))
-            .is_some_and(|s| s.dirty.load(Ordering::SeqCst))
-    }
-
-    /// The last close of a handle (`release`, which the kernel sends after `close` has
-    /// returned). Returns what [`Fs::finish_write`] must do for a handle that could write,
-    /// or `None` when it only read.
-    pub fn close(&self, fh: u64) -> Result<Option<Closing>, FsError> {
-        let h = self
-            .handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh)
-            .ok_or(FsError::BadHandle)?;
-        if !h.writable {
-            self.drop_if_unlinked(h.ino)?;
-            return Ok(None);
-        }
-        // Commit only this handle's own changes that no commit took yet (writes through
-        // a mapping after `close`, say). Another descriptor may be writing the same file
-        // right now: committing its half-done write would publish a state nobody closed.
-        let commit = self
-            .staging_of(h.ino)
-            .is_some_and(|s| h.changed_at == Some(s.commits.load(Ordering::SeqCst)));
-        Ok(Some(Closing { ino: h.ino, commit }))
-    }
+    // ---- the kernel's references ----
 
     /// The kernel now knows `ino` once more (an entry was replied for it).
-    pub fn remember(&self, ino: u64) {
+    pub(super) fn remember(&self, ino: u64) {
         let mut lookups = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
         *lookups.entry(ino).or_insert(0) += 1;
     }
@@ -802,7 +576,7 @@ impl Fs {
 
     /// Removes a node that was unlinked (here or elsewhere) once nothing needs it: no
     /// upload pending, no open handle, and the kernel holds no reference.
-    fn drop_if_unlinked(&self, ino: u64) -> Result<(), FsError> {
+    pub(super) fn drop_if_unlinked(&self, ino: u64) -> Result<(), FsError> {
         let known = self
             .lookups
             .lock()
@@ -828,66 +602,4 @@ impl Fs {
         }
         Ok(())
     }
-
-    /// After the release of a writing handle: commit what it left, and let go of the
-    /// staging file once no handle uses it and all of it is committed.
-    pub async fn finish_write(&self, closing: Closing) -> Result<(), FsError> {
-        let ino = closing.ino;
-        let result = if closing.commit {
-            self.commit(ino).await
-        } else {
-            Ok(())
-        };
-        if let Some(s) = self.staging_of(ino) {
-            s.opens.fetch_sub(1, Ordering::SeqCst);
-        }
-        self.drop_staging_if_idle(ino);
-        self.drop_if_unlinked(ino)?;
-        result
-    }
-
-    fn drop_staging_if_idle(&self, ino: u64) {
-        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        let idle = map.get(&ino).is_some_and(|s| {
-            s.opens.load(Ordering::SeqCst) == 0 && !s.dirty.load(Ordering::SeqCst)
-        });
-        if idle {
-            map.remove(&ino);
-            let _ = std::fs::remove_file(self.cache.staging_path(ino));
-        }
-    }
-}
-
-/// Cuts a file into blocks, stores each, and returns the manifest and the size.
-fn chunk(cache: &Cache, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), FsError> {
-    let mut manifest = Vec::new();
-    let mut total = 0u64;
-    let mut at = 0u64;
-    loop {
-        let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = file.read_at(&mut buf[filled..], at + filled as u64)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        buf.truncate(filled);
-        at += filled as u64;
-        let hash = BlockHash::of(&buf);
-        cache.store_block(&hash, buf.into(), true)?;
-        manifest.push(BlockRef {
-            hash,
-            len: filled as u32,
-        });
-        total += filled as u64;
-        if filled < BLOCK_SIZE as usize {
-            break;
-        }
-    }
-    Ok((manifest, total))
 }

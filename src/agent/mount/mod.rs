@@ -10,9 +10,9 @@ use crate::agent::cache::{Cache, CacheError};
 use crate::agent::client::{self, ConnectError};
 use crate::agent::feed::Feed;
 use crate::agent::fetch::{BlockSource, Fetcher, SourceError, Want};
-use crate::agent::fs::Fs;
-use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator, Owner};
+use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator};
 use crate::agent::fs::readahead;
+use crate::agent::fs::{Fs, Owner};
 use crate::agent::home::Home;
 use crate::agent::invalidate::Invalidator;
 use crate::agent::journal::Journal;
@@ -172,8 +172,17 @@ fn open_cache(home: &Home) -> Result<Cache, MountError> {
 }
 
 /// Opens the device's state and connects the parts (no mount yet). With `peers`, blocks
-/// are asked of the user's other devices before the cloud.
+/// are asked of the user's other devices before the cloud. Files are shown as owned by the
+/// owner of the device home.
 pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, MountError> {
+    let home_meta = std::fs::metadata(home.root()).map_err(|source| MountError::MountPoint {
+        path: home.root().into(),
+        source,
+    })?;
+    let owner = Owner {
+        uid: home_meta.uid(),
+        gid: home_meta.gid(),
+    };
     let remote: Arc<dyn Remote> = Arc::new(client::connect(home)?);
     let cache = Arc::new(open_cache(home)?);
     // Staging files hold writes never committed by a close or fsync: nothing was promised
@@ -217,6 +226,7 @@ pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, Moun
         fetcher,
         Arc::clone(&journal),
         Arc::clone(&counters),
+        owner,
     ));
     Ok(Agent {
         cache,
@@ -228,10 +238,21 @@ pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, Moun
     })
 }
 
+/// Who may use the mount besides the device's owner and root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The owner of the device home and root (the default).
+    Owner,
+    /// Every local user, with permissions checked against the mode bits.
+    Everyone,
+}
+
+/// Mounts the mesh at `mountpoint` and serves it until SIGINT or SIGTERM.
 pub async fn run(
     home: &Home,
     mountpoint: &Path,
     peers: Option<PeerOptions>,
+    access: Access,
 ) -> Result<(), MountError> {
     let agent = open_agent(home, peers)?;
     let peer_tasks = match &agent.peers {
@@ -243,20 +264,7 @@ pub async fn run(
         path: mountpoint.into(),
         source,
     })?;
-    let home_meta = std::fs::metadata(home.root()).map_err(|source| MountError::MountPoint {
-        path: home.root().into(),
-        source,
-    })?;
-    let owner = Owner {
-        uid: home_meta.uid(),
-        gid: home_meta.gid(),
-    };
-
-    let adapter = FuseAdapter::new(
-        Arc::clone(&agent.fs),
-        tokio::runtime::Handle::current(),
-        owner,
-    );
+    let adapter = FuseAdapter::new(Arc::clone(&agent.fs), tokio::runtime::Handle::current());
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("meshfs".into()),
@@ -266,7 +274,13 @@ pub async fn run(
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
     ];
-    config.acl = fuser::SessionACL::RootAndOwner;
+    // Both need `allow_other` in the kernel, which auto-unmount needs too; fuser then lets
+    // in only the owner and root, or everyone (the kernel checks the mode bits:
+    // `DefaultPermissions`).
+    config.acl = match access {
+        Access::Owner => fuser::SessionACL::RootAndOwner,
+        Access::Everyone => fuser::SessionACL::All,
+    };
     config.n_threads = Some(2);
     let fuse_err = |source| MountError::Fuse {
         path: mountpoint.into(),
@@ -305,6 +319,10 @@ pub async fn run(
             }
             .run(),
         ),
+        tokio::spawn(follow_usage(
+            Arc::clone(&agent.remote),
+            Arc::clone(&agent.counters),
+        )),
         tokio::spawn(report_status(
             home.status_file(),
             mountpoint.display().to_string(),
@@ -356,6 +374,23 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// How often the user's cloud usage is read again, for `statfs`.
+const USAGE_EVERY: Duration = Duration::from_secs(15);
+
+/// Keeps the user's cloud quota and use, as `statfs` reports them, fresh.
+async fn follow_usage(remote: Arc<dyn Remote>, counters: Arc<Counters>) {
+    loop {
+        match remote.usage().await {
+            Ok(u) => {
+                counters.cloud_quota.store(u.quota, Ordering::Relaxed);
+                counters.cloud_used.store(u.bytes_stored, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the cloud usage"),
+        }
+        tokio::time::sleep(USAGE_EVERY).await;
     }
 }
 

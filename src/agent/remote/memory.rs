@@ -124,7 +124,7 @@ impl MemoryCloud {
 
     /// A folder owned by `owner`; returns its id.
     pub fn create_folder(&self, owner: &str, name: &str, device_only: bool) -> String {
-        let id = format!("folder-{name}");
+        let id = format!("folder-{owner}-{name}");
         self.state().folders.insert(
             id.clone(),
             Folder {
@@ -222,6 +222,28 @@ impl MemoryCloud {
         }];
         let r = st.apply(folder, author, None, steps);
         assert!(r.refused.is_none(), "edit refused: {:?}", r.refused);
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    /// Sets how far the cloud says it applied `device`'s journal `journal`.
+    pub fn set_mark(&self, device: &str, journal: &str, applied: u64) {
+        self.state()
+            .journals
+            .insert((device.into(), journal.into()), applied);
+    }
+
+    /// Deletes an entry as another device would.
+    pub fn delete(&self, folder: &str, id: &str, author: &str) {
+        let mut st = self.state();
+        let cur = st.entries[&(folder.to_string(), id.to_string())].clone();
+        let steps = vec![Step::Delete {
+            id: id.into(),
+            if_match: cur.version,
+            seq: None,
+        }];
+        let r = st.apply(folder, author, None, steps);
+        assert!(r.refused.is_none(), "delete refused: {:?}", r.refused);
         drop(st);
         self.changed.notify_waiters();
     }

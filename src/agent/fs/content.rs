@@ -1,0 +1,541 @@
+//! File content: opening, reading (fetching the blocks a read touches, and read-ahead),
+//! writing into a staging file, and committing it as a new version.
+//!
+//! Writes go to a staging file per inode. A commit cuts it into blocks, stores them,
+//! records the new manifest and a journal record in one sled batch, flushes sled, and only
+//! then returns: from that moment the version survives a crash of the agent.
+
+use super::attr::{Attr, MAX_FILE_SIZE};
+use super::ops::{Fs, Handle};
+use super::readahead::ReadAhead;
+use crate::agent::cache::{Cache, Node};
+use crate::agent::fetch::{FetchError, Want};
+use crate::agent::fs::FsError;
+use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind, now_ns};
+use bytes::Bytes;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// What to ask the fetcher for block `hash` of file `n` in `folder`.
+fn want(n: &Node, folder: &str, hash: BlockHash) -> Want {
+    Want {
+        folder: folder.to_string(),
+        entry: n.entry.clone().unwrap_or_default(),
+        hash,
+        holders: n.holders.clone(),
+    }
+}
+
+/// A file being written: its local copy and whether it holds uncommitted writes.
+pub(super) struct Staging {
+    file: std::fs::File,
+    /// Writes hold it shared; a commit holds it exclusively while it reads the file, so a
+    /// committed version never mixes bytes from before and after a concurrent write.
+    gate: RwLock<()>,
+    dirty: AtomicBool,
+    /// Commits so far; a handle remembers the count at its last write, so its release
+    /// knows whether a commit has taken that write since.
+    commits: AtomicU64,
+    opens: AtomicU64,
+    /// The live size and times while writes go on; the node gets them at commit, so a
+    /// write costs no metadata update.
+    size: AtomicU64,
+    mtime_ns: AtomicI64,
+    ctime_ns: AtomicI64,
+}
+
+impl Staging {
+    fn new(file: std::fs::File, n: &Node, size: u64, dirty: bool) -> Arc<Self> {
+        Arc::new(Self {
+            file,
+            gate: RwLock::new(()),
+            dirty: AtomicBool::new(dirty),
+            commits: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
+            size: AtomicU64::new(size),
+            mtime_ns: AtomicI64::new(n.mtime_ns),
+            ctime_ns: AtomicI64::new(n.ctime_ns.unwrap_or(n.mtime_ns)),
+        })
+    }
+
+    /// Notes a change of the content now (called with `gate` held shared).
+    fn changed(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        let now = now_ns();
+        self.mtime_ns.store(now, Ordering::SeqCst);
+        self.ctime_ns.store(now, Ordering::SeqCst);
+    }
+
+    /// Sets the length (`O_TRUNC`, `ftruncate`), as a write would.
+    fn resize(&self, size: u64) -> Result<(), FsError> {
+        let _w = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        self.file.set_len(size)?;
+        self.size.store(size, Ordering::SeqCst);
+        self.changed();
+        Ok(())
+    }
+
+    /// A modification time set explicitly (`futimens`, `utimensat`): the next commit keeps
+    /// it, unless a write comes after it.
+    pub(super) fn set_mtime(&self, t: i64) {
+        self.mtime_ns.store(t, Ordering::SeqCst);
+        self.ctime_ns.store(now_ns(), Ordering::SeqCst);
+    }
+
+    /// Puts the live size and times over the committed node's.
+    pub(super) fn overlay(&self, n: &mut Node) {
+        n.size = self.size.load(Ordering::SeqCst);
+        n.mtime_ns = self.mtime_ns.load(Ordering::SeqCst);
+        n.ctime_ns = Some(self.ctime_ns.load(Ordering::SeqCst));
+    }
+}
+
+/// A writing handle's release, for [`Fs::finish_write`].
+pub struct Closing {
+    ino: u64,
+    /// It changed the file after the last commit.
+    commit: bool,
+}
+
+/// What `open` tells the kernel.
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep cached pages from earlier opens (the feed invalidates them when
+    /// the content changes elsewhere).
+    pub keep_cache: bool,
+}
+
+/// How `fallocate` changes a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocate {
+    /// Mode 0: reserve the range, and extend the file to its end.
+    Extend,
+    /// `FALLOC_FL_KEEP_SIZE`: reserve the range only.
+    KeepSize,
+}
+
+impl Fs {
+    fn new_handle(&self, ino: u64, writable: bool, keep_cache: bool) -> Opened {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let h = Handle {
+            ino,
+            writable,
+            changed_at: None,
+            ahead: ReadAhead::default(),
+        };
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, h);
+        Opened { fh, keep_cache }
+    }
+
+    pub(super) fn staging_of(&self, ino: u64) -> Option<Arc<Staging>> {
+        let map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ino).cloned()
+    }
+
+    fn create_staging_file(&self, ino: u64) -> Result<std::fs::File, FsError> {
+        let path = self.cache.staging_path(ino);
+        Ok(std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?)
+    }
+
+    /// A new, empty staging file for `ino` (creation or `O_TRUNC`).
+    fn staging_empty(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
+        let n = self.node(ino)?;
+        let s = Staging::new(self.create_staging_file(ino)?, &n, 0, true);
+        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(ino, Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// The staging file of `ino`, made from its committed content if there is none yet.
+    async fn staging_full(&self, ino: u64) -> Result<Arc<Staging>, FsError> {
+        let _one = self.materializing.lock().await;
+        if let Some(s) = self.staging_of(ino) {
+            return Ok(s);
+        }
+        let n = self.node(ino)?;
+        let folder = n.folder.clone().ok_or(FsError::Invalid)?;
+        let file = self.create_staging_file(ino)?;
+        let mut at = 0u64;
+        for b in &n.manifest {
+            self.fetcher.ensure(want(&n, &folder, b.hash)).await?;
+            let data = self
+                .cache
+                .load_block(&b.hash)?
+                .ok_or(FsError::Fetch(FetchError::Local))?;
+            file.write_all_at(&data, at)?;
+            at += data.len() as u64;
+        }
+        file.set_len(n.size)?;
+        let s = Staging::new(file, &n, n.size, false);
+        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(ino, Arc::clone(&s));
+        Ok(s)
+    }
+
+    fn file(&self, ino: u64) -> Result<Node, FsError> {
+        let n = self.node(ino)?;
+        match n.kind {
+            EntryKind::File => Ok(n),
+            EntryKind::Dir => Err(FsError::IsDir),
+            EntryKind::Symlink => Err(FsError::Invalid),
+        }
+    }
+
+    /// Creates an empty file and opens it for writing; the kernel now holds a reference to
+    /// it.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+    ) -> Result<(Attr, Opened), FsError> {
+        let node = self.new_child(parent, name, EntryKind::File, mode, None)?;
+        let staging = self.staging_empty(node.ino)?;
+        staging.opens.fetch_add(1, Ordering::SeqCst);
+        let opened = self.new_handle(node.ino, true, false);
+        self.changed_by(opened.fh, &staging);
+        self.remember(node.ino);
+        Ok((self.getattr(node.ino)?, opened))
+    }
+
+    /// `open(2)` for reading: local state only (blocks are fetched by `read`).
+    pub fn open_read(&self, ino: u64) -> Result<Opened, FsError> {
+        self.file(ino)?;
+        let keep = self.staging_of(ino).is_none();
+        Ok(self.new_handle(ino, false, keep))
+    }
+
+    /// `open(2)` of a file. Opening for writing brings the whole content to the device
+    /// first (or none of it, with `O_TRUNC`).
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> Result<Opened, FsError> {
+        if !write {
+            return self.open_read(ino);
+        }
+        self.file(ino)?;
+        let s = match (self.staging_of(ino), truncate) {
+            (Some(s), _) => s,
+            (None, true) => self.staging_empty(ino)?,
+            (None, false) => self.staging_full(ino).await?,
+        };
+        if truncate {
+            s.resize(0)?;
+        }
+        s.opens.fetch_add(1, Ordering::SeqCst);
+        let opened = self.new_handle(ino, true, false);
+        if truncate {
+            self.changed_by(opened.fh, &s);
+        }
+        Ok(opened)
+    }
+
+    /// Reads from the staging file if the file is being written, else from blocks,
+    /// fetching the ones not on the device.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let ino = self.handle_ino(fh)?;
+        if let Some(s) = self.staging_of(ino) {
+            let mut buf = vec![0u8; size as usize];
+            let n = s.file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            return Ok(buf.into());
+        }
+        let n = self.cache.shared_node(ino)?.ok_or(FsError::NotFound)?;
+        let folder = n.folder.as_deref().ok_or(FsError::Invalid)?;
+        let end = n.size.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let first = offset / BLOCK_SIZE;
+        let last = (end - 1) / BLOCK_SIZE;
+        self.read_ahead(fh, &n, folder, offset, end);
+        if first == last {
+            // Within one block: a block still in memory is answered without a copy.
+            let b = n.manifest.get(first as usize).ok_or(FsError::Invalid)?;
+            if !self.cache.has_block(&b.hash) {
+                self.fetcher.ensure(want(&n, folder, b.hash)).await?;
+            }
+            let start = first * BLOCK_SIZE;
+            if let Some(part) = self.cache.hot_slice(&b.hash, offset - start, end - start) {
+                return Ok(part);
+            }
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        for idx in first..=last {
+            let b = n.manifest.get(idx as usize).ok_or(FsError::Invalid)?;
+            self.fetcher.ensure(want(&n, folder, b.hash)).await?;
+            let block_start = idx * BLOCK_SIZE;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + u64::from(b.len));
+            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+            let got = self.cache.read_block(&b.hash, from - block_start, dst)?;
+            if got != dst.len() {
+                return Err(FsError::Fetch(FetchError::Local));
+            }
+        }
+        Ok(out.into())
+    }
+
+    /// Starts fetching in the background the blocks the handle's read-ahead asks for after
+    /// a read of `offset..end` (see [`ReadAhead`]).
+    fn read_ahead(&self, fh: u64, n: &Node, folder: &str, offset: u64, end: u64) {
+        let ahead = {
+            let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(h) = handles.get_mut(&fh) else {
+                return;
+            };
+            h.ahead.after_read(offset, end)
+        };
+        for idx in ahead {
+            let Some(b) = n.manifest.get(idx as usize) else {
+                break;
+            };
+            if self.cache.has_block(&b.hash) {
+                continue;
+            }
+            let fetcher = Arc::clone(&self.fetcher);
+            let want = want(n, folder, b.hash);
+            tokio::spawn(async move {
+                let _ = fetcher.ensure(want).await;
+            });
+        }
+    }
+
+    fn handle_ino(&self, fh: u64) -> Result<u64, FsError> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.get(&fh).map(|h| h.ino).ok_or(FsError::BadHandle)
+    }
+
+    /// The staging file behind a handle open for writing.
+    fn writing(&self, fh: u64) -> Result<Arc<Staging>, FsError> {
+        let (ino, writable) = {
+            let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let h = handles.get(&fh).ok_or(FsError::BadHandle)?;
+            (h.ino, h.writable)
+        };
+        if !writable {
+            return Err(FsError::BadHandle);
+        }
+        self.staging_of(ino).ok_or(FsError::BadHandle)
+    }
+
+    /// Writes into the staging file. Local disk only.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let end = offset.saturating_add(data.len() as u64);
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
+        let s = self.writing(fh)?;
+        let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
+        s.file.write_all_at(data, offset)?;
+        s.size.fetch_max(end, Ordering::SeqCst);
+        s.changed();
+        self.changed_by(fh, &s);
+        Ok(u32::try_from(data.len()).unwrap_or(u32::MAX))
+    }
+
+    /// `fallocate(2)`: reserves space for `offset..offset + len` in the staging file, and
+    /// for [`Allocate::Extend`] makes the file at least that long. Local disk only.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, how: Allocate) -> Result<(), FsError> {
+        let end = offset.checked_add(len).ok_or(FsError::TooBig)?;
+        if end > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
+        let s = self.writing(fh)?;
+        let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
+        let mode = match how {
+            Allocate::Extend => rustix::fs::FallocateFlags::empty(),
+            Allocate::KeepSize => rustix::fs::FallocateFlags::KEEP_SIZE,
+        };
+        rustix::fs::fallocate(&s.file, mode, offset, len).map_err(std::io::Error::from)?;
+        if how == Allocate::Extend && s.size.fetch_max(end, Ordering::SeqCst) < end {
+            s.changed();
+            self.changed_by(fh, &s);
+        }
+        Ok(())
+    }
+
+    /// Notes that handle `fh` changed the staging file `s`. Called with `s.gate` held
+    /// shared, so no commit runs between the change and the note.
+    fn changed_by(&self, fh: u64, s: &Staging) {
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = handles.get_mut(&fh) {
+            h.changed_at = Some(s.commits.load(Ordering::SeqCst));
+        }
+    }
+
+    /// `truncate(2)`/`ftruncate(2)`: changes the size and commits.
+    pub async fn truncate(&self, ino: u64, size: u64) -> Result<Attr, FsError> {
+        if size > MAX_FILE_SIZE {
+            return Err(FsError::TooBig);
+        }
+        self.file(ino)?;
+        let s = match self.staging_of(ino) {
+            Some(s) => s,
+            None if size == 0 => self.staging_empty(ino)?,
+            None => self.staging_full(ino).await?,
+        };
+        s.resize(size)?;
+        self.commit(ino).await?;
+        self.drop_staging_if_idle(ino);
+        self.getattr(ino)
+    }
+
+    /// Commits the staging file of `ino` as a new version, durably, if it has uncommitted
+    /// writes. Called on `flush`, `fsync` and `release`.
+    pub async fn commit(&self, ino: u64) -> Result<(), FsError> {
+        let Some(s) = self.staging_of(ino) else {
+            return Ok(());
+        };
+        if !s.dirty.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let cache = Arc::clone(&self.cache);
+        let (manifest, size, mtime_ns, ctime_ns) = tokio::task::spawn_blocking(move || {
+            let _x = s.gate.write().unwrap_or_else(|p| p.into_inner());
+            s.dirty.store(false, Ordering::SeqCst);
+            let (manifest, size) = chunk(&cache, &s.file)?;
+            s.commits.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, FsError>((
+                manifest,
+                size,
+                s.mtime_ns.load(Ordering::SeqCst),
+                s.ctime_ns.load(Ordering::SeqCst),
+            ))
+        })
+        .await
+        .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
+        {
+            let _g = self.lock_meta();
+            self.update(ino, |n| {
+                n.size = size;
+                n.manifest = manifest;
+                n.mtime_ns = mtime_ns;
+                n.ctime_ns = Some(ctime_ns);
+            })?;
+        }
+        self.cache.flush().await?;
+        tracing::debug!(ino, size, "committed a version");
+        crate::agent::status::Counters::add(&self.counters.commits, 1);
+        Ok(())
+    }
+
+    /// `fsync`: commit, and make sure the journal is durable.
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        let ino = self.handle_ino(fh)?;
+        self.commit(ino).await?;
+        self.cache.flush().await?;
+        Ok(())
+    }
+
+    /// `fsyncdir`: directory changes are in the journal; make it durable.
+    pub async fn sync_metadata(&self) -> Result<(), FsError> {
+        self.cache.flush().await?;
+        Ok(())
+    }
+
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let ino = self.handle_ino(fh)?;
+        self.commit(ino).await
+    }
+
+    /// Whether a `flush` of this handle has writes to commit.
+    pub fn has_uncommitted(&self, fh: u64) -> bool {
+        self.handle_ino(fh)
+            .ok()
+            .and_then(|ino| self.staging_of(ino))
+            .is_some_and(|s| s.dirty.load(Ordering::SeqCst))
+    }
+
+    /// The last close of a handle (`release`, which the kernel sends after `close` has
+    /// returned). Returns what [`Fs::finish_write`] must do for a handle that could write,
+    /// or `None` when it only read.
+    pub fn close(&self, fh: u64) -> Result<Option<Closing>, FsError> {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
+        if !h.writable {
+            self.drop_if_unlinked(h.ino)?;
+            return Ok(None);
+        }
+        // Commit only this handle's own changes that no commit took yet (writes through
+        // a mapping after `close`, say). Another descriptor may be writing the same file
+        // right now: committing its half-done write would publish a state nobody closed.
+        let commit = self
+            .staging_of(h.ino)
+            .is_some_and(|s| h.changed_at == Some(s.commits.load(Ordering::SeqCst)));
+        Ok(Some(Closing { ino: h.ino, commit }))
+    }
+
+    /// After the release of a writing handle: commit what it left, and let go of the
+    /// staging file once no handle uses it and all of it is committed.
+    pub async fn finish_write(&self, closing: Closing) -> Result<(), FsError> {
+        let ino = closing.ino;
+        let result = if closing.commit {
+            self.commit(ino).await
+        } else {
+            Ok(())
+        };
+        if let Some(s) = self.staging_of(ino) {
+            s.opens.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.drop_staging_if_idle(ino);
+        self.drop_if_unlinked(ino)?;
+        result
+    }
+
+    fn drop_staging_if_idle(&self, ino: u64) {
+        let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = map.get(&ino).is_some_and(|s| {
+            s.opens.load(Ordering::SeqCst) == 0 && !s.dirty.load(Ordering::SeqCst)
+        });
+        if idle {
+            map.remove(&ino);
+            let _ = std::fs::remove_file(self.cache.staging_path(ino));
+        }
+    }
+}
+
+/// Cuts a file into blocks, stores each, and returns the manifest and the size.
+fn chunk(cache: &Cache, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), FsError> {
+    let mut manifest = Vec::new();
+    let mut total = 0u64;
+    let mut at = 0u64;
+    loop {
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read_at(&mut buf[filled..], at + filled as u64)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        at += filled as u64;
+        let hash = BlockHash::of(&buf);
+        cache.store_block(&hash, buf.into(), true)?;
+        manifest.push(BlockRef {
+            hash,
+            len: filled as u32,
+        });
+        total += filled as u64;
+        if filled < BLOCK_SIZE as usize {
+            break;
+        }
+    }
+    Ok((manifest, total))
+}
