@@ -3,7 +3,7 @@
 # test, including the ones that mount the mesh through FUSE and run real cloud processes.
 #
 # On a fresh Debian machine it installs what the tests need (fuse3, iproute2, util-linux, git,
-# sqlite3, libglib2.0-bin, attr) when it is absent; that needs root. The relay test makes
+# sqlite3, libglib2.0-bin, attr, rsync) when it is absent; that needs root. The relay test makes
 # network namespaces, which needs root too. The FUSE tests need /dev/fuse, and either root or
 # `user_allow_other` in /etc/fuse.conf (the agent mounts with auto_unmount, which needs
 # allow_other).
@@ -20,6 +20,9 @@ die() { printf '\nscripts/test.sh: %s\n' "$*" >&2; exit 1; }
 # its own, so that cleaning up touches only what this run made and never, say, a demo's or a
 # benchmark's mount on the same machine.
 RUN_TMP="$(realpath "$(mktemp -d "${TMPDIR:-/tmp}/meshfs-test.XXXXXX")")"
+# Others may pass through (not list): the --allow-other test reaches a mount in here as
+# user nobody.
+chmod 0711 "$RUN_TMP"
 export TMPDIR="$RUN_TMP"
 
 meshfs_mounts() {
@@ -59,9 +62,10 @@ step() {
 # Each tool the tests run, and the Debian package it comes in: fusermount3 for the mounts'
 # auto-unmount, ip and nsenter for the relay test's network namespaces, git and sqlite3 for
 # the application tests, gio for what a GIO file manager asks of a folder it opens, getfattr
-# for extended attributes.
+# for extended attributes, rsync, setpriv (to act as another user) and fallocate for the
+# tests against the native disk.
 missing=()
-for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3 gio:libglib2.0-bin getfattr:attr; do
+for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3 gio:libglib2.0-bin getfattr:attr rsync:rsync setpriv:util-linux fallocate:util-linux; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then

@@ -7,24 +7,17 @@
 
 mod common;
 
-use common::{Mesh, eventually};
+use common::{Mesh, SOON, eventually, files_under, names, output_ok, text};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const SOON: Duration = Duration::from_secs(10);
-
 /// Waits until A reports nothing left to upload, for at most `limit`; says how long it took
 /// and, on failure, how much was still pending.
 fn a_uploaded_within(mesh: &Mesh, limit: Duration) -> Duration {
     let t = Instant::now();
-    let since = meshfs::proto::now_ms();
-    let done = eventually(limit, || {
-        mesh.a
-            .status()
-            .is_some_and(|s| s.written_ms > since && s.pending_uploads == 0)
-    });
+    let done = mesh.a.uploaded_within(limit);
     let s = mesh.a.status();
     assert!(
         done,
@@ -32,22 +25,6 @@ fn a_uploaded_within(mesh: &Mesh, limit: Duration) -> Duration {
         s.map(|s| s.pending_uploads)
     );
     t.elapsed()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Fails the test with the command's output unless it succeeded.
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 /// git with no system or user configuration but its own empty HOME.
@@ -84,7 +61,7 @@ impl Git {
     }
 
     fn ok(&self, dir: &Path, args: &[&str]) -> String {
-        ok(&format!("git {}", args.join(" ")), self.run(dir, args))
+        output_ok(&format!("git {}", args.join(" ")), self.run(dir, args))
     }
 
     /// `git fsck --full` exits 0 and names no missing, broken or corrupt object.
@@ -184,7 +161,7 @@ fn git_clone_commit_and_fsck_work_in_the_mount_and_the_repository_is_usable_on_t
         .arg("repo")
         .output()
         .unwrap();
-    ok("git clone into the mount", out);
+    output_ok("git clone into the mount", out);
     let t_clone = t.elapsed();
     assert_eq!(git.status(&repo), "", "a fresh clone is clean");
     assert_eq!(
@@ -243,12 +220,12 @@ fn git_clone_commit_and_fsck_work_in_the_mount_and_the_repository_is_usable_on_t
 
 /// Waits for a child for at most `limit`, killing it if it hangs.
 fn wait_at_most(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let mut status = None;
+    if eventually(limit, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    }) {
+        return status;
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -272,7 +249,7 @@ fn an_agent_killed_in_the_middle_of_a_git_commit_leaves_a_repository_that_fsck_a
         .arg("repo")
         .output()
         .unwrap();
-    ok("git clone into the mount", out);
+    output_ok("git clone into the mount", out);
     let repo = mesh.ma.join("Docs/repo");
 
     // A first big commit measures how long one takes here...
@@ -291,6 +268,8 @@ fn an_agent_killed_in_the_middle_of_a_git_commit_leaves_a_repository_that_fsck_a
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Part of the workload, not a wait for a state: the kill is aimed at the middle of the
+    // commit, by the time the first one took.
     std::thread::sleep(took / 2);
     let still_running = child.try_wait().unwrap().is_none();
     mesh.ma.kill9();
@@ -314,7 +293,7 @@ fn an_agent_killed_in_the_middle_of_a_git_commit_leaves_a_repository_that_fsck_a
     if had_lock {
         std::fs::remove_file(&lock).unwrap();
     }
-    let other_locks: Vec<_> = walk(&repo.join(".git"))
+    let other_locks: Vec<_> = files_under(&repo.join(".git"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "lock"))
         .collect();
@@ -348,19 +327,6 @@ fn an_agent_killed_in_the_middle_of_a_git_commit_leaves_a_repository_that_fsck_a
     );
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn sqlite(db: &Path, sql: &str) -> Output {
     // The script comes from a file, so a sqlite3 that stops early cannot break a pipe.
     let mut script = tempfile::tempfile().expect("tempfile");
@@ -381,7 +347,7 @@ fn two_sqlite_writers(each: usize, busy_ms: u32, upload_limit: Duration) {
     let t0 = Instant::now();
     let mesh = Mesh::new();
     let db = mesh.ma.join("Docs/db.sqlite");
-    ok(
+    output_ok(
         "create table",
         sqlite(
             &db,
@@ -408,7 +374,7 @@ fn two_sqlite_writers(each: usize, busy_ms: u32, upload_limit: Duration) {
         })
         .collect();
     for (w, h) in writers.into_iter().enumerate() {
-        ok(&format!("sqlite writer {w}"), h.join().unwrap());
+        output_ok(&format!("sqlite writer {w}"), h.join().unwrap());
     }
     let t_write = t.elapsed();
 
@@ -419,7 +385,7 @@ fn two_sqlite_writers(each: usize, busy_ms: u32, upload_limit: Duration) {
         all = 2 * each,
         max = each - 1
     );
-    assert_eq!(ok("check on A", sqlite(&db, check)), want);
+    assert_eq!(output_ok("check on A", sqlite(&db, check)), want);
     let a_bytes = std::fs::read(&db).unwrap();
     assert!(!mesh.ma.join("Docs/db.sqlite-journal").exists());
     eprintln!(
@@ -442,7 +408,7 @@ fn two_sqlite_writers(each: usize, busy_ms: u32, upload_limit: Duration) {
             .is_ok_and(|b| b == a_bytes)),
         "B does not have A's database"
     );
-    assert_eq!(ok("check on B", sqlite(&on_b, check)), want);
+    assert_eq!(output_ok("check on B", sqlite(&on_b, check)), want);
     eprintln!("sqlite: total {:?}", t0.elapsed());
 }
 
@@ -558,7 +524,7 @@ fn flock_and_fcntl_byte_range_locks_exclude_other_processes_on_the_same_device()
             .args([kind, &start.to_string(), &len.to_string()])
             .output()
             .unwrap();
-        ok("python3 lock probe", out).trim().to_string()
+        output_ok("python3 lock probe", out).trim().to_string()
     };
     let pid = holder.id();
     let busy = |r: String| r == format!("EAGAIN {pid}") || r == format!("EACCES {pid}");
@@ -584,18 +550,6 @@ fn flock_and_fcntl_byte_range_locks_exclude_other_processes_on_the_same_device()
         "released when the holder ended"
     );
     eprintln!("lock test took {:?}", t0.elapsed());
-}
-
-fn names(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Writes `dir/name.lock` (which must not exist) and renames it over `dir/name`, as git
@@ -625,22 +579,29 @@ fn a_lock_file_renamed_over_its_target_and_replaced_before_the_upload_caught_up_
     replace_through_lock(&dir, "index", "version 0\n");
     a_uploaded_within(&mesh, Duration::from_secs(30));
 
-    // The cloud hangs, so the uploader is held inside its upload of index.lock (version 1).
+    // The cloud hangs, so the uploader is held inside its upload of index.lock (version 1):
+    // a report after the write shows it waiting in the journal (the uploader wakes on it).
     mesh.cloud.pause();
     let lock = dir.join("index.lock");
     std::fs::write(&lock, "version 1\n").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        mesh.a.reports(SOON, |s| s.pending_uploads > 0),
+        "version 1 of the lock should wait for the cloud"
+    );
     std::fs::rename(&lock, dir.join("index")).unwrap();
     replace_through_lock(&dir, "index", "version 2\n");
     mesh.cloud.resume();
     a_uploaded_within(&mesh, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(1));
+    // What B shows once version 2 has arrived, for the message below.
+    eventually(SOON, || {
+        std::fs::read_to_string(on_b.join("index")).is_ok_and(|t| t == "version 2\n")
+    });
     let b_then = names(&on_b);
 
-    // The next lock file is written and closed, and the uploader sees it before the rename:
-    // the rename must still find it.
+    // The next lock file is written and closed, and the uploader has sent it before the
+    // rename: the rename must still find it.
     std::fs::write(&lock, "version 3\n").unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    a_uploaded_within(&mesh, Duration::from_secs(30));
     let a_before_rename = names(&dir);
     let renamed = std::fs::rename(&lock, dir.join("index"));
     assert!(

@@ -941,6 +941,10 @@ async fn the_change_feed_returns_changes_and_a_long_poll_wakes_on_one() {
     let started = Instant::now();
     let poll = feed(batch.next, 20);
     let write = async {
+        // Part of the workload, not a wait for a state: the write should come while the
+        // poll waits, and nothing outside the cloud shows that it does. Were the write
+        // first, the poll would answer at once with the same batch: the delay keeps the test
+        // about waking, and no result depends on it.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let res = env.create(&t, &f, "d2", &dir("new", None)).await;
         assert_eq!(res.status(), StatusCode::CREATED);

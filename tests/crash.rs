@@ -279,6 +279,7 @@ fn watch_published(
                         since = batch.next;
                         seen.extend(batch.changes);
                     }
+                    // A polling loop: the cloud did not answer (it may be busy); ask again.
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
@@ -300,12 +301,7 @@ fn a_random_workload_survives_twenty_sigkills_and_reaches_the_cloud_and_the_othe
     let mut mesh = Mesh::on_with(Cloud::start(), &["--no-peers"]);
     let root = mesh.ma.join("Docs");
     std::fs::create_dir(root.join("sub")).expect("mkdir");
-    let folder = String::from_utf8_lossy(&mesh.a.cli_ok(&["folder", "list"]).stdout)
-        .lines()
-        .find(|l| l.contains("Docs"))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("folder id")
-        .to_string();
+    let folder = mesh.a.folder_id("Docs");
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_published(&mesh.a.home, folder.clone(), Arc::clone(&stop));
 
@@ -331,6 +327,7 @@ fn a_random_workload_survives_twenty_sigkills_and_reaches_the_cloud_and_the_othe
             // the descriptor the workload is writing through, and its exec would close it,
             // which is a `close` of that file (and commits it) in the middle of the write.
             std::thread::spawn(move || {
+                // Part of the workload: the kill lands at a random moment of the operation.
                 std::thread::sleep(delay);
                 let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);

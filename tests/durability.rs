@@ -16,12 +16,9 @@ fn a_closed_write_survives_sigkill_of_the_agent_before_upload() {
     std::fs::write(mesh.ma.join("Docs/precious.bin"), &data).unwrap();
     std::fs::create_dir(mesh.ma.join("Docs/dir")).unwrap();
     std::fs::write(mesh.ma.join("Docs/dir/small.txt"), b"small").unwrap();
-    let since = meshfs::proto::now_ms();
-    let waiting = eventually(Duration::from_secs(5), || {
-        mesh.a
-            .status()
-            .is_some_and(|s| s.written_ms > since && s.pending_uploads > 0)
-    });
+    let waiting = mesh
+        .a
+        .reports(Duration::from_secs(5), |s| s.pending_uploads > 0);
     assert!(waiting, "the writes should still wait for the cloud");
 
     // The agent dies with no chance to clean up; the crash leaves no dead mount behind.
@@ -87,9 +84,8 @@ fn a_block_altered_in_cloud_storage_fails_the_read_with_eio_never_wrong_bytes() 
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     // The cloud re-checks the hash before serving and refuses; the agent checks again on
     // arrival (unit test `fetch::a_lying_source_is_skipped_for_the_next`). Either way no
-    // byte of the damaged block was accepted on B.
-    std::thread::sleep(Duration::from_millis(1200));
-    let status = mesh.b.status().unwrap();
+    // byte of the damaged block was accepted on B, as a report written after the read shows.
+    let status = mesh.b.fresh_status();
     assert_eq!(
         status.counters.blocks_fetched, 0,
         "a bad block was accepted: {status:?}"

@@ -10,7 +10,6 @@ use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,20 +28,6 @@ fn sha256_file(path: &Path) -> [u8; 32] {
         h.update(&buf[..n]);
     }
     h.finalize().into()
-}
-
-fn counters(dev: &Device) -> meshfs::agent::status::CounterSnapshot {
-    dev.status().expect("agent status").counters
-}
-
-fn folder_id(dev: &Device, name: &str) -> String {
-    let out = dev.cli(&["folder", "list"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(name))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("folder listed")
-        .to_string()
 }
 
 /// Block files the cloud holds for one folder.
@@ -66,7 +51,7 @@ fn a_device_only_file_is_read_byte_identical_on_b_from_a_over_a_direct_channel()
     let mesh = Mesh::new();
     mesh.a
         .cli_ok(&["folder", "create", "Private", "--device-only"]);
-    let private = folder_id(&mesh.a, "Private");
+    let private = mesh.a.folder_id("Private");
     assert!(eventually(Duration::from_secs(20), || mesh
         .mb
         .join("Private")
@@ -84,13 +69,15 @@ fn a_device_only_file_is_read_byte_identical_on_b_from_a_over_a_direct_channel()
 
     // Reports are written each second.
     assert!(
-        eventually(Duration::from_secs(5), || counters(&mesh.b)
+        eventually(Duration::from_secs(5), || mesh
+            .b
+            .counters()
             .blocks_from_peers
             >= 256
-            && counters(&mesh.a).blocks_served >= 256),
+            && mesh.a.counters().blocks_served >= 256),
         "B's blocks came from A: B {:?}, A {:?}",
-        counters(&mesh.b),
-        counters(&mesh.a)
+        mesh.b.counters(),
+        mesh.a.counters()
     );
     assert!(
         cloud_blocks_of(&mesh.cloud, &private).is_empty(),
@@ -129,18 +116,8 @@ fn a_device_only_file_is_read_byte_identical_on_b_from_a_over_a_direct_channel()
 #[test]
 fn past_the_quota_the_cloud_keeps_what_fits_and_b_reads_the_rest_from_a() {
     let mesh = Mesh::new();
-    let quota = (10 * MIB).to_string();
-    let out = Command::new(common::bin())
-        .args(["user", "quota", "ann", &quota, "--data-dir"])
-        .arg(&mesh.cloud.data)
-        .output()
-        .expect("quota");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = folder_id(&mesh.a, "Docs");
+    mesh.cloud.set_quota("ann", 10 * MIB as u64);
+    let docs = mesh.a.folder_id("Docs");
 
     let mut files = Vec::new();
     for i in 0..3 {
@@ -165,7 +142,9 @@ fn past_the_quota_the_cloud_keeps_what_fits_and_b_reads_the_rest_from_a() {
         assert!(appears(&on_b, 10 * MIB as u64), "{name} listed on B");
         assert_eq!(&sha256_file(&on_b), want, "{name} reads right on B");
     }
-    assert!(eventually(Duration::from_secs(5), || counters(&mesh.b)
+    assert!(eventually(Duration::from_secs(5), || mesh
+        .b
+        .counters()
         .blocks_from_peers
         > 0));
     let status = mesh.a.cli(&["status"]);
@@ -267,16 +246,24 @@ fn a_flipped_bit_or_a_cut_stream_closes_the_channel_and_the_read_completes_elsew
         assert!(a.uploaded());
         let on_b = mb.join("Docs/f.bin");
         assert!(appears(&on_b, data.len() as u64));
-        // B learns A's (proxied) address within one refresh of its peer list.
-        std::thread::sleep(Duration::from_secs(1));
+        // The cloud lists A at its proxied address, so B, which reads its peer list again
+        // before it gives up on peers, can go through the proxy.
+        let proxied = tamper.addr.to_string();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                let list = b.cli_ok(&["device", "list"]);
+                String::from_utf8_lossy(&list.stdout).contains(&proxied)
+            }),
+            "A never advertised {proxied}"
+        );
         let got = std::fs::read(&on_b).expect("B's read completes");
         assert!(got == data, "B never sees wrong bytes (cut: {cut})");
         assert!(
-            tamper.done.load(Ordering::SeqCst) || counters(&b).blocks_from_peers == 0,
+            tamper.done.load(Ordering::SeqCst) || b.counters().blocks_from_peers == 0,
             "the fault was injected, or B never went through A"
         );
         assert_eq!(
-            counters(&b).blocks_rejected,
+            b.counters().blocks_rejected,
             0,
             "no wrong block got past the channel"
         );
@@ -360,7 +347,8 @@ fn through_the_relay_when_b_has_no_route_to_a_and_the_relay_sees_only_ciphertext
         want,
         "B reads A's bytes through the relay"
     );
-    assert!(eventually(Duration::from_secs(5), || counters(&b)
+    assert!(eventually(Duration::from_secs(5), || b
+        .counters()
         .blocks_from_peers
         >= 256));
 
@@ -522,7 +510,8 @@ impl Hand {
     }
 }
 
-/// A's peer listener, as A reported it to the cloud.
+/// A's peer listener, as A reported it to the cloud (asked every 100 ms, 10 s at most: a
+/// polling loop, as in `eventually`, but async).
 async fn listener_of(hand: &Hand, device: &str) -> String {
     for _ in 0..100 {
         let devices = hand.client.devices().await.expect("devices");
@@ -572,10 +561,17 @@ async fn another_users_device_and_a_revoked_device_are_refused_a_channel() {
         .await
         .expect("a device of A's user connects");
     mesh.a.cli_ok(&["device", "revoke", &ann3.device_id()]);
-    // A re-reads its peer list when it is over 3 s old, before it answers a handshake.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let refused = ann.connect(&addr, &a_id, ticket).await;
-    assert!(refused.is_err(), "A accepted a revoked device");
+    // A re-reads its peer list before it answers a handshake once the list is over 3 s old:
+    // the same ticket is tried until A refuses it (a channel made meanwhile is dropped).
+    let runtime = tokio::runtime::Handle::current();
+    let refused = tokio::task::block_in_place(|| {
+        eventually(Duration::from_secs(15), || {
+            runtime
+                .block_on(ann.connect(&addr, &a_id, ticket.clone()))
+                .is_err()
+        })
+    });
+    assert!(refused, "A accepted a revoked device");
     // A logs the refusal as it closes the connection, maybe after our side saw it close.
     assert!(
         eventually(Duration::from_secs(5), || mesh
@@ -678,9 +674,9 @@ async fn a_peer_that_serves_a_wrong_block_is_dropped_and_the_read_completes_from
     assert!(got == data, "B never takes the liar's bytes");
     assert!(asked.load(Ordering::SeqCst) >= 1, "B asked the liar first");
     assert!(
-        eventually(Duration::from_secs(5), || counters(&b).blocks_rejected >= 1),
+        eventually(Duration::from_secs(5), || b.counters().blocks_rejected >= 1),
         "B rejected the wrong block: {:?}",
-        counters(&b)
+        b.counters()
     );
     let asked_before = asked.load(Ordering::SeqCst);
     let more = pseudo_random(2 * MIB, 10);
@@ -733,14 +729,14 @@ async fn after_a_lying_peer_the_next_peer_serves_device_only_content() {
     assert!(asked.load(Ordering::SeqCst) >= 1, "B asked the liar");
     assert!(
         eventually(Duration::from_secs(5), || {
-            let c = counters(&b);
+            let c = b.counters();
             c.blocks_rejected >= 1 && c.bytes_from_peers >= data.len() as u64
         }),
         "B rejected the liar's block and took the file from A: {:?}",
-        counters(&b)
+        b.counters()
     );
     // Not even a read-ahead failed (the kernel would have asked again, hiding it).
-    assert_eq!(counters(&b).blocks_unavailable, 0, "{:?}", counters(&b));
+    assert_eq!(b.counters().blocks_unavailable, 0, "{:?}", b.counters());
     server.abort();
     drop((ma, mb));
 }
@@ -755,7 +751,7 @@ fn another_users_device_reads_a_shared_device_only_folder_from_the_owners_device
     let a = Device::login(&cloud, "ann", "laptop");
     let b = Device::login(&cloud, "bob", "desktop");
     a.cli_ok(&["folder", "create", "Shared", "--device-only"]);
-    let id = folder_id(&a, "Shared");
+    let id = a.folder_id("Shared");
     tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(meshfs::cloud::share_folder(
@@ -780,7 +776,8 @@ fn another_users_device_reads_a_shared_device_only_folder_from_the_owners_device
     let on_b = mb.join("Shared/plan.bin");
     assert!(appears(&on_b, data.len() as u64));
     assert!(std::fs::read(&on_b).expect("bob reads") == data);
-    assert!(eventually(Duration::from_secs(5), || counters(&b)
+    assert!(eventually(Duration::from_secs(5), || b
+        .counters()
         .blocks_from_peers
         >= 16));
 }

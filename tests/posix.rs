@@ -4,11 +4,9 @@
 
 mod common;
 
-use common::{Mesh, eventually};
+use common::{Mesh, SOON, eventually, names};
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::time::{Duration, UNIX_EPOCH};
-
-const SOON: Duration = Duration::from_secs(10);
 
 #[test]
 fn truncate_chmod_utimens_and_symlinks_arrive_on_the_other_device() {
@@ -81,11 +79,7 @@ fn rename_over_an_existing_file_replaces_it_everywhere() {
     assert!(eventually(SOON, || std::fs::read(b.join("Docs/doc.txt"))
         .is_ok_and(|d| d == b"new content")));
     assert!(!b.join("Docs/doc.txt.tmp").exists());
-    let names: Vec<_> = std::fs::read_dir(b.join("Docs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, vec!["doc.txt"]);
+    assert_eq!(names(&b.join("Docs")), ["doc.txt"]);
 }
 
 #[test]
@@ -292,14 +286,7 @@ fn seek_writes_appends_sparse_files_and_editor_saves_keep_their_bytes() {
             && std::fs::read(b.join("Docs/sparse")).is_ok_and(|d| d == want)
             && std::fs::read(b.join("Docs/doc.txt")).is_ok_and(|d| d == b"draft 4")
     });
-    assert!(
-        arrived,
-        "B sees: {:?}",
-        std::fs::read_dir(b.join("Docs"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect::<Vec<_>>()
-    );
+    assert!(arrived, "B sees: {:?}", names(&b.join("Docs")));
     assert!(!b.join("Docs/doc.txt~").exists() && !b.join("Docs/.doc.txt.swp").exists());
 }
 
@@ -322,11 +309,7 @@ fn a_lock_file_uploaded_then_renamed_and_replaced_offline_leaves_no_stale_lock()
         std::fs::read(b.join("Docs/index")).is_ok_and(|d| d == b"index 2")
             && !b.join("Docs/index.lock").exists()
     });
-    let names: Vec<_> = std::fs::read_dir(b.join("Docs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(settled, "B shows {names:?}");
+    assert!(settled, "B shows {:?}", names(&b.join("Docs")));
 }
 
 #[test]
@@ -363,12 +346,7 @@ fn unsupported_and_invalid_operations_fail_with_clear_errnos() {
     assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
     // Nothing of the refused operations reached the other device.
     assert!(mesh.a_uploaded());
-    let mut names: Vec<_> = std::fs::read_dir(mesh.mb.join("Docs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, vec!["d", "f"]);
+    assert_eq!(names(&mesh.mb.join("Docs")), ["d", "f"]);
 }
 
 #[test]

@@ -4,25 +4,41 @@
 
 mod common;
 
-use common::{Mesh, eventually, is_mounted, pseudo_random};
+use common::{Mesh, SOON, eventually, is_mounted, names, pseudo_random};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SOON: Duration = Duration::from_secs(10);
 const MIB: usize = 1 << 20;
 
-fn names(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().into_string().unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+/// Whether thread `tid` of this process is blocked in a system call that opens, reads or
+/// looks up a file (`/proc` names the call a thread waits in, or says `running`).
+fn blocked_on_a_file(tid: u32) -> bool {
+    let call =
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+    let number = call
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<i64>().ok());
+    number.is_some_and(|n| {
+        [
+            libc::SYS_read,
+            libc::SYS_openat,
+            libc::SYS_statx,
+            libc::SYS_newfstatat,
+        ]
+        .contains(&n)
+    })
+}
+
+/// The calling thread's id, from `/proc/thread-self` (`PID/task/TID`).
+fn thread_id() -> u32 {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    link.file_name()
+        .and_then(|t| t.to_str())
+        .and_then(|t| t.parse().ok())
+        .expect("a thread id")
 }
 
 #[test]
@@ -38,6 +54,7 @@ fn losing_the_local_cache_deletes_nothing_and_rebuilds_from_the_cloud() {
     }
     assert!(mesh.a_uploaded());
     assert!(eventually(SOON, || names(&mesh.mb.join("Docs/keep")).len() == 20));
+    let (_, cursor) = mesh.a.cloud_changes("Docs", 0);
 
     // A's agent stops, its cache and metadata vanish, and it starts again.
     mesh.ma.stop();
@@ -51,10 +68,17 @@ fn losing_the_local_cache_deletes_nothing_and_rebuilds_from_the_cloud() {
         std::fs::read_to_string(mesh.ma.join("Docs/keep/f7")).unwrap(),
         "file 7"
     );
-    // Nothing was deleted anywhere.
-    std::thread::sleep(Duration::from_secs(2));
+    // Nothing was deleted anywhere: once a report after the rebuild shows A with nothing
+    // left to send, the cloud holds no deletion since, and B still lists every file.
+    assert!(mesh.a_uploaded(), "{}", mesh.ma.log_text());
+    let (changes, _) = mesh.a.cloud_changes("Docs", cursor);
+    let deleted: Vec<&str> = changes
+        .iter()
+        .filter(|e| e.deleted)
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(deleted.is_empty(), "A's restart deleted {deleted:?}");
     assert_eq!(names(&mesh.mb.join("Docs/keep")).len(), 20);
-    assert_eq!(mesh.a.status().unwrap().pending_uploads, 0);
 }
 
 #[test]
@@ -74,6 +98,7 @@ fn a_device_back_from_a_long_absence_merges_and_never_wipes_newer_work() {
     std::fs::write(mesh.ma.join("Docs/new-on-a.txt"), b"new").unwrap();
     std::fs::remove_file(mesh.ma.join("Docs/old.txt")).unwrap();
     assert!(mesh.a_uploaded());
+    let (_, cursor) = mesh.a.cloud_changes("Docs", 0);
 
     // B comes back: it catches up from its cursor; A's newer work stays.
     mesh.mb.restart();
@@ -87,7 +112,17 @@ fn a_device_back_from_a_long_absence_merges_and_never_wipes_newer_work() {
         std::fs::read(mesh.mb.join("Docs/shared.txt")).unwrap(),
         b"v2 from A"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Once a report shows B with nothing left to send, the cloud holds no change of B's
+    // since A's work, so nothing can undo it on A.
+    assert!(mesh.b.uploaded(), "{}", mesh.mb.log_text());
+    let b_id = mesh.b.device_id();
+    let (changes, _) = mesh.b.cloud_changes("Docs", cursor);
+    let from_b: Vec<&str> = changes
+        .iter()
+        .filter(|e| e.author == b_id)
+        .map(|e| e.name.as_str())
+        .collect();
+    assert!(from_b.is_empty(), "B's return changed {from_b:?}");
     assert_eq!(names(&mesh.ma.join("Docs")), want);
     assert_eq!(
         std::fs::read(mesh.ma.join("Docs/shared.txt")).unwrap(),
@@ -157,9 +192,8 @@ fn metadata_access_fetches_no_content_and_random_reads_fetch_one_block_each() {
         "getfattr: {}",
         err.lines().take(5).collect::<Vec<_>>().join("\n")
     );
-    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        mesh.b.status().unwrap().counters.bytes_fetched,
+        mesh.b.fresh_status().counters.bytes_fetched,
         0,
         "metadata access pulled content"
     );
@@ -178,8 +212,7 @@ fn metadata_access_fetches_no_content_and_random_reads_fetch_one_block_each() {
         );
         blocks.insert(off / MIB as u64);
     }
-    std::thread::sleep(Duration::from_millis(1500));
-    let fetched = mesh.b.status().unwrap().counters.blocks_fetched;
+    let fetched = mesh.b.fresh_status().counters.blocks_fetched;
     assert!(
         fetched <= blocks.len() as u64,
         "{fetched} blocks fetched for {} distinct blocks read",
@@ -249,8 +282,11 @@ fn offline_the_agent_starts_reads_what_it_has_fails_fast_and_queues_writes() {
     );
 
     std::fs::write(mesh.mb.join("Docs/written-offline.txt"), b"queued").unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(mesh.b.status().unwrap().pending_uploads > 0);
+    assert!(
+        mesh.b.reports(SOON, |s| s.pending_uploads > 0),
+        "the write offline is not queued: {:?}",
+        mesh.b.status()
+    );
 
     mesh.cloud.restart();
     let arrived = eventually(Duration::from_secs(60), || {
@@ -274,8 +310,16 @@ fn a_killed_agent_leaves_no_dead_mount_and_blocked_readers_get_an_error() {
 
     // A reader blocks on a fetch from a frozen cloud; then B's agent is killed.
     mesh.cloud.pause();
-    let reader = std::thread::spawn(move || std::fs::read(path));
-    std::thread::sleep(Duration::from_millis(500));
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _ = tid_tx.send(thread_id());
+        std::fs::read(path)
+    });
+    let tid = tid_rx.recv().expect("the reader's thread id");
+    assert!(
+        eventually(SOON, || blocked_on_a_file(tid)),
+        "the reader never blocked"
+    );
     mesh.mb.kill9();
     let started = Instant::now();
     let result = reader.join().unwrap();
@@ -368,10 +412,7 @@ fn renames_and_small_edits_of_big_files_move_almost_nothing() {
     )
     .len()
         == 10_000));
-    let counters = |d: &common::Device| {
-        std::thread::sleep(Duration::from_millis(1200));
-        d.status().unwrap().counters
-    };
+    let counters = |d: &common::Device| d.fresh_status().counters;
     let (a0, b0) = (counters(&mesh.a), counters(&mesh.b));
 
     std::fs::rename(
@@ -487,12 +528,10 @@ fn a_hundred_thousand_entries_list_on_the_other_device_and_after_a_restart_with_
     mesh.mb.restart();
     // First one path, while the kernel knows nothing of the tree: its attributes come from
     // its own keys in the metadata, and no directory is listed on the way.
-    std::thread::sleep(Duration::from_millis(1200));
-    let before = mesh.b.status().expect("status").counters.dirs_listed;
+    let before = mesh.b.fresh_status().counters.dirs_listed;
     assert!(std::fs::symlink_metadata(mesh.mb.join("Docs/big-dir/links44/l0777")).is_ok());
     assert!(std::fs::metadata(mesh.mb.join("Docs/big-dir/flat/f05000")).is_ok());
-    std::thread::sleep(Duration::from_millis(1200));
-    let after = mesh.b.status().expect("status").counters.dirs_listed;
+    let after = mesh.b.fresh_status().counters.dirs_listed;
     assert_eq!(after, before, "a stat listed a directory");
     let counted = count(&mesh.mb.join("Docs/big-dir"));
     let listed_in = restarted.elapsed();

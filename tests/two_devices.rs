@@ -44,14 +44,9 @@ fn a_file_written_on_a_is_read_byte_identical_on_b_fetching_only_what_is_read() 
             "bytes at {off}"
         );
     }
-    let fetched = mesh.b.status().map(|s| s.counters.blocks_fetched);
-    // Wait for a fresh report, then check: at most two blocks per read (a read may straddle
-    // a block boundary), far below the file's 64 blocks.
-    std::thread::sleep(Duration::from_millis(1500));
-    let fetched = mesh
-        .b
-        .status()
-        .map_or(fetched.unwrap_or(0), |s| s.counters.blocks_fetched);
+    // A report written after the reads: at most two blocks per read (a read may straddle a
+    // block boundary), far below the file's 64 blocks.
+    let fetched = mesh.b.fresh_status().counters.blocks_fetched;
     assert!(
         fetched >= 1 && fetched <= 2 * offsets.len() as u64,
         "fetched {fetched} blocks for {} random reads",
@@ -128,11 +123,7 @@ fn a_directory_of_1000_files_lists_on_b() {
         "B lists {} of 1000",
         listed()
     );
-    let mut names: Vec<String> = std::fs::read_dir(&on_b)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
+    let names = common::names(&on_b);
     assert_eq!(names.first().map(String::as_str), Some("file-0000.txt"));
     assert_eq!(names.last().map(String::as_str), Some("file-0999.txt"));
     assert_eq!(

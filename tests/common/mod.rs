@@ -3,12 +3,16 @@
 //! `Drop`, also when a test fails: processes are killed and mounts detached.
 #![allow(dead_code)]
 
+use meshfs::agent::status::{AgentStatus, CounterSnapshot};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery staple";
+
+/// How long a change made on one device may take to show on the other.
+pub const SOON: Duration = Duration::from_secs(10);
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_meshfs")
@@ -59,6 +63,8 @@ pub struct Cloud {
     pub data: PathBuf,
     pub dir: tempfile::TempDir,
     netns: Option<String>,
+    /// `MESHFS_LOG` of the process (and of its restarts).
+    log_filter: String,
 }
 
 impl Cloud {
@@ -71,8 +77,18 @@ impl Cloud {
         Self::start_in(None, "127.0.0.1:0", extra)
     }
 
+    /// Starts a cloud that logs at `filter` (a `MESHFS_LOG` value): `meshfs=debug,info`
+    /// logs every request it answers, with its path and status.
+    pub fn start_logging(filter: &str, extra: &[&str]) -> Self {
+        Self::start_as(None, "127.0.0.1:0", extra, filter)
+    }
+
     /// Starts a cloud in network namespace `netns`, listening on `listen`.
     pub fn start_in(netns: Option<&str>, listen: &str, extra: &[&str]) -> Self {
+        Self::start_as(netns, listen, extra, "info")
+    }
+
+    fn start_as(netns: Option<&str>, listen: &str, extra: &[&str], log_filter: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("cloud");
         let log = dir.path().join("cloud.log");
@@ -82,6 +98,7 @@ impl Cloud {
             data,
             dir,
             netns: netns.map(str::to_string),
+            log_filter: log_filter.to_string(),
         };
         cloud.spawn(listen, &log, extra);
         cloud
@@ -91,6 +108,16 @@ impl Cloud {
         std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default()
     }
 
+    /// How many requests for `path` the cloud answered with `status`, by its log (a cloud
+    /// started with [`Cloud::start_logging`] at `meshfs=debug`; restarts log elsewhere).
+    pub fn requests_answered(&self, path: &str, status: u16) -> usize {
+        let (path, status) = (format!(" path={path} "), format!(" status={status} "));
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" request ") && l.contains(&path) && l.contains(&status))
+            .count()
+    }
+
     fn spawn(&mut self, listen: &str, log: &Path, extra: &[&str]) {
         let out = std::fs::File::create(log).expect("log file");
         let child = meshfs(self.netns.as_deref())
@@ -98,7 +125,8 @@ impl Cloud {
             .arg(&self.data)
             .args(["--listen", listen])
             .args(extra)
-            .env("MESHFS_LOG", "info")
+            .env("MESHFS_LOG", &self.log_filter)
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
@@ -125,6 +153,20 @@ impl Cloud {
 
     pub fn ca(&self) -> PathBuf {
         self.data.join("ca.pem")
+    }
+
+    /// Sets `user`'s cloud storage quota with `meshfs user quota`.
+    pub fn set_quota(&self, user: &str, bytes: u64) {
+        let out = Command::new(bin())
+            .args(["user", "quota", user, &bytes.to_string(), "--data-dir"])
+            .arg(&self.data)
+            .output()
+            .expect("run meshfs user quota");
+        assert!(
+            out.status.success(),
+            "user quota: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn add_user(&self, name: &str) {
@@ -173,19 +215,7 @@ impl Cloud {
 
     /// All files under the cloud's block store.
     pub fn block_files(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else {
-                    out.push(p);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.data.join("blocks"), &mut out);
-        out
+        files_under(&self.data.join("blocks"))
     }
 }
 
@@ -294,8 +324,45 @@ impl Device {
     }
 
     /// The running agent's last report.
-    pub fn status(&self) -> Option<meshfs::agent::status::AgentStatus> {
+    pub fn status(&self) -> Option<AgentStatus> {
         serde_json::from_slice(&std::fs::read(self.home.join("status.json")).ok()?).ok()
+    }
+
+    /// The counters of the agent's last report.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.status().expect("agent status").counters
+    }
+
+    /// The first report the agent writes after `since` (milliseconds since the epoch, as
+    /// [`meshfs::proto::now_ms`] gives them). The agent takes `written_ms` before it reads
+    /// its counters, so the report counts everything done before `since`.
+    pub fn report_after(&self, since: i64) -> AgentStatus {
+        let mut report = None;
+        eventually(Duration::from_secs(10), || {
+            report = self.status().filter(|s| s.written_ms > since);
+            report.is_some()
+        });
+        report.unwrap_or_else(|| {
+            panic!(
+                "the agent of {} wrote no report after {since}: {:?}",
+                self.name,
+                self.status()
+            )
+        })
+    }
+
+    /// A report written after this call: what the agent counted up to now, with no sleep
+    /// to wait for work that is still to come (show that first).
+    pub fn fresh_status(&self) -> AgentStatus {
+        self.report_after(meshfs::proto::now_ms())
+    }
+
+    /// Waits at most `limit` until a report written after this call satisfies `f`.
+    pub fn reports(&self, limit: Duration, f: impl Fn(&AgentStatus) -> bool) -> bool {
+        let since = meshfs::proto::now_ms();
+        eventually(limit, || {
+            self.status().is_some_and(|s| s.written_ms > since && f(&s))
+        })
     }
 
     /// Waits until a report written after this call shows nothing left to upload.
@@ -305,11 +372,39 @@ impl Device {
 
     /// Like [`Device::uploaded`], for work that takes longer to upload.
     pub fn uploaded_within(&self, limit: Duration) -> bool {
-        let since = meshfs::proto::now_ms();
-        eventually(limit, || {
-            self.status()
-                .is_some_and(|s| s.written_ms > since && s.pending_uploads == 0)
-        })
+        self.reports(limit, |s| s.pending_uploads == 0)
+    }
+
+    /// The id of folder `name`, by `meshfs folder list` (ID NAME ...).
+    pub fn folder_id(&self, name: &str) -> String {
+        let out = self.cli_ok(&["folder", "list"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("folder {name} is not listed"))
+            .to_string()
+    }
+
+    /// The entries of folder `name` the cloud changed after feed position `since` (0: all
+    /// of them), each in its latest state, and the position to ask from next; asked as
+    /// this device, without waiting.
+    pub fn cloud_changes(&self, name: &str, since: u64) -> (Vec<meshfs::proto::Entry>, u64) {
+        let folder = self.folder_id(name);
+        let home = meshfs::agent::home::Home::new(&self.home);
+        let client = meshfs::agent::mount::connect(&home).expect("cloud client");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (mut changes, mut next) = (Vec::new(), since);
+        loop {
+            let batch = rt
+                .block_on(client.changes(&folder, next, 0))
+                .expect("change feed");
+            if batch.changes.is_empty() {
+                return (changes, batch.next.max(next));
+            }
+            next = batch.next;
+            changes.extend(batch.changes);
+        }
     }
 
     pub fn mount(&self) -> Mount {
@@ -319,6 +414,12 @@ impl Device {
     /// Mounts with extra `meshfs mount` flags.
     pub fn mount_with(&self, extra: &[&str]) -> Mount {
         Mount::start_with(self, extra)
+    }
+
+    /// Mounts with extra flags on a mount point in `parent` that every user may reach
+    /// (mode 0755), such as a [`public_dir`].
+    pub fn mount_in(&self, parent: &Path, extra: &[&str]) -> Mount {
+        Mount::start_in(self, parent, extra)
     }
 }
 
@@ -341,7 +442,19 @@ impl Mount {
     /// Mounts with extra `meshfs mount` flags. Outside a network namespace the peer
     /// listener binds 127.0.0.1 unless the flags say otherwise.
     pub fn start_with(dev: &Device, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_at(dev, tempfile::tempdir().expect("tempdir"), extra)
+    }
+
+    /// Mounts with extra flags on a mount point in `parent`, in a directory of mode 0755.
+    pub fn start_in(dev: &Device, parent: &Path, extra: &[&str]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        Self::start_at(dev, dir, extra)
+    }
+
+    fn start_at(dev: &Device, dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("mountpoint");
         let log = dir.path().join("agent.log");
@@ -380,6 +493,7 @@ impl Mount {
                 "MESHFS_LOG",
                 std::env::var("MESHFS_TEST_LOG").unwrap_or_else(|_| "info,fuser=warn".into()),
             )
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
@@ -455,6 +569,73 @@ impl Drop for Mount {
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
     }
+}
+
+/// The names in `dir`, sorted (none when it cannot be read).
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every file (and symlink) below `dir`, at any depth.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Output bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The command's stdout; fails the test with all its output unless it succeeded.
+pub fn output_ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A directory of mode 0755 that every local user can reach (for tests that act as another
+/// user): in the temporary directory when others may search all of its ancestors
+/// (scripts/test.sh makes its run's directory so), else in /tmp. Removed in `Drop`; a mount
+/// in it must be dropped first.
+pub fn public_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = std::env::temp_dir();
+    let searchable = tmp
+        .ancestors()
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    let parent = if searchable {
+        tmp
+    } else {
+        PathBuf::from("/tmp")
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("meshfs-public-")
+        .tempdir_in(parent)
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so a failure can be reproduced.
