@@ -392,12 +392,14 @@ impl Device {
     pub fn cloud_changes(&self, name: &str, since: u64) -> (Vec<meshfs::proto::Entry>, u64) {
         let folder = self.folder_id(name);
         let home = meshfs::agent::home::Home::new(&self.home);
-        let client = meshfs::agent::mount::connect(&home).expect("cloud client");
+        let client = meshfs::agent::client::connect(&home).expect("cloud client");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let (mut changes, mut next) = (Vec::new(), since);
         loop {
             let batch = rt
-                .block_on(client.changes(&folder, next, 0))
+                .block_on(meshfs::agent::remote::Remote::changes(
+                    &client, &folder, next, 0,
+                ))
                 .expect("change feed");
             if batch.changes.is_empty() {
                 return (changes, batch.next.max(next));
