@@ -44,8 +44,13 @@ impl TestDevice {
         id: &str,
         peers: Vec<Arc<dyn BlockSource>>,
     ) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
         let remote = cloud.device(user, id);
+        // In memory where there is a tmpfs: a test's syncs then cost nothing.
+        let dir = tempfile::Builder::new()
+            .prefix("meshfs-test-device")
+            .tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("tempdir");
         Self::open(dir, remote, peers)
     }
 
@@ -162,10 +167,15 @@ impl TestDevice {
         Ok(ino)
     }
 
-    /// The parent's inode and the last name of `path`.
+    /// The parent's inode and the last name of `path`. Like the kernel's path walk, it
+    /// wants the parent to be a directory before the filesystem hears of the name.
     pub fn parent(&self, path: &str) -> Result<(u64, String), FsError> {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        Ok((self.ino(dir)?, name.to_string()))
+        let ino = self.ino(dir)?;
+        if self.fs.getattr(ino)?.kind != crate::proto::EntryKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok((ino, name.to_string()))
     }
 
     pub fn stat(&self, path: &str) -> Result<Attr, FsError> {
@@ -221,6 +231,35 @@ impl TestDevice {
         }
         self.fs.close(fh)?;
         Ok(out)
+    }
+
+    /// Appends `data` to the file at `path`, made if missing (`O_APPEND | O_CREAT`).
+    pub async fn append(&self, path: &str, data: &[u8]) -> Result<(), FsError> {
+        let (parent, name) = self.parent(path)?;
+        let fh = match self.fs.lookup(parent, &name) {
+            Ok(a) => {
+                self.fs.forget(a.ino, 1)?;
+                self.fs.open(a.ino, true, false).await?.fh
+            }
+            Err(FsError::NotFound) => {
+                let (a, o) = self.fs.create(parent, &name, 0o644).await?;
+                self.fs.forget(a.ino, 1)?;
+                o.fh
+            }
+            Err(e) => return Err(e),
+        };
+        let size = self.fs.getattr(self.ino(path)?)?.size;
+        self.fs.write(fh, size, data)?;
+        self.close(fh).await
+    }
+
+    /// Opens the existing file at `path` for writing, sets its length, and closes it.
+    pub async fn truncate(&self, path: &str, len: u64) -> Result<(), FsError> {
+        let ino = self.ino(path)?;
+        let fh = self.fs.open(ino, true, false).await?.fh;
+        let set = self.fs.truncate(ino, len).await.map(drop);
+        let closed = self.close(fh).await;
+        set.and(closed)
     }
 
     /// The names in the directory at `path`, without the dots.

@@ -9,6 +9,10 @@ pub mod attr;
 pub mod content;
 pub mod error;
 pub mod fuse;
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod model_ops;
 pub mod ops;
 pub mod readahead;
 #[cfg(test)]

@@ -460,6 +460,15 @@ impl Fs {
             if noreplace {
                 return Err(FsError::Exists);
             }
+            // Renaming something over a directory it lies in: the VFS refuses that before
+            // a filesystem hears of it, and `Fs` does the same.
+            let mut up = src.parent;
+            while let Some(n) = self.cache.node(up)?.filter(|n| n.entry.is_some()) {
+                if n.ino == t {
+                    return Err(FsError::NotEmpty);
+                }
+                up = n.parent;
+            }
             let mut old = self.node(t)?;
             match (src.is_dir(), old.is_dir()) {
                 (true, false) => return Err(FsError::NotDir),
