@@ -129,3 +129,54 @@ fn tickets_are_renewed_before_they_expire() {
         );
     }
 }
+
+/// A second `meshfs mount` of a home an agent already serves says which process and mount
+/// point hold it, and leaves the first mount alone.
+#[test]
+fn a_second_mount_of_a_home_names_the_agent_that_holds_it() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    let dev = Device::login(&cloud, "ann", "laptop");
+    dev.create_folder("Docs");
+    let first = dev.mount();
+    let pid = first.pid().expect("agent");
+    // The first agent has written its report, as a second one would find it.
+    assert!(eventually(Duration::from_secs(20), || dev
+        .status()
+        .is_some()));
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(common::bin())
+        .arg("mount")
+        .arg(other.path())
+        .arg("--home")
+        .arg(&dev.home)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already mounted"), "{err}");
+    assert!(err.contains(&pid.to_string()), "{err}");
+    assert!(err.contains(&first.path.display().to_string()), "{err}");
+    assert!(!common::is_mounted(other.path()));
+    assert!(first.join("Docs").is_dir(), "the first mount still serves");
+}
+
+/// Logs written to a file (or read by journald) carry no colour codes.
+#[test]
+fn logs_that_go_to_a_file_are_plain_text() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    let dev = Device::login(&cloud, "ann", "laptop");
+    dev.create_folder("Docs");
+    let m = dev.mount();
+    assert!(eventually(Duration::from_secs(20), || m
+        .log_text()
+        .contains("mesh mounted")));
+    for (who, log) in [("cloud", cloud.log_text()), ("agent", m.log_text())] {
+        assert!(!log.is_empty(), "{who} logged nothing");
+        assert!(
+            !log.contains('\x1b'),
+            "{who}'s log has escape codes:\n{log}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ mod status;
 use anyhow::Context;
 use args::{Cli, Command, UserCommand};
 use clap::Parser;
+use std::io::IsTerminal;
 
 /// Parses the process arguments and runs the command.
 pub fn run() -> anyhow::Result<()> {
@@ -30,9 +31,13 @@ fn init_logging(service: bool) {
     let default = if service { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MESHFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour codes only for a person at a terminal: a log redirected to a file or read by
+    // journald gets plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
 

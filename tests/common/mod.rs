@@ -126,7 +126,6 @@ impl Cloud {
             .args(["--listen", listen])
             .args(extra)
             .env("MESHFS_LOG", &self.log_filter)
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
@@ -495,7 +494,6 @@ impl Mount {
                 "MESHFS_LOG",
                 std::env::var("MESHFS_TEST_LOG").unwrap_or_else(|_| "info,fuser=warn".into()),
             )
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(out)
