@@ -1,8 +1,10 @@
 //! The device agent: keeps a local view of the user's mesh (metadata and blocks in a cache),
 //! serves it through FUSE, follows the change feed and pushes local writes to the cloud.
 //!
-//! Inside: `fs` → `cache`/`fetch`/`journal`; `feed` → `cache`; nothing imports `fs` but
-//! `mount`, which wires the parts together.
+//! Inside, the arrows point one way: `fs` → `cache`, `fetch`, `journal`, `invalidate`;
+//! `feed` and `uploader` → `cache`, `remote`, `invalidate` (and `journal`, the uploader);
+//! `fetch` → `cache`; `peer` → `remote` and traits of its own (`Shelf`). Nothing but
+//! `mount`, which wires the parts together, imports `fs` (tests aside).
 
 pub mod aligned;
 pub mod cache;

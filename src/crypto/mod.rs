@@ -12,7 +12,7 @@ pub mod ticket;
 ///
 /// AES-128-GCM is offered first (ring's order starts with AES-256-GCM): it is the strength
 /// of the peer channel's AES-128 inside, and relayed blocks cross two TLS legs, each
-/// encrypted once and decrypted once, where AES-256's 40 % more rounds cost throughput.
+/// encrypted once and decrypted once, where AES-256's extra rounds cost throughput.
 pub fn install_tls_provider() {
     use rustls::CipherSuite::{
         TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,

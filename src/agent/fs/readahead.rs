@@ -5,16 +5,15 @@
 //! filesystem asks for at `init` (a block) and its default for a new backing device
 //! (128 KiB), so a sequential read reached the agent 128 KiB at a time: eight requests,
 //! eight tasks and eight replies per block. [`raise`] lifts the mount's `read_ahead_kb` to a
-//! block through sysfs, which cut the reader's CPU per GiB by about a seventh on loopback
-//! transfers. Only root may write it; anyone else keeps the default.
+//! block through sysfs, so a sequential reader costs one request per block. Only root may
+//! write it; anyone else keeps the default.
 
 use crate::proto::BLOCK_SIZE;
 use std::path::Path;
 
 /// Largest read-ahead window, in blocks: 32 MiB asked for ahead of a sequential reader. A
-/// block from a peer through the relay crosses two processes and three sockets, and took
-/// tens of milliseconds on a loaded machine; 16 blocks in flight held a relayed first read
-/// under 380 MB/s there, 32 did not.
+/// block from a peer through the relay crosses two processes and three sockets, so enough
+/// must be in flight to cover that latency.
 pub const MAX_WINDOW: u64 = 32;
 
 /// One open file's read-ahead. A read that starts where the last one ended doubles the
