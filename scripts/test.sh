@@ -107,6 +107,6 @@ step cargo clippy --all-targets --locked -- -D warnings
 # The library's tests (the filesystem, the uploader, the feed over an in-memory cloud) run
 # where FUSE and the network are out of reach, to show they need neither; then the rest.
 step bash scripts/test-without-fuse.sh
-step cargo test --locked --bins --tests
+step cargo test --locked --bins --test '*'
 step cargo test --locked --doc
 say "all checks passed in $((SECONDS - started)) s"
