@@ -10,9 +10,9 @@ mod common;
 mod model_ops;
 
 use common::{Mesh, eventually};
-use model_ops::{Outcome, apply, op, snapshot};
+use model_ops::{Outcome, apply, op, runner, snapshot};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use std::time::Duration;
 
 #[test]
@@ -21,15 +21,8 @@ fn random_operation_sequences_match_a_native_directory_and_reach_the_other_devic
     let reference = tempfile::tempdir().unwrap();
     let case = std::sync::atomic::AtomicU32::new(0);
     let succeeded = std::sync::atomic::AtomicU32::new(0);
-    let cases = std::env::var("MESHFS_MODEL_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(64);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(64);
+    let cases = runner.config().cases;
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         let name = format!(
             "case-{}",

@@ -185,21 +185,26 @@ impl TestDevice {
     /// Creates or replaces the file at `path` with `data`, as `echo > path` does: open
     /// with `O_TRUNC` (or create), write, close.
     pub async fn write(&self, path: &str, data: &[u8]) -> Result<(), FsError> {
+        let fh = self.open_or_create(path, true).await?;
+        self.fs.write(fh, 0, data)?;
+        self.close(fh).await
+    }
+
+    /// Opens the file at `path` for writing (emptied when `truncate`), made if missing.
+    async fn open_or_create(&self, path: &str, truncate: bool) -> Result<u64, FsError> {
         let (parent, name) = self.parent(path)?;
-        let fh = match self.fs.lookup(parent, &name) {
+        match self.fs.lookup(parent, &name) {
             Ok(a) => {
                 self.fs.forget(a.ino, 1)?;
-                self.fs.open(a.ino, true, true).await?.fh
+                Ok(self.fs.open(a.ino, true, truncate).await?.fh)
             }
             Err(FsError::NotFound) => {
                 let (a, o) = self.fs.create(parent, &name, 0o644).await?;
                 self.fs.forget(a.ino, 1)?;
-                o.fh
+                Ok(o.fh)
             }
-            Err(e) => return Err(e),
-        };
-        self.fs.write(fh, 0, data)?;
-        self.close(fh).await
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes `data` at `offset` into the existing file at `path`, then closes it.
@@ -235,19 +240,7 @@ impl TestDevice {
 
     /// Appends `data` to the file at `path`, made if missing (`O_APPEND | O_CREAT`).
     pub async fn append(&self, path: &str, data: &[u8]) -> Result<(), FsError> {
-        let (parent, name) = self.parent(path)?;
-        let fh = match self.fs.lookup(parent, &name) {
-            Ok(a) => {
-                self.fs.forget(a.ino, 1)?;
-                self.fs.open(a.ino, true, false).await?.fh
-            }
-            Err(FsError::NotFound) => {
-                let (a, o) = self.fs.create(parent, &name, 0o644).await?;
-                self.fs.forget(a.ino, 1)?;
-                o.fh
-            }
-            Err(e) => return Err(e),
-        };
+        let fh = self.open_or_create(path, false).await?;
         let size = self.fs.getattr(self.ino(path)?)?.size;
         self.fs.write(fh, size, data)?;
         self.close(fh).await

@@ -6,11 +6,11 @@
 //! well under a minute. `MESHFS_MODEL_CASES` sets how many (2,000 by default).
 
 use super::FsError;
-use super::model_ops::{NAMES, Op, Outcome, apply, op, snapshot};
+use super::model_ops::{NAMES, Op, Outcome, apply, op, runner, snapshot};
 use crate::agent::remote::memory::MemoryCloud;
 use crate::agent::testkit::TestDevice;
 use proptest::prop_assert_eq;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -100,15 +100,8 @@ fn random_operation_sequences_on_fs_match_a_native_directory_and_reach_the_other
         b.sync().await;
     });
     let reference = tempfile::tempdir().expect("tempdir");
-    let cases = std::env::var("MESHFS_MODEL_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(2000);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(2000);
+    let cases = runner.config().cases;
     let (case, succeeded) = (Cell::new(0u32), Cell::new(0u32));
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         let name = format!("case-{}", case.get());

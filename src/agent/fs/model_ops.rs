@@ -11,6 +11,20 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+/// A runner of `MESHFS_MODEL_CASES` sequences (`default` without it), none saved on
+/// failure.
+pub fn runner(default: u32) -> proptest::test_runner::TestRunner {
+    let cases = std::env::var("MESHFS_MODEL_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default);
+    proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })
+}
+
 /// Paths the operations pick from: a few names, one level of directories.
 pub const NAMES: &[&str] = &["a", "b", "c", "d/a", "d/b", "e/a", "d", "e"];
 
