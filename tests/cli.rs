@@ -140,10 +140,12 @@ fn a_second_mount_of_a_home_names_the_agent_that_holds_it() {
     dev.create_folder("Docs");
     let first = dev.mount();
     let pid = first.pid().expect("agent");
-    // The first agent has written its report, as a second one would find it.
+    // The first agent serves the folder and has written its report, as a second one
+    // would find it.
     assert!(eventually(Duration::from_secs(20), || dev
         .status()
-        .is_some()));
+        .is_some()
+        && first.join("Docs").is_dir()));
     let other = tempfile::tempdir().unwrap();
     let out = Command::new(common::bin())
         .arg("mount")
