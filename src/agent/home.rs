@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! H/device.toml      cloud URL, user, device id and name
+//! H/config.toml      the device's settings (see `agent::config`); optional
 //! H/device-key.pem   the device's RSA private key (0600, never leaves the device)
 //! H/ca.pem           the cloud's CA, the only root the agent trusts
 //! H/cache/db         sled: metadata, journal, cache index
@@ -63,6 +64,9 @@ impl Home {
     }
     pub fn device_file(&self) -> PathBuf {
         self.root.join("device.toml")
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
     }
     pub fn key(&self) -> PathBuf {
         self.root.join("device-key.pem")

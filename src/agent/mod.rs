@@ -9,6 +9,8 @@
 pub mod aligned;
 pub mod cache;
 pub mod client;
+pub mod config;
+pub mod evictor;
 pub mod feed;
 pub mod fetch;
 pub mod fs;

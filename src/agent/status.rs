@@ -30,6 +30,13 @@ pub struct Counters {
     /// The user's cloud quota and what the cloud holds of it, as last heard (0: not yet).
     pub cloud_quota: AtomicU64,
     pub cloud_used: AtomicU64,
+    /// The block store's limit, and what of it must stay, as the evictor last counted.
+    pub cache_limit: AtomicU64,
+    pub cache_used: AtomicU64,
+    pub cache_kept: AtomicU64,
+    /// Blocks (and bytes) evicted to keep the store under its limit.
+    pub blocks_evicted: AtomicU64,
+    pub bytes_evicted: AtomicU64,
 }
 
 impl Counters {
@@ -53,6 +60,8 @@ impl Counters {
             bytes_from_peers: self.bytes_from_peers.load(Relaxed),
             blocks_served: self.blocks_served.load(Relaxed),
             bytes_served: self.bytes_served.load(Relaxed),
+            blocks_evicted: self.blocks_evicted.load(Relaxed),
+            bytes_evicted: self.bytes_evicted.load(Relaxed),
         }
     }
 }
@@ -79,6 +88,22 @@ pub struct CounterSnapshot {
     pub blocks_served: u64,
     #[serde(default)]
     pub bytes_served: u64,
+    #[serde(default)]
+    pub blocks_evicted: u64,
+    #[serde(default)]
+    pub bytes_evicted: u64,
+}
+
+/// The device's block store against its limit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheReport {
+    /// The limit in bytes (0: none).
+    pub limit: u64,
+    /// Bytes of blocks on the device.
+    pub used: u64,
+    /// Of those, bytes that must stay whatever the limit: changes not yet uploaded,
+    /// pinned files, content that no other place holds.
+    pub kept: u64,
 }
 
 /// The agent's report in `status.json`.
@@ -93,6 +118,8 @@ pub struct AgentStatus {
     pub pending_uploads: usize,
     /// Uploads the cloud refused for good (see the agent's log).
     pub failed_uploads: u64,
+    #[serde(default)]
+    pub cache: CacheReport,
     pub counters: CounterSnapshot,
 }
 

@@ -268,6 +268,9 @@ impl Uploader {
                 Outcome::Refused(why) => {
                     self.journal.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(?op, %why, "the cloud refused a local change; it stays on this device only");
+                    if let Err(e) = self.keep_here(op.ino()) {
+                        tracing::error!(error = %e, "marking a refused change as held here");
+                    }
                 }
                 Outcome::Done => {}
             }
@@ -478,10 +481,27 @@ impl Uploader {
         Ok(all)
     }
 
-    /// Records the version the cloud gave our write.
+    /// A change the cloud refused stays on this device only: its blocks must survive the
+    /// cache limit (see `cache/evict.rs`).
+    fn keep_here(&self, ino: u64) -> Result<(), CacheError> {
+        let _g = self.cache.lock();
+        if let Some(mut n) = self.cache.node(ino)? {
+            n.holders = vec![self.remote.device_id().to_string()];
+            let mut txn = Txn::default();
+            txn.put_node(&n);
+            self.cache.apply(txn)?;
+        }
+        Ok(())
+    }
+
+    /// Records the version the cloud gave our write, and who holds its content when it is
+    /// the version this node has (past the quota, that is this device alone).
     fn agreed(&self, ino: u64, e: &Entry) -> Result<(), CacheError> {
         let _g = self.cache.lock();
         if let Some(mut n) = self.cache.node(ino)? {
+            if n.manifest == e.manifest {
+                n.holders.clone_from(&e.holders);
+            }
             n.version = n.version.max(e.version);
             let mut txn = Txn::default();
             txn.put_node(&n);
@@ -936,6 +956,9 @@ mod tests {
         assert!(!e.in_cloud);
         assert_eq!(e.holders, ["dev-a"]);
         assert!(cloud.stored("ann") <= BLOCK_SIZE + 10);
+        // The only copy of what the cloud could not take survives a cache limit.
+        a.cache.set_limit(1);
+        a.cache.evict("dev-a").unwrap();
         assert_eq!(
             a.read("Docs/big").await.unwrap(),
             content,

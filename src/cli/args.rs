@@ -249,6 +249,11 @@ pub struct MountArgs {
     /// /etc/fuse.conf.
     #[arg(long)]
     pub allow_other: bool,
+    /// How much room content may take on this device (512M, 20G, ...); the least recently
+    /// used blocks that are safe elsewhere are evicted past it [default: `cache_size` in
+    /// config.toml in the device home, else 10% of the file system, at least 1G].
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<crate::agent::config::Size>,
     /// Append every peer session's secrets to this file, for tests and for debugging a
     /// capture; whoever reads it can decrypt the recorded traffic. Set through the
     /// environment only, like TLS's SSLKEYLOGFILE.

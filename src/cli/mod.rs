@@ -116,7 +116,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             } else {
                 crate::agent::mount::Access::Owner
             };
-            crate::agent::mount::run(&home, &a.mountpoint, peers, access)
+            crate::agent::mount::run(&home, &a.mountpoint, peers, access, a.cache_size)
                 .await
                 .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
         }

@@ -2,6 +2,7 @@
 //! what waits to upload, what moved, and whether the cloud answers.
 
 use crate::agent::client::connect;
+use crate::agent::config::Size;
 use crate::agent::remote::Remote;
 use crate::agent::status::AgentStatus;
 use crate::cli::args::StatusArgs;
@@ -72,6 +73,19 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
                 "peers:    {} blocks ({} bytes) came from peers; served {} blocks ({} bytes)",
                 c.blocks_from_peers, c.bytes_from_peers, c.blocks_served, c.bytes_served
             );
+            let k = &s.cache;
+            println!(
+                "cache:    {} of {} used on this device; {} must stay; {} blocks evicted so far",
+                Size(k.used),
+                Size(k.limit),
+                Size(k.kept),
+                c.blocks_evicted
+            );
+            if k.limit > 0 && k.kept > k.limit {
+                println!(
+                    "warning:  what must stay on this device (changes not yet uploaded, pinned files, content held nowhere else) exceeds the cache limit; reconnect to the cloud, unpin files or raise --cache-size"
+                );
+            }
             if c.blocks_unavailable > 0 {
                 println!(
                     "missing:  {} block(s) no device or cloud could give when wanted (reads failed; see the agent's log)",

@@ -16,7 +16,10 @@ use lru::LruCache;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Numbers temporary block files apart.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Whether `data` can be written with `O_DIRECT` from where it lies, as a whole file.
 fn suits_direct_io(data: &[u8]) -> bool {
@@ -55,7 +58,12 @@ impl Cache {
     }
 
     pub fn has_block(&self, hash: &BlockHash) -> bool {
-        self.hot().contains(hash) || self.block_path(hash).exists()
+        self.store().used.contains(hash)
+    }
+
+    /// Notes a use of the block, for eviction's order.
+    fn used(&self, hash: &BlockHash) {
+        self.store().used.promote(hash);
     }
 
     pub(super) fn hot(&self) -> std::sync::MutexGuard<'_, LruCache<BlockHash, Bytes>> {
@@ -71,19 +79,39 @@ impl Cache {
         data: Bytes,
         durable: bool,
     ) -> Result<(), CacheError> {
-        let path = self.block_path(hash);
-        if !path.exists() {
-            let io = |source| CacheError::Io {
-                path: path.clone(),
-                source,
-            };
-            let dir = path.parent().unwrap_or(&self.blocks);
-            std::fs::create_dir_all(dir).map_err(io)?;
-            let tmp = dir.join(format!(".{}.tmp{}", hash.to_hex(), std::process::id()));
-            self.write_block_file(&tmp, &data, durable).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
+        {
+            let mut s = self.store();
+            if s.used.promote(hash) {
+                self.hot().put(*hash, data);
+                return Ok(());
+            }
         }
-        self.hot().put(*hash, data);
+        let path = self.block_path(hash);
+        let io = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(&self.blocks);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        // Unique per store: two stores of one block may run at once (a fetch and a commit).
+        let tmp = dir.join(format!(
+            ".{}.tmp{}-{}",
+            hash.to_hex(),
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        if let Err(e) = self.write_block_file(&tmp, &data, durable) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        let bytes = {
+            let mut s = self.store();
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            s.add(*hash, data.len() as u64);
+            self.hot().put(*hash, data);
+            s.bytes
+        };
+        self.check_limit(bytes);
         Ok(())
     }
 
@@ -124,31 +152,38 @@ impl Cache {
     /// Bytes `from..to` of a block if it is still in memory, shared rather than copied.
     pub fn hot_slice(&self, hash: &BlockHash, from: u64, to: u64) -> Option<Bytes> {
         let data = self.hot().get(hash)?.clone();
+        self.used(hash);
         let (from, to) = (usize::try_from(from).ok()?, usize::try_from(to).ok()?);
         (from <= to && to <= data.len()).then(|| data.slice(from..to))
     }
 
-    /// Reads `len` bytes at `offset` of a stored block into `out`; returns how many.
+    /// Reads `len` bytes at `offset` of a stored block into `out`; returns how many, or
+    /// `None` when the block is not here (evicted since it was looked for, say).
     pub fn read_block(
         &self,
         hash: &BlockHash,
         offset: u64,
         out: &mut [u8],
-    ) -> Result<usize, CacheError> {
+    ) -> Result<Option<usize>, CacheError> {
+        self.used(hash);
         if let Some(data) = self.hot().get(hash) {
             let from = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .min(data.len());
             let n = out.len().min(data.len() - from);
             out[..n].copy_from_slice(&data[from..from + n]);
-            return Ok(n);
+            return Ok(Some(n));
         }
         let path = self.block_path(hash);
         let io = |source| CacheError::Io {
             path: path.clone(),
             source,
         };
-        let f = std::fs::File::open(&path).map_err(io)?;
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
         let mut done = 0;
         while done < out.len() {
             let n = f
@@ -159,7 +194,7 @@ impl Cache {
             }
             done += n;
         }
-        Ok(done)
+        Ok(Some(done))
     }
 
     /// Appends the stored block to `out` as it is on disk, without checking its hash (for
@@ -176,6 +211,7 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io(e)),
         };
+        self.used(hash);
         let len = f.metadata().map_err(io)?.len();
         out.reserve(usize::try_from(len).unwrap_or(0));
         f.read_to_end(out).map_err(io)?;
@@ -185,6 +221,7 @@ impl Cache {
     /// The whole stored block, checked again against its hash (a block file damaged on disk
     /// is dropped and reported missing rather than served).
     pub fn load_block(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, CacheError> {
+        self.used(hash);
         if let Some(data) = self.hot().get(hash) {
             return Ok(Some(data.to_vec()));
         }
@@ -193,7 +230,7 @@ impl Cache {
             Ok(data) if hash.matches(&data) => Ok(Some(data)),
             Ok(_) => {
                 tracing::warn!(%hash, "cached block is damaged; dropping it");
-                let _ = std::fs::remove_file(&path);
+                self.drop_block(hash);
                 Ok(None)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -272,7 +309,7 @@ mod tests {
             Some(&page_multiple[..])
         );
         let mut part = vec![0; 100];
-        assert_eq!(c.read_block(&h, 5000, &mut part).unwrap(), 100);
+        assert_eq!(c.read_block(&h, 5000, &mut part).unwrap(), Some(100));
         assert_eq!(part, page_multiple[5000..5100]);
     }
 }

@@ -27,6 +27,7 @@ fn node_of(e: &Entry, ino: u64, parent: u64, folder: &str) -> Node {
         pending: 0,
         linked: true,
         holders: e.holders.clone(),
+        pinned: false,
     }
 }
 
@@ -99,6 +100,11 @@ pub fn apply_entry(
     };
     let mut new = node_of(e, ino, parent, &folder.id);
     new.atime_ns = existing.as_ref().and_then(|(_, old)| old.atime_ns);
+    // A pin stays with its node, and a new node under a pinned folder is pinned.
+    new.pinned = match &existing {
+        Some((_, old)) => old.pinned,
+        None => cache.node(parent)?.is_some_and(|p| p.pinned),
+    };
     // Names whose meaning changes; the kernel forgets them once the change is applied.
     let mut renamed: Vec<(u64, &str)> = Vec::new();
     if let Some(occupant) = cache.lookup(parent, &e.name)?.filter(|&o| o != ino) {

@@ -13,10 +13,14 @@
 //! m/<name>                           small values (feed cursors)
 //! ```
 //!
-//! Blocks live as files named by their hash under `blocks/` (see `cache/blocks.rs`).
+//! Blocks live as files named by their hash under `blocks/` (see `cache/blocks.rs`), kept
+//! under the device's limit by `cache/evict.rs`.
 
 mod blocks;
+mod evict;
 pub mod merge;
+
+pub use evict::{Evicted, Writing, keeps_blocks};
 
 use crate::proto::{BlockHash, BlockRef, EntryKind};
 use bytes::Bytes;
@@ -78,6 +82,10 @@ pub struct Node {
     /// first); empty when the cloud has it all, or the version was written here.
     #[serde(default)]
     pub holders: Vec<String>,
+    /// Kept on this device whatever the cache limit: `meshfs pin`, on the file or on a
+    /// folder above it when it was made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 impl Node {
@@ -102,6 +110,7 @@ impl Node {
             pending: 0,
             linked: true,
             holders: Vec::new(),
+            pinned: false,
         }
     }
 
@@ -243,6 +252,9 @@ pub struct Txn {
     journal_seq: Option<u64>,
     /// The directories whose links the batch changes.
     parents: Vec<u64>,
+    /// Blocks the batch may make kept (see `cache/evict.rs`): those of nodes with changes
+    /// pending, pinned or held elsewhere, and of journal snapshots.
+    kept: Vec<BlockHash>,
 }
 
 impl Txn {
@@ -251,6 +263,9 @@ impl Txn {
         let v = serde_json::to_vec(node).unwrap_or_default();
         self.batch.insert(node_key(node.ino), v);
         self.nodes.push(node.ino);
+        if node.pending > 0 || node.pinned || !node.holders.is_empty() {
+            self.kept.extend(node.manifest.iter().map(|b| b.hash));
+        }
     }
     pub fn remove_node(&mut self, ino: u64) {
         self.batch.remove(node_key(ino));
@@ -278,6 +293,9 @@ impl Txn {
         self.batch.insert(format!("f/{}", f.id).into_bytes(), v);
     }
     pub fn journal(&mut self, seq: u64, op: &JournalOp) {
+        if let JournalOp::Put { snap, .. } = op {
+            self.kept.extend(snap.manifest.iter().map(|b| b.hash));
+        }
         let v = serde_json::to_vec(op).unwrap_or_default();
         self.batch.insert(journal_key(seq), v);
         self.journal_seq = self.journal_seq.max(Some(seq));
@@ -332,6 +350,11 @@ pub struct Cache {
     /// The last blocks stored, each also on disk (it enters after its file is written and
     /// leaves before its file is removed).
     hot: Mutex<LruCache<BlockHash, Bytes>>,
+    /// Which blocks are on disk, by use; see `cache/evict.rs`. Taken before `hot`.
+    store: Mutex<evict::BlockStore>,
+    /// The limit on the block store's bytes (0: none), and the evictor's wake-up call.
+    limit: AtomicU64,
+    over_limit: tokio::sync::Notify,
     /// Whether the block store's file system takes direct writes (until it refuses one).
     direct_io: AtomicBool,
     /// The highest journal record applied, and the highest known to be on disk.
@@ -360,6 +383,10 @@ impl Cache {
             })?;
         }
         let db = sled::Config::new().path(dir.join("db")).open()?;
+        let store = evict::BlockStore::scan(&blocks).map_err(|source| CacheError::Io {
+            path: blocks.clone(),
+            source,
+        })?;
         let tree = db.open_tree("meshfs")?;
         let journal_id = match tree.get(JOURNAL_ID_KEY)? {
             Some(id) => String::from_utf8(id.to_vec())
@@ -382,6 +409,9 @@ impl Cache {
             hot: Mutex::new(LruCache::new(
                 NonZeroUsize::new(HOT_BLOCKS).unwrap_or(NonZeroUsize::MIN),
             )),
+            store: Mutex::new(store),
+            limit: AtomicU64::new(0),
+            over_limit: tokio::sync::Notify::new(),
             direct_io: AtomicBool::new(true),
             applied_seq: AtomicU64::new(0),
             durable_seq: AtomicU64::new(0),
@@ -442,6 +472,8 @@ impl Cache {
         if let Some(seq) = txn.journal_seq {
             self.applied_seq.fetch_max(seq, Ordering::SeqCst);
         }
+        // After the batch: a pass whose scan began before it is told here.
+        self.note_kept(&txn.kept);
         Ok(())
     }
 
@@ -685,6 +717,7 @@ mod tests {
             pending: 0,
             linked: true,
             holders: vec![],
+            pinned: false,
         }
     }
 

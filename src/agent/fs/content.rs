@@ -8,7 +8,7 @@
 use super::attr::{Attr, MAX_FILE_SIZE};
 use super::ops::{Fs, Handle};
 use super::readahead::ReadAhead;
-use crate::agent::cache::{Cache, Node};
+use crate::agent::cache::{Node, Writing};
 use crate::agent::fetch::{FetchError, Want};
 use crate::agent::fs::FsError;
 use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind, now_ns};
@@ -16,6 +16,10 @@ use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// Times a read fetches one block before it gives up: a block can be evicted between its
+/// fetch and its read only when the cache is much smaller than what is being read at once.
+const FETCH_TRIES: usize = 3;
 
 /// What to ask the fetcher for block `hash` of file `n` in `folder`.
 fn want(n: &Node, folder: &str, hash: BlockHash) -> Want {
@@ -122,7 +126,7 @@ impl Fs {
             ino,
             writable,
             changed_at: None,
-            ahead: ReadAhead::default(),
+            ahead: ReadAhead::within(self.cache.limit()),
         };
         self.handles
             .lock()
@@ -166,11 +170,7 @@ impl Fs {
         let file = self.create_staging_file(ino)?;
         let mut at = 0u64;
         for b in &n.manifest {
-            self.fetcher.ensure(want(&n, &folder, b.hash)).await?;
-            let data = self
-                .cache
-                .load_block(&b.hash)?
-                .ok_or(FsError::Fetch(FetchError::Local))?;
+            let data = self.whole_block(&n, &folder, b.hash).await?;
             file.write_all_at(&data, at)?;
             at += data.len() as u64;
         }
@@ -270,17 +270,53 @@ impl Fs {
         let mut out = vec![0u8; (end - offset) as usize];
         for idx in first..=last {
             let b = n.manifest.get(idx as usize).ok_or(FsError::Invalid)?;
-            self.fetcher.ensure(want(&n, folder, b.hash)).await?;
             let block_start = idx * BLOCK_SIZE;
             let from = offset.max(block_start);
             let to = end.min(block_start + u64::from(b.len));
             let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
-            let got = self.cache.read_block(&b.hash, from - block_start, dst)?;
-            if got != dst.len() {
-                return Err(FsError::Fetch(FetchError::Local));
-            }
+            self.read_block_into(&n, folder, b.hash, from - block_start, dst)
+                .await?;
         }
         Ok(out.into())
+    }
+
+    /// Fills `dst` from `offset` in a block, fetching it if it is not on the device. A
+    /// block evicted between its fetch and its read (the cache is smaller than what is
+    /// being read) is fetched again.
+    async fn read_block_into(
+        &self,
+        n: &Node,
+        folder: &str,
+        hash: BlockHash,
+        offset: u64,
+        dst: &mut [u8],
+    ) -> Result<(), FsError> {
+        for _ in 0..FETCH_TRIES {
+            self.fetcher.ensure(want(n, folder, hash)).await?;
+            match self.cache.read_block(&hash, offset, dst)? {
+                Some(got) if got == dst.len() => return Ok(()),
+                Some(_) => return Err(FsError::Fetch(FetchError::Local)),
+                None => continue,
+            }
+        }
+        Err(FsError::Fetch(FetchError::Local))
+    }
+
+    /// A whole block, fetched if it is not on the device (again if it was evicted before
+    /// it could be read).
+    async fn whole_block(
+        &self,
+        n: &Node,
+        folder: &str,
+        hash: BlockHash,
+    ) -> Result<Vec<u8>, FsError> {
+        for _ in 0..FETCH_TRIES {
+            self.fetcher.ensure(want(n, folder, hash)).await?;
+            if let Some(data) = self.cache.load_block(&hash)? {
+                return Ok(data);
+            }
+        }
+        Err(FsError::Fetch(FetchError::Local))
     }
 
     /// Starts fetching in the background the blocks the handle's read-ahead asks for after
@@ -398,20 +434,23 @@ impl Fs {
             return Ok(());
         }
         let cache = Arc::clone(&self.cache);
-        let (manifest, size, mtime_ns, ctime_ns) = tokio::task::spawn_blocking(move || {
-            let _x = s.gate.write().unwrap_or_else(|p| p.into_inner());
-            s.dirty.store(false, Ordering::SeqCst);
-            let (manifest, size) = chunk(&cache, &s.file)?;
-            s.commits.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, FsError>((
-                manifest,
-                size,
-                s.mtime_ns.load(Ordering::SeqCst),
-                s.ctime_ns.load(Ordering::SeqCst),
-            ))
-        })
-        .await
-        .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
+        let (manifest, size, mtime_ns, ctime_ns, writing) =
+            tokio::task::spawn_blocking(move || {
+                let _x = s.gate.write().unwrap_or_else(|p| p.into_inner());
+                s.dirty.store(false, Ordering::SeqCst);
+                let mut writing = Writing::new(cache);
+                let (manifest, size) = chunk(&mut writing, &s.file)?;
+                s.commits.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, FsError>((
+                    manifest,
+                    size,
+                    s.mtime_ns.load(Ordering::SeqCst),
+                    s.ctime_ns.load(Ordering::SeqCst),
+                    writing,
+                ))
+            })
+            .await
+            .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
         {
             let _g = self.lock_meta();
             self.update(ino, |n| {
@@ -421,6 +460,8 @@ impl Fs {
                 n.ctime_ns = Some(ctime_ns);
             })?;
         }
+        // The node names the new blocks now, with its change pending: they stay.
+        drop(writing);
         self.cache.flush().await?;
         tracing::debug!(ino, size, "committed a version");
         crate::agent::status::Counters::add(&self.counters.commits, 1);
@@ -507,7 +548,7 @@ impl Fs {
 }
 
 /// Cuts a file into blocks, stores each, and returns the manifest and the size.
-fn chunk(cache: &Cache, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), FsError> {
+fn chunk(writing: &mut Writing, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), FsError> {
     let mut manifest = Vec::new();
     let mut total = 0u64;
     let mut at = 0u64;
@@ -527,7 +568,7 @@ fn chunk(cache: &Cache, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), Fs
         buf.truncate(filled);
         at += filled as u64;
         let hash = BlockHash::of(&buf);
-        cache.store_block(&hash, buf.into(), true)?;
+        writing.store(&hash, buf.into())?;
         manifest.push(BlockRef {
             hash,
             len: filled as u32,

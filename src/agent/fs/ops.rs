@@ -332,6 +332,7 @@ impl Fs {
             pending: 1,
             linked: true,
             holders: Vec::new(),
+            pinned: false,
         };
         let mut txn = Txn::default();
         txn.put_node(&node);

@@ -17,11 +17,13 @@ use std::path::Path;
 pub const MAX_WINDOW: u64 = 32;
 
 /// One open file's read-ahead. A read that starts where the last one ended doubles the
-/// window (1, 2, 4 … [`MAX_WINDOW`] blocks past the read); any other read is a seek and
-/// resets it. Each block is asked for once per sequential run, however many reads (of
-/// 128 KiB, say) it takes to get through it.
+/// window (1, 2, 4 … [`MAX_WINDOW`] blocks past the read, or less in a small cache: see
+/// [`ReadAhead::within`]); any other read is a seek and resets it. Each block is asked for
+/// once per sequential run, however many reads (of 128 KiB, say) it takes to get through it.
 #[derive(Debug, Default)]
 pub struct ReadAhead {
+    /// The largest window, in blocks; [`MAX_WINDOW`] when 0.
+    cap: u64,
     /// Where the next sequential read would start.
     next_offset: u64,
     /// The window, in blocks.
@@ -31,10 +33,25 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
+    /// Read-ahead for a device whose cache holds `limit` bytes (0: no limit): the window
+    /// stays within an eighth of it, so that what is fetched ahead is not evicted before
+    /// it is read.
+    pub fn within(limit: u64) -> Self {
+        let cap = match limit {
+            0 => MAX_WINDOW,
+            l => (l / BLOCK_SIZE / 8).clamp(1, MAX_WINDOW),
+        };
+        Self {
+            cap,
+            ..Self::default()
+        }
+    }
+
     /// After a read of bytes `offset..end` (not empty): the indexes of the blocks to fetch.
     pub fn after_read(&mut self, offset: u64, end: u64) -> std::ops::Range<u64> {
         if offset == self.next_offset && offset != 0 {
-            self.window = (self.window * 2).clamp(1, MAX_WINDOW);
+            let cap = if self.cap == 0 { MAX_WINDOW } else { self.cap };
+            self.window = (self.window * 2).clamp(1, cap);
         } else {
             self.window = 0;
             self.asked_until = 0;
@@ -131,6 +148,18 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted, asked, "no block asked twice");
         assert!(asked.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(asked.last(), Some(&(40 + MAX_WINDOW - 1)));
+    }
+
+    #[test]
+    fn a_small_cache_keeps_the_window_small() {
+        let mut ra = ReadAhead::within(64 * MIB);
+        let asked = sequential(&mut ra, 0, MIB, 40);
+        assert_eq!(asked.last(), Some(&(40 + 8 - 1)), "an eighth of the cache");
+        let mut tiny = ReadAhead::within(MIB);
+        assert_eq!(sequential(&mut tiny, 0, MIB, 5).last(), Some(&5));
+        let mut big = ReadAhead::within(1 << 40);
+        let asked = sequential(&mut big, 0, MIB, 40);
         assert_eq!(asked.last(), Some(&(40 + MAX_WINDOW - 1)));
     }
 

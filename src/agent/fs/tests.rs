@@ -766,3 +766,64 @@ async fn a_restart_keeps_inodes_and_what_was_committed_and_drops_what_was_not() 
     // The file was created (a metadata change), but its unclosed write is gone.
     assert_eq!(a.read("Docs/half").await.unwrap(), b"");
 }
+
+#[tokio::test]
+async fn a_file_larger_than_the_cache_reads_whole_while_eviction_keeps_the_store_bounded() {
+    let (cloud, _f, a) = one_device().await;
+    let b = TestDevice::new(&cloud, "ann", "dev-b");
+    b.sync().await;
+    let data = bytes(12 * BLOCK_SIZE as usize + 77, 5);
+    b.write("Docs/big", &data).await.unwrap();
+    b.upload().await.unwrap();
+    a.sync().await;
+    let limit = 3 * BLOCK_SIZE;
+    a.cache.set_limit(limit);
+    let fh = a.fs.open_read(a.ino("Docs/big").unwrap()).unwrap().fh;
+    let mut out = Vec::new();
+    let mut most = 0;
+    loop {
+        let chunk = a.fs.read(fh, out.len() as u64, 128 << 10).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+        most = most.max(a.cache.blocks_bytes());
+        a.cache.evict("dev-a").unwrap();
+    }
+    a.fs.close(fh).unwrap();
+    assert!(out == data, "read back byte-identical");
+    // The store, the block being read and the one read ahead.
+    assert!(
+        most <= limit + 2 * BLOCK_SIZE,
+        "{most} bytes stored at most"
+    );
+    assert!(a.cache.blocks_bytes() <= limit);
+    // A second read fetches what was evicted again.
+    let fetched = a.remote.calls(Call::GetBlock);
+    assert!(a.read("Docs/big").await.unwrap() == data);
+    assert!(a.remote.calls(Call::GetBlock) > fetched);
+}
+
+#[tokio::test]
+async fn changes_not_yet_uploaded_survive_eviction_and_a_restart() {
+    let (cloud, _f, a) = one_device().await;
+    let data = bytes(4 * BLOCK_SIZE as usize, 6);
+    a.write("Docs/dirty", &data).await.unwrap();
+    a.remote.fail(Call::Steps, Failure::Unreachable);
+    assert!(a.upload().await.is_err(), "the cloud is away");
+    a.cache.set_limit(1);
+    let done = a.cache.evict("dev-a").unwrap();
+    assert_eq!(done.blocks, 0);
+    assert_eq!(done.kept, data.len() as u64);
+
+    let a = a.restart();
+    a.cache.set_limit(1);
+    a.cache.evict("dev-a").unwrap();
+    a.upload().await.unwrap();
+    // Uploaded, the blocks may go; another device reads them from the cloud.
+    a.cache.evict("dev-a").unwrap();
+    assert_eq!(a.cache.blocks_bytes(), 0);
+    let b = TestDevice::new(&cloud, "ann", "dev-b");
+    b.sync().await;
+    assert!(b.read("Docs/dirty").await.unwrap() == data);
+}

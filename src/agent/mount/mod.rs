@@ -8,6 +8,8 @@ pub use watchdog::watch;
 
 use crate::agent::cache::{Cache, CacheError};
 use crate::agent::client::{self, ConnectError};
+use crate::agent::config::{self, ConfigError, Size};
+use crate::agent::evictor;
 use crate::agent::feed::Feed;
 use crate::agent::fetch::{BlockSource, Fetcher, SourceError, Want};
 use crate::agent::fs::fuse::{FuseAdapter, KernelInvalidator};
@@ -19,7 +21,7 @@ use crate::agent::journal::Journal;
 use crate::agent::peer::keylog::KeyLogFile;
 use crate::agent::peer::{BlockRequest, PeerConfig, PeerMiss, PeerNet, Shelf};
 use crate::agent::remote::{CloudBlocks, Remote};
-use crate::agent::status::{AgentStatus, Counters};
+use crate::agent::status::{AgentStatus, CacheReport, Counters};
 use crate::agent::uploader::{KnownInCloud, Uploader};
 use crate::crypto::channel::KeyLog;
 use crate::crypto::keys;
@@ -57,6 +59,8 @@ pub enum MountError {
     },
     #[error(transparent)]
     Peers(#[from] crate::agent::peer::net::PeerError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("opening the peer key log {path} (MESHFS_PEER_KEYLOG)")]
     KeyLog {
         path: PathBuf,
@@ -174,7 +178,11 @@ fn open_cache(home: &Home) -> Result<Cache, MountError> {
 /// Opens the device's state and connects the parts (no mount yet). With `peers`, blocks
 /// are asked of the user's other devices before the cloud. Files are shown as owned by the
 /// owner of the device home.
-pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, MountError> {
+pub fn open_agent(
+    home: &Home,
+    peers: Option<PeerOptions>,
+    cache_size: Option<Size>,
+) -> Result<Agent, MountError> {
     let home_meta = std::fs::metadata(home.root()).map_err(|source| MountError::MountPoint {
         path: home.root().into(),
         source,
@@ -184,7 +192,10 @@ pub fn open_agent(home: &Home, peers: Option<PeerOptions>) -> Result<Agent, Moun
         gid: home_meta.gid(),
     };
     let remote: Arc<dyn Remote> = Arc::new(client::connect(home)?);
+    let limit = config::cache_limit(home, cache_size)?;
     let cache = Arc::new(open_cache(home)?);
+    cache.set_limit(limit.0);
+    tracing::info!(limit = %limit, used = %Size(cache.blocks_bytes()), "block store");
     // Staging files hold writes never committed by a close or fsync: nothing was promised
     // about them, and committed versions live in blocks and the journal.
     cache.clear_staging();
@@ -253,8 +264,9 @@ pub async fn run(
     mountpoint: &Path,
     peers: Option<PeerOptions>,
     access: Access,
+    cache_size: Option<Size>,
 ) -> Result<(), MountError> {
-    let agent = open_agent(home, peers)?;
+    let agent = open_agent(home, peers, cache_size)?;
     let peer_tasks = match &agent.peers {
         Some(p) => p.start().await?,
         None => Vec::new(),
@@ -319,6 +331,11 @@ pub async fn run(
             }
             .run(),
         ),
+        tokio::spawn(evictor::run(
+            Arc::clone(&agent.cache),
+            agent.remote.device_id().to_string(),
+            Arc::clone(&agent.counters),
+        )),
         tokio::spawn(follow_usage(
             Arc::clone(&agent.remote),
             Arc::clone(&agent.counters),
@@ -410,6 +427,11 @@ async fn report_status(
             cloud_reachable: counters.cloud_reachable.load(Ordering::Relaxed),
             pending_uploads: cache.journal_len(),
             failed_uploads: journal.failed.load(Ordering::Relaxed),
+            cache: CacheReport {
+                limit: cache.limit(),
+                used: cache.blocks_bytes(),
+                kept: counters.cache_kept.load(Ordering::Relaxed),
+            },
             counters: counters.snapshot(),
         };
         let tmp = path.with_extension("json.tmp");
