@@ -23,6 +23,23 @@ fn home_bytes(home: &Path) -> u64 {
         .sum()
 }
 
+/// Runs `meshfs ARGS PATH` (commands that act on a path under a mount, with no home),
+/// which must succeed.
+fn meshfs_ok(args: &[&str], path: &Path) -> std::process::Output {
+    let out = common::meshfs(None)
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("run meshfs");
+    assert!(
+        out.status.success(),
+        "meshfs {args:?} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Samples a home's size every few milliseconds until dropped; keeps the largest seen.
 struct Sampler {
     most: Arc<AtomicU64>,
@@ -162,4 +179,83 @@ fn changes_not_yet_uploaded_are_never_evicted() {
         assert!(eventually(Duration::from_secs(30), || p.exists()), "{name}");
         assert!(&std::fs::read(&p).expect("read on B") == data, "{name}");
     }
+}
+
+#[test]
+fn a_pinned_folder_reads_whole_with_the_cloud_and_every_other_device_stopped() {
+    let mut mesh = Mesh::on_with(Cloud::start(), &["--cache-size", "16M"]);
+    std::fs::create_dir(mesh.ma.join("Docs/album")).expect("mkdir on A");
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| {
+            let len = if i % 2 == 0 { 6 * MIB as usize } else { 3000 };
+            (
+                format!("Docs/album/photo{i}.raw"),
+                pseudo_random(len, 40 + 2 * i + 1),
+            )
+        })
+        .collect();
+    for (name, data) in &files {
+        std::fs::write(mesh.ma.join(name), data).expect("write on A");
+    }
+    assert!(mesh.a.uploaded_within(Duration::from_secs(120)));
+    let album = mesh.mb.join("Docs/album");
+    let last = mesh.mb.join(&files[5].0);
+    assert!(eventually(Duration::from_secs(30), || last.exists()));
+
+    let ls = meshfs_ok(&["ls"], &album);
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        text.contains("remote-only") && !text.contains("pinned"),
+        "{text}"
+    );
+
+    // 18 MiB pinned against a 16 MiB limit: pinned content stays whatever the limit.
+    let out = meshfs_ok(&["pin"], &album);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pinned: 18.0 MiB"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = meshfs_ok(&["ls"], &album);
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert_eq!(text.matches("pinned").count(), files.len(), "{text}");
+    let attr = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "user.meshfs.state"])
+        .arg(&last)
+        .output()
+        .expect("getfattr");
+    assert_eq!(String::from_utf8_lossy(&attr.stdout), "pinned");
+    assert!(
+        mesh.b
+            .reports(Duration::from_secs(60), |s| s.cache.kept >= 18 * MIB),
+        "{:?}",
+        mesh.b.status()
+    );
+
+    mesh.ma.stop();
+    mesh.cloud.kill();
+    for (name, data) in &files {
+        let got = std::fs::read(mesh.mb.join(name)).expect("read a pinned file offline");
+        assert!(&got == data, "{name}");
+    }
+    assert_eq!(mesh.b.counters().blocks_unavailable, 0);
+
+    // Unpinned, the content is back under the limit's rule.
+    meshfs_ok(&["unpin"], &album);
+    let ls = meshfs_ok(&["ls"], &album);
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(!text.contains("pinned") && text.contains("local"), "{text}");
+}
+
+#[test]
+fn pin_and_ls_off_a_mount_say_what_to_give_instead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = common::meshfs(None)
+        .args(["pin"])
+        .arg(dir.path())
+        .output()
+        .expect("meshfs pin");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("is not on a meshfs mount"), "{text}");
 }

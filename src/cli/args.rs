@@ -47,6 +47,26 @@ pub enum Command {
     Mount(MountArgs),
     /// Show this device's state: login, the running agent, pending uploads, transfers.
     Status(StatusArgs),
+    /// Keep files on this device whatever the cache limit, for use offline: fetches what
+    /// is missing and returns when all of it is here. A folder pins everything in it, also
+    /// what is added later.
+    Pin {
+        /// Files or folders under the mount point.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Let pinned files be evicted again when the cache needs room.
+    Unpin {
+        /// Files or folders under the mount point.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List files with their state (remote-only, partial, local, pinned, dirty) and how
+    /// much of each is on this device, without fetching content.
+    Ls {
+        /// A folder or file under the mount point [default: the current directory].
+        path: Option<PathBuf>,
+    },
     /// Started by `meshfs mount` itself: waits for the agent to end (its stdin closes) and
     /// then clears the mount if the agent died without unmounting it.
     #[command(hide = true)]

@@ -5,6 +5,7 @@ mod args;
 mod device;
 mod folder;
 mod login;
+mod pin;
 mod status;
 
 use anyhow::Context;
@@ -121,6 +122,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
         }
         Command::Status(a) => status::run(a).await,
+        Command::Pin { paths } => pin::pin(&paths),
+        Command::Unpin { paths } => pin::unpin(&paths),
+        Command::Ls { path } => pin::ls(path.as_deref()),
         Command::WatchMount { mountpoint } => {
             crate::agent::mount::watch(&mountpoint).await;
             Ok(())

@@ -255,6 +255,8 @@ pub struct Txn {
     /// Blocks the batch may make kept (see `cache/evict.rs`): those of nodes with changes
     /// pending, pinned or held elsewhere, and of journal snapshots.
     kept: Vec<BlockHash>,
+    /// Whether the batch writes a pinned node (whose content may now be missing).
+    pins: bool,
 }
 
 impl Txn {
@@ -266,6 +268,7 @@ impl Txn {
         if node.pending > 0 || node.pinned || !node.holders.is_empty() {
             self.kept.extend(node.manifest.iter().map(|b| b.hash));
         }
+        self.pins |= node.pinned;
     }
     pub fn remove_node(&mut self, ino: u64) {
         self.batch.remove(node_key(ino));
@@ -355,6 +358,8 @@ pub struct Cache {
     /// The limit on the block store's bytes (0: none), and the evictor's wake-up call.
     limit: AtomicU64,
     over_limit: tokio::sync::Notify,
+    /// Told when a pinned node changes, for whoever fetches what pinned files lack.
+    pins_changed: tokio::sync::Notify,
     /// Whether the block store's file system takes direct writes (until it refuses one).
     direct_io: AtomicBool,
     /// The highest journal record applied, and the highest known to be on disk.
@@ -412,6 +417,7 @@ impl Cache {
             store: Mutex::new(store),
             limit: AtomicU64::new(0),
             over_limit: tokio::sync::Notify::new(),
+            pins_changed: tokio::sync::Notify::new(),
             direct_io: AtomicBool::new(true),
             applied_seq: AtomicU64::new(0),
             durable_seq: AtomicU64::new(0),
@@ -474,6 +480,9 @@ impl Cache {
         }
         // After the batch: a pass whose scan began before it is told here.
         self.note_kept(&txn.kept);
+        if txn.pins {
+            self.pins_changed.notify_one();
+        }
         Ok(())
     }
 
@@ -522,6 +531,23 @@ impl Cache {
             }
             None => Ok(None),
         }
+    }
+
+    /// Returns once a pinned node changed (at once if one did since the last call).
+    pub async fn pins_changed(&self) {
+        self.pins_changed.notified().await
+    }
+
+    /// The linked files that are pinned.
+    pub fn pinned_files(&self) -> Result<Vec<Node>, CacheError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"n/") {
+            let n: Node = serde_json::from_slice(&kv?.1)?;
+            if n.pinned && n.linked && n.kind == EntryKind::File {
+                out.push(n);
+            }
+        }
+        Ok(out)
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Option<u64>, CacheError> {

@@ -50,6 +50,11 @@ pub(super) struct Staging {
 }
 
 impl Staging {
+    /// Whether it holds writes not yet committed.
+    pub(super) fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::SeqCst)
+    }
+
     fn new(file: std::fs::File, n: &Node, size: u64, dirty: bool) -> Arc<Self> {
         Arc::new(Self {
             file,

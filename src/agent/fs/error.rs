@@ -23,6 +23,8 @@ pub enum FsError {
     TooBig,
     #[error("operation not supported")]
     Unsupported,
+    #[error("no such extended attribute")]
+    NoXattr,
     #[error("not permitted: {0}")]
     NotPermitted(&'static str),
     #[error("moving between Mesh Folders is a copy")]
@@ -60,6 +62,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::TooBig => libc::EFBIG,
             FsError::Unsupported => libc::EOPNOTSUPP,
+            FsError::NoXattr => libc::ENODATA,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::CrossFolder => libc::EXDEV,
             FsError::BadHandle => libc::EBADF,

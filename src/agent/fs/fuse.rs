@@ -47,6 +47,19 @@ impl FuseAdapter {
     }
 }
 
+/// Answers an extended attribute request: its size when asked with no room, else the
+/// value if it fits.
+fn reply_xattr(reply: fuser::ReplyXattr, size: u32, value: &[u8]) {
+    let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    if size == 0 {
+        reply.size(len);
+    } else if len <= size {
+        reply.data(value);
+    } else {
+        reply.error(Errno::ERANGE);
+    }
+}
+
 fn errno(e: &FsError) -> Errno {
     match e {
         FsError::Fetch(_) | FsError::Cache(_) | FsError::Io(_) | FsError::Offline => {
@@ -515,39 +528,67 @@ impl fuser::Filesystem for FuseAdapter {
         }
     }
 
-    // Extended attributes do not travel between devices. ENOSYS tells the kernel once and
-    // for all, so `ls -l` stops asking for security labels and ACLs on every file, and
-    // callers get EOPNOTSUPP.
+    // Extended attributes do not travel between devices; the mount answers only its own
+    // (`user.meshfs.*`: a file's state, see `fs/pins.rs`), from local state, on the
+    // blocking pool (a directory's walks its tree).
     fn getxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::ENOSYS);
+        let Some(name) = name.to_str().filter(|n| n.starts_with("user.meshfs.")) else {
+            reply.error(Errno::ENODATA);
+            return;
+        };
+        let (fs, name) = (Arc::clone(&self.fs), name.to_string());
+        self.rt
+            .spawn_blocking(move || match fs.xattr(ino.0, &name) {
+                Ok(Some(v)) => reply_xattr(reply, size, &v),
+                Ok(None) => reply.error(Errno::ENODATA),
+                Err(e) => reply.error(errno(&e)),
+            });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        reply_xattr(reply, size, &self.fs.xattr_names());
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _n: &OsStr,
-        _v: &[u8],
-        _f: i32,
-        _p: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        _flags: i32,
+        _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        let Some(name) = name.to_str() else {
+            reply.error(Errno::EOPNOTSUPP);
+            return;
+        };
+        let (fs, name, value) = (Arc::clone(&self.fs), name.to_string(), value.to_vec());
+        self.rt
+            .spawn_blocking(move || match fs.set_xattr(ino.0, &name, &value) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            reply.error(Errno::ENODATA);
+            return;
+        };
+        let (fs, name) = (Arc::clone(&self.fs), name.to_string());
+        self.rt
+            .spawn_blocking(move || match fs.remove_xattr(ino.0, &name) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

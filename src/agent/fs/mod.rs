@@ -2,7 +2,7 @@
 //! without `/dev/fuse` (`ops` the namespace and attributes, `content` reading and writing
 //! files, `attr` the values `stat` and `statfs` report); `fuse` is only the adapter that
 //! decodes kernel requests, hands the ones that may touch the network to tokio, and
-//! replies; `readahead` holds the agent's read-ahead window per open file and raises the
+//! replies; `pins` holds pins and the states a file manager shows; `readahead` holds the agent's read-ahead window per open file and raises the
 //! kernel's for the mount.
 
 pub mod attr;
@@ -14,6 +14,7 @@ mod model;
 #[cfg(test)]
 mod model_ops;
 pub mod ops;
+pub mod pins;
 pub mod readahead;
 #[cfg(test)]
 mod tests;
@@ -22,3 +23,4 @@ pub use attr::{Attr, Owner, SetAttr, StatFs, TimeSet};
 pub use content::{Allocate, Closing, Opened};
 pub use error::FsError;
 pub use ops::{DirEntry, Fs};
+pub use pins::{FileState, OnDevice, PinRound};

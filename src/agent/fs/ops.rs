@@ -332,7 +332,7 @@ impl Fs {
             pending: 1,
             linked: true,
             holders: Vec::new(),
-            pinned: false,
+            pinned: p.pinned,
         };
         let mut txn = Txn::default();
         txn.put_node(&node);

@@ -4,6 +4,7 @@
 use super::*;
 use crate::agent::cache::ROOT;
 use crate::agent::fetch::{BlockSource, SourceError, Want};
+use crate::agent::fs::{FileState, OnDevice, PinRound};
 use crate::agent::remote::memory::{Call, Failure};
 use crate::agent::testkit::{OWNER, TestDevice, one_device};
 use crate::proto::{BLOCK_SIZE, EntryKind, ErrorCode};
@@ -826,4 +827,131 @@ async fn changes_not_yet_uploaded_survive_eviction_and_a_restart() {
     let b = TestDevice::new(&cloud, "ann", "dev-b");
     b.sync().await;
     assert!(b.read("Docs/dirty").await.unwrap() == data);
+}
+
+#[tokio::test]
+async fn a_pinned_folder_is_fetched_whole_survives_eviction_and_reads_offline() {
+    let (cloud, _f, a) = one_device().await;
+    let b = TestDevice::new(&cloud, "ann", "dev-b");
+    b.sync().await;
+    b.mkdir("Docs/sub").unwrap();
+    let one = bytes(2 * BLOCK_SIZE as usize, 21);
+    let two = bytes(3000, 22);
+    b.write("Docs/sub/one", &one).await.unwrap();
+    b.write("Docs/two", &two).await.unwrap();
+    b.upload().await.unwrap();
+    a.sync().await;
+    let docs = a.ino("Docs").unwrap();
+    let one_ino = a.ino("Docs/sub/one").unwrap();
+    assert_eq!(a.fs.state(one_ino).unwrap(), FileState::RemoteOnly);
+    assert_eq!(
+        a.fs.on_device(docs).unwrap(),
+        OnDevice {
+            local: 0,
+            missing: (one.len() + two.len()) as u64
+        }
+    );
+
+    a.fs.set_xattr(docs, "user.meshfs.pinned", b"1").unwrap();
+    assert_eq!(a.fs.state(docs).unwrap(), FileState::Pinned);
+    assert_eq!(
+        a.fs.state(one_ino).unwrap(),
+        FileState::RemoteOnly,
+        "not yet here"
+    );
+    let round = a.fs.fetch_pinned().await.unwrap();
+    assert_eq!(
+        round,
+        PinRound {
+            fetched: 3,
+            failed: 0
+        }
+    );
+    assert_eq!(a.fs.state(one_ino).unwrap(), FileState::Pinned);
+    assert_eq!(a.fs.on_device(docs).unwrap().missing, 0);
+    assert_eq!(
+        a.fs.xattr(one_ino, "user.meshfs.state").unwrap().unwrap(),
+        b"pinned"
+    );
+
+    // Whatever the limit, pinned content stays, and reads without the cloud.
+    a.cache.set_limit(1);
+    assert_eq!(a.cache.evict("dev-a").unwrap().blocks, 0);
+    let asked = a.remote.calls(Call::GetBlock);
+    assert!(a.read("Docs/sub/one").await.unwrap() == one);
+    assert!(a.read("Docs/two").await.unwrap() == two);
+    assert_eq!(
+        a.remote.calls(Call::GetBlock),
+        asked,
+        "nothing asked of the cloud"
+    );
+
+    // A file made under the pinned folder here, or arriving from elsewhere, is pinned.
+    a.write("Docs/sub/mine", b"local").await.unwrap();
+    assert!(
+        a.fs.xattr(a.ino("Docs/sub/mine").unwrap(), "user.meshfs.pinned")
+            .unwrap()
+            == Some(b"1".to_vec())
+    );
+    let three = bytes(5000, 23);
+    b.write("Docs/sub/three", &three).await.unwrap();
+    b.upload().await.unwrap();
+    a.sync().await;
+    let three_ino = a.ino("Docs/sub/three").unwrap();
+    assert_eq!(a.fs.state(three_ino).unwrap(), FileState::RemoteOnly);
+    assert_eq!(a.fs.fetch_pinned().await.unwrap().fetched, 1);
+    assert_eq!(a.fs.state(three_ino).unwrap(), FileState::Pinned);
+
+    // Unpinned, the content may go.
+    a.upload().await.unwrap();
+    a.fs.remove_xattr(docs, "user.meshfs.pinned").unwrap();
+    assert_eq!(a.fs.state(one_ino).unwrap(), FileState::Local);
+    a.cache.evict("dev-a").unwrap();
+    assert_eq!(a.fs.state(one_ino).unwrap(), FileState::RemoteOnly);
+    assert_eq!(a.cache.blocks_bytes(), 0);
+}
+
+#[tokio::test]
+async fn file_states_and_the_attributes_that_show_them() {
+    let (cloud, _f, a) = one_device().await;
+    let b = TestDevice::new(&cloud, "ann", "dev-b");
+    b.sync().await;
+    let data = bytes(3 * BLOCK_SIZE as usize, 31);
+    b.write("Docs/f", &data).await.unwrap();
+    b.upload().await.unwrap();
+    a.sync().await;
+    let ino = a.ino("Docs/f").unwrap();
+    let fh = a.fs.open_read(ino).unwrap().fh;
+    a.fs.read(fh, 0, 10).await.unwrap();
+    a.fs.close(fh).unwrap();
+    assert_eq!(a.fs.state(ino).unwrap(), FileState::Partial);
+    assert_eq!(
+        a.fs.xattr(ino, "user.meshfs.local").unwrap().unwrap(),
+        BLOCK_SIZE.to_string().into_bytes()
+    );
+    assert_eq!(a.read("Docs/f").await.unwrap().len(), data.len());
+    assert_eq!(a.fs.state(ino).unwrap(), FileState::Local);
+    a.write("Docs/f", b"changed").await.unwrap();
+    assert_eq!(a.fs.state(ino).unwrap(), FileState::Dirty);
+    a.upload().await.unwrap();
+    assert_eq!(a.fs.state(ino).unwrap(), FileState::Local);
+    assert_eq!(
+        a.fs.state(a.ino("Docs").unwrap()).unwrap(),
+        FileState::Folder
+    );
+
+    assert!(a.fs.xattr(ino, "user.other").unwrap().is_none());
+    let names = a.fs.xattr_names();
+    assert!(names.split(|&c| c == 0).any(|n| n == b"user.meshfs.state"));
+    let err = |r: Result<(), FsError>| r.unwrap_err().errno();
+    assert_eq!(
+        err(a.fs.set_xattr(ino, "user.meshfs.pinned", b"yes")),
+        libc::EINVAL
+    );
+    assert_eq!(
+        err(a.fs.set_xattr(ino, "user.meshfs.state", b"local")),
+        libc::EPERM
+    );
+    assert_eq!(err(a.fs.set_xattr(ino, "user.tag", b"x")), libc::EOPNOTSUPP);
+    assert_eq!(err(a.fs.remove_xattr(ino, "user.tag")), libc::ENODATA);
 }

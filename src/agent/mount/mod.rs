@@ -336,6 +336,7 @@ pub async fn run(
             agent.remote.device_id().to_string(),
             Arc::clone(&agent.counters),
         )),
+        tokio::spawn(keep_pinned(Arc::clone(&agent.fs), Arc::clone(&agent.cache))),
         tokio::spawn(follow_usage(
             Arc::clone(&agent.remote),
             Arc::clone(&agent.counters),
@@ -391,6 +392,39 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// How often pinned files are checked for missing content when nothing says so; and how
+/// soon a round that could not fetch everything is tried again.
+const PINS_EVERY: Duration = Duration::from_secs(60);
+const PINS_RETRY: Duration = Duration::from_secs(5);
+
+/// Brings what pinned files lack to the device: after a pin, a new version of a pinned
+/// file from elsewhere, and until a round fetched everything.
+async fn keep_pinned(fs: Arc<Fs>, cache: Arc<Cache>) {
+    loop {
+        let wait = match fs.fetch_pinned().await {
+            Ok(r) if r.failed == 0 => {
+                if r.fetched > 0 {
+                    tracing::info!(blocks = r.fetched, "fetched the content of pinned files");
+                }
+                PINS_EVERY
+            }
+            Ok(r) => {
+                tracing::warn!(
+                    fetched = r.fetched,
+                    failed = r.failed,
+                    "some content of pinned files could not be fetched; trying again"
+                );
+                PINS_RETRY
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "fetching the content of pinned files");
+                PINS_RETRY
+            }
+        };
+        let _ = tokio::time::timeout(wait, cache.pins_changed()).await;
     }
 }
 
