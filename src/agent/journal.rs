@@ -1,20 +1,134 @@
 //! The durable log of local changes: a change to a node and its journal record go into
 //! sled in one batch (`Journal::put`, `Journal::delete`), and the uploader (`uploader.rs`)
 //! plays the records to the cloud, oldest first.
+//!
+//! A file committed again and again in a short spell (a database, a log, an editor's
+//! autosave) *settles* before it uploads: its records wait until it has been quiet for a
+//! moment, or until a bound passes while it keeps changing, and then only its latest state
+//! goes (see [`Settle`]). Each commit is durable here at once, as always; settling only
+//! spares the cloud (and the quota) the states in between.
 
 use crate::agent::cache::{Cache, CacheError, JournalOp, Node, Snapshot, Txn};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long a busy file's commits settle before they upload. A commit that follows the
+/// last by less than `quiet` makes the file busy: its records then wait for `quiet` without
+/// a commit, or for `bound` after the first of them, whichever comes first. A file saved
+/// once uploads at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settle {
+    /// The quiet after the last commit.
+    pub quiet: Duration,
+    /// The longest wait after the first commit not yet uploaded, however busy the file.
+    pub bound: Duration,
+}
+
+impl Settle {
+    pub const DEFAULT: Settle = Settle {
+        quiet: Duration::from_secs(3),
+        bound: Duration::from_secs(30),
+    };
+    /// Every commit uploads as soon as it can.
+    pub const NONE: Settle = Settle {
+        quiet: Duration::ZERO,
+        bound: Duration::ZERO,
+    };
+}
 
 /// Appends records and wakes the uploader.
-#[derive(Default)]
 pub struct Journal {
     wake: Notify,
     /// Records the cloud refused for good.
     pub failed: AtomicU64,
+    settle: Settle,
+    /// Files committed lately. In memory only: after a restart, what is in the journal
+    /// uploads at once.
+    commits: Mutex<HashMap<u64, Spell>>,
+}
+
+/// A file's recent commits.
+#[derive(Clone, Copy, Debug)]
+struct Spell {
+    /// The first commit not yet uploaded.
+    first_unsent: Option<Instant>,
+    last: Instant,
+    /// Whether a commit followed another within the quiet time.
+    busy: bool,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self::with_settle(Settle::DEFAULT)
+    }
 }
 
 impl Journal {
+    pub fn with_settle(settle: Settle) -> Self {
+        Self {
+            wake: Notify::new(),
+            failed: AtomicU64::new(0),
+            settle,
+            commits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn commits(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Spell>> {
+        self.commits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a commit of a new version of file `ino`.
+    pub fn committed(&self, ino: u64) {
+        if self.settle == Settle::NONE {
+            return;
+        }
+        let now = Instant::now();
+        let mut commits = self.commits();
+        match commits.get_mut(&ino) {
+            Some(s) if now.duration_since(s.last) < self.settle.quiet => {
+                s.busy = true;
+                s.last = now;
+                s.first_unsent.get_or_insert(now);
+            }
+            _ => {
+                commits.insert(
+                    ino,
+                    Spell {
+                        first_unsent: Some(now),
+                        last: now,
+                        busy: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// When the records of `ino` may upload, if that is still to come.
+    pub fn settling(&self, ino: u64) -> Option<Instant> {
+        let s = *self.commits().get(&ino)?;
+        if !s.busy {
+            return None;
+        }
+        let ready = (s.last + self.settle.quiet).min(s.first_unsent? + self.settle.bound);
+        (Instant::now() < ready).then_some(ready)
+    }
+
+    /// Notes that the records of `ino` up to now reached the cloud.
+    pub fn uploaded(&self, ino: u64) {
+        let now = Instant::now();
+        let mut commits = self.commits();
+        if let Some(s) = commits.get_mut(&ino) {
+            s.first_unsent = None;
+            if now.duration_since(s.last) >= self.settle.quiet {
+                commits.remove(&ino);
+            }
+        }
+    }
+
     /// Waits for a new record, or `limit` at most.
     pub async fn appended(&self, limit: std::time::Duration) {
         let _ = tokio::time::timeout(limit, self.wake.notified()).await;

@@ -7,7 +7,7 @@ use crate::agent::feed::Feed;
 use crate::agent::fetch::{BlockSource, Fetcher};
 use crate::agent::fs::{Attr, Fs, FsError, Owner};
 use crate::agent::invalidate::Recorder;
-use crate::agent::journal::Journal;
+use crate::agent::journal::{Journal, Settle};
 use crate::agent::remote::memory::{MemoryCloud, MemoryRemote};
 use crate::agent::remote::{ClientError, CloudBlocks, Remote};
 use crate::agent::status::Counters;
@@ -51,18 +51,25 @@ impl TestDevice {
             .tempdir_in("/dev/shm")
             .or_else(|_| tempfile::tempdir())
             .expect("tempdir");
-        Self::open(dir, remote, peers)
+        Self::open(dir, remote, peers, Settle::NONE)
+    }
+
+    /// Device `id` of `user` whose files' commits settle before they upload.
+    pub fn settling(cloud: &Arc<MemoryCloud>, user: &str, id: &str, settle: Settle) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::open(dir, cloud.device(user, id), Vec::new(), settle)
     }
 
     fn open(
         dir: tempfile::TempDir,
         remote: Arc<MemoryRemote>,
         mut sources: Vec<Arc<dyn BlockSource>>,
+        settle: Settle,
     ) -> Self {
         let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
         let counters = Arc::new(Counters::default());
         let inv = Arc::new(Recorder::default());
-        let journal = Arc::new(Journal::default());
+        let journal = Arc::new(Journal::with_settle(settle));
         let dyn_remote: Arc<dyn Remote> = remote.clone();
         sources.push(Arc::new(CloudBlocks(Arc::clone(&dyn_remote))));
         let fetcher = Arc::new(Fetcher::new(
@@ -127,20 +134,21 @@ impl TestDevice {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
         }
-        let d = Self::open(dir, remote, Vec::new());
+        let d = Self::open(dir, remote, Vec::new(), Settle::NONE);
         d.cache.clear_staging();
         d.cache.sweep_unlinked().expect("sweep");
         d
     }
 
-    /// Plays the journal until it is empty, or until the cloud makes it wait: then that
-    /// error. Rounds that must be played again at once are, a bounded number of times.
+    /// Plays the journal until it is empty (but for files still settling), or until the
+    /// cloud makes it wait: then that error. Rounds that must be played again at once are, a bounded number of times.
     pub async fn upload(&self) -> Result<(), ClientError> {
         self.uploader.check_journal().await;
         for _ in 0..64 {
             match self.uploader.round().await.expect("local store") {
                 None => return Ok(()),
                 Some(Played::Wait(e)) => return Err(e),
+                Some(Played::Settling(_)) => return Ok(()),
                 Some(Played::Again | Played::Done) => {}
             }
         }

@@ -42,6 +42,9 @@ pub(crate) enum Played {
     Again,
     /// The front record waits for the cloud.
     Wait(ClientError),
+    /// Nothing can go before this moment: the front record is a file's that is still
+    /// settling (see [`crate::agent::journal::Settle`]).
+    Settling(tokio::time::Instant),
 }
 
 /// Why the blocks of a version could not all be offered to the cloud.
@@ -86,6 +89,57 @@ impl KnownInCloud {
     }
 }
 
+/// A settling file's records, and where they put it: a later record of another node that
+/// touches one of those names, the file itself, or the directory it is in depends on them.
+struct Held {
+    ino: u64,
+    seqs: Vec<u64>,
+    names: std::collections::HashSet<(u64, String)>,
+    /// The file's latest state among them; `None` if one of them cannot be merged into
+    /// another (a delete, or a rename over a file: the node it replaced waits on it).
+    last: Option<Snapshot>,
+}
+
+impl Held {
+    fn of(ino: u64, journal: &[(u64, JournalOp)]) -> Self {
+        let mut held = Held {
+            ino,
+            seqs: Vec::new(),
+            names: std::collections::HashSet::new(),
+            last: None,
+        };
+        let mut mergeable = true;
+        for (seq, op) in journal.iter().filter(|(_, op)| op.ino() == ino) {
+            held.seqs.push(*seq);
+            match op {
+                JournalOp::Put { snap, .. } => {
+                    mergeable &= !snap.replace && snap.replaced.is_none();
+                    held.names.insert((snap.parent, snap.name.clone()));
+                    held.last = Some(snap.clone());
+                }
+                JournalOp::Delete { .. } => mergeable = false,
+            }
+        }
+        if !mergeable {
+            held.last = None;
+        }
+        held
+    }
+
+    /// Whether `op`, of another node, depends on the held records.
+    fn blocks(&self, op: &JournalOp) -> bool {
+        match op {
+            JournalOp::Put { snap, .. } => {
+                snap.parent == self.ino
+                    || snap.replaced == Some(self.ino)
+                    || self.names.contains(&(snap.parent, snap.name.clone()))
+            }
+            // A directory's removal needs the file gone from it first.
+            JournalOp::Delete { ino } => self.names.iter().any(|(parent, _)| parent == ino),
+        }
+    }
+}
+
 /// Journal records played in one `steps` request at most.
 const BATCH: usize = 256;
 /// The first pause after a round that must be played again.
@@ -117,6 +171,10 @@ impl Uploader {
                 Ok(Some(Played::Again)) => {
                     self.counters.cloud_reachable.store(true, Ordering::Relaxed);
                     self.journal.appended(FIRST_BACKOFF).await;
+                }
+                Ok(Some(Played::Settling(until))) => {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    self.journal.appended(left).await;
                 }
                 Ok(Some(Played::Done)) => {
                     self.counters.cloud_reachable.store(true, Ordering::Relaxed);
@@ -189,6 +247,15 @@ impl Uploader {
         let folder = front.first().and_then(|(_, op)| self.folder_of(op.ino()));
         for (i, (seq, op)) in front.iter().enumerate().take(BATCH) {
             if i > 0 && self.folder_of(op.ino()) != folder {
+                break;
+            }
+            // A settling file waits; what is ready before it goes first.
+            if let JournalOp::Put { ino, .. } = op
+                && let Some(until) = self.journal.settling(*ino)
+            {
+                if ready.is_empty() {
+                    return self.settle(*ino, until).await;
+                }
                 break;
             }
             // The next record sends a newer state of the same node: this one adds nothing.
@@ -281,8 +348,56 @@ impl Uploader {
             if let Err(e) = self.finish(seq, op.ino(), replaced) {
                 tracing::error!(error = %e, "removing a journal record");
             }
+            self.journal.uploaded(op.ino());
         }
         Played::Done
+    }
+
+    /// The front record is file `ino`'s, still settling until `until`. The cloud takes a
+    /// journal's records in order, so the records after it could not go first; instead its
+    /// records become one, with its latest state, at the journal's end, when no other
+    /// record depends on them. Otherwise everything waits for it to settle (the bound
+    /// keeps that short).
+    async fn settle(&self, ino: u64, until: tokio::time::Instant) -> Played {
+        match self.move_behind(ino) {
+            Ok(true) => Played::Again,
+            Ok(false) => Played::Settling(until),
+            Err(e) => {
+                tracing::error!(error = %e, "moving a settling file's records in the journal");
+                Played::Settling(until)
+            }
+        }
+    }
+
+    fn move_behind(&self, ino: u64) -> Result<bool, CacheError> {
+        let _g = self.cache.lock();
+        let journal = self.cache.journal(BATCH)?;
+        // All of the journal must be in view to know nothing depends on the file.
+        if journal.len() >= BATCH || journal.iter().all(|(_, op)| op.ino() == ino) {
+            return Ok(false);
+        }
+        let held = Held::of(ino, &journal);
+        let Some(last) = held.last.clone() else {
+            return Ok(false);
+        };
+        if journal
+            .iter()
+            .any(|(_, op)| op.ino() != ino && held.blocks(op))
+        {
+            return Ok(false);
+        }
+        let Some(mut n) = self.cache.node(ino)? else {
+            return Ok(false);
+        };
+        let mut txn = Txn::default();
+        for seq in &held.seqs {
+            txn.unjournal(*seq);
+        }
+        n.pending = n.pending.saturating_sub(held.seqs.len() as u32) + 1;
+        txn.put_node(&n);
+        txn.journal(self.cache.next_id()?, &JournalOp::Put { ino, snap: last });
+        self.cache.apply(txn)?;
+        Ok(true)
     }
 
     fn folder_of(&self, ino: u64) -> Option<String> {
@@ -1026,5 +1141,141 @@ mod tests {
         assert_eq!(a.uploader.journal.failed.load(Ordering::Relaxed), 1);
         assert_eq!(a.cache.journal_len(), 0, "set aside, not retried forever");
         assert_eq!(a.read("Docs/d/orphan").await.unwrap(), b"kept here");
+    }
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use super::*;
+    use crate::agent::journal::Settle;
+    use crate::agent::remote::memory::{Call, MemoryCloud};
+    use crate::agent::testkit::TestDevice;
+    use crate::proto::BLOCK_SIZE;
+
+    const SETTLE: Settle = Settle {
+        quiet: Duration::from_secs(3),
+        bound: Duration::from_secs(30),
+    };
+
+    fn db_state(i: u64) -> Vec<u8> {
+        let mut d = vec![7u8; 3 * BLOCK_SIZE as usize];
+        // Each commit changes the last block only, as an insert into a database might.
+        d[2 * BLOCK_SIZE as usize..][..8].copy_from_slice(&i.to_le_bytes());
+        d
+    }
+
+    /// Rounds until only settling files are left; what the last one said.
+    async fn drain(a: &TestDevice) -> Option<Played> {
+        let mut last = None;
+        for _ in 0..16 {
+            match a.uploader.round().await.unwrap() {
+                None => return None,
+                Some(p @ Played::Settling(_)) => return Some(p),
+                other => last = other,
+            }
+        }
+        last
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_file_uploads_its_latest_state_once_it_settles() {
+        let cloud = MemoryCloud::new();
+        cloud.add_user("ann", 1 << 30);
+        let folder = cloud.create_folder("ann", "Docs", false);
+        let a = TestDevice::settling(&cloud, "ann", "dev-a", SETTLE);
+        a.sync().await;
+        // Saved once: uploads at once.
+        a.write("Docs/db", &db_state(0)).await.unwrap();
+        assert!(drain(&a).await.is_none());
+        assert_eq!(cloud.tree(&folder)["db"].version, 1);
+        let uploaded = a.counters.blocks_uploaded.load(Ordering::Relaxed);
+
+        // Committed every second: nothing goes while it is busy, but another file does.
+        for i in 1..=10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            a.write("Docs/db", &db_state(i)).await.unwrap();
+            assert!(matches!(drain(&a).await, Some(Played::Settling(_))));
+        }
+        a.write("Docs/other", b"not held up").await.unwrap();
+        assert!(matches!(drain(&a).await, Some(Played::Settling(_))));
+        assert!(cloud.tree(&folder).contains_key("other"));
+        assert_eq!(cloud.tree(&folder)["db"].version, 1);
+        let steps = a.remote.calls(Call::Steps);
+
+        // Quiet for the settle time: the latest state goes, in one request, as one new
+        // version, with only the block that changed.
+        tokio::time::advance(SETTLE.quiet).await;
+        assert!(drain(&a).await.is_none());
+        assert_eq!(a.remote.calls(Call::Steps), steps + 1);
+        let e = &cloud.tree(&folder)["db"];
+        assert!(e.version > 1);
+        assert_eq!(e.size, db_state(10).len() as u64);
+        let b = TestDevice::new(&cloud, "ann", "dev-b");
+        b.sync().await;
+        assert!(b.read("Docs/db").await.unwrap() == db_state(10));
+        assert_eq!(
+            a.counters.blocks_uploaded.load(Ordering::Relaxed) - uploaded,
+            2,
+            "the changed block of db, and other's"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_never_goes_quiet_uploads_at_the_bound() {
+        let cloud = MemoryCloud::new();
+        cloud.add_user("ann", 1 << 30);
+        let folder = cloud.create_folder("ann", "Docs", false);
+        let a = TestDevice::settling(&cloud, "ann", "dev-a", SETTLE);
+        a.sync().await;
+        let mut versions = Vec::new();
+        for i in 0..70 {
+            a.write("Docs/log", &db_state(i)).await.unwrap();
+            drain(&a).await;
+            versions.push(cloud.tree(&folder)["log"].version);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // The first save, then one upload per bound (30 s) of constant change.
+        let last = *versions.last().unwrap();
+        assert!((3..=4).contains(&last), "{versions:?}");
+    }
+
+    #[test]
+    fn a_record_that_depends_on_a_settling_file_waits_behind_it() {
+        let snap = |parent: u64, name: &str, replaced: Option<u64>| Snapshot {
+            parent,
+            name: name.into(),
+            mode: 0o644,
+            size: 0,
+            mtime_ns: 0,
+            manifest: vec![],
+            target: None,
+            replace: replaced.is_some(),
+            replaced,
+        };
+        let put = |ino, snap| JournalOp::Put { ino, snap };
+        let journal = vec![
+            (1, put(10, snap(1, "db", None))),
+            (2, put(11, snap(1, "x", None))),
+            (3, put(10, snap(1, "db.old", None))),
+        ];
+        let held = Held::of(10, &journal);
+        assert_eq!(held.seqs, [1, 3]);
+        assert_eq!(held.last.as_ref().map(|s| s.name.as_str()), Some("db.old"));
+        // Others may go first unless they take one of its names, replace it, or remove
+        // the directory it is in.
+        assert!(!held.blocks(&put(11, snap(1, "x", None))));
+        assert!(held.blocks(&put(11, snap(1, "db", None))));
+        assert!(held.blocks(&put(11, snap(1, "db.old", None))));
+        assert!(held.blocks(&put(11, snap(2, "y", Some(10)))));
+        assert!(held.blocks(&JournalOp::Delete { ino: 1 }));
+        assert!(!held.blocks(&JournalOp::Delete { ino: 11 }));
+        // A rename over a file, or a delete, is not merged away.
+        let journal = vec![(1, put(10, snap(1, "db", Some(12))))];
+        assert!(Held::of(10, &journal).last.is_none());
+        let journal = vec![
+            (1, put(10, snap(1, "db", None))),
+            (2, JournalOp::Delete { ino: 10 }),
+        ];
+        assert!(Held::of(10, &journal).last.is_none());
     }
 }

@@ -467,6 +467,7 @@ impl Fs {
         }
         // The node names the new blocks now, with its change pending: they stay.
         drop(writing);
+        self.journal.committed(ino);
         self.cache.flush().await?;
         tracing::debug!(ino, size, "committed a version");
         crate::agent::status::Counters::add(&self.counters.commits, 1);
