@@ -259,3 +259,127 @@ fn pin_and_ls_off_a_mount_say_what_to_give_instead() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("is not on a meshfs mount"), "{text}");
 }
+
+/// What the cloud says the user's folders take (`meshfs status --json`).
+fn quota_used(dev: &Device) -> u64 {
+    let out = dev.cli_ok(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    v["quota_used"].as_u64().unwrap_or(u64::MAX)
+}
+
+#[test]
+fn history_restores_versions_and_deleted_files_and_the_quota_counts_what_is_kept() {
+    let cloud = Cloud::start_with(&[
+        "--history-versions",
+        "2",
+        "--history-days",
+        "0",
+        "--collect-every",
+        "1",
+        "--collect-grace",
+        "1",
+    ]);
+    let mesh = Mesh::on(cloud);
+    let path = mesh.ma.join("Docs/report.bin");
+    let states: Vec<Vec<u8>> = (0..4)
+        .map(|i| pseudo_random(2 * MIB as usize, 60 + 2 * i + 1))
+        .collect();
+    for s in &states {
+        std::fs::write(&path, s).expect("write on A");
+        assert!(mesh.a.uploaded());
+    }
+    // The current content and the two newest earlier ones; the oldest was collected.
+    let out = mesh.a.cli_ok(&["history", path.to_str().expect("utf-8")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(
+        rows[0].contains("(current)") && rows[0].contains("laptop"),
+        "{text}"
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || quota_used(&mesh.a) == 6 * MIB),
+        "the quota counts what is kept: {} bytes",
+        quota_used(&mesh.a)
+    );
+
+    // Restore the oldest kept version: every device reads it.
+    let oldest: &str = rows[2].split_whitespace().next().expect("version");
+    mesh.a.cli_ok(&[
+        "restore",
+        path.to_str().expect("utf-8"),
+        "--version",
+        oldest,
+    ]);
+    let on_b = mesh.mb.join("Docs/report.bin");
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read(&on_b)
+            .is_ok_and(|d| d == states[1])),
+        "B reads the restored version"
+    );
+    assert!(std::fs::read(&path).expect("read on A") == states[1]);
+
+    // A deleted file comes back from the trash, under its name or another.
+    std::fs::remove_file(&on_b).expect("delete on B");
+    assert!(mesh.b.uploaded());
+    assert!(eventually(Duration::from_secs(20), || !path.exists()));
+    let out = mesh.a.cli_ok(&["history", path.to_str().expect("utf-8")]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("was deleted"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let back = mesh.ma.join("Docs/report (restored).bin");
+    mesh.a.cli_ok(&[
+        "restore",
+        path.to_str().expect("utf-8"),
+        "--to",
+        back.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read(&back)
+            .is_ok_and(|d| d == states[1])),
+        "the deleted file is back"
+    );
+    let out = mesh.a.cli(&[
+        "restore",
+        mesh.ma.join("Docs/never.bin").to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("neither on the mount nor among the deleted")
+    );
+}
+
+#[test]
+fn past_the_quota_the_oldest_history_goes_first_and_current_content_still_uploads() {
+    let cloud = Cloud::start_with(&["--collect-grace", "1"]);
+    let mesh = Mesh::on(cloud);
+    mesh.cloud.set_quota("ann", 7 * MIB);
+    let path = mesh.ma.join("Docs/db.bin");
+    for i in 0..5 {
+        std::fs::write(&path, pseudo_random(2 * MIB as usize, 80 + 2 * i + 1)).expect("write");
+        assert!(mesh.a.uploaded());
+        // Long enough apart not to settle into one upload, and past the grace period.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let last = pseudo_random(2 * MIB as usize, 89);
+    // Every version went to the cloud: B reads the last from there with A gone.
+    let mut mesh = mesh;
+    mesh.ma.stop();
+    let on_b = mesh.mb.join("Docs/db.bin");
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read(&on_b)
+            .is_ok_and(|d| d == last)),
+        "{}\n{}",
+        mesh.cloud.log_text(),
+        mesh.mb.log_text()
+    );
+    assert!(quota_used(&mesh.b) <= 7 * MIB);
+    let out = mesh.b.cli_ok(&["history", on_b.to_str().expect("utf-8")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        (2..=4).contains(&text.lines().skip(1).count()),
+        "history made room: {text}"
+    );
+}

@@ -10,9 +10,9 @@ use crate::crypto::keys::{self, KeyError};
 use crate::crypto::ticket::Signer;
 use crate::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, CloudInfo, Device,
-    DeviceAssertion, Entry, EntryList, ErrorCode, Folder, FolderGrant, FolderPatch, JournalMark,
-    Jwks, LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right,
-    StepResults, Steps, TicketResponse, Usage, now_secs,
+    DeviceAssertion, Entry, EntryList, ErrorCode, FileVersion, Folder, FolderGrant, FolderPatch,
+    JournalMark, Jwks, LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest,
+    Restore, Right, StepResults, Steps, TicketResponse, Usage, now_secs,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -281,6 +281,34 @@ impl CloudClient {
         };
         let resp = self
             .authed(Some(folder), Method::PATCH, &path, |r| r.json(&body))
+            .await?;
+        json(&path, resp).await
+    }
+
+    /// A file's current content and the earlier ones the cloud keeps, newest first.
+    pub async fn versions(&self, folder: &str, id: &str) -> Result<Vec<FileVersion>, ClientError> {
+        let path = format!("/folders/{folder}/entries/{id}/versions");
+        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+
+    /// Deleted files of a folder that can still be restored, newest first.
+    pub async fn trash(&self, folder: &str) -> Result<Vec<Entry>, ClientError> {
+        let path = format!("/folders/{folder}/trash");
+        let resp = self.authed(Some(folder), Method::GET, &path, |r| r).await?;
+        json(&path, resp).await
+    }
+
+    /// Restores a version of a file, or a deleted file; returns the entry as it now is.
+    pub async fn restore(
+        &self,
+        folder: &str,
+        id: &str,
+        body: &Restore,
+    ) -> Result<Entry, ClientError> {
+        let path = format!("/folders/{folder}/entries/{id}/restore");
+        let resp = self
+            .authed(Some(folder), Method::POST, &path, |r| r.json(body))
             .await?;
         json(&path, resp).await
     }

@@ -87,6 +87,14 @@ impl KnownInCloud {
         let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
         known.put((folder.to_string(), hash), ());
     }
+
+    /// Forgets what the cloud said of these blocks: it may have freed them since.
+    fn forget(&self, folder: &str, blocks: &[BlockRef]) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for b in blocks {
+            known.pop(&(folder.to_string(), b.hash));
+        }
+    }
 }
 
 /// A settling file's records, and where they put it: a later record of another node that
@@ -528,6 +536,12 @@ impl Uploader {
                 self.reenter(ino, None)?;
                 Ok(Outcome::Again)
             }
+            // The cloud freed a block it had (nothing referenced it) since this device
+            // learned it was there: ask again, and upload what is missing.
+            e if e.code() == Some(ErrorCode::MissingBlocks) => {
+                self.in_cloud.forget(&folder, &snap.manifest);
+                Ok(Outcome::Again)
+            }
             e if e.code() == Some(ErrorCode::NameTaken) => {
                 Counters::add(&self.counters.conflicts, 1);
                 tracing::warn!(name = %snap.name, entry, "another entry took this name in the cloud; keeping this device's file as a conflict copy");
@@ -806,7 +820,7 @@ pub fn conflict_name(name: &str, device: &str) -> String {
 }
 
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -61,6 +61,29 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// List the versions of a file the cloud keeps (time, device, size), or of a deleted
+    /// one.
+    History {
+        /// A file under the mount point (or where a deleted one was).
+        path: PathBuf,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Bring back an earlier version of a file, or a deleted file.
+    #[command(disable_version_flag = true)]
+    Restore {
+        /// A file under the mount point (or where a deleted one was).
+        path: PathBuf,
+        /// The version to restore (`meshfs history` lists them) [default: a deleted file's
+        /// last].
+        #[arg(long)]
+        version: Option<u64>,
+        /// Restore under this name in the same folder instead.
+        #[arg(long, value_name = "NEWPATH")]
+        to: Option<PathBuf>,
+        #[command(flatten)]
+        home: HomeArg,
+    },
     /// List files with their state (remote-only, partial, local, pinned, dirty) and how
     /// much of each is on this device, without fetching content.
     Ls {
@@ -113,6 +136,21 @@ pub struct CloudArgs {
     /// Test mode: keep a transcript of every byte the relay forwards in this directory.
     #[arg(long, hide = true)]
     pub relay_transcript: Option<PathBuf>,
+    /// Earlier versions of each file kept however old they are.
+    #[arg(long, default_value_t = 10)]
+    pub history_versions: usize,
+    /// Days every earlier version of a file stays restorable.
+    #[arg(long, default_value_t = 30)]
+    pub history_days: u64,
+    /// Days a deleted file stays restorable.
+    #[arg(long, default_value_t = 30)]
+    pub trash_days: u64,
+    /// Seconds between runs of the collector, which frees blocks nothing references.
+    #[arg(long, default_value_t = 600, hide = true)]
+    pub collect_every: u64,
+    /// Seconds an upload that nothing references yet is kept (a device's step may follow).
+    #[arg(long, default_value_t = 3600, hide = true)]
+    pub collect_grace: u64,
 }
 
 #[derive(Args, Debug)]

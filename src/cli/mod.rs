@@ -4,6 +4,7 @@
 mod args;
 mod device;
 mod folder;
+mod history;
 mod login;
 mod pin;
 mod status;
@@ -56,6 +57,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             }
             cfg.relay_elsewhere = a.relay_at;
             cfg.relay_transcript = a.relay_transcript;
+            let days = |n: u64| std::time::Duration::from_secs(n.saturating_mul(86_400));
+            cfg.retention = crate::cloud::Retention {
+                versions_per_file: a.history_versions,
+                keep_for: days(a.history_days),
+                trash_for: days(a.trash_days),
+                grace: std::time::Duration::from_secs(a.collect_grace),
+            };
+            cfg.collect_every = std::time::Duration::from_secs(a.collect_every.max(1));
             let running = crate::cloud::start(cfg)
                 .await
                 .context("starting the cloud")?;
@@ -125,6 +134,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Pin { paths } => pin::pin(&paths),
         Command::Unpin { paths } => pin::unpin(&paths),
         Command::Ls { path } => pin::ls(path.as_deref()),
+        Command::History { path, home } => history::list(&home.resolve()?, &path).await,
+        Command::Restore {
+            path,
+            version,
+            to,
+            home,
+        } => history::restore(&home.resolve()?, &path, version, to.as_deref()).await,
         Command::WatchMount { mountpoint } => {
             crate::agent::mount::watch(&mountpoint).await;
             Ok(())

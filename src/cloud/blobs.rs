@@ -9,7 +9,7 @@
 use super::AppState;
 use super::auth::{Caller, require};
 use super::error::AppError;
-use super::store::BlockRecord;
+use super::store::{BlockRecord, Collected};
 use crate::proto::ErrorCode;
 use crate::proto::{BLOCK_SIZE, BlockHash, Right};
 use axum::body::Bytes;
@@ -60,7 +60,7 @@ impl Blobs {
 
     async fn remove(&self, folder: &str, hash: &BlockHash) {
         if let Err(e) = self.store.delete(&location(folder, hash)).await {
-            tracing::warn!(error = %e, %hash, "removing a block stored over the quota");
+            tracing::warn!(error = %e, %hash, "removing a block");
         }
     }
 
@@ -135,35 +135,85 @@ pub async fn put_block(
         ));
     }
     if state.store.has_block(&folder.id, &hash).await? {
+        // Offered again for a step to come: fresh for the collector's grace period.
+        state.store.touch_block(&folder.id, &hash).await?;
         return Ok(StatusCode::OK);
     }
-    let usage = state
-        .store
-        .usage(&folder.owner)
-        .await?
-        .ok_or(AppError::NotFound("user"))?;
-    if usage.stored.saturating_add(len) > usage.quota {
+    if !room_for(&state, &folder.owner, len).await? {
         return Err(AppError::QuotaExceeded);
     }
     state.blobs.put(&folder.id, &hash, data).await?;
-    match state
-        .store
-        .record_block(&folder.id, &hash, len, &folder.owner)
-        .await?
-    {
-        BlockRecord::Stored => Ok(StatusCode::CREATED),
-        BlockRecord::AlreadyStored => Ok(StatusCode::OK),
-        // A racing upload filled the quota: the file goes, so what stays stored is within
-        // the quota (racing puts may pass it for a moment; a failed delete leaves a file
-        // never served, overwritten by the next put of the same block).
-        BlockRecord::OverQuota => {
-            // Unless a racing upload of the same block recorded it meanwhile.
-            if !state.store.has_block(&folder.id, &hash).await? {
-                state.blobs.remove(&folder.id, &hash).await;
+    loop {
+        match state
+            .store
+            .record_block(&folder.id, &hash, len, &folder.owner)
+            .await?
+        {
+            BlockRecord::Stored => return Ok(StatusCode::CREATED),
+            BlockRecord::AlreadyStored => return Ok(StatusCode::OK),
+            // A racing upload took the room: history makes more if it can.
+            BlockRecord::OverQuota if room_for(&state, &folder.owner, len).await? => {}
+            // Full of current content: the file goes, so what stays stored is within the
+            // quota (a failed delete leaves a file never served, overwritten by the next
+            // put of the same block).
+            BlockRecord::OverQuota => {
+                // Unless a racing upload of the same block recorded it meanwhile.
+                if !state.store.has_block(&folder.id, &hash).await? {
+                    state.blobs.remove(&folder.id, &hash).await;
+                }
+                return Err(AppError::QuotaExceeded);
             }
-            Err(AppError::QuotaExceeded)
         }
     }
+}
+
+/// Whether `len` more bytes fit `owner`'s quota, once the oldest history has made room if
+/// it must: only current content is refused for space.
+async fn room_for(state: &AppState, owner: &str, len: u64) -> Result<bool, AppError> {
+    let fits = || async {
+        let usage = state
+            .store
+            .usage(owner)
+            .await?
+            .ok_or(AppError::NotFound("user"))?;
+        Ok::<_, AppError>(usage.stored.saturating_add(len) <= usage.quota)
+    };
+    loop {
+        if fits().await? {
+            return Ok(true);
+        }
+        // Collected even when this call found no history left: a racing upload may have
+        // let go of some that its pass has not freed yet.
+        let freed = state.store.free_history(owner).await?;
+        collect(state).await?;
+        if !freed {
+            return fits().await;
+        }
+    }
+}
+
+/// One pass of the collector (see `store/history.rs`): prunes history and frees blocks that
+/// nothing references, from the database and then from block storage.
+pub async fn collect(state: &AppState) -> Result<Collected, AppError> {
+    let done = state
+        .store
+        .collect(crate::proto::now_ms(), &state.retention)
+        .await?;
+    for (folder, hash) in &done.blocks {
+        match hash.parse::<BlockHash>() {
+            Ok(h) => state.blobs.remove(folder, &h).await,
+            Err(_) => tracing::warn!(folder, hash, "a freed block with a malformed name"),
+        }
+    }
+    if !done.blocks.is_empty() || done.versions > 0 {
+        tracing::info!(
+            blocks = done.blocks.len(),
+            bytes = done.bytes,
+            versions = done.versions,
+            "collected what nothing references"
+        );
+    }
+    Ok(done)
 }
 
 /// `GET /folders/{folder}/blocks/{hash}`.

@@ -9,8 +9,9 @@ use super::store::Change;
 use crate::proto::ErrorCode;
 use crate::proto::Role;
 use crate::proto::{
-    BLOCK_SIZE, BlockHash, ChangeBatch, Entry, EntryKind, EntryList, EntryPut, Folder, FolderGrant,
-    FolderPatch, JournalMark, NewFolder, Right, Step, StepRefusal, StepResults, Steps, now_ms,
+    BLOCK_SIZE, BlockHash, ChangeBatch, Entry, EntryKind, EntryList, EntryPut, FileVersion, Folder,
+    FolderGrant, FolderPatch, JournalMark, NewFolder, Restore, Right, Step, StepRefusal,
+    StepResults, Steps, now_ms,
 };
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -258,6 +259,101 @@ pub async fn get_entry(
         .entry(&folder.id, &id)
         .await?
         .ok_or(AppError::NotFound("entry"))?;
+    with_etag(StatusCode::OK, entry)
+}
+
+/// `GET /folders/{folder}/entries/{entry}/versions`: a file's current content and the
+/// earlier ones the cloud keeps, newest first.
+pub async fn list_versions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((folder, id)): Path<(String, String)>,
+) -> Result<Json<Vec<FileVersion>>, AppError> {
+    let path = format!("/folders/{folder}/entries/{id}");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let versions = state.store.versions(&folder.id, &id).await?;
+    if versions.is_empty() {
+        return Err(AppError::NotFound("file"));
+    }
+    Ok(Json(versions))
+}
+
+/// `GET /folders/{folder}/trash`: deleted files that can still be restored.
+pub async fn list_trash(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+) -> Result<Json<Vec<Entry>>, AppError> {
+    let path = format!("/folders/{folder}/entries");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let since = crate::proto::now_ms()
+        .saturating_sub(i64::try_from(state.retention.trash_for.as_millis()).unwrap_or(i64::MAX));
+    Ok(Json(state.store.trash(&folder.id, since).await?))
+}
+
+/// `POST /folders/{folder}/entries/{entry}/restore`: makes a kept version the file's
+/// content again (a new version, so every device gets it), or brings a deleted file back as
+/// a new entry (a tombstoned id never lives again). Under another name or directory if
+/// the body says so; a name taken is a 409, as for any put.
+pub async fn restore_entry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((folder, id)): Path<(String, String)>,
+    body: Result<Json<Restore>, JsonRejection>,
+) -> Result<Response, AppError> {
+    let path = format!("/folders/{folder}/entries/{id}");
+    let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
+    let Json(r) = body?;
+    let current = state
+        .store
+        .entry(&folder.id, &id)
+        .await?
+        .ok_or(AppError::NotFound("entry"))?;
+    if current.kind != EntryKind::File {
+        return Err(AppError::invalid(
+            ErrorCode::KindMismatch,
+            "only files have versions to restore",
+        ));
+    }
+    let (size, mtime_ns, manifest) = match r.version {
+        Some(v) if v == current.version => {
+            (current.size, current.mtime_ns, current.manifest.clone())
+        }
+        Some(v) => state
+            .store
+            .version_content(&folder.id, &id, v)
+            .await?
+            .ok_or(AppError::NotFound("version"))?,
+        None if current.deleted => (current.size, current.mtime_ns, current.manifest.clone()),
+        None => {
+            return Err(AppError::invalid(
+                ErrorCode::BadBody,
+                "name the version to restore (`meshfs history` lists them)",
+            ));
+        }
+    };
+    let put = EntryPut {
+        parent: r.parent.or(current.parent.clone()),
+        name: r.name.unwrap_or(current.name.clone()),
+        kind: EntryKind::File,
+        mode: current.mode,
+        size,
+        mtime_ns,
+        manifest,
+        target: None,
+        replace: false,
+        device_held: false,
+    };
+    check_name(&put.name)?;
+    let (target, cond) = if current.deleted {
+        (uuid::Uuid::new_v4().to_string(), Condition::Create)
+    } else {
+        (id, Condition::Version(current.version))
+    };
+    let mut change = state.store.begin_change().await?;
+    let (entry, _) = put_step(&mut change, &folder.id, &target, cond, put, &caller).await?;
+    let version = change.commit().await?;
+    state.feed.send_modify(|seq| *seq = (*seq).max(version));
     with_etag(StatusCode::OK, entry)
 }
 

@@ -14,6 +14,7 @@ pub(crate) mod store;
 pub(crate) mod tls;
 
 pub use crate::proto::Role;
+pub use store::Retention;
 
 use crate::proto::BLOCK_SIZE;
 use auth::TicketCache;
@@ -109,6 +110,10 @@ pub struct CloudConfig {
     pub relay_transcript: Option<PathBuf>,
     /// With no relay here: the `host:port` of one run elsewhere, told to devices.
     pub relay_elsewhere: Option<String>,
+    /// What history and trash the cloud keeps, and how soon it frees what nothing needs.
+    pub retention: store::Retention,
+    /// How often the collector runs.
+    pub collect_every: Duration,
 }
 
 impl CloudConfig {
@@ -128,6 +133,8 @@ impl CloudConfig {
             relay_listen: Some(SocketAddr::new(listen.ip(), relay_port)),
             relay_transcript: None,
             relay_elsewhere: None,
+            retention: store::Retention::default(),
+            collect_every: Duration::from_secs(600),
         }
     }
 }
@@ -144,6 +151,7 @@ pub struct Shared {
     access_ttl_secs: i64,
     /// Where the relay listens, told to clients by `/.well-known/meshfs`.
     relay: Option<String>,
+    retention: store::Retention,
 }
 
 pub type AppState = Arc<Shared>;
@@ -183,6 +191,7 @@ pub async fn open_state(cfg: &CloudConfig, relay: Option<String>) -> Result<AppS
         identity_ttl_secs: cfg.identity_ttl_secs,
         access_ttl_secs: cfg.access_ttl_secs,
         relay,
+        retention: cfg.retention,
     }))
 }
 
@@ -243,6 +252,15 @@ pub fn app(state: AppState) -> Router {
                 .put(blobs::put_block)
                 .layer(DefaultBodyLimit::max(block_limit)),
         )
+        .route(
+            "/folders/{folder}/entries/{entry}/versions",
+            get(graph::list_versions),
+        )
+        .route(
+            "/folders/{folder}/entries/{entry}/restore",
+            post(graph::restore_entry),
+        )
+        .route("/folders/{folder}/trash", get(graph::list_trash))
         .route("/folders/{folder}/changes", get(graph::changes))
         .route("/folders/{folder}/steps", post(graph::apply_steps))
         .fallback(|| async { error::AppError::NotFound("resource") })
@@ -259,6 +277,7 @@ pub struct RunningCloud {
     handle: axum_server::Handle<SocketAddr>,
     task: JoinHandle<std::io::Result<()>>,
     _relay: Option<crate::relay::RunningRelay>,
+    _collector: AbortOnDrop,
 }
 
 impl RunningCloud {
@@ -319,8 +338,9 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     let addr = listener.local_addr().map_err(bind)?;
     let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls).map_err(bind)?;
     let handle = axum_server::Handle::new();
-    let service = app(state).into_make_service();
+    let service = app(Arc::clone(&state)).into_make_service();
     let task = tokio::spawn(server.handle(handle.clone()).serve(service));
+    let collector = tokio::spawn(collect_now_and_then(state, cfg.collect_every));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "meshfs cloud listening");
     Ok(RunningCloud {
         addr,
@@ -328,7 +348,27 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
         handle,
         task,
         _relay: relay,
+        _collector: AbortOnDrop(collector),
     })
+}
+
+/// Runs the collector every `every` (see `store/history.rs`).
+async fn collect_now_and_then(state: AppState, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = blobs::collect(&state).await {
+            tracing::error!(error = %e, "collecting unreferenced blocks");
+        }
+    }
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn relay_with(

@@ -16,8 +16,11 @@ use sqlx::{Row, Sqlite, Transaction};
 use std::path::Path;
 use std::time::Duration;
 
+mod history;
+pub use history::{Collected, Retention};
+
 /// The schema this code writes; stored in `meta` so a later version can tell.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
@@ -69,6 +72,7 @@ const SCHEMA: &[&str] = &[
         author TEXT NOT NULL,
         in_cloud BIGINT NOT NULL DEFAULT 1,
         holders TEXT NOT NULL DEFAULT '[]',
+        changed_ms BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (folder, id))",
     // One live entry per name in a directory; the folder root is parent ''.
     "CREATE UNIQUE INDEX IF NOT EXISTS entries_live_name
@@ -78,7 +82,19 @@ const SCHEMA: &[&str] = &[
         folder TEXT NOT NULL REFERENCES folders(id),
         hash TEXT NOT NULL,
         len BIGINT NOT NULL,
+        stored_ms BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (folder, hash))",
+    // Earlier contents of files, kept for history (see `store/history.rs`).
+    "CREATE TABLE IF NOT EXISTS versions (
+        folder TEXT NOT NULL REFERENCES folders(id),
+        id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        size BIGINT NOT NULL,
+        mtime_ns BIGINT NOT NULL,
+        manifest TEXT NOT NULL,
+        author TEXT NOT NULL,
+        saved_ms BIGINT NOT NULL,
+        PRIMARY KEY (folder, id, version))",
     // Which Mesh Folders each device has mapped (peer tickets between users need one).
     "CREATE TABLE IF NOT EXISTS mapped (
         device TEXT NOT NULL REFERENCES devices(id),
@@ -91,7 +107,7 @@ const SCHEMA: &[&str] = &[
         journal TEXT NOT NULL,
         applied BIGINT NOT NULL,
         PRIMARY KEY (device, journal))",
-    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 3, 0) ON CONFLICT (id) DO NOTHING",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 4, 0) ON CONFLICT (id) DO NOTHING",
 ];
 
 /// What takes a store of schema version 1 to version 2 (peer addresses, mapped folders,
@@ -107,7 +123,16 @@ const MIGRATE_1_TO_2: &[&str] = &[
 /// [`SCHEMA`] (run after) creates.
 const MIGRATE_2_TO_3: &[&str] = &["UPDATE meta SET schema_version = 3 WHERE id = 1"];
 
-const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders";
+/// What takes a store of schema version 3 to version 4: when each block was stored and each
+/// entry last changed (for collecting and for the trash), and the `versions` table, which
+/// [`SCHEMA`] (run after) creates.
+const MIGRATE_3_TO_4: &[&str] = &[
+    "ALTER TABLE blocks ADD COLUMN stored_ms BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE entries ADD COLUMN changed_ms BIGINT NOT NULL DEFAULT 0",
+    "UPDATE meta SET schema_version = 4 WHERE id = 1",
+];
+
+const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders, changed_ms";
 
 /// A fault of the database or of what it holds.
 #[derive(Debug, thiserror::Error)]
@@ -273,8 +298,9 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             let migrations: &[&[&str]] = match row.try_get::<i64, _>("schema_version")? {
-                1 => &[MIGRATE_1_TO_2, MIGRATE_2_TO_3],
-                2 => &[MIGRATE_2_TO_3],
+                1 => &[MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4],
+                2 => &[MIGRATE_2_TO_3, MIGRATE_3_TO_4],
+                3 => &[MIGRATE_3_TO_4],
                 _ => &[],
             };
             for stmt in migrations.iter().copied().flatten() {
@@ -589,6 +615,18 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// Marks a block just offered again as fresh: the collector leaves it for its grace
+    /// period, as it does a new upload, so the step that names it finds it.
+    pub async fn touch_block(&self, folder: &str, hash: &BlockHash) -> Result<(), StoreError> {
+        sqlx::query("UPDATE blocks SET stored_ms = ? WHERE folder = ? AND hash = ?")
+            .bind(crate::proto::now_ms())
+            .bind(folder)
+            .bind(hash.to_hex())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records a durably stored block and charges its length to `owner` in one transaction,
     /// unless that would pass the owner's quota.
     pub async fn record_block(
@@ -601,15 +639,18 @@ impl Store {
         let len = to_i64(len, "block length")?;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO blocks (folder, hash, len) VALUES (?, ?, ?)
+            "INSERT INTO blocks (folder, hash, len, stored_ms) VALUES (?, ?, ?, ?)
              ON CONFLICT (folder, hash) DO NOTHING",
         )
         .bind(folder)
         .bind(hash.to_hex())
         .bind(len)
+        .bind(crate::proto::now_ms())
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
+            drop(tx);
+            self.touch_block(folder, hash).await?;
             return Ok(BlockRecord::AlreadyStored);
         }
         let charged = sqlx::query(
@@ -790,20 +831,25 @@ impl Change {
         Ok(missing)
     }
 
-    /// Writes an entry (insert or overwrite by folder and id).
+    /// Writes an entry (insert or overwrite by folder and id). A file's content that this
+    /// replaces is kept as a version (see `store/history.rs`).
     pub async fn save(&mut self, e: &Entry) -> Result<(), StoreError> {
+        if let Some(old) = entry_in(&mut self.tx, &e.folder, &e.id).await? {
+            history::keep_replaced(&mut self.tx, &old, e).await?;
+        }
         let manifest = serde_json::to_string(&e.manifest)
             .map_err(|_| StoreError::Corrupt("entry manifest"))?;
         let holders =
             serde_json::to_string(&e.holders).map_err(|_| StoreError::Corrupt("entry holders"))?;
         let sql = format!(
-            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (folder, id) DO UPDATE SET
                parent = excluded.parent, name = excluded.name, kind = excluded.kind,
                mode = excluded.mode, size = excluded.size, mtime_ns = excluded.mtime_ns,
                version = excluded.version, deleted = excluded.deleted,
                manifest = excluded.manifest, target = excluded.target, author = excluded.author,
-               in_cloud = excluded.in_cloud, holders = excluded.holders"
+               in_cloud = excluded.in_cloud, holders = excluded.holders,
+               changed_ms = excluded.changed_ms"
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&e.folder)
@@ -821,6 +867,7 @@ impl Change {
             .bind(&e.author)
             .bind(i64::from(e.in_cloud))
             .bind(holders)
+            .bind(crate::proto::now_ms())
             .execute(&mut *self.tx)
             .await?;
         Ok(())

@@ -488,6 +488,36 @@ pub struct Usage {
     pub quota: u64,
 }
 
+/// An earlier content of a file that the cloud keeps (`GET .../entries/{id}/versions`),
+/// or its current one (`current`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileVersion {
+    pub version: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// The device that wrote it.
+    pub author: String,
+    /// When it stopped being current (ms since the epoch); when it was written, for the
+    /// current one.
+    pub saved_ms: i64,
+    #[serde(default)]
+    pub current: bool,
+}
+
+/// `POST .../entries/{id}/restore`: make an earlier content current again, or bring a
+/// deleted entry back; under another name or directory if given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Restore {
+    /// The version to restore; the entry's own last content when absent (a deleted file).
+    #[serde(default)]
+    pub version: Option<u64>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The directory's entry id; `None` keeps it where it is.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

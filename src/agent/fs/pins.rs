@@ -9,6 +9,7 @@
 //! user.meshfs.local    bytes of the file (or everything under the directory) on the device
 //! user.meshfs.missing  bytes not on the device, likewise
 //! user.meshfs.pinned   1 or 0; setting it pins or unpins (removing it unpins)
+//! user.meshfs.entry    FOLDER/ENTRY: the cloud's ids of it (for `meshfs history`)
 //! ```
 
 use super::FsError;
@@ -60,7 +61,14 @@ pub const XATTR_STATE: &str = "user.meshfs.state";
 pub const XATTR_LOCAL: &str = "user.meshfs.local";
 pub const XATTR_MISSING: &str = "user.meshfs.missing";
 pub const XATTR_PINNED: &str = "user.meshfs.pinned";
-const XATTRS: [&str; 4] = [XATTR_STATE, XATTR_LOCAL, XATTR_MISSING, XATTR_PINNED];
+pub const XATTR_ENTRY: &str = "user.meshfs.entry";
+const XATTRS: [&str; 5] = [
+    XATTR_STATE,
+    XATTR_LOCAL,
+    XATTR_MISSING,
+    XATTR_PINNED,
+    XATTR_ENTRY,
+];
 
 /// Blocks of pinned files fetched at once.
 const PIN_FETCHES: usize = 8;
@@ -202,6 +210,15 @@ impl Fs {
             XATTR_LOCAL => self.on_device(ino)?.local.to_string(),
             XATTR_MISSING => self.on_device(ino)?.missing.to_string(),
             XATTR_PINNED => u8::from(self.node(ino)?.pinned).to_string(),
+            XATTR_ENTRY => {
+                let n = self.node(ino)?;
+                match (n.folder, n.entry) {
+                    (Some(f), Some(e)) => format!("{f}/{e}"),
+                    // A Mesh Folder's root: the folder alone.
+                    (Some(f), None) => f,
+                    _ => return Ok(None),
+                }
+            }
             _ => return Ok(None),
         };
         Ok(Some(text.into_bytes()))
