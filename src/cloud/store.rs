@@ -1001,12 +1001,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_2_store_gains_the_journal_marks_on_open() {
+    async fn a_version_2_store_gains_the_journal_marks_and_history_on_open() {
         let (dir, store) = store_with_folder().await;
-        sqlx::query("DROP TABLE journals")
-            .execute(&store.pool)
-            .await
-            .unwrap();
+        // What schema 2 had: no journals, no history, no times on blocks and entries.
+        for stmt in [
+            "DROP TABLE journals",
+            "DROP TABLE versions",
+            "ALTER TABLE blocks DROP COLUMN stored_ms",
+            "ALTER TABLE entries DROP COLUMN changed_ms",
+        ] {
+            sqlx::query(stmt).execute(&store.pool).await.unwrap();
+        }
         sqlx::query("UPDATE meta SET schema_version = 2 WHERE id = 1")
             .execute(&store.pool)
             .await
@@ -1031,7 +1036,12 @@ mod tests {
         c.commit().await.unwrap();
         let mut c = store.begin_change().await.unwrap();
         assert_eq!(c.journal_mark("d", "j").await.unwrap(), 7);
+        drop(c);
         assert!(store.folder("f").await.unwrap().is_some());
+        store
+            .collect(crate::proto::now_ms(), &Retention::default())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
