@@ -383,3 +383,59 @@ fn past_the_quota_the_oldest_history_goes_first_and_current_content_still_upload
         "history made room: {text}"
     );
 }
+
+#[test]
+fn many_small_files_read_in_turn_come_from_the_cloud_in_batches() {
+    let cloud = Cloud::start_logging("meshfs=debug,info", &[]);
+    let mesh = Mesh::on_with(cloud, &["--no-peers"]);
+    let dir = mesh.ma.join("Docs/many");
+    std::fs::create_dir(&dir).expect("mkdir on A");
+    let files: Vec<Vec<u8>> = (0..640)
+        .map(|i| pseudo_random(4096, 1000 + 2 * i + 1))
+        .collect();
+    for (i, data) in files.iter().enumerate() {
+        std::fs::write(dir.join(format!("f{i:04}")), data).expect("write on A");
+    }
+    assert!(mesh.a.uploaded_within(Duration::from_secs(120)));
+    let folder = mesh.a.folder_id("Docs");
+    let on_b = mesh.mb.join("Docs/many");
+    let last = on_b.join("f0639");
+    assert!(eventually(Duration::from_secs(30), || last.exists()));
+
+    // One file alone: one block, no batch.
+    let singles = |c: &Cloud| {
+        c.log_text()
+            .lines()
+            .filter(|l| {
+                l.contains(" request ")
+                    && l.contains("method=GET")
+                    && l.contains(&format!(" path=/folders/{folder}/blocks/"))
+            })
+            .count()
+    };
+    let batches = |c: &Cloud| c.requests_answered(&format!("/folders/{folder}/blocks"), 200);
+    assert!(std::fs::read(on_b.join("f0300")).expect("read one") == files[300]);
+    assert!(eventually(Duration::from_secs(5), || singles(&mesh.cloud) == 1));
+    assert_eq!(batches(&mesh.cloud), 0);
+
+    // All of them in name order, as `cat many/*` reads them.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("cat f* | sha256sum")
+        .current_dir(&on_b)
+        .output()
+        .expect("cat");
+    let mut all = Vec::new();
+    files.iter().for_each(|f| all.extend_from_slice(f));
+    let want = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&all))
+    };
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&want));
+    let (s, b) = (singles(&mesh.cloud), batches(&mesh.cloud));
+    assert!(
+        b >= 640 / 64 - 1 && s <= 1 + 2 * b,
+        "{s} single GETs, {b} batches"
+    );
+    assert_eq!(mesh.b.fresh_status().counters.blocks_fetched, 640);
+}

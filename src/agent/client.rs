@@ -9,10 +9,10 @@ use crate::agent::remote::Remote;
 use crate::crypto::keys::{self, KeyError};
 use crate::crypto::ticket::Signer;
 use crate::proto::{
-    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, ChangeBatch, CloudInfo, Device,
+    AUDIENCE_RENEW, AccessRequest, ApiError, BlockBatch, BlockHash, ChangeBatch, CloudInfo, Device,
     DeviceAssertion, Entry, EntryList, ErrorCode, FileVersion, Folder, FolderGrant, FolderPatch,
     JournalMark, Jwks, LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest,
-    Restore, Right, StepResults, Steps, TicketResponse, Usage, now_secs,
+    Restore, Right, StepResults, Steps, TicketResponse, Usage, decode_block_batch, now_secs,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -449,6 +449,33 @@ impl Remote for CloudClient {
                 url: path,
                 source: Box::new(source),
             })
+    }
+
+    async fn get_blocks(
+        &self,
+        folder: &str,
+        hashes: &[BlockHash],
+    ) -> Result<Vec<Option<Bytes>>, ClientError> {
+        let path = format!("/folders/{folder}/blocks");
+        let body = BlockBatch {
+            hashes: hashes.to_vec(),
+        };
+        let resp = self
+            .authed(Some(folder), Method::POST, &path, |r| {
+                r.json(&body).timeout(Duration::from_secs(60))
+            })
+            .await?;
+        let data = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: path.clone(),
+                source: Box::new(source),
+            })?;
+        decode_block_batch(&data, hashes.len()).ok_or_else(|| ClientError::Unreachable {
+            url: path,
+            source: "the answer to a batch of blocks is malformed".into(),
+        })
     }
 
     async fn devices(&self) -> Result<Vec<Device>, ClientError> {

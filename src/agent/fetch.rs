@@ -42,6 +42,18 @@ pub trait BlockSource: Send + Sync {
     fn rejected(&self, _want: &Want) -> bool {
         false
     }
+    /// Several blocks at once (`None` for one it could not give): one request where the
+    /// source can batch them, else one each, all in flight together.
+    fn get_many<'a>(&'a self, wants: &'a [Want]) -> BoxFuture<'a, Vec<Option<Bytes>>> {
+        async move {
+            futures::future::join_all(wants.iter().map(|w| self.get(w)))
+                .await
+                .into_iter()
+                .map(Result::ok)
+                .collect()
+        }
+        .boxed()
+    }
 }
 
 /// Times one source is asked for one block after it gave a wrong one.
@@ -60,7 +72,10 @@ pub enum FetchError {
     Local,
 }
 
-type Pending = Shared<BoxFuture<'static, Result<(), FetchError>>>;
+pub type Pending = Shared<BoxFuture<'static, Result<(), FetchError>>>;
+
+/// Blocks asked for at most in one [`Fetcher::ensure_many`].
+pub const BATCH: usize = crate::proto::MAX_BATCH_BLOCKS;
 
 pub struct Fetcher {
     cache: Arc<Cache>,
@@ -111,6 +126,70 @@ impl Fetcher {
             }
         };
         pending.await
+    }
+
+    /// Starts bringing all these blocks to the device, asking each source for all it still
+    /// lacks in one go (a batch, where the source can) before the next, and the last ones
+    /// one by one as [`Fetcher::ensure`] would. For read-ahead over many small files: one
+    /// request instead of one per file. Blocks here or in flight already are left out; the
+    /// rest count as in flight from now on, so a read of one of them joins the batch.
+    /// Returns the batch to run (spawn it), if there is one.
+    pub fn start_many(self: &Arc<Self>, wants: Vec<Want>) -> Option<Pending> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut mine = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for w in wants.into_iter().take(BATCH) {
+            if !map.contains_key(&w.hash) && !self.cache.has_block(&w.hash) && seen.insert(w.hash) {
+                mine.push(w);
+            }
+        }
+        if mine.is_empty() {
+            return None;
+        }
+        let this = Arc::clone(self);
+        let hashes: Vec<BlockHash> = mine.iter().map(|w| w.hash).collect();
+        let registered = hashes.clone();
+        let batch: Pending = async move {
+            this.fetch_many(mine).await;
+            let mut map = this.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            for h in &hashes {
+                map.remove(h);
+            }
+            Ok(())
+        }
+        .boxed()
+        .shared();
+        for h in registered {
+            map.insert(h, batch.clone());
+        }
+        Some(batch)
+    }
+
+    async fn fetch_many(&self, mut wants: Vec<Want>) {
+        for source in &self.sources {
+            if wants.is_empty() {
+                return;
+            }
+            let got = source.get_many(&wants).await;
+            let mut left = Vec::new();
+            for (w, data) in wants
+                .into_iter()
+                .zip(got.into_iter().chain(std::iter::repeat(None)))
+            {
+                let kept = match data {
+                    Some(d) => self.keep(w.hash, d).await.unwrap_or(false),
+                    None => false,
+                };
+                if !kept {
+                    left.push(w);
+                }
+            }
+            wants = left;
+        }
+        // What no batch gave, each on its own, with every source's retries.
+        for w in wants {
+            let _ = self.fetch(&w).await;
+        }
     }
 
     async fn fetch(&self, want: &Want) -> Result<(), FetchError> {

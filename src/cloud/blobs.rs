@@ -11,7 +11,9 @@ use super::auth::{Caller, require};
 use super::error::AppError;
 use super::store::{BlockRecord, Collected};
 use crate::proto::ErrorCode;
-use crate::proto::{BLOCK_SIZE, BlockHash, Right};
+use crate::proto::{
+    BLOCK_SIZE, BlockBatch, BlockHash, MAX_BATCH_BLOCKS, Right, encode_block_batch,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -230,6 +232,40 @@ pub async fn get_block(
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         data,
+    ))
+}
+
+/// `POST /folders/{folder}/blocks`: several blocks in one answer (see [`BlockBatch`]).
+pub async fn get_blocks(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+    body: Result<axum::Json<BlockBatch>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, AppError> {
+    require(&caller, &format!("/folders/{folder}/blocks"), Right::Read)?;
+    let axum::Json(BlockBatch { hashes }) = body?;
+    if hashes.len() > MAX_BATCH_BLOCKS {
+        return Err(AppError::invalid(
+            ErrorCode::TooLarge,
+            format!("ask for at most {MAX_BATCH_BLOCKS} blocks at once"),
+        ));
+    }
+    let folder = state
+        .store
+        .folder(&folder)
+        .await?
+        .ok_or(AppError::NotFound("folder"))?;
+    let mut blocks = Vec::with_capacity(hashes.len());
+    for hash in &hashes {
+        blocks.push(if state.store.has_block(&folder.id, hash).await? {
+            Some(state.blobs.get(&folder.id, hash).await?)
+        } else {
+            None
+        });
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        encode_block_batch(&blocks),
     ))
 }
 

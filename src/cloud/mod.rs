@@ -252,6 +252,7 @@ pub fn app(state: AppState) -> Router {
                 .put(blobs::put_block)
                 .layer(DefaultBodyLimit::max(block_limit)),
         )
+        .route("/folders/{folder}/blocks", post(blobs::get_blocks))
         .route(
             "/folders/{folder}/entries/{entry}/versions",
             get(graph::list_versions),

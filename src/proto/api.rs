@@ -488,6 +488,56 @@ pub struct Usage {
     pub quota: u64,
 }
 
+/// `POST /folders/{folder}/blocks`: up to [`MAX_BATCH_BLOCKS`] blocks in one request, for
+/// many small files read in turn. The answer ([`encode_block_batch`]) holds, for each hash
+/// in order, its length as four big-endian bytes and then its bytes, or [`BATCH_MISSING`]
+/// alone for a block the cloud does not have.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockBatch {
+    pub hashes: Vec<BlockHash>,
+}
+
+pub const MAX_BATCH_BLOCKS: usize = 64;
+pub const BATCH_MISSING: u32 = u32::MAX;
+
+/// The answer to a [`BlockBatch`]: `None` for a block not there.
+pub fn encode_block_batch(blocks: &[Option<bytes::Bytes>]) -> Vec<u8> {
+    let total = blocks.iter().flatten().map(|b| b.len() + 4).sum::<usize>() + 4 * blocks.len();
+    let mut out = Vec::with_capacity(total);
+    for b in blocks {
+        match b {
+            Some(data) => {
+                out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(0).to_be_bytes());
+                out.extend_from_slice(data);
+            }
+            None => out.extend_from_slice(&BATCH_MISSING.to_be_bytes()),
+        }
+    }
+    out
+}
+
+/// Reads the answer to a batch of `n` blocks; `None` if it is not one (cut short, or with
+/// bytes left over). The blocks are slices of `body`, not copies.
+pub fn decode_block_batch(body: &bytes::Bytes, n: usize) -> Option<Vec<Option<bytes::Bytes>>> {
+    let mut out = Vec::with_capacity(n);
+    let mut at = 0usize;
+    for _ in 0..n {
+        let len = u32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len == BATCH_MISSING {
+            out.push(None);
+            continue;
+        }
+        let end = at.checked_add(usize::try_from(len).ok()?)?;
+        if end > body.len() {
+            return None;
+        }
+        out.push(Some(body.slice(at..end)));
+        at = end;
+    }
+    (at == body.len()).then_some(out)
+}
+
 /// An earlier content of a file that the cloud keeps (`GET .../entries/{id}/versions`),
 /// or its current one (`current`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -521,6 +571,23 @@ pub struct Restore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_batch_reads_back_and_a_damaged_one_is_refused() {
+        let blocks = vec![
+            Some(bytes::Bytes::from_static(b"one")),
+            None,
+            Some(bytes::Bytes::new()),
+            Some(bytes::Bytes::from_static(b"four")),
+        ];
+        let body = bytes::Bytes::from(encode_block_batch(&blocks));
+        assert_eq!(decode_block_batch(&body, 4), Some(blocks));
+        assert_eq!(decode_block_batch(&body, 3), None, "bytes left over");
+        assert_eq!(decode_block_batch(&body, 5), None, "cut short");
+        assert_eq!(decode_block_batch(&body.slice(..body.len() - 1), 4), None);
+        let lying = bytes::Bytes::from_static(&[0, 0, 1, 0, b'x']);
+        assert_eq!(decode_block_batch(&lying, 1), None, "a length past the end");
+    }
 
     /// The wire spelling is serde's, and `as_str` says the same; an unknown code parses.
     #[test]

@@ -598,6 +598,32 @@ impl Cache {
         Ok(out)
     }
 
+    /// Up to `limit` children of `parent` after the name `after`, in name order.
+    pub fn children_after(
+        &self,
+        parent: u64,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, CacheError> {
+        let prefix = child_prefix(parent);
+        let from = child_key(parent, after);
+        let mut out = Vec::new();
+        let range = (std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded);
+        for kv in self.tree.range::<Vec<u8>, _>(range) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            if let Some(ino) = linked_ino(&v) {
+                out.push((
+                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                    ino,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn has_children(&self, parent: u64) -> Result<bool, CacheError> {
         Ok(self
             .tree

@@ -20,6 +20,10 @@ use std::sync::{Arc, RwLock};
 /// Times a read fetches one block before it gives up: a block can be evicted between its
 /// fetch and its read only when the cache is much smaller than what is being read at once.
 const FETCH_TRIES: usize = 3;
+/// Files fetched ahead, at most, when a directory's files are opened in turn; and the
+/// largest that counts as small.
+const NEXT_FILES: usize = crate::agent::fetch::BATCH;
+const SMALL_FILE: u64 = 128 << 10;
 
 /// What to ask the fetcher for block `hash` of file `n` in `folder`.
 fn want(n: &Node, folder: &str, hash: BlockHash) -> Want {
@@ -212,11 +216,62 @@ impl Fs {
         Ok((self.getattr(node.ino)?, opened))
     }
 
-    /// `open(2)` for reading: local state only (blocks are fetched by `read`).
+    /// `open(2)` for reading: local state only (blocks are fetched by `read`, and those of
+    /// the next small files when a directory's files are opened in turn).
     pub fn open_read(&self, ino: u64) -> Result<Opened, FsError> {
-        self.file(ino)?;
+        let n = self.file(ino)?;
+        self.fetch_next_small_files(&n)?;
         let keep = self.staging_of(ino).is_none();
         Ok(self.new_handle(ino, false, keep))
+    }
+
+    /// When `n` is opened right after the file before it in its directory (`cat dir/*`, a
+    /// build reading its sources), and the next file's content is not here, fetches the
+    /// content of the next small files in one batch. A file opened on its own fetches
+    /// nothing ahead.
+    fn fetch_next_small_files(&self, n: &Node) -> Result<(), FsError> {
+        let previous = self
+            .last_opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((n.parent, n.name.clone()));
+        let in_turn = match previous {
+            Some((dir, name)) if dir == n.parent && name < n.name => {
+                self.cache
+                    .children_after(dir, &name, 1)?
+                    .first()
+                    .map(|(c, _)| c)
+                    == Some(&n.name)
+            }
+            _ => false,
+        };
+        let Some(folder) = n.folder.clone().filter(|_| in_turn) else {
+            return Ok(());
+        };
+        let next = self.cache.children_after(n.parent, &n.name, NEXT_FILES)?;
+        let mut wants = Vec::new();
+        for (i, (_, ino)) in next.into_iter().enumerate() {
+            let Some(f) = self.cache.shared_node(ino)? else {
+                continue;
+            };
+            if f.kind != EntryKind::File || f.size > SMALL_FILE {
+                continue;
+            }
+            let missing: Vec<_> = f
+                .manifest
+                .iter()
+                .filter(|b| !self.cache.has_block(&b.hash))
+                .collect();
+            // The next file is here already: the last batch covers what follows.
+            if i == 0 && missing.is_empty() && !f.manifest.is_empty() {
+                return Ok(());
+            }
+            wants.extend(missing.into_iter().map(|b| want(&f, &folder, b.hash)));
+        }
+        if let Some(batch) = self.fetcher.start_many(wants) {
+            tokio::spawn(batch);
+        }
+        Ok(())
     }
 
     /// `open(2)` of a file. Opening for writing brings the whole content to the device

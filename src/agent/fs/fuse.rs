@@ -325,6 +325,9 @@ impl fuser::Filesystem for FuseAdapter {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
         if !write {
+            // Inline (local state only), in the runtime's context: it may start fetching the
+            // next small files in the background.
+            let _rt = self.rt.enter();
             return match self.fs.open_read(ino.0) {
                 Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o, false)),
                 Err(e) => reply.error(errno(&e)),

@@ -71,6 +71,9 @@ pub struct Fs {
     pub(super) staging: Mutex<HashMap<u64, Arc<Staging>>>,
     /// One file is brought to the device for writing at a time.
     pub(super) materializing: tokio::sync::Mutex<()>,
+    /// The last file opened for reading, (directory, name): files of a directory opened in
+    /// turn get the next ones fetched ahead (see `content.rs`).
+    pub(super) last_opened: Mutex<Option<(u64, String)>>,
 }
 
 impl Fs {
@@ -93,6 +96,7 @@ impl Fs {
             dirs: Mutex::new(HashMap::new()),
             staging: Mutex::new(HashMap::new()),
             materializing: tokio::sync::Mutex::new(()),
+            last_opened: Mutex::new(None),
         }
     }
 

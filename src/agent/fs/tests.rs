@@ -955,3 +955,42 @@ async fn file_states_and_the_attributes_that_show_them() {
     assert_eq!(err(a.fs.set_xattr(ino, "user.tag", b"x")), libc::EOPNOTSUPP);
     assert_eq!(err(a.fs.remove_xattr(ino, "user.tag")), libc::ENODATA);
 }
+
+#[tokio::test]
+async fn small_files_opened_in_turn_come_in_batches_and_one_alone_brings_nothing_more() {
+    let (cloud, _f, a) = one_device().await;
+    let b = TestDevice::new(&cloud, "ann", "dev-b");
+    b.sync().await;
+    b.mkdir("Docs/many").unwrap();
+    let files: Vec<Vec<u8>> = (0..200).map(|i| bytes(4096, 100 + i)).collect();
+    for (i, data) in files.iter().enumerate() {
+        b.write(&format!("Docs/many/f{i:04}"), data).await.unwrap();
+    }
+    b.upload().await.unwrap();
+    a.sync().await;
+
+    // One file on its own: its block, nothing else.
+    assert!(a.read("Docs/many/f0150").await.unwrap() == files[150]);
+    assert_eq!(a.remote.calls(Call::GetBlock), 1);
+    assert_eq!(a.remote.calls(Call::GetBlocks), 0);
+    assert_eq!(a.counters.blocks_fetched.load(Ordering::Relaxed), 1);
+
+    // All of them in turn, as `cat many/*` does.
+    for (i, data) in files.iter().enumerate() {
+        let got = a.read(&format!("Docs/many/f{i:04}")).await.unwrap();
+        assert!(&got == data, "f{i:04}");
+    }
+    let (single, batches) = (
+        a.remote.calls(Call::GetBlock),
+        a.remote.calls(Call::GetBlocks),
+    );
+    assert!(
+        batches >= 3 && single <= 1 + 2 * batches,
+        "{single} single, {batches} batches"
+    );
+    assert_eq!(
+        a.counters.blocks_fetched.load(Ordering::Relaxed),
+        200,
+        "each block once"
+    );
+}

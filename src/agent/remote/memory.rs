@@ -32,6 +32,7 @@ pub enum Call {
     HasBlock,
     PutBlock,
     GetBlock,
+    GetBlocks,
     Devices,
 }
 
@@ -724,6 +725,20 @@ impl Remote for MemoryRemote {
                 .get(&(folder.to_string(), *hash))
                 .cloned()
                 .ok_or_else(not_found)
+        })
+    }
+
+    async fn get_blocks(
+        &self,
+        folder: &str,
+        hashes: &[BlockHash],
+    ) -> Result<Vec<Option<Bytes>>, ClientError> {
+        self.run(Call::GetBlocks, |st| {
+            self.readable(st, folder)?;
+            Ok(hashes
+                .iter()
+                .map(|h| st.blocks.get(&(folder.to_string(), *h)).cloned())
+                .collect())
         })
     }
 

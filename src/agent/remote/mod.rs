@@ -121,6 +121,13 @@ pub trait Remote: Send + Sync {
     ) -> Result<(), ClientError>;
     /// The block's bytes as the cloud sent them: the caller checks them against the hash.
     async fn get_block(&self, folder: &str, hash: &BlockHash) -> Result<Bytes, ClientError>;
+    /// Up to [`crate::proto::MAX_BATCH_BLOCKS`] blocks in one request, `None` for one the
+    /// cloud does not have; unchecked, as [`Remote::get_block`].
+    async fn get_blocks(
+        &self,
+        folder: &str,
+        hashes: &[BlockHash],
+    ) -> Result<Vec<Option<Bytes>>, ClientError>;
 
     // ---- devices and tickets, for peers ----
 
@@ -156,6 +163,34 @@ impl BlockSource for CloudBlocks {
                     Some(_) => SourceError::Missing(e.to_string()),
                     None => SourceError::Unreachable(e.to_string()),
                 })
+        }
+        .boxed()
+    }
+
+    /// One request per folder and [`crate::proto::MAX_BATCH_BLOCKS`] blocks.
+    fn get_many<'a>(&'a self, wants: &'a [Want]) -> BoxFuture<'a, Vec<Option<Bytes>>> {
+        async move {
+            let mut out = vec![None; wants.len()];
+            let mut at = 0;
+            while at < wants.len() {
+                let folder = &wants[at].folder;
+                let end = (at + 1..wants.len())
+                    .find(|&i| {
+                        &wants[i].folder != folder || i - at >= crate::proto::MAX_BATCH_BLOCKS
+                    })
+                    .unwrap_or(wants.len());
+                let hashes: Vec<BlockHash> = wants[at..end].iter().map(|w| w.hash).collect();
+                match self.0.get_blocks(folder, &hashes).await {
+                    Ok(got) => {
+                        for (slot, data) in out[at..end].iter_mut().zip(got) {
+                            *slot = data;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "fetching a batch of blocks"),
+                }
+                at = end;
+            }
+            out
         }
         .boxed()
     }
