@@ -197,17 +197,26 @@ fn a_pinned_folder_reads_whole_with_the_cloud_and_every_other_device_stopped() {
     for (name, data) in &files {
         std::fs::write(mesh.ma.join(name), data).expect("write on A");
     }
+    std::fs::write(mesh.ma.join("Docs/not-pinned.bin"), b"elsewhere").expect("write on A");
     assert!(mesh.a.uploaded_within(Duration::from_secs(120)));
     let album = mesh.mb.join("Docs/album");
     let last = mesh.mb.join(&files[5].0);
     assert!(eventually(Duration::from_secs(30), || last.exists()));
 
+    // States are read from local metadata: listing them fetches nothing.
     let ls = meshfs_ok(&["ls"], &album);
     let text = String::from_utf8_lossy(&ls.stdout);
     assert!(
         text.contains("remote-only") && !text.contains("pinned"),
         "{text}"
     );
+    let dump = std::process::Command::new("getfattr")
+        .args(["-d", "-m", "-", "-R"])
+        .arg(&album)
+        .output()
+        .expect("getfattr");
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("user.meshfs.state=\"remote-only\""));
+    assert_eq!(mesh.b.fresh_status().counters.blocks_fetched, 0);
 
     // 18 MiB pinned against a 16 MiB limit: pinned content stays whatever the limit.
     let out = meshfs_ok(&["pin"], &album);
@@ -239,6 +248,12 @@ fn a_pinned_folder_reads_whole_with_the_cloud_and_every_other_device_stopped() {
         assert!(&got == data, "{name}");
     }
     assert_eq!(mesh.b.counters().blocks_unavailable, 0);
+    // What is not pinned, nor here, fails at once with the cloud away: no hang.
+    let err = std::fs::read(mesh.mb.join("Docs/not-pinned.bin")).expect_err("nowhere to read from");
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EIO | libc::ENOTCONN)),
+        "{err}"
+    );
 
     // Unpinned, the content is back under the limit's rule.
     meshfs_ok(&["unpin"], &album);
@@ -303,21 +318,26 @@ fn history_restores_versions_and_deleted_files_and_the_quota_counts_what_is_kept
         quota_used(&mesh.a)
     );
 
-    // Restore the oldest kept version: every device reads it.
+    // Restore the oldest kept version (the second written) from the other device: every
+    // device reads it.
     let oldest: &str = rows[2].split_whitespace().next().expect("version");
-    mesh.a.cli_ok(&[
+    let on_b = mesh.mb.join("Docs/report.bin");
+    mesh.b.cli_ok(&[
         "restore",
-        path.to_str().expect("utf-8"),
+        on_b.to_str().expect("utf-8"),
         "--version",
         oldest,
     ]);
-    let on_b = mesh.mb.join("Docs/report.bin");
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read(&path)
+            .is_ok_and(|d| d == states[1])),
+        "A reads the restored version"
+    );
     assert!(
         eventually(Duration::from_secs(20), || std::fs::read(&on_b)
             .is_ok_and(|d| d == states[1])),
         "B reads the restored version"
     );
-    assert!(std::fs::read(&path).expect("read on A") == states[1]);
 
     // A deleted file comes back from the trash, under its name or another.
     std::fs::remove_file(&on_b).expect("delete on B");
