@@ -317,6 +317,13 @@ fn history_restores_versions_and_deleted_files_and_the_quota_counts_what_is_kept
         "the quota counts what is kept: {} bytes",
         quota_used(&mesh.a)
     );
+    // What was freed is gone from block storage too: three versions of two blocks.
+    assert!(
+        eventually(Duration::from_secs(10), || mesh.cloud.block_files().len()
+            == 6),
+        "{:?}",
+        mesh.cloud.block_files()
+    );
 
     // Restore the oldest kept version (the second written) from the other device: every
     // device reads it.
@@ -458,4 +465,36 @@ fn many_small_files_read_in_turn_come_from_the_cloud_in_batches() {
         "{s} single GETs, {b} batches"
     );
     assert_eq!(mesh.b.fresh_status().counters.blocks_fetched, 640);
+}
+
+#[test]
+fn uploads_racing_the_collector_lose_nothing() {
+    // No grace at all: the collector may free a block between its upload and the step that
+    // names it, every second, as often as the race allows.
+    let cloud = Cloud::start_with(&["--collect-every", "1", "--collect-grace", "0"]);
+    let mesh = Mesh::on_with(cloud, &["--no-peers"]);
+    let files: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| {
+            (
+                format!("Docs/race{i:02}.bin"),
+                pseudo_random(MIB as usize + 4096 * i as usize, 300 + 2 * i + 1),
+            )
+        })
+        .collect();
+    for (name, data) in &files {
+        std::fs::write(mesh.ma.join(name), data).expect("write on A");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(mesh.a.uploaded_within(Duration::from_secs(120)));
+    for (name, data) in &files {
+        let p = mesh.mb.join(name);
+        assert!(
+            eventually(Duration::from_secs(30), || std::fs::read(&p)
+                .is_ok_and(|d| &d == data)),
+            "{name} on B"
+        );
+    }
+    let written: u64 = files.iter().map(|f| f.1.len() as u64).sum();
+    assert!(mesh.a.counters().bytes_uploaded >= written);
+    assert_eq!(mesh.a.fresh_status().failed_uploads, 0);
 }
