@@ -281,15 +281,26 @@ impl Fs {
             return self.open_read(ino);
         }
         self.file(ino)?;
-        let s = match (self.staging_of(ino), truncate) {
-            (Some(s), _) => s,
-            (None, true) => self.staging_empty(ino)?,
-            (None, false) => self.staging_full(ino).await?,
+        let s = loop {
+            let s = match (self.staging_of(ino), truncate) {
+                (Some(s), _) => s,
+                (None, true) => self.staging_empty(ino)?,
+                (None, false) => self.staging_full(ino).await?,
+            };
+            s.opens.fetch_add(1, Ordering::SeqCst);
+            // The last release of another descriptor may have let go of this staging file
+            // between the look-up and the count (`drop_staging_if_idle`): then make it anew.
+            if self
+                .staging_of(ino)
+                .is_some_and(|now| Arc::ptr_eq(&now, &s))
+            {
+                break s;
+            }
+            s.opens.fetch_sub(1, Ordering::SeqCst);
         };
         if truncate {
             s.resize(0)?;
         }
-        s.opens.fetch_add(1, Ordering::SeqCst);
         let opened = self.new_handle(ino, true, false);
         if truncate {
             self.changed_by(opened.fh, &s);
