@@ -363,9 +363,9 @@ impl Uploader {
 
     /// The front record is file `ino`'s, still settling until `until`. The cloud takes a
     /// journal's records in order, so the records after it could not go first; instead its
-    /// records become one, with its latest state, at the journal's end, when no other
-    /// record depends on them. Otherwise everything waits for it to settle (the bound
-    /// keeps that short).
+    /// records become one, with its latest state, at the journal's end, when the file is
+    /// not in the cloud yet and no other record depends on them. Otherwise everything waits
+    /// for it to settle (the bound keeps that short).
     async fn settle(&self, ino: u64, until: tokio::time::Instant) -> Played {
         match self.move_behind(ino) {
             Ok(true) => Played::Again,
@@ -397,6 +397,11 @@ impl Uploader {
         let Some(mut n) = self.cache.node(ino)? else {
             return Ok(false);
         };
+        // A file the cloud has may hold a name there that its records give up; a record
+        // behind them could take that name, and the journal does not say which it is.
+        if n.version > 0 {
+            return Ok(false);
+        }
         let mut txn = Txn::default();
         for seq in &held.seqs {
             txn.unjournal(*seq);
@@ -1199,39 +1204,33 @@ mod settle_tests {
         let a = TestDevice::settling(&cloud, "ann", "dev-a", SETTLE);
         a.sync().await;
         // Saved once: uploads at once.
-        a.write("Docs/db", &db_state(0)).await.unwrap();
+        a.write("Docs/once", b"saved once").await.unwrap();
         assert!(drain(&a).await.is_none());
-        assert_eq!(cloud.tree(&folder)["db"].version, 1);
-        let uploaded = a.counters.blocks_uploaded.load(Ordering::Relaxed);
+        assert!(cloud.tree(&folder).contains_key("once"));
 
-        // Committed every second: nothing goes while it is busy, but another file does.
-        for i in 1..=10 {
-            tokio::time::advance(Duration::from_secs(1)).await;
+        // A new file committed every second: nothing of it goes while it is busy, but
+        // another file does (its records move behind).
+        for i in 0..=10 {
             a.write("Docs/db", &db_state(i)).await.unwrap();
-            assert!(matches!(drain(&a).await, Some(Played::Settling(_))));
+            if i > 0 {
+                assert!(matches!(drain(&a).await, Some(Played::Settling(_))));
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
         }
         a.write("Docs/other", b"not held up").await.unwrap();
         assert!(matches!(drain(&a).await, Some(Played::Settling(_))));
         assert!(cloud.tree(&folder).contains_key("other"));
-        assert_eq!(cloud.tree(&folder)["db"].version, 1);
+        assert!(!cloud.tree(&folder).contains_key("db"));
         let steps = a.remote.calls(Call::Steps);
 
-        // Quiet for the settle time: the latest state goes, in one request, as one new
-        // version, with only the block that changed.
+        // Quiet for the settle time: the latest state goes, in one request.
         tokio::time::advance(SETTLE.quiet).await;
         assert!(drain(&a).await.is_none());
         assert_eq!(a.remote.calls(Call::Steps), steps + 1);
-        let e = &cloud.tree(&folder)["db"];
-        assert!(e.version > 1);
-        assert_eq!(e.size, db_state(10).len() as u64);
+        assert_eq!(cloud.tree(&folder)["db"].size, db_state(10).len() as u64);
         let b = TestDevice::new(&cloud, "ann", "dev-b");
         b.sync().await;
         assert!(b.read("Docs/db").await.unwrap() == db_state(10));
-        assert_eq!(
-            a.counters.blocks_uploaded.load(Ordering::Relaxed) - uploaded,
-            2,
-            "the changed block of db, and other's"
-        );
     }
 
     #[tokio::test(start_paused = true)]
