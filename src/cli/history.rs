@@ -91,6 +91,26 @@ async fn deleted(
         })
 }
 
+/// The folder and entry ids a path names in the cloud (a deleted file's, from the trash),
+/// and whether it was deleted.
+async fn ids_in_cloud(
+    client: &crate::agent::client::CloudClient,
+    target: Target,
+    path: &Path,
+) -> anyhow::Result<(String, String, bool)> {
+    Ok(match target {
+        Target::Live { folder, entry } => (folder, entry, false),
+        Target::Gone {
+            folder,
+            parent,
+            name,
+        } => {
+            let e = deleted(client, &folder, &parent, &name, path).await?;
+            (folder, e.id, true)
+        }
+    })
+}
+
 fn stamp(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -107,21 +127,13 @@ fn stamp(ms: i64) -> String {
 pub async fn list(home: &Home, path: &Path) -> anyhow::Result<()> {
     let target = target_of(path)?;
     let client = connect(home)?;
-    let (folder, entry) = match target {
-        Target::Live { folder, entry } => (folder, entry),
-        Target::Gone {
-            folder,
-            parent,
-            name,
-        } => {
-            let e = deleted(&client, &folder, &parent, &name, path).await?;
-            println!(
-                "{} was deleted; restore it with `meshfs restore`",
-                path.display()
-            );
-            (folder, e.id)
-        }
-    };
+    let (folder, entry, was_deleted) = ids_in_cloud(&client, target, path).await?;
+    if was_deleted {
+        println!(
+            "{} was deleted; restore it with `meshfs restore`",
+            path.display()
+        );
+    }
     let versions = client
         .versions(&folder, &entry)
         .await
@@ -181,17 +193,7 @@ pub async fn restore(
         body.name = Some(name);
         body.parent = parent;
     }
-    let (folder, entry) = match target {
-        Target::Live { folder, entry } => (folder, entry),
-        Target::Gone {
-            folder,
-            parent,
-            name,
-        } => {
-            let e = deleted(&client, &folder, &parent, &name, path).await?;
-            (folder, e.id)
-        }
-    };
+    let (folder, entry, _) = ids_in_cloud(&client, target, path).await?;
     let e = client
         .restore(&folder, &entry, &body)
         .await
