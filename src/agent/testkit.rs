@@ -11,7 +11,7 @@ use crate::agent::journal::{Journal, Settle};
 use crate::agent::remote::memory::{MemoryCloud, MemoryRemote};
 use crate::agent::remote::{ClientError, CloudBlocks, Remote};
 use crate::agent::status::Counters;
-use crate::agent::uploader::{KnownInCloud, Played, Uploader};
+use crate::agent::uploader::{KnownInCloud, Offered, Played, Uploader};
 use std::sync::Arc;
 
 /// The owner every test file shows.
@@ -91,6 +91,7 @@ impl TestDevice {
             inv: inv.clone(),
             counters: Arc::clone(&counters),
             in_cloud: KnownInCloud::default(),
+            offered: Offered::default(),
         };
         let feed = Feed {
             cache: Arc::clone(&cache),

@@ -13,10 +13,11 @@ use crate::proto::{BlockHash, BlockRef, Entry, EntryKind, EntryPut, ErrorCode, S
 use bytes::Bytes;
 use futures::StreamExt;
 use lru::LruCache;
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// What became of one record.
@@ -63,6 +64,35 @@ pub struct Uploader {
     pub inv: Arc<dyn Invalidator>,
     pub counters: Arc<Counters>,
     pub in_cloud: KnownInCloud,
+    pub offered: Offered,
+}
+
+/// The highest record number of this journal that the cloud may have seen: what it had
+/// applied when this agent started, or any sent since. Unknown until the cloud said.
+pub struct Offered(AtomicU64);
+
+impl Default for Offered {
+    fn default() -> Self {
+        Self(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl Offered {
+    /// Whether the cloud has certainly never seen record `seq`.
+    fn never(&self, seq: u64) -> bool {
+        seq > self.0.load(Ordering::SeqCst)
+    }
+
+    /// The cloud applied the journal up to `applied` when asked at start.
+    fn learn(&self, applied: u64) {
+        let _ = self
+            .0
+            .compare_exchange(u64::MAX, applied, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    fn sent(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::SeqCst);
+    }
 }
 
 /// Blocks the cloud said it has, by folder: not asked about again (a block, once stored,
@@ -150,6 +180,9 @@ impl Held {
 
 /// Journal records played in one `steps` request at most.
 const BATCH: usize = 256;
+/// Journal records read ahead to find the ones that need not go (see
+/// [`Uploader::vanishing`]).
+const LOOKAHEAD: usize = 4 * BATCH;
 /// The first pause after a round that must be played again.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -199,7 +232,7 @@ impl Uploader {
     /// One round: the front of the journal made durable here, then played. `None` when
     /// the journal is empty.
     pub(crate) async fn round(&self) -> Result<Option<Played>, CacheError> {
-        let front = self.cache.journal(BATCH + 1)?;
+        let front = self.cache.journal(LOOKAHEAD)?;
         let Some(&(last, _)) = front.last() else {
             return Ok(None);
         };
@@ -228,6 +261,7 @@ impl Uploader {
         };
         let result = self.cache.next_id().and_then(|next| {
             if applied < next {
+                self.offered.learn(applied);
                 return Ok(None);
             }
             self.cache.renew_journal_id().map(Some)
@@ -250,12 +284,20 @@ impl Uploader {
     /// record must be played again, and the error to back off on if it must wait.
     async fn play(&self, front: &[(u64, JournalOp)]) -> Played {
         let mut ready: Vec<(u64, &JournalOp, Prepared)> = Vec::new();
-        let mut inos = std::collections::HashSet::new();
+        let mut inos = HashSet::new();
+        let vanishing = self.vanishing(front);
         // One request goes to one folder.
         let folder = front.first().and_then(|(_, op)| self.folder_of(op.ino()));
         for (i, (seq, op)) in front.iter().enumerate().take(BATCH) {
             if i > 0 && self.folder_of(op.ino()) != folder {
                 break;
+            }
+            // A file created and deleted again that the cloud never saw need not go.
+            if let JournalOp::Put { .. } = op
+                && vanishing.contains(seq)
+            {
+                ready.push((*seq, op, Prepared::Now(Outcome::Done)));
+                continue;
             }
             // A settling file waits; what is ready before it goes first.
             if let JournalOp::Put { ino, .. } = op
@@ -266,10 +308,11 @@ impl Uploader {
                 }
                 break;
             }
-            // The next record sends a newer state of the same node: this one adds nothing.
+            // The next record that reaches the cloud sends a newer state of the same node:
+            // this one adds nothing.
             let superseded = matches!(op, JournalOp::Put { ino, snap } if !snap.replace
-                && front.get(i + 1).is_some_and(|(_, next)|
-                    matches!(next, JournalOp::Put { ino: n, .. } if n == ino)));
+                && front[i + 1..].iter().find(|(s, _)| !vanishing.contains(s)).is_some_and(
+                    |(_, next)| matches!(next, JournalOp::Put { ino: n, .. } if n == ino)));
             let prepared = if superseded {
                 Prepared::Now(Outcome::Done)
             } else if !inos.insert(op.ino()) {
@@ -299,6 +342,9 @@ impl Uploader {
         let results = match (steps.is_empty(), folder) {
             (true, _) | (false, None) => None,
             (false, Some(folder)) => {
+                if let Some(last) = steps.iter().filter_map(Step::seq).max() {
+                    self.offered.sent(last);
+                }
                 let steps = Steps {
                     journal: Some(self.cache.journal_id()),
                     steps,
@@ -359,6 +405,42 @@ impl Uploader {
             self.journal.uploaded(op.ino());
         }
         Played::Done
+    }
+
+    /// The records in `front` of nodes that the cloud never saw and that are deleted again
+    /// within it (a lock file, SQLite's rollback journal): nothing of them needs to reach
+    /// the cloud, when no record of another node in between depends on them. Their puts
+    /// are dropped; their delete only lets go of the entry id here.
+    fn vanishing(&self, front: &[(u64, JournalOp)]) -> HashSet<u64> {
+        let mut out = HashSet::new();
+        for (end, (_, op)) in front.iter().enumerate() {
+            let JournalOp::Delete { ino } = op else {
+                continue;
+            };
+            let in_cloud = match self.cache.node(*ino) {
+                Ok(n) => n.is_some_and(|n| n.version > 0),
+                Err(_) => true,
+            };
+            let held = Held::of(*ino, &front[..=end]);
+            let start = held.seqs.first().map_or(end, |first| {
+                front.iter().position(|(s, _)| s == first).unwrap_or(end)
+            });
+            let plain = front[start..end].iter().all(|(_, o)| match o {
+                JournalOp::Put { ino: i, snap } if i == ino => {
+                    !snap.replace && snap.replaced.is_none()
+                }
+                JournalOp::Put { .. } | JournalOp::Delete { .. } => !held.blocks(o),
+            });
+            if in_cloud
+                || !plain
+                || held.seqs.iter().any(|s| !self.offered.never(*s))
+                || front[end + 1..].iter().any(|(_, o)| o.ino() == *ino)
+            {
+                continue;
+            }
+            out.extend(held.seqs);
+        }
+        out
     }
 
     /// The front record is file `ino`'s, still settling until `until`. The cloud takes a
@@ -1167,7 +1249,7 @@ mod tests {
 mod settle_tests {
     use super::*;
     use crate::agent::journal::Settle;
-    use crate::agent::remote::memory::{Call, MemoryCloud};
+    use crate::agent::remote::memory::{Call, Failure, MemoryCloud};
     use crate::agent::testkit::TestDevice;
     use crate::proto::BLOCK_SIZE;
 
@@ -1250,6 +1332,55 @@ mod settle_tests {
         // The first save, then one upload per bound (30 s) of constant change.
         let last = *versions.last().unwrap();
         assert!((3..=4).contains(&last), "{versions:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollback_journal_made_and_deleted_in_each_transaction_never_goes() {
+        let cloud = MemoryCloud::new();
+        cloud.add_user("ann", 1 << 30);
+        let folder = cloud.create_folder("ann", "Docs", false);
+        let a = TestDevice::settling(&cloud, "ann", "dev-a", SETTLE);
+        a.sync().await;
+        a.write("Docs/db", &db_state(0)).await.unwrap();
+        a.upload().await.unwrap();
+        let (steps, blocks) = (a.remote.calls(Call::Steps), a.remote.calls(Call::PutBlock));
+        // SQLite's default: each transaction writes a journal file, syncs it, changes the
+        // database, and deletes the journal.
+        for i in 1..=50u64 {
+            a.write("Docs/db-journal", &i.to_le_bytes().repeat(512))
+                .await
+                .unwrap();
+            a.write("Docs/db", &db_state(i)).await.unwrap();
+            a.unlink("Docs/db-journal").unwrap();
+            drain(&a).await;
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        tokio::time::advance(SETTLE.quiet).await;
+        a.upload().await.unwrap();
+        // The latest state of the database in one request; no journal ever reached the
+        // cloud (its content would be a block of its own).
+        assert_eq!(a.remote.calls(Call::Steps), steps + 1);
+        assert_eq!(a.remote.calls(Call::PutBlock), blocks + 1);
+        assert!(!cloud.tree(&folder).contains_key("db-journal"));
+        let b = TestDevice::new(&cloud, "ann", "dev-b");
+        b.sync().await;
+        assert!(b.read("Docs/db").await.unwrap() == db_state(50));
+    }
+
+    #[tokio::test]
+    async fn a_file_the_cloud_may_have_seen_is_deleted_there_too() {
+        let cloud = MemoryCloud::new();
+        cloud.add_user("ann", 1 << 30);
+        let folder = cloud.create_folder("ann", "Docs", false);
+        let a = TestDevice::new(&cloud, "ann", "dev-a");
+        a.sync().await;
+        a.write("Docs/lock", b"pid 42").await.unwrap();
+        // Sent, but the answer was lost: the node never learned its version.
+        a.remote.fail(Call::Steps, Failure::AppliedThenLost);
+        assert!(a.upload().await.is_err());
+        a.unlink("Docs/lock").unwrap();
+        a.upload().await.unwrap();
+        assert!(!cloud.tree(&folder).contains_key("lock"));
     }
 
     #[test]

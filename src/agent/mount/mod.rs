@@ -22,7 +22,7 @@ use crate::agent::peer::keylog::KeyLogFile;
 use crate::agent::peer::{BlockRequest, PeerConfig, PeerMiss, PeerNet, Shelf};
 use crate::agent::remote::{CloudBlocks, Remote};
 use crate::agent::status::{AgentStatus, CacheReport, Counters};
-use crate::agent::uploader::{KnownInCloud, Uploader};
+use crate::agent::uploader::{KnownInCloud, Offered, Uploader};
 use crate::crypto::channel::KeyLog;
 use crate::crypto::keys;
 use crate::proto::BlockHash;
@@ -319,6 +319,7 @@ pub async fn run(
                 inv: Arc::clone(&inv),
                 counters: Arc::clone(&agent.counters),
                 in_cloud: KnownInCloud::default(),
+                offered: Offered::default(),
             }
             .run(),
         ),
