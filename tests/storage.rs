@@ -286,7 +286,7 @@ fn quota_used(dev: &Device) -> u64 {
 fn history_restores_versions_and_deleted_files_and_the_quota_counts_what_is_kept() {
     let cloud = Cloud::start_with(&[
         "--history-versions",
-        "2",
+        "3",
         "--history-days",
         "0",
         "--collect-every",
@@ -296,38 +296,38 @@ fn history_restores_versions_and_deleted_files_and_the_quota_counts_what_is_kept
     ]);
     let mesh = Mesh::on(cloud);
     let path = mesh.ma.join("Docs/report.bin");
-    let states: Vec<Vec<u8>> = (0..4)
+    let states: Vec<Vec<u8>> = (0..5)
         .map(|i| pseudo_random(2 * MIB as usize, 60 + 2 * i + 1))
         .collect();
     for s in &states {
         std::fs::write(&path, s).expect("write on A");
         assert!(mesh.a.uploaded());
     }
-    // The current content and the two newest earlier ones; the oldest was collected.
+    // The current content and the three newest earlier ones; the first was collected.
     let out = mesh.a.cli_ok(&["history", path.to_str().expect("utf-8")]);
     let text = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = text.lines().skip(1).collect();
-    assert_eq!(rows.len(), 3, "{text}");
+    assert_eq!(rows.len(), 4, "{text}");
     assert!(
         rows[0].contains("(current)") && rows[0].contains("laptop"),
         "{text}"
     );
     assert!(
-        eventually(Duration::from_secs(20), || quota_used(&mesh.a) == 6 * MIB),
+        eventually(Duration::from_secs(20), || quota_used(&mesh.a) == 8 * MIB),
         "the quota counts what is kept: {} bytes",
         quota_used(&mesh.a)
     );
-    // What was freed is gone from block storage too: three versions of two blocks.
+    // What was freed is gone from block storage too: four versions of two blocks.
     assert!(
         eventually(Duration::from_secs(10), || mesh.cloud.block_files().len()
-            == 6),
+            == 8),
         "{:?}",
         mesh.cloud.block_files()
     );
 
     // Restore the oldest kept version (the second written) from the other device: every
     // device reads it.
-    let oldest: &str = rows[2].split_whitespace().next().expect("version");
+    let oldest: &str = rows[3].split_whitespace().next().expect("version");
     let on_b = mesh.mb.join("Docs/report.bin");
     mesh.b.cli_ok(&[
         "restore",
@@ -408,6 +408,104 @@ fn past_the_quota_the_oldest_history_goes_first_and_current_content_still_upload
     assert!(
         (2..=4).contains(&text.lines().skip(1).count()),
         "history made room: {text}"
+    );
+}
+
+/// Runs `sqlite3 -bail DB` on the statements in `sql`, which must succeed.
+fn sqlite(db: &Path, sql: &str) -> String {
+    // The script comes from a file, so a sqlite3 that stops early cannot break a pipe.
+    let mut script = tempfile::tempfile().expect("tempfile");
+    std::io::Write::write_all(&mut script, sql.as_bytes()).expect("write script");
+    std::io::Seek::rewind(&mut script).expect("rewind");
+    let out = std::process::Command::new("sqlite3")
+        .arg("-bail")
+        .arg(db)
+        .stdin(script)
+        .output()
+        .expect("sqlite3 (Debian package sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_hundred_megabyte_quota_holds_a_file_rewritten_ten_times_and_a_busy_database() {
+    const QUOTA: u64 = 100_000_000;
+    const ROWS: usize = 10_000;
+    let cloud = Cloud::start_logging(
+        "meshfs=debug,info",
+        &["--collect-every", "1", "--collect-grace", "1"],
+    );
+    // No peers: B has everything from the cloud.
+    let mesh = Mesh::on_with(cloud, &["--no-peers"]);
+    mesh.cloud.set_quota("ann", QUOTA);
+    let big = mesh.ma.join("Docs/big.bin");
+    let mut last = Vec::new();
+    for i in 0..10 {
+        last = pseudo_random(30_000_000, 500 + 2 * i + 1);
+        std::fs::write(&big, &last).expect("write on A");
+        assert!(
+            mesh.a.uploaded_within(Duration::from_secs(120)),
+            "version {i}"
+        );
+        assert!(quota_used(&mesh.a) <= QUOTA);
+    }
+    assert_eq!(mesh.a.fresh_status().failed_uploads, 0);
+
+    // One insert a transaction: SQLite writes and deletes its rollback journal each time.
+    let db = mesh.ma.join("Docs/db.sqlite");
+    let steps = |c: &Cloud| {
+        c.requests_answered(&format!("/folders/{}/steps", mesh.a.folder_id("Docs")), 200)
+    };
+    let before = steps(&mesh.cloud);
+    let mut sql = String::from("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);\n");
+    for i in 0..ROWS {
+        sql.push_str(&format!("INSERT INTO t (v) VALUES ('row {i}');\n"));
+    }
+    sqlite(&db, &sql);
+    assert!(mesh.a.uploaded_within(Duration::from_secs(180)));
+    let requests = steps(&mesh.cloud) - before;
+    let sent = mesh.a.counters().bytes_uploaded;
+    eprintln!("{ROWS} transactions: {requests} step requests; {sent} bytes uploaded in all");
+    assert!(
+        requests * 20 < ROWS,
+        "{requests} step requests for {ROWS} transactions"
+    );
+    assert_eq!(mesh.a.fresh_status().failed_uploads, 0);
+
+    // Everything on B, from the cloud.
+    let on_b = mesh.mb.join("Docs/big.bin");
+    assert!(
+        eventually(Duration::from_secs(60), || std::fs::read(&on_b)
+            .is_ok_and(|d| d == last)),
+        "B reads the last version"
+    );
+    let db_b = mesh.mb.join("Docs/db.sqlite");
+    assert!(
+        eventually(Duration::from_secs(30), || db_b.exists()
+            && sqlite(&db_b, "SELECT count(*) FROM t;").trim()
+                == ROWS.to_string()),
+        "B reads every row"
+    );
+    assert!(!mesh.mb.join("Docs/db.sqlite-journal").exists());
+
+    // Within the quota, and what the collector freed is gone from block storage.
+    let stored = |c: &Cloud| -> u64 {
+        c.block_files()
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let used = quota_used(&mesh.b);
+    assert!(used <= QUOTA, "{used} bytes used");
+    assert!(
+        eventually(Duration::from_secs(30), || stored(&mesh.cloud) <= used),
+        "{} bytes in block storage, {used} counted",
+        stored(&mesh.cloud)
     );
 }
 
