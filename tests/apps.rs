@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Mesh, SOON, eventually, files_under, names, output_ok, text};
+use common::{Mesh, SOON, eventually, files_under, names, output_ok, sqlite, text};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -325,19 +325,6 @@ fn an_agent_killed_in_the_middle_of_a_git_commit_leaves_a_repository_that_fsck_a
         t.elapsed(),
         t0.elapsed()
     );
-}
-
-fn sqlite(db: &Path, sql: &str) -> Output {
-    // The script comes from a file, so a sqlite3 that stops early cannot break a pipe.
-    let mut script = tempfile::tempfile().expect("tempfile");
-    script.write_all(sql.as_bytes()).unwrap();
-    std::io::Seek::rewind(&mut script).unwrap();
-    Command::new("sqlite3")
-        .arg("-bail")
-        .arg(db)
-        .stdin(script)
-        .output()
-        .expect("sqlite3 (Debian package sqlite3)")
 }
 
 /// Two `sqlite3` processes on A write `each` transactions apiece into one database at the

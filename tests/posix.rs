@@ -119,13 +119,16 @@ fn an_unlinked_file_stays_readable_through_an_open_descriptor() {
         "the unlink did not arrive"
     );
 
-    for f in [&mut on_a, &mut on_b] {
+    for (device, f) in [("A", &mut on_a), ("B", &mut on_b)] {
         let mut got = Vec::new();
         f.seek(SeekFrom::Start(0)).unwrap();
         f.read_to_end(&mut got).unwrap();
         assert!(
             got == data,
-            "an open descriptor lost the unlinked file's content"
+            "an open descriptor on {device} lost the unlinked file's content: {} of {} bytes, first difference at {:?}",
+            got.len(),
+            data.len(),
+            got.iter().zip(&data).position(|(x, y)| x != y)
         );
     }
 }

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Cloud, Device, Mesh, eventually, files_under, pseudo_random};
+use common::{
+    Cloud, Device, Mesh, eventually, files_under, output_ok, pseudo_random, sqlite, text,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -412,25 +414,6 @@ fn past_the_quota_the_oldest_history_goes_first_and_current_content_still_upload
 }
 
 /// Runs `sqlite3 -bail DB` on the statements in `sql`, which must succeed.
-fn sqlite(db: &Path, sql: &str) -> String {
-    // The script comes from a file, so a sqlite3 that stops early cannot break a pipe.
-    let mut script = tempfile::tempfile().expect("tempfile");
-    std::io::Write::write_all(&mut script, sql.as_bytes()).expect("write script");
-    std::io::Seek::rewind(&mut script).expect("rewind");
-    let out = std::process::Command::new("sqlite3")
-        .arg("-bail")
-        .arg(db)
-        .stdin(script)
-        .output()
-        .expect("sqlite3 (Debian package sqlite3)");
-    assert!(
-        out.status.success(),
-        "sqlite3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn a_hundred_megabyte_quota_holds_a_file_rewritten_ten_times_and_a_busy_database() {
     const QUOTA: u64 = 100_000_000;
@@ -465,7 +448,7 @@ fn a_hundred_megabyte_quota_holds_a_file_rewritten_ten_times_and_a_busy_database
     for i in 0..ROWS {
         sql.push_str(&format!("INSERT INTO t (v) VALUES ('row {i}');\n"));
     }
-    sqlite(&db, &sql);
+    output_ok("sqlite3", sqlite(&db, &sql));
     assert!(mesh.a.uploaded_within(Duration::from_secs(180)));
     let requests = steps(&mesh.cloud) - before;
     let sent = mesh.a.counters().bytes_uploaded;
@@ -486,7 +469,7 @@ fn a_hundred_megabyte_quota_holds_a_file_rewritten_ten_times_and_a_busy_database
     let db_b = mesh.mb.join("Docs/db.sqlite");
     assert!(
         eventually(Duration::from_secs(30), || db_b.exists()
-            && sqlite(&db_b, "SELECT count(*) FROM t;").trim()
+            && text(&sqlite(&db_b, "SELECT count(*) FROM t;").stdout).trim()
                 == ROWS.to_string()),
         "B reads every row"
     );
@@ -595,4 +578,135 @@ fn uploads_racing_the_collector_lose_nothing() {
     let written: u64 = files.iter().map(|f| f.1.len() as u64).sum();
     assert!(mesh.a.counters().bytes_uploaded >= written);
     assert_eq!(mesh.a.fresh_status().failed_uploads, 0);
+}
+
+/// Whether this kernel serves FUSE passthrough (Linux 6.9 and later).
+fn kernel_has_passthrough() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(major)), Some(Some(minor))) if (major, minor) >= (6, 9))
+}
+
+/// Reads the file at `path` on `dev`'s mount until an open of it is served by passthrough
+/// (the release of an earlier open reaches the agent after `close` returns, and an open
+/// beside it joins the way that one was served); the content then read.
+fn read_by_passthrough(dev: &Device, path: &Path) -> Vec<u8> {
+    let mut read = Vec::new();
+    let served = eventually(Duration::from_secs(20), || {
+        let before = dev.fresh_status().counters.passthrough_opens;
+        read = std::fs::read(path).expect("read");
+        dev.fresh_status().counters.passthrough_opens > before
+    });
+    assert!(
+        served,
+        "no read of {path:?} went by passthrough: {:?}",
+        dev.status()
+    );
+    read
+}
+
+#[test]
+fn files_on_the_device_are_read_by_passthrough_and_writers_beside_readers_stay_coherent() {
+    if !kernel_has_passthrough() {
+        eprintln!("skipped: this kernel has no FUSE passthrough");
+        return;
+    }
+    let mesh = Mesh::new();
+    let data = pseudo_random(3 * MIB as usize + 123, 21);
+    let on_a = mesh.ma.join("Docs/clip.bin");
+    std::fs::write(&on_a, &data).expect("write on A");
+
+    // Wholly on A: the kernel reads it from a view, the agent serves no read.
+    assert!(read_by_passthrough(&mesh.a, &on_a) == data);
+    let before = mesh.a.fresh_status().counters;
+    assert!(std::fs::read(&on_a).expect("read on A") == data);
+    let after = mesh.a.fresh_status().counters;
+    assert!(
+        after.passthrough_opens > before.passthrough_opens,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.reads_served, before.reads_served,
+        "the agent read nothing"
+    );
+    let status = mesh.a.cli_ok(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("passthrough opens so far"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    // A reader holds the file by passthrough while a writer appends: no EIO, and the
+    // reader sees the appended bytes at once, as on a local disk.
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let reader = std::fs::File::open(&on_a).expect("open for reading");
+    let mut writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&on_a)
+        .expect("open for appending beside a passthrough reader");
+    writer.write_all(b"appended").expect("append");
+    let mut tail = [0u8; 8];
+    reader
+        .read_exact_at(&mut tail, data.len() as u64)
+        .expect("the reader reads past the old end");
+    assert_eq!(&tail, b"appended");
+    drop(writer);
+    drop(reader);
+    let mut whole = data.clone();
+    whole.extend_from_slice(b"appended");
+    assert!(std::fs::read(&on_a).expect("reread on A") == whole);
+
+    // B gets the appended version; once wholly on B, B reads it by passthrough too.
+    let on_b = mesh.mb.join("Docs/clip.bin");
+    assert!(
+        eventually(Duration::from_secs(60), || std::fs::read(&on_b)
+            .is_ok_and(|b| b == whole)),
+        "B reads the appended file"
+    );
+    assert!(read_by_passthrough(&mesh.b, &on_b) == whole);
+    let before = mesh.b.fresh_status().counters;
+    let held = std::fs::File::open(&on_b).expect("open on B");
+    let after = mesh.b.fresh_status().counters;
+    assert!(
+        after.passthrough_opens > before.passthrough_opens,
+        "{after:?}"
+    );
+
+    // A changes it while B's reader holds it by passthrough: the reader reads the new
+    // version, as a reader through the page cache would.
+    let next = pseudo_random(2 * MIB as usize + 7, 22);
+    std::fs::write(&on_a, &next).expect("rewrite on A");
+    let mut held = held;
+    let fresh = eventually(Duration::from_secs(60), || {
+        use std::io::{Read, Seek};
+        let mut got = Vec::new();
+        held.rewind().is_ok() && held.read_to_end(&mut got).is_ok() && got == next
+    });
+    assert!(fresh, "B's open descriptor kept the old version");
+    drop(held);
+    assert!(std::fs::read(&on_b).expect("reopen on B") == next);
+}
+
+#[test]
+fn no_passthrough_leaves_every_read_to_the_agent() {
+    let mesh = Mesh::on_with(Cloud::start(), &["--no-passthrough"]);
+    let data = pseudo_random(2 * MIB as usize, 23);
+    std::fs::write(mesh.ma.join("Docs/plain.bin"), &data).expect("write on A");
+    let on_b = mesh.mb.join("Docs/plain.bin");
+    // B fetches it through the agent, then has it wholly: still no passthrough open.
+    assert!(
+        eventually(Duration::from_secs(60), || std::fs::read(&on_b)
+            .is_ok_and(|b| b == data)),
+        "B reads the file"
+    );
+    for _ in 0..3 {
+        assert!(std::fs::read(&on_b).expect("reread on B") == data);
+    }
+    let after = mesh.b.fresh_status().counters;
+    assert_eq!(after.passthrough_opens, 0, "{after:?}");
+    assert!(after.reads_served > 0, "{after:?}");
 }

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! cache_size = "20G"   # or a number of bytes
+//! passthrough = false  # serve every read through the agent (default: true)
 //! ```
 
 use crate::agent::home::Home;
@@ -87,6 +88,8 @@ pub enum ConfigError {
 pub struct DeviceConfig {
     /// How much room the block store may take on this device.
     pub cache_size: Option<Size>,
+    /// Whether the kernel may read files wholly on the device directly (FUSE passthrough).
+    pub passthrough: Option<bool>,
 }
 
 impl DeviceConfig {
@@ -132,6 +135,15 @@ pub fn cache_limit(home: &Home, flag: Option<Size>) -> Result<Size, ConfigError>
         home.root().into()
     };
     default_cache_size(&existing)
+}
+
+/// Whether to ask for passthrough reads: the flag if given, else `passthrough` in the
+/// home's config, else yes.
+pub fn passthrough(home: &Home, flag: Option<bool>) -> Result<bool, ConfigError> {
+    match flag {
+        Some(b) => Ok(b),
+        None => Ok(DeviceConfig::load(home)?.passthrough.unwrap_or(true)),
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +192,16 @@ mod tests {
         assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
         std::fs::write(home.config_file(), "cache_size = \"big\"\n").unwrap();
         assert!(cache_limit(&home, None).is_err());
+    }
+
+    #[test]
+    fn passthrough_is_on_unless_the_flag_or_the_config_turns_it_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        assert!(passthrough(&home, None).unwrap());
+        std::fs::write(home.config_file(), "passthrough = false\n").unwrap();
+        assert!(!passthrough(&home, None).unwrap());
+        assert!(passthrough(&home, Some(true)).unwrap());
+        assert!(!passthrough(&home, Some(false)).unwrap());
     }
 }

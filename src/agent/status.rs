@@ -37,6 +37,12 @@ pub struct Counters {
     /// Blocks (and bytes) evicted to keep the store under its limit.
     pub blocks_evicted: AtomicU64,
     pub bytes_evicted: AtomicU64,
+    /// Reads of files the agent answered (a passthrough open's reads never reach it).
+    pub reads_served: AtomicU64,
+    /// Opens the kernel serves from a view, without the agent.
+    pub passthrough_opens: AtomicU64,
+    /// Changes the cloud accepted from this device (a version or a delete each).
+    pub changes_sent: AtomicU64,
 }
 
 impl Counters {
@@ -62,6 +68,9 @@ impl Counters {
             bytes_served: self.bytes_served.load(Relaxed),
             blocks_evicted: self.blocks_evicted.load(Relaxed),
             bytes_evicted: self.bytes_evicted.load(Relaxed),
+            reads_served: self.reads_served.load(Relaxed),
+            passthrough_opens: self.passthrough_opens.load(Relaxed),
+            changes_sent: self.changes_sent.load(Relaxed),
         }
     }
 }
@@ -92,6 +101,12 @@ pub struct CounterSnapshot {
     pub blocks_evicted: u64,
     #[serde(default)]
     pub bytes_evicted: u64,
+    #[serde(default)]
+    pub reads_served: u64,
+    #[serde(default)]
+    pub passthrough_opens: u64,
+    #[serde(default)]
+    pub changes_sent: u64,
 }
 
 /// The device's block store against its limit.
@@ -99,11 +114,14 @@ pub struct CounterSnapshot {
 pub struct CacheReport {
     /// The limit in bytes (0: none).
     pub limit: u64,
-    /// Bytes of blocks on the device.
+    /// Bytes the cache takes on the device: blocks and views, which the limit bounds.
     pub used: u64,
     /// Of those, bytes that must stay whatever the limit: changes not yet uploaded,
     /// pinned files, content that no other place holds.
     pub kept: u64,
+    /// Bytes of `used` in views (contiguous copies for passthrough opens).
+    #[serde(default)]
+    pub views: u64,
 }
 
 /// The agent's report in `status.json`.

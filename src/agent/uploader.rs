@@ -512,6 +512,7 @@ impl Uploader {
     /// only if this device wrote that version; one written elsewhere since stays news, so
     /// that this device's next change of the node meets it as a lost race.
     fn sent(&self, op: &JournalOp, entry: &Entry) -> Result<Outcome, CacheError> {
+        Counters::add(&self.counters.changes_sent, 1);
         match op {
             JournalOp::Put { ino, .. } if entry.author == self.remote.device_id() => {
                 self.agreed(*ino, entry)?;
@@ -1027,6 +1028,11 @@ mod tests {
             1,
             "only the last version's block"
         );
+        assert_eq!(
+            a.counters.snapshot().changes_sent,
+            1,
+            "one change reached the cloud for five commits"
+        );
     }
 
     #[tokio::test]
@@ -1250,7 +1256,7 @@ mod settle_tests {
     use super::*;
     use crate::agent::journal::Settle;
     use crate::agent::remote::memory::{Call, Failure, MemoryCloud};
-    use crate::agent::testkit::TestDevice;
+    use crate::agent::testkit::{TestDevice, one_device};
     use crate::proto::BLOCK_SIZE;
 
     const SETTLE: Settle = Settle {
@@ -1369,11 +1375,7 @@ mod settle_tests {
 
     #[tokio::test]
     async fn a_file_the_cloud_may_have_seen_is_deleted_there_too() {
-        let cloud = MemoryCloud::new();
-        cloud.add_user("ann", 1 << 30);
-        let folder = cloud.create_folder("ann", "Docs", false);
-        let a = TestDevice::new(&cloud, "ann", "dev-a");
-        a.sync().await;
+        let (cloud, folder, a) = one_device().await;
         a.write("Docs/lock", b"pid 42").await.unwrap();
         // Sent, but the answer was lost: the node never learned its version.
         a.remote.fail(Call::Steps, Failure::AppliedThenLost);

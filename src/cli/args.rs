@@ -312,6 +312,11 @@ pub struct MountArgs {
     /// config.toml in the device home, else 10% of the file system, at least 1G].
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<crate::agent::config::Size>,
+    /// Serve every read through the agent, never by FUSE passthrough (by default the
+    /// kernel reads files wholly on this device from a copy of each, where it allows;
+    /// also `passthrough = false` in config.toml).
+    #[arg(long, env = "MESHFS_NO_PASSTHROUGH")]
+    pub no_passthrough: bool,
     /// Append every peer session's secrets to this file, for tests and for debugging a
     /// capture; whoever reads it can decrypt the recorded traffic. Set through the
     /// environment only, like TLS's SSLKEYLOGFILE.

@@ -126,9 +126,17 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             } else {
                 crate::agent::mount::Access::Owner
             };
-            crate::agent::mount::run(&home, &a.mountpoint, peers, access, a.cache_size)
-                .await
-                .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
+            let passthrough = a.no_passthrough.then_some(false);
+            crate::agent::mount::run(
+                &home,
+                &a.mountpoint,
+                peers,
+                access,
+                a.cache_size,
+                passthrough,
+            )
+            .await
+            .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
         }
         Command::Status(a) => status::run(a).await,
         Command::Pin { paths } => pin::pin(&paths),

@@ -61,11 +61,12 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
             );
             let c = &s.counters;
             println!(
-                "moved:    fetched {} blocks ({} bytes), uploaded {} blocks ({} bytes), {} rejected, {} conflicts",
+                "moved:    fetched {} blocks ({} bytes), uploaded {} blocks ({} bytes) in {} changes, {} rejected, {} conflicts",
                 c.blocks_fetched,
                 c.bytes_fetched,
                 c.blocks_uploaded,
                 c.bytes_uploaded,
+                c.changes_sent,
                 c.blocks_rejected,
                 c.conflicts
             );
@@ -81,6 +82,13 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
                 Size(k.kept),
                 c.blocks_evicted
             );
+            if k.views > 0 || c.passthrough_opens > 0 {
+                println!(
+                    "views:    {} of it in copies of whole files read by FUSE passthrough; {} passthrough opens so far",
+                    Size(k.views),
+                    c.passthrough_opens
+                );
+            }
             if k.limit > 0 && k.kept > k.limit {
                 println!(
                     "warning:  what must stay on this device (changes not yet uploaded, pinned files, content held nowhere else) exceeds the cache limit; reconnect to the cloud, unpin files or raise --cache-size"

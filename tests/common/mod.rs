@@ -615,6 +615,21 @@ pub fn output_ok(what: &str, out: Output) -> String {
     text(&out.stdout)
 }
 
+/// Runs the SQL script `sql` with the `sqlite3` CLI on database `db` (`-bail`: it stops at
+/// the first error). The script comes from a file, so a sqlite3 that stops early cannot
+/// break a pipe.
+pub fn sqlite(db: &Path, sql: &str) -> Output {
+    let mut script = tempfile::tempfile().expect("tempfile");
+    script.write_all(sql.as_bytes()).expect("write the script");
+    std::io::Seek::rewind(&mut script).expect("rewind the script");
+    Command::new("sqlite3")
+        .arg("-bail")
+        .arg(db)
+        .stdin(script)
+        .output()
+        .expect("sqlite3 (Debian package sqlite3)")
+}
+
 /// A directory of mode 0755 that every local user can reach (for tests that act as another
 /// user): in the temporary directory when others may search all of its ancestors
 /// (scripts/test.sh makes its run's directory so), else in /tmp. Removed in `Drop`; a mount

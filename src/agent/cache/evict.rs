@@ -172,9 +172,18 @@ impl Cache {
         self.check_limit(self.blocks_bytes());
     }
 
-    /// Wakes the evictor when `bytes` passes the limit.
+    /// What blocks may take: the limit less what views take (`cache/views.rs`), so that the
+    /// two together stay within it (0: no limit).
+    fn blocks_limit(&self) -> u64 {
+        match self.limit() {
+            0 => 0,
+            l => l.saturating_sub(self.views_bytes()).max(1),
+        }
+    }
+
+    /// Wakes the evictor when `bytes` of blocks pass what they may take.
     pub(super) fn check_limit(&self, bytes: u64) {
-        let limit = self.limit();
+        let limit = self.blocks_limit();
         if limit > 0 && bytes > limit {
             self.over_limit.notify_one();
         }
@@ -232,7 +241,7 @@ impl Cache {
     /// Removes least recently used blocks that need not stay until the store is under the
     /// low-water mark (a share of the limit); does nothing while it is under the limit.
     pub fn evict(&self, me: &str) -> Result<Evicted, CacheError> {
-        let limit = self.limit();
+        let limit = self.blocks_limit();
         {
             let mut s = self.store();
             if limit > 0 && s.bytes > limit {

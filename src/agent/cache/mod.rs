@@ -14,13 +14,16 @@
 //! ```
 //!
 //! Blocks live as files named by their hash under `blocks/` (see `cache/blocks.rs`), kept
-//! under the device's limit by `cache/evict.rs`.
+//! under the device's limit by `cache/evict.rs`; `views/` holds contiguous copies of files
+//! for passthrough opens (`cache/views.rs`).
 
 mod blocks;
 mod evict;
 pub mod merge;
+mod views;
 
 pub use evict::{Evicted, Writing, keeps_blocks};
+pub use views::View;
 
 use crate::proto::{BlockHash, BlockRef, EntryKind};
 use bytes::Bytes;
@@ -342,6 +345,8 @@ pub struct Cache {
     tree: sled::Tree,
     blocks: PathBuf,
     staging: PathBuf,
+    /// Contiguous copies of files, for passthrough opens (see `cache/views.rs`).
+    views: views::Views,
     /// Held across every read-modify-write of nodes and links, by whoever does it: the
     /// filesystem's operations, the uploader's bookkeeping and the feed's applying. Without
     /// it, one of them could write back a node it read before another changed it, and the
@@ -402,11 +407,13 @@ impl Cache {
                 id
             }
         };
+        let views = views::Views::open(dir.join("views"))?;
         let cache = Self {
             db,
             tree,
             blocks,
             staging,
+            views,
             meta: Mutex::new(()),
             decoded: Mutex::new(LruCache::new(
                 NonZeroUsize::new(DECODED_NODES).unwrap_or(NonZeroUsize::MIN),

@@ -8,14 +8,16 @@
 use super::attr::{Attr, MAX_FILE_SIZE};
 use super::ops::{Fs, Handle};
 use super::readahead::ReadAhead;
-use crate::agent::cache::{Node, Writing};
+use crate::agent::cache::{Node, View, Writing};
 use crate::agent::fetch::{FetchError, Want};
 use crate::agent::fs::FsError;
+use crate::agent::status::Counters;
 use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind, now_ns};
 use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Times a read fetches one block before it gives up: a block can be evicted between its
 /// fetch and its read only when the cache is much smaller than what is being read at once.
@@ -42,6 +44,11 @@ pub(super) struct Staging {
     /// committed version never mixes bytes from before and after a concurrent write.
     gate: RwLock<()>,
     dirty: AtomicBool,
+    /// The view this file is, when a writer joined passthrough readers of it: the kernel
+    /// then writes into it without the agent, so its size and modification time are the
+    /// file's own, and it counts as changed while such writers have it open.
+    view: Option<u64>,
+    kernel_writers: AtomicU64,
     /// Commits so far; a handle remembers the count at its last write, so its release
     /// knows whether a commit has taken that write since.
     commits: AtomicU64,
@@ -56,14 +63,29 @@ pub(super) struct Staging {
 impl Staging {
     /// Whether it holds writes not yet committed.
     pub(super) fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::SeqCst)
+        self.dirty.load(Ordering::SeqCst) || self.kernel_writers.load(Ordering::SeqCst) > 0
     }
 
     fn new(file: std::fs::File, n: &Node, size: u64, dirty: bool) -> Arc<Self> {
+        Self::over(file, n, size, dirty, None)
+    }
+
+    /// A staging file that is view `v` of `n`'s content, for writers that join its
+    /// passthrough readers. The file takes `n`'s modification time, so a commit with no
+    /// write since finds nothing new.
+    fn of_view(v: &View, n: &Node) -> Result<Arc<Self>, FsError> {
+        let file = v.file.try_clone()?;
+        file.set_modified(time_of(n.mtime_ns))?;
+        Ok(Self::over(file, n, n.size, false, Some(v.id)))
+    }
+
+    fn over(file: std::fs::File, n: &Node, size: u64, dirty: bool, view: Option<u64>) -> Arc<Self> {
         Arc::new(Self {
             file,
             gate: RwLock::new(()),
             dirty: AtomicBool::new(dirty),
+            view,
+            kernel_writers: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             opens: AtomicU64::new(0),
             size: AtomicU64::new(size),
@@ -94,6 +116,9 @@ impl Staging {
     pub(super) fn set_mtime(&self, t: i64) {
         self.mtime_ns.store(t, Ordering::SeqCst);
         self.ctime_ns.store(now_ns(), Ordering::SeqCst);
+        if self.view.is_some() {
+            let _ = self.file.set_modified(time_of(t));
+        }
     }
 
     /// Puts the live size and times over the committed node's.
@@ -101,14 +126,36 @@ impl Staging {
         n.size = self.size.load(Ordering::SeqCst);
         n.mtime_ns = self.mtime_ns.load(Ordering::SeqCst);
         n.ctime_ns = Some(self.ctime_ns.load(Ordering::SeqCst));
+        if let Some((size, mtime_ns)) = self.own_size_and_mtime() {
+            n.size = size;
+            n.mtime_ns = mtime_ns;
+        }
+    }
+
+    /// The file's own size and modification time, for a view the kernel writes into.
+    fn own_size_and_mtime(&self) -> Option<(u64, i64)> {
+        self.view?;
+        let meta = self.file.metadata().ok()?;
+        let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
+        Some((meta.len(), i64::try_from(mtime.as_nanos()).ok()?))
     }
 }
+
+fn time_of(ns: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+}
+
+/// Files smaller than this are read through the agent: a read or two, kept in the page cache,
+/// cost less than copying them into a view.
+pub const PASSTHROUGH_MIN: u64 = BLOCK_SIZE;
 
 /// A writing handle's release, for [`Fs::finish_write`].
 pub struct Closing {
     ino: u64,
     /// It changed the file after the last commit.
     commit: bool,
+    /// It wrote by passthrough (see [`Fs::open_over_view`]).
+    kernel_writer: bool,
 }
 
 /// What `open` tells the kernel.
@@ -135,6 +182,7 @@ impl Fs {
             ino,
             writable,
             changed_at: None,
+            kernel_writes: false,
             ahead: ReadAhead::within(self.cache.limit()),
         };
         self.handles
@@ -225,6 +273,64 @@ impl Fs {
         Ok(self.new_handle(ino, false, keep))
     }
 
+    /// A view of file `ino` for a passthrough open: `None` while it is being written, while
+    /// some of it is not on the device, or when it is smaller than [`PASSTHROUGH_MIN`]. It
+    /// may copy the whole file (run it off the kernel's thread).
+    pub fn open_view(&self, ino: u64) -> Result<Option<Arc<View>>, FsError> {
+        let n = self.file(ino)?;
+        if n.size < PASSTHROUGH_MIN || self.staging_of(ino).is_some() {
+            return Ok(None);
+        }
+        Ok(self.cache.view(&n)?)
+    }
+
+    /// Whether an open of `ino` for reading may be served by passthrough: a file of at least
+    /// [`PASSTHROUGH_MIN`] bytes not being written (whether it is wholly here, making its
+    /// view tells).
+    pub fn may_pass_through(&self, ino: u64) -> bool {
+        self.staging_of(ino).is_none()
+            && self
+                .node(ino)
+                .is_ok_and(|n| n.kind == EntryKind::File && n.size >= PASSTHROUGH_MIN)
+    }
+
+    /// Writes `ino`'s current version over view `v`, which passthrough opens read, after a
+    /// change from elsewhere, so that they read it as they would a file rewritten in place
+    /// (see `View::rewrite`). Its blocks are fetched first; nothing happens while a writer
+    /// has the view.
+    pub async fn refresh_view(self: Arc<Self>, ino: u64, v: Arc<View>) -> Result<(), FsError> {
+        let n = self.file(ino)?;
+        if v.is_of(&n) || self.staging_of(ino).is_some() {
+            return Ok(());
+        }
+        let folder = n.folder.clone().ok_or(FsError::Invalid)?;
+        for b in &n.manifest {
+            self.fetcher.ensure(want(&n, &folder, b.hash)).await?;
+        }
+        self.cache.retire_view(ino, v.id);
+        let rt = tokio::runtime::Handle::current();
+        let rewritten = tokio::task::spawn_blocking(move || {
+            v.rewrite(&n, |i| {
+                // Stored a moment ago; fetched again should eviction have taken it since.
+                rt.block_on(self.whole_block(&n, &folder, n.manifest[i].hash))
+                    .map_err(std::io::Error::other)
+            })
+        })
+        .await
+        .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
+        tracing::debug!(
+            ino,
+            rewritten,
+            "a passthrough view took a version from elsewhere"
+        );
+        Ok(())
+    }
+
+    /// Whether view `v` still holds `ino`'s content, with no writer at work on it.
+    pub fn view_is_current(&self, ino: u64, v: &View) -> bool {
+        self.staging_of(ino).is_none() && self.node(ino).is_ok_and(|n| v.is_of(&n))
+    }
+
     /// When `n` is opened right after the file before it in its directory (`cat dir/*`, a
     /// build reading its sources), and the next file's content is not here, fetches the
     /// content of the next small files in one batch. A file opened on its own fetches
@@ -308,10 +414,45 @@ impl Fs {
         Ok(opened)
     }
 
+    /// `open(2)` for writing of a file whose opens the kernel serves by passthrough from
+    /// view `v` (see `fs/iomode.rs`): the view becomes the staging file, which the kernel
+    /// writes into directly, so its readers read what is written. `Busy` if the file's
+    /// content changed since the view was made (elsewhere, through the feed), as writing
+    /// over the old content would undo that change.
+    pub fn open_over_view(&self, ino: u64, truncate: bool, v: &View) -> Result<Opened, FsError> {
+        let n = self.file(ino)?;
+        let s = {
+            let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&ino) {
+                Some(s) if s.view == Some(v.id) => Arc::clone(s),
+                Some(_) => return Err(FsError::Busy),
+                None if v.take_for_writing(&n) => {
+                    let s = Staging::of_view(v, &n)?;
+                    self.cache.retire_view(ino, v.id);
+                    map.insert(ino, Arc::clone(&s));
+                    s
+                }
+                None => return Err(FsError::Busy),
+            }
+        };
+        s.opens.fetch_add(1, Ordering::SeqCst);
+        s.kernel_writers.fetch_add(1, Ordering::SeqCst);
+        if truncate {
+            s.resize(0)?;
+        }
+        let opened = self.new_handle(ino, true, false);
+        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = handles.get_mut(&opened.fh) {
+            h.kernel_writes = true;
+        }
+        Ok(opened)
+    }
+
     /// Reads from the staging file if the file is being written, else from blocks,
     /// fetching the ones not on the device.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let ino = self.handle_ino(fh)?;
+        Counters::add(&self.counters.reads_served, 1);
         if let Some(s) = self.staging_of(ino) {
             let mut buf = vec![0u8; size as usize];
             let n = s.file.read_at(&mut buf, offset)?;
@@ -501,7 +642,7 @@ impl Fs {
         let Some(s) = self.staging_of(ino) else {
             return Ok(());
         };
-        if !s.dirty.load(Ordering::SeqCst) {
+        if !s.is_dirty() {
             return Ok(());
         }
         let cache = Arc::clone(&self.cache);
@@ -512,10 +653,14 @@ impl Fs {
                 let mut writing = Writing::new(cache);
                 let (manifest, size) = chunk(&mut writing, &s.file)?;
                 s.commits.fetch_add(1, Ordering::SeqCst);
+                let mtime_ns = match s.own_size_and_mtime() {
+                    Some((_, t)) => t,
+                    None => s.mtime_ns.load(Ordering::SeqCst),
+                };
                 Ok::<_, FsError>((
                     manifest,
                     size,
-                    s.mtime_ns.load(Ordering::SeqCst),
+                    mtime_ns,
                     s.ctime_ns.load(Ordering::SeqCst),
                     writing,
                 ))
@@ -524,6 +669,17 @@ impl Fs {
             .map_err(|e| FsError::Io(std::io::Error::other(e)))??;
         {
             let _g = self.lock_meta();
+            let n = self.node(ino)?;
+            let same = n.size == size
+                && n.mtime_ns == mtime_ns
+                && n.manifest
+                    .iter()
+                    .map(|b| b.hash)
+                    .eq(manifest.iter().map(|b| b.hash));
+            if same {
+                // A writer by passthrough that wrote nothing.
+                return Ok(());
+            }
             self.update(ino, |n| {
                 n.size = size;
                 n.manifest = manifest;
@@ -564,7 +720,7 @@ impl Fs {
         self.handle_ino(fh)
             .ok()
             .and_then(|ino| self.staging_of(ino))
-            .is_some_and(|s| s.dirty.load(Ordering::SeqCst))
+            .is_some_and(|s| s.is_dirty())
     }
 
     /// The last close of a handle (`release`, which the kernel sends after `close` has
@@ -584,10 +740,15 @@ impl Fs {
         // Commit only this handle's own changes that no commit took yet (writes through
         // a mapping after `close`, say). Another descriptor may be writing the same file
         // right now: committing its half-done write would publish a state nobody closed.
-        let commit = self
-            .staging_of(h.ino)
-            .is_some_and(|s| h.changed_at == Some(s.commits.load(Ordering::SeqCst)));
-        Ok(Some(Closing { ino: h.ino, commit }))
+        let commit = h.kernel_writes
+            || self
+                .staging_of(h.ino)
+                .is_some_and(|s| h.changed_at == Some(s.commits.load(Ordering::SeqCst)));
+        Ok(Some(Closing {
+            ino: h.ino,
+            commit,
+            kernel_writer: h.kernel_writes,
+        }))
     }
 
     /// After the release of a writing handle: commit what it left, and let go of the
@@ -601,6 +762,9 @@ impl Fs {
         };
         if let Some(s) = self.staging_of(ino) {
             s.opens.fetch_sub(1, Ordering::SeqCst);
+            if closing.kernel_writer {
+                s.kernel_writers.fetch_sub(1, Ordering::SeqCst);
+            }
         }
         self.drop_staging_if_idle(ino);
         self.drop_if_unlinked(ino)?;
@@ -609,9 +773,9 @@ impl Fs {
 
     fn drop_staging_if_idle(&self, ino: u64) {
         let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
-        let idle = map.get(&ino).is_some_and(|s| {
-            s.opens.load(Ordering::SeqCst) == 0 && !s.dirty.load(Ordering::SeqCst)
-        });
+        let idle = map
+            .get(&ino)
+            .is_some_and(|s| s.opens.load(Ordering::SeqCst) == 0 && !s.is_dirty());
         if idle {
             map.remove(&ino);
             let _ = std::fs::remove_file(self.cache.staging_path(ino));

@@ -29,6 +29,10 @@ pub enum FsError {
     NotPermitted(&'static str),
     #[error("moving between Mesh Folders is a copy")]
     CrossFolder,
+    #[error(
+        "the file changed elsewhere while readers still read its old content; open it again once they close"
+    )]
+    Busy,
     #[error("bad file handle")]
     BadHandle,
     #[error("the content is not on this device and no source is reachable")]
@@ -66,6 +70,7 @@ impl FsError {
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::CrossFolder => libc::EXDEV,
             FsError::BadHandle => libc::EBADF,
+            FsError::Busy => libc::EBUSY,
             FsError::Offline => libc::ENOTCONN,
             FsError::Fetch(_) | FsError::Cache(_) | FsError::Io(_) => libc::EIO,
         }

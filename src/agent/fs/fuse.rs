@@ -3,20 +3,26 @@
 //! answer inline; those that may wait on the network or on hashing (open for writing,
 //! create, read, flush and release with writes to commit, fsync, size changes) move their
 //! reply into a tokio task, so the session thread never blocks on the network (fuser's
-//! `TokioAdapter` habit). Nothing here decides anything a test of `Fs` would not see.
+//! `TokioAdapter` habit). Nothing here decides anything a test of `Fs` would not see, but
+//! which opens the kernel serves by passthrough from a view: that follows the kernel's rule
+//! as `fs/iomode.rs` keeps it.
 
+use crate::agent::cache::View;
+use crate::agent::fs::iomode::{IoModes, Serve};
 use crate::agent::fs::{Allocate, Attr, DirEntry, Fs, FsError, Opened, SetAttr, TimeSet};
 use crate::agent::invalidate::Invalidator;
+use crate::agent::status::Counters;
 use crate::proto::{BLOCK_SIZE, EntryKind};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may trust names and attributes. Long, because the feed invalidates
@@ -26,11 +32,26 @@ const TTL: Duration = Duration::from_secs(300);
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
+    /// Whether reads of files wholly on the device may be served by passthrough: asked for,
+    /// and until the kernel refuses it.
+    passthrough: Arc<AtomicBool>,
+    modes: Arc<Mutex<IoModes<Passing>>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle) -> Self {
-        Self { fs, rt }
+    /// An adapter for `fs`; `passthrough` asks for passthrough reads where the kernel
+    /// allows them.
+    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle, passthrough: bool) -> Self {
+        Self {
+            fs,
+            rt,
+            passthrough: Arc::new(AtomicBool::new(passthrough)),
+            modes: Arc::default(),
+        }
+    }
+
+    fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
     }
 
     /// Runs `op` on the runtime and answers the kernel from there.
@@ -45,6 +66,118 @@ impl FuseAdapter {
             }
         });
     }
+}
+
+impl FuseAdapter {
+    /// `open` for reading when passthrough is on: a file wholly on the device, not being
+    /// written, with no other open, is served by the kernel from a view (made off the
+    /// runtime's workers, as it may copy the whole file); other opens join the inode's mode.
+    fn open_for_passthrough(&self, ino: u64, reply: ReplyOpen) {
+        let (fs, modes) = (Arc::clone(&self.fs), Arc::clone(&self.modes));
+        let on = Arc::clone(&self.passthrough);
+        self.rt.spawn(async move {
+            let o = match fs.open_read(ino) {
+                Ok(o) => o,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let view = if lock(&modes).is_free(ino) {
+                let fs = Arc::clone(&fs);
+                match tokio::task::spawn_blocking(move || fs.open_view(ino)).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => {
+                        tracing::debug!(ino, error = %e, "no view; the agent serves the reads");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            let serve = lock(&modes).open_reader(ino, o.fh, || {
+                // Writers count themselves under this lock before they change anything, so
+                // a view still current here stays so until this open is counted.
+                let v = view.filter(|v| fs.view_is_current(ino, v))?;
+                match reply.open_backing(&v.file) {
+                    Ok(id) => Some(Passing { id, view: v }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the kernel refused a passthrough file; the agent serves every read from now on");
+                        on.store(false, Ordering::Relaxed);
+                        None
+                    }
+                }
+            });
+            match serve {
+                Serve::Cached => reply.opened(FileHandle(o.fh), open_flags(&o, false)),
+                Serve::Passthrough(p) => {
+                    Counters::add(&fs.counters.passthrough_opens, 1);
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &p.id);
+                }
+            }
+        });
+    }
+}
+
+impl FuseAdapter {
+    /// What the kernel invalidator needs to keep passthrough views current (the adapter
+    /// itself goes to the FUSE session).
+    pub fn views(&self) -> PassingViews {
+        PassingViews {
+            fs: Arc::clone(&self.fs),
+            modes: Arc::clone(&self.modes),
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+/// The views that passthrough opens read now, by inode.
+pub struct PassingViews {
+    fs: Arc<Fs>,
+    modes: Arc<Mutex<IoModes<Passing>>>,
+    rt: tokio::runtime::Handle,
+}
+
+impl PassingViews {
+    /// `kernel`, which also rewrites the view of a file in passthrough when its content
+    /// changes, so that open descriptors read the new version as the page cache's readers
+    /// do.
+    pub fn refreshing(self, kernel: KernelInvalidator) -> ViewRefresher {
+        ViewRefresher {
+            views: self,
+            kernel,
+        }
+    }
+}
+
+/// The kernel's invalidator, with views kept current (see [`PassingViews::refreshing`]).
+pub struct ViewRefresher {
+    views: PassingViews,
+    kernel: KernelInvalidator,
+}
+
+impl Invalidator for ViewRefresher {
+    fn entry(&self, parent: u64, name: &str) {
+        self.kernel.entry(parent, name);
+    }
+
+    fn inode(&self, ino: u64) {
+        let passing = lock(&self.views.modes).passthrough_of(ino);
+        if let Some(p) = passing {
+            let fs = Arc::clone(&self.views.fs);
+            let view = Arc::clone(&p.view);
+            self.views.rt.spawn(async move {
+                if let Err(e) = fs.refresh_view(ino, view).await {
+                    tracing::warn!(ino, error = %e, "could not bring a passthrough view up to date; its readers see the version they opened");
+                }
+            });
+        }
+        self.kernel.inode(ino);
+    }
+}
+
+/// A backing file registered with the kernel, and the view it is.
+struct Passing {
+    id: BackingId,
+    view: Arc<View>,
 }
 
 /// Answers an extended attribute request: its size when asked with no room, else the
@@ -134,6 +267,10 @@ fn open_flags(o: &Opened, write: bool) -> FopenFlags {
     flags
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
     match r {
         Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
@@ -159,6 +296,21 @@ impl fuser::Filesystem for FuseAdapter {
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks a FUSE capability");
+            }
+        }
+        if self.passthrough() {
+            let granted = config
+                .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+                .and_then(|()| {
+                    config
+                        .set_max_stack_depth(1)
+                        .map_err(|_| InitFlags::empty())
+                });
+            if granted.is_err() {
+                tracing::info!(
+                    "the kernel offers no FUSE passthrough: the agent serves every read"
+                );
+                self.passthrough.store(false, Ordering::Relaxed);
             }
         }
         // A block at a time (the kernel lowers read-ahead to its default unless
@@ -324,20 +476,51 @@ impl fuser::Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        if !write
+            && self.passthrough()
+            && self.fs.may_pass_through(ino.0)
+            && lock(&self.modes).is_free(ino.0)
+        {
+            return self.open_for_passthrough(ino.0, reply);
+        }
         if !write {
             // Inline (local state only), in the runtime's context: it may start fetching the
-            // next small files in the background.
+            // next small files in the background. Every open counts in `modes`, so that none
+            // through the page cache is missed when another would enter passthrough.
             let _rt = self.rt.enter();
-            return match self.fs.open_read(ino.0) {
-                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o, false)),
-                Err(e) => reply.error(errno(&e)),
+            let o = match self.fs.open_read(ino.0) {
+                Ok(o) => o,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            return match lock(&self.modes).open_reader(ino.0, o.fh, || None) {
+                Serve::Cached => reply.opened(FileHandle(o.fh), open_flags(&o, false)),
+                Serve::Passthrough(p) => {
+                    Counters::add(&self.fs.counters.passthrough_opens, 1);
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &p.id)
+                }
             };
         }
-        let fs = Arc::clone(&self.fs);
+        let (fs, modes) = (Arc::clone(&self.fs), Arc::clone(&self.modes));
+        // Counted before anything changes, so no reader enters passthrough meanwhile.
+        let serve = lock(&modes).open_writer(ino.0);
         self.rt.spawn(async move {
-            match fs.open(ino.0, write, truncate).await {
-                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o, true)),
-                Err(e) => reply.error(errno(&e)),
+            let opened = match &serve {
+                Serve::Passthrough(p) => fs.open_over_view(ino.0, truncate, &p.view),
+                Serve::Cached => fs.open(ino.0, write, truncate).await,
+            };
+            let o = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    lock(&modes).cancel(ino.0);
+                    return reply.error(errno(&e));
+                }
+            };
+            lock(&modes).bind(ino.0, o.fh);
+            match serve {
+                Serve::Passthrough(p) => {
+                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &p.id)
+                }
+                Serve::Cached => reply.opened(FileHandle(o.fh), open_flags(&o, true)),
             }
         });
     }
@@ -356,16 +539,23 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
-        let fs = Arc::clone(&self.fs);
+        let (fs, modes) = (Arc::clone(&self.fs), Arc::clone(&self.modes));
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, mode & !umask).await {
-                Ok((a, o)) => reply.created(
-                    &TTL,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(o.fh),
-                    open_flags(&o, true),
-                ),
+                Ok((a, o)) => {
+                    // A new inode: nobody else has it, so it enters the page cache's mode.
+                    let mut m = lock(&modes);
+                    m.open_writer(a.ino);
+                    m.bind(a.ino, o.fh);
+                    drop(m);
+                    reply.created(
+                        &TTL,
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(o.fh),
+                        open_flags(&o, true),
+                    )
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -456,6 +646,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        lock(&self.modes).release(fh.0);
         let closing = match self.fs.close(fh.0) {
             Ok(Some(closing)) => closing,
             Ok(None) => return reply.ok(),

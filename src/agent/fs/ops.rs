@@ -42,6 +42,8 @@ pub(super) struct Handle {
     pub(super) writable: bool,
     /// `Staging::commits` at this handle's last change of the file, if it made one.
     pub(super) changed_at: Option<u64>,
+    /// It writes by passthrough, unseen by the agent (`Fs::open_over_view`).
+    pub(super) kernel_writes: bool,
     pub(super) ahead: ReadAhead,
 }
 

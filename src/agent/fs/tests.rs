@@ -994,3 +994,208 @@ async fn small_files_opened_in_turn_come_in_batches_and_one_alone_brings_nothing
         "each block once"
     );
 }
+
+/// The whole content of a view's file.
+fn view_bytes(v: &crate::agent::cache::View) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let len = v.file.metadata().unwrap().len();
+    let mut out = vec![0; len as usize];
+    v.file.read_exact_at(&mut out, 0).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn a_view_holds_the_file_byte_for_byte_and_is_made_once() {
+    let (_cloud, _f, a) = one_device().await;
+    let data = bytes(5 * BLOCK_SIZE as usize / 2, 31);
+    a.write("Docs/movie", &data).await.unwrap();
+    let ino = a.ino("Docs/movie").unwrap();
+    let v = a.fs.open_view(ino).unwrap().expect("wholly on the device");
+    assert!(view_bytes(&v) == data, "byte-identical");
+    assert_eq!(a.cache.views_bytes(), data.len() as u64);
+    let again = a.fs.open_view(ino).unwrap().unwrap();
+    assert_eq!(again.id, v.id, "kept, not copied again");
+    assert!(a.fs.view_is_current(ino, &v));
+}
+
+#[tokio::test]
+async fn no_view_while_a_file_is_written_or_not_wholly_on_the_device() {
+    let (cloud, _f, a) = one_device().await;
+    let b = TestDevice::new(&cloud, "ann", "dev-b");
+    b.sync().await;
+    b.write("Docs/there", &bytes(3 * BLOCK_SIZE as usize, 2))
+        .await
+        .unwrap();
+    b.upload().await.unwrap();
+    a.sync().await;
+    let there = a.ino("Docs/there").unwrap();
+    assert!(a.fs.open_view(there).unwrap().is_none(), "remote-only");
+
+    let mut data = bytes(BLOCK_SIZE as usize + 5, 4);
+    a.write("Docs/here", &data).await.unwrap();
+    let here = a.ino("Docs/here").unwrap();
+    let fh = a.fs.open(here, true, false).await.unwrap().fh;
+    a.fs.write(fh, 0, b"L").unwrap();
+    assert!(a.fs.open_view(here).unwrap().is_none(), "being written");
+    a.close(fh).await.unwrap();
+    let v = a.fs.open_view(here).unwrap().expect("written and closed");
+    data[0] = b'L';
+    assert!(view_bytes(&v) == data);
+}
+
+#[tokio::test]
+async fn files_smaller_than_a_block_are_read_through_the_agent() {
+    let (_cloud, _f, a) = one_device().await;
+    a.write(
+        "Docs/note",
+        &bytes(content::PASSTHROUGH_MIN as usize - 1, 6),
+    )
+    .await
+    .unwrap();
+    let ino = a.ino("Docs/note").unwrap();
+    assert!(a.fs.open_view(ino).unwrap().is_none());
+    assert_eq!(a.cache.views_bytes(), 0);
+}
+
+#[tokio::test]
+async fn views_stay_within_a_quarter_of_the_cache_limit_least_recently_used_out() {
+    let (_cloud, _f, a) = one_device().await;
+    a.cache.set_limit(8 * BLOCK_SIZE);
+    let half = BLOCK_SIZE as usize * 3 / 2;
+    a.write("Docs/big", &bytes(3 * BLOCK_SIZE as usize, 1))
+        .await
+        .unwrap();
+    a.write("Docs/one", &bytes(half, 2)).await.unwrap();
+    a.write("Docs/two", &bytes(half, 3)).await.unwrap();
+    let big = a.ino("Docs/big").unwrap();
+    assert!(
+        a.fs.open_view(big).unwrap().is_none(),
+        "more than a quarter"
+    );
+    let one_ino = a.ino("Docs/one").unwrap();
+    let one = a.fs.open_view(one_ino).unwrap().unwrap();
+    let two = a.fs.open_view(a.ino("Docs/two").unwrap()).unwrap().unwrap();
+    assert_eq!(a.cache.views_bytes(), half as u64, "the older view went");
+    assert!(view_bytes(&two) == bytes(half, 3));
+    assert!(
+        view_bytes(&one) == bytes(half, 2),
+        "a view let go of stays readable by whoever holds it"
+    );
+    let again = a.fs.open_view(one_ino).unwrap().unwrap();
+    assert_ne!(again.id, one.id, "made anew");
+    assert_eq!(a.cache.views_bytes(), half as u64);
+}
+
+#[tokio::test]
+async fn a_writer_over_a_view_commits_what_the_kernel_wrote_into_it() {
+    use std::os::unix::fs::FileExt;
+    let (_cloud, _f, a) = one_device().await;
+    let mut data = bytes(BLOCK_SIZE as usize, 7);
+    a.write("Docs/log", &data).await.unwrap();
+    let ino = a.ino("Docs/log").unwrap();
+    let pending = a.cache.node(ino).unwrap().unwrap().pending;
+    let v = a.fs.open_view(ino).unwrap().unwrap();
+    let fh = a.fs.open_over_view(ino, false, &v).unwrap().fh;
+    // The kernel writes into the view by passthrough; readers of it see it at once.
+    v.file.write_all_at(b"second line\n", BLOCK_SIZE).unwrap();
+    data.extend_from_slice(b"second line\n");
+    assert_eq!(
+        a.fs.getattr(ino).unwrap().size,
+        data.len() as u64,
+        "the size is the view's own"
+    );
+    assert!(a.fs.has_uncommitted(fh));
+    assert!(
+        a.fs.open_view(ino).unwrap().is_none(),
+        "no new view while it is written"
+    );
+    a.close(fh).await.unwrap();
+    assert!(a.read("Docs/log").await.unwrap() == data);
+    assert_eq!(
+        a.cache.node(ino).unwrap().unwrap().pending,
+        pending + 1,
+        "one version journaled"
+    );
+    let next = a.fs.open_view(ino).unwrap().unwrap();
+    assert_ne!(
+        next.id, v.id,
+        "the written view is no longer kept as a copy"
+    );
+    assert!(view_bytes(&next) == data);
+}
+
+#[tokio::test]
+async fn a_writer_over_a_view_that_wrote_nothing_commits_nothing() {
+    let (_cloud, _f, a) = one_device().await;
+    a.write("Docs/same", &bytes(BLOCK_SIZE as usize + 1, 8))
+        .await
+        .unwrap();
+    let ino = a.ino("Docs/same").unwrap();
+    let before = a.cache.node(ino).unwrap().unwrap();
+    let commits = a.counters.snapshot().commits;
+    let v = a.fs.open_view(ino).unwrap().unwrap();
+    let fh = a.fs.open_over_view(ino, false, &v).unwrap().fh;
+    a.close(fh).await.unwrap();
+    assert_eq!(a.counters.snapshot().commits, commits);
+    let after = a.cache.node(ino).unwrap().unwrap();
+    assert_eq!((after.size, after.mtime_ns), (before.size, before.mtime_ns));
+}
+
+#[tokio::test]
+async fn a_writer_over_a_view_of_content_changed_since_is_refused() {
+    let (_cloud, _f, a) = one_device().await;
+    a.write("Docs/doc", &bytes(BLOCK_SIZE as usize, 9))
+        .await
+        .unwrap();
+    let ino = a.ino("Docs/doc").unwrap();
+    let v = a.fs.open_view(ino).unwrap().unwrap();
+    let new = bytes(BLOCK_SIZE as usize + 3, 10);
+    a.write("Docs/doc", &new).await.unwrap();
+    assert!(!a.fs.view_is_current(ino, &v));
+    assert!(matches!(
+        a.fs.open_over_view(ino, false, &v),
+        Err(FsError::Busy)
+    ));
+    assert!(a.read("Docs/doc").await.unwrap() == new, "nothing lost");
+}
+
+#[tokio::test]
+async fn a_view_takes_a_version_from_elsewhere_unless_a_writer_has_it() {
+    let (cloud, _f, a) = one_device().await;
+    let b = TestDevice::new(&cloud, "ann", "dev-b");
+    b.sync().await;
+    a.write("Docs/shared", &bytes(2 * BLOCK_SIZE as usize, 11))
+        .await
+        .unwrap();
+    a.write("Docs/held", &bytes(BLOCK_SIZE as usize + 1, 12))
+        .await
+        .unwrap();
+    a.upload().await.unwrap();
+    b.sync().await;
+    let (shared, held) = (a.ino("Docs/shared").unwrap(), a.ino("Docs/held").unwrap());
+    let v = a.fs.open_view(shared).unwrap().unwrap();
+    let w = a.fs.open_view(held).unwrap().unwrap();
+    let fh = a.fs.open_over_view(held, false, &w).unwrap().fh;
+
+    let new = bytes(BLOCK_SIZE as usize + 99, 13);
+    b.write("Docs/shared", &new).await.unwrap();
+    b.write("Docs/held", b"from b").await.unwrap();
+    b.upload().await.unwrap();
+    a.sync().await;
+
+    Arc::clone(&a.fs)
+        .refresh_view(shared, Arc::clone(&v))
+        .await
+        .unwrap();
+    assert!(view_bytes(&v) == new, "rewritten in place");
+    assert!(a.fs.view_is_current(shared, &v));
+    Arc::clone(&a.fs)
+        .refresh_view(held, Arc::clone(&w))
+        .await
+        .unwrap();
+    assert!(
+        view_bytes(&w) == bytes(BLOCK_SIZE as usize + 1, 12),
+        "a writer's file is its own"
+    );
+    a.close(fh).await.unwrap();
+}

@@ -265,8 +265,10 @@ pub async fn run(
     peers: Option<PeerOptions>,
     access: Access,
     cache_size: Option<Size>,
+    passthrough: Option<bool>,
 ) -> Result<(), MountError> {
     let agent = open_agent(home, peers, cache_size)?;
+    let passthrough = config::passthrough(home, passthrough)?;
     let peer_tasks = match &agent.peers {
         Some(p) => p.start().await?,
         None => Vec::new(),
@@ -276,7 +278,11 @@ pub async fn run(
         path: mountpoint.into(),
         source,
     })?;
-    let adapter = FuseAdapter::new(Arc::clone(&agent.fs), tokio::runtime::Handle::current());
+    let adapter = FuseAdapter::new(
+        Arc::clone(&agent.fs),
+        tokio::runtime::Handle::current(),
+        passthrough,
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("meshfs".into()),
@@ -302,10 +308,11 @@ pub async fn run(
     let resolved = mountpoint
         .canonicalize()
         .unwrap_or_else(|_| mountpoint.into());
+    let views = adapter.views();
     let session = fuser::Session::new(adapter, mountpoint, &config).map_err(fuse_err)?;
     readahead::raise(&resolved);
     let inv: Arc<dyn Invalidator> =
-        Arc::new(KernelInvalidator::new(session.notifier()).map_err(fuse_err)?);
+        Arc::new(views.refreshing(KernelInvalidator::new(session.notifier()).map_err(fuse_err)?));
     let bg = session.spawn().map_err(fuse_err)?;
     let _watchdog = start_watchdog(mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), "mesh mounted");
@@ -464,8 +471,9 @@ async fn report_status(
             failed_uploads: journal.failed.load(Ordering::Relaxed),
             cache: CacheReport {
                 limit: cache.limit(),
-                used: cache.blocks_bytes(),
+                used: cache.blocks_bytes() + cache.views_bytes(),
                 kept: counters.cache_kept.load(Ordering::Relaxed),
+                views: cache.views_bytes(),
             },
             counters: counters.snapshot(),
         };
