@@ -299,7 +299,7 @@ pub struct MountArgs {
     #[arg(long, env = "MESHFS_PEER_ADVERTISE")]
     pub peer_advertise: Option<SocketAddr>,
     /// Neither serve blocks to peers nor fetch from them: the cloud only.
-    #[arg(long, env = "MESHFS_NO_PEERS")]
+    #[arg(long, env = "MESHFS_NO_PEERS", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_peers: bool,
     /// Let every local user (and services running as other users) into the mount, with
     /// permissions checked against each file's mode bits. By default only the owner of the
@@ -315,7 +315,7 @@ pub struct MountArgs {
     /// Serve every read through the agent, never by FUSE passthrough (by default the
     /// kernel reads files wholly on this device from a copy of each, where it allows;
     /// also `passthrough = false` in config.toml).
-    #[arg(long, env = "MESHFS_NO_PASSTHROUGH")]
+    #[arg(long, env = "MESHFS_NO_PASSTHROUGH", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_passthrough: bool,
     /// Append every peer session's secrets to this file, for tests and for debugging a
     /// capture; whoever reads it can decrypt the recorded traffic. Set through the

@@ -645,6 +645,8 @@ impl Fs {
         if !s.is_dirty() {
             return Ok(());
         }
+        // A writer by passthrough may have written nothing (the agent cannot tell).
+        let by_kernel = s.view.is_some();
         let cache = Arc::clone(&self.cache);
         let (manifest, size, mtime_ns, ctime_ns, writing) =
             tokio::task::spawn_blocking(move || {
@@ -670,14 +672,14 @@ impl Fs {
         {
             let _g = self.lock_meta();
             let n = self.node(ino)?;
-            let same = n.size == size
+            let same = by_kernel
+                && n.size == size
                 && n.mtime_ns == mtime_ns
                 && n.manifest
                     .iter()
                     .map(|b| b.hash)
                     .eq(manifest.iter().map(|b| b.hash));
             if same {
-                // A writer by passthrough that wrote nothing.
                 return Ok(());
             }
             self.update(ino, |n| {

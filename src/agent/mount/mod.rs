@@ -51,6 +51,12 @@ pub enum MountError {
     CacheBusy { path: PathBuf },
     #[error("opening the local cache")]
     Cache(#[from] CacheError),
+    #[error("device home {path} (`meshfs login --home` makes one)")]
+    Home {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("mount point {path}")]
     MountPoint {
         path: PathBuf,
@@ -183,7 +189,7 @@ pub fn open_agent(
     peers: Option<PeerOptions>,
     cache_size: Option<Size>,
 ) -> Result<Agent, MountError> {
-    let home_meta = std::fs::metadata(home.root()).map_err(|source| MountError::MountPoint {
+    let home_meta = std::fs::metadata(home.root()).map_err(|source| MountError::Home {
         path: home.root().into(),
         source,
     })?;
