@@ -134,11 +134,24 @@ impl Fetcher {
     /// request instead of one per file. Blocks here or in flight already are left out; the
     /// rest count as in flight from now on, so a read of one of them joins the batch.
     /// Returns the batch to run (spawn it), if there is one.
+    /// Whether the block is here or on its way.
+    pub fn has_or_awaits(&self, hash: &BlockHash) -> bool {
+        self.cache.has_block(hash)
+            || self
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(hash)
+    }
+
     pub fn start_many(self: &Arc<Self>, wants: Vec<Want>) -> Option<Pending> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         let mut mine = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for w in wants.into_iter().take(BATCH) {
+        for w in wants {
+            if mine.len() == BATCH {
+                break;
+            }
             if !map.contains_key(&w.hash) && !self.cache.has_block(&w.hash) && seen.insert(w.hash) {
                 mine.push(w);
             }

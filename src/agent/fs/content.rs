@@ -354,25 +354,40 @@ impl Fs {
         let Some(folder) = n.folder.clone().filter(|_| in_turn) else {
             return Ok(());
         };
-        let next = self.cache.children_after(n.parent, &n.name, NEXT_FILES)?;
+        // A batch starts when the next file is not here, and the one after it when the
+        // program is half way through this one, so that it is on its way in time.
+        let next = self
+            .cache
+            .children_after(n.parent, &n.name, NEXT_FILES * 3 / 2)?;
+        let wanted = |i: usize| -> Result<bool, FsError> {
+            let Some((_, ino)) = next.get(i) else {
+                return Ok(false);
+            };
+            Ok(self.cache.shared_node(*ino)?.is_some_and(|f| {
+                f.kind == EntryKind::File
+                    && f.size <= SMALL_FILE
+                    && f.manifest
+                        .first()
+                        .is_some_and(|b| !self.fetcher.has_or_awaits(&b.hash))
+            }))
+        };
+        if !(wanted(0)? || wanted(NEXT_FILES / 2)?) {
+            return Ok(());
+        }
         let mut wants = Vec::new();
-        for (i, (_, ino)) in next.into_iter().enumerate() {
-            let Some(f) = self.cache.shared_node(ino)? else {
+        for (_, ino) in &next {
+            let Some(f) = self.cache.shared_node(*ino)? else {
                 continue;
             };
             if f.kind != EntryKind::File || f.size > SMALL_FILE {
                 continue;
             }
-            let missing: Vec<_> = f
-                .manifest
-                .iter()
-                .filter(|b| !self.cache.has_block(&b.hash))
-                .collect();
-            // The next file is here already: the last batch covers what follows.
-            if i == 0 && missing.is_empty() && !f.manifest.is_empty() {
-                return Ok(());
-            }
-            wants.extend(missing.into_iter().map(|b| want(&f, &folder, b.hash)));
+            wants.extend(
+                f.manifest
+                    .iter()
+                    .filter(|b| !self.cache.has_block(&b.hash))
+                    .map(|b| want(&f, &folder, b.hash)),
+            );
         }
         if let Some(batch) = self.fetcher.start_many(wants) {
             tokio::spawn(batch);
