@@ -8,7 +8,10 @@
 # the cloud. The same data is laid out on the native disk in the same temp filesystem.
 # Two further workloads: `git status` in a repository cloned through A's mount (measured on
 # B, which did not write it, and on A), and SQLite inserts into a database on A's mount (the
-# writing device), each run on a fresh database file.
+# writing device), each run on a fresh database file, with the changes and bytes A uploads
+# for them. Last, a third device C with a 256 MiB cache reads the big file for the first
+# time. B's cache is large enough (BENCH_B_CACHE) that the big file, once fetched, is read
+# by FUSE passthrough where the kernel has it.
 #
 # Usage:   sudo scripts/bench.sh            (root: cold runs need /proc/sys/vm/drop_caches)
 #          BENCH_QUICK=1 scripts/bench.sh   (256 MiB, 2,000 files, git 2,000 files, sqlite 500 txns
@@ -24,6 +27,8 @@
 #          BENCH_NO_INSTALL=1     never apt-get install missing tools
 #          BENCH_TMP=dir          parent of the temp dir (default /var/tmp; must not be tmpfs)
 #          BENCH_COLD=0           skip cold rows (no sync, no drop_caches)
+#          BENCH_B_CACHE=SIZE     B's --cache-size (default 8G: views take up to a quarter)
+#          BENCH_C_CACHE=SIZE     C's --cache-size for its first read (default 256M)
 # Output:  the table on stdout and in target/bench/results.md; agent/cloud logs and
 #          hyperfine JSON in target/bench/.
 set -euo pipefail
@@ -189,10 +194,11 @@ FSTYPE=$(stat -f -c %T "$T")
 [[ "$FSTYPE" == tmpfs ]] && die "$T is on tmpfs; set BENCH_TMP to a disk directory"
 
 CLOUD_DATA="$T/cloud"
-HOME_A="$T/home-a"; HOME_B="$T/home-b"
-MNT_A="$T/mnt-a"; MNT_B="$T/mnt-b"
+HOME_A="$T/home-a"; HOME_B="$T/home-b"; HOME_C="$T/home-c"
+MNT_A="$T/mnt-a"; MNT_B="$T/mnt-b"; MNT_C="$T/mnt-c"
 NATIVE="$T/native"; BINDMNT="$T/mnt-bindfs"
-mkdir -p "$MNT_A" "$MNT_B" "$NATIVE/Bench"
+mkdir -p "$MNT_A" "$MNT_B" "$MNT_C" "$NATIVE/Bench"
+B_CACHE=${BENCH_B_CACHE:-8G}; C_CACHE=${BENCH_C_CACHE:-256M}
 export MESHFS_LOG=${MESHFS_LOG:-info,fuser=warn}
 export NO_COLOR=1 # plain log files
 
@@ -210,7 +216,7 @@ done
 log "cloud at https://$ADDR"
 
 echo "$PASSWORD" | "$BIN" user add bench --data-dir "$CLOUD_DATA" >>"$LOGS/cli.log" 2>&1 || die "user add failed"
-for dev in a b; do
+for dev in a b c; do
     home="$T/home-$dev"
     echo "$PASSWORD" | "$BIN" login --cloud "https://$ADDR" --ca "$CLOUD_DATA/ca.pem" --user bench \
         --password-stdin --home "$home" --device-name "bench-$dev" >>"$LOGS/cli.log" 2>&1 ||
@@ -218,10 +224,10 @@ for dev in a b; do
 done
 "$BIN" folder create Bench --home "$HOME_A" >>"$LOGS/cli.log" 2>&1 || die "folder create failed"
 
-start_agent() { # start_agent NAME HOME MOUNTPOINT
+start_agent() { # start_agent NAME HOME MOUNTPOINT [MOUNT FLAGS...]
     # --no-peers: B's first reads are fetches from the cloud, as the table says (device to
     # device transfers are scripts/bench-peers.sh's).
-    "$BIN" mount "$3" --home "$2" --no-peers </dev/null >/dev/null 2>"$LOGS/agent-$1.log" &
+    "$BIN" mount "$3" --home "$2" --no-peers "${@:4}" </dev/null >/dev/null 2>"$LOGS/agent-$1.log" &
     local pid=$!
     AGENT_PIDS+=("$pid")
     MOUNTS+=("$3")
@@ -233,7 +239,7 @@ start_agent() { # start_agent NAME HOME MOUNTPOINT
     die "agent $1 did not mount $3 within 20 s"
 }
 start_agent a "$HOME_A" "$MNT_A"
-start_agent b "$HOME_B" "$MNT_B"
+start_agent b "$HOME_B" "$MNT_B" --cache-size "$B_CACHE"
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
     local secs=$1 what=$2; shift 2
@@ -409,8 +415,13 @@ B_BLOCKS_SEQ=$(status_field "$HOME_B" .counters.blocks_fetched)
 add_row "$SEQ, first (fetch)" - "$first" - "" "$SIZE_BYTES"
 DATA_OK=yes
 cmp -s "$NATIVE/Bench/$BIG" "$MNT_B/Bench/$BIG" || { DATA_OK="NO: $BIG differs on B"; FAILED=1; }
-bench_row seq-cold "$SEQ, cold" cold "" "$SIZE_BYTES" "$READ_BIG"
+sleep 1.2
+P_OPENS0=$(status_field "$HOME_B" .counters.passthrough_opens); P_READS0=$(status_field "$HOME_B" .counters.reads_served)
+bench_row seq-cold "$SEQ, cold" cold "<= 1.1x" "$SIZE_BYTES" "$READ_BIG"
 bench_row seq-warm "$SEQ, warm" warm "<= 1.1x" "$SIZE_BYTES" "$READ_BIG"
+sleep 1.2
+P_OPENS=$(( $(status_field "$HOME_B" .counters.passthrough_opens) - P_OPENS0 ))
+P_READS=$(( $(status_field "$HOME_B" .counters.reads_served) - P_READS0 ))
 
 # 2. Small files: metadata first (no content fetched), then content.
 FILES_H="$NFILES files"
@@ -425,7 +436,7 @@ first=$(once cat-first "${CAT_SMALL//@/$(q "$MNT_B/Bench")}")
 [[ $first == ERR ]] && FAILED=1
 sleep 1.2
 B_FETCHED_SMALL=$(( $(status_field "$HOME_B" .counters.bytes_fetched) - f0 ))
-add_row "cat $FILES_H, first (fetch)" - "$first" - "" 0
+add_row "cat $FILES_H, first (fetch)" - "$first" - "<= 3 s" 0
 diff -rq "$NATIVE/Bench/$SMALL" "$MNT_B/Bench/$SMALL" >"$LOGS/diff-small.out" 2>&1 ||
     { DATA_OK="NO: small files differ on B (see $LOGS/diff-small.out)"; FAILED=1; }
 bench_row cat-cold "cat $FILES_H, cold" cold "" 0 "$CAT_SMALL"
@@ -585,8 +596,17 @@ sql_fresh() { echo "rm -f @/sqlite/$1.db @/sqlite/$1.db-journal && sqlite3 -bail
 if ((SQL_BATCH % 1000 == 0)); then SQL_BATCH_H="$((SQL_BATCH / 1000))k"; else SQL_BATCH_H=$SQL_BATCH; fi
 sleep 1.2
 S_A_UP0=$(counter "$HOME_A" bytes_uploaded); S_A_COMMITS0=$(counter "$HOME_A" commits)
+S_A_CHANGES0=$(counter "$HOME_A" changes_sent)
 MESH_AT=$MNT_A
 bench_row sqlite-txns "sqlite $SQL_TXNS txns" fresh "" 0 "$(sql_run txns)" "$(sql_fresh txns)"
+# What the transactions alone cost in uploads: every run's database, settled and sent.
+wait_a_uploaded
+sleep 1.2
+T_CHANGES=$(( $(counter "$HOME_A" changes_sent) - S_A_CHANGES0 ))
+T_BYTES=$(( $(counter "$HOME_A" bytes_uploaded) - S_A_UP0 ))
+T_TXNS=$((RUNS * SQL_TXNS))
+T_PER_TXN=$(awk -v c="$T_CHANGES" -v t="$T_TXNS" 'BEGIN { printf "%.4f", c / t }')
+T_BYTES_PER_TXN=$(awk -v b="$T_BYTES" -v t="$T_TXNS" 'BEGIN { printf "%.0f", b / t }')
 bench_row sqlite-batch "sqlite $SQL_BATCH_H inserts, 1 txn" fresh "" 0 "$(sql_run batch)" "$(sql_fresh batch)"
 MESH_AT=$MNT_B
 sql_check() { # sql_check DB N -> ok, or what went wrong
@@ -611,6 +631,22 @@ b_sees_sqlite() {
 wait_for 600 "B to see the sqlite databases" b_sees_sqlite
 SQL_OK_B="txns $(sql_check "$MNT_B/Bench/sqlite/txns.db" "$SQL_TXNS"), batch $(sql_check "$MNT_B/Bench/sqlite/batch.db" "$SQL_BATCH")"
 [[ "$SQL_OK_A $SQL_OK_B" == "txns ok, batch ok txns ok, batch ok" ]] || FAILED=1
+
+# 5. A first read of the big file on a third device whose cache is a quarter of it (or less):
+#    eviction keeps C's store within its limit while the read goes on.
+log "mounting C with --cache-size $C_CACHE"
+start_agent c "$HOME_C" "$MNT_C" --cache-size "$C_CACHE"
+c_sees_big() { [[ "$(stat -c %s "$MNT_C/Bench/$BIG" 2>/dev/null)" == "$SIZE_BYTES" ]]; }
+wait_for 600 "C to see $BIG" c_sees_big
+log "measuring: $SEQ, first read on C ($C_CACHE cache)"
+first=$(once seq-first-c "cat $(q "$MNT_C/Bench/$BIG") > /dev/null")
+[[ $first == ERR ]] && FAILED=1
+add_row "$SEQ, first, $C_CACHE cache (C)" - "$first" - "" "$SIZE_BYTES"
+sleep 1.2
+C_USED=$(status_field "$HOME_C" .cache.used); C_LIMIT=$(status_field "$HOME_C" .cache.limit)
+C_EVICTED=$(status_field "$HOME_C" .counters.bytes_evicted)
+C_OK=yes
+cmp -s "$NATIVE/Bench/$BIG" "$MNT_C/Bench/$BIG" || { C_OK="NO: $BIG differs on C"; FAILED=1; }
 
 
 if [[ $USE_BINDFS == 1 ]]; then fusermount3 -u "$BINDMNT" 2>>"$LOGS/bindfs.log" || true; fi
@@ -671,7 +707,11 @@ report() {
     echo "         A's uploads done ${GIT_UPLOAD_S}s later, B saw A's index ${GIT_SEE_S}s after that;"
     echo "         B's first status fetched $G_B_FETCH_FIRST bytes and $G_B_INDEX_FIRST the index; in all git rows B fetched $G_B_FETCH bytes,"
     echo "         B uploaded $G_B_UP bytes, A uploaded $G_A_UP bytes; the timed rows $G_B_INDEX_ROWS B's index and $G_A_INDEX_ROWS A's index"
-    echo "sqlite:  A uploaded $S_A_UP bytes in $S_A_COMMITS commits during the sqlite rows; its uploads were done ${SQL_UPLOAD_S}s after the last run"
+    echo "sqlite:  A uploaded $S_A_UP bytes in $S_A_COMMITS commits during the sqlite rows; its uploads were done ${SQL_UPLOAD_S}s after the last run;"
+    echo "         the $T_TXNS one-insert transactions ($RUNS runs of $SQL_TXNS) reached the cloud as $T_CHANGES changes ($T_PER_TXN per transaction)"
+    echo "         and $T_BYTES bytes sent ($T_BYTES_PER_TXN per transaction)"
+    echo "passthrough: B's $SEQ rows: $P_OPENS passthrough opens, $P_READS reads served by the agent (B's cache: $B_CACHE)"
+    echo "C:       first read with a $C_CACHE cache: byte-identical $C_OK; C's cache ${C_USED} of ${C_LIMIT} bytes used after it, ${C_EVICTED} bytes evicted"
     echo "data:    B's copy equals native: $DATA_OK; git status clean: $GIT_CLEAN;"
     echo "         B's repository has A's files: $GIT_TREES"
     echo "         sqlite integrity_check and row count on A: $SQL_OK_A; on B: $SQL_OK_B"
