@@ -354,11 +354,12 @@ impl Fs {
         let Some(folder) = n.folder.clone().filter(|_| in_turn) else {
             return Ok(());
         };
-        // A batch starts when the next file is not here, and the one after it when the
-        // program is half way through this one, so that it is on its way in time.
+        // A batch starts when the next file is not here, and another whenever the file half
+        // a batch or a batch ahead is neither here nor on its way: up to two batches run
+        // ahead of the program, so that it seldom waits for one.
         let next = self
             .cache
-            .children_after(n.parent, &n.name, NEXT_FILES * 3 / 2)?;
+            .children_after(n.parent, &n.name, NEXT_FILES * 2)?;
         let wanted = |i: usize| -> Result<bool, FsError> {
             let Some((_, ino)) = next.get(i) else {
                 return Ok(false);
@@ -371,7 +372,7 @@ impl Fs {
                         .is_some_and(|b| !self.fetcher.has_or_awaits(&b.hash))
             }))
         };
-        if !(wanted(0)? || wanted(NEXT_FILES / 2)?) {
+        if !(wanted(0)? || wanted(NEXT_FILES / 2)? || wanted(NEXT_FILES)?) {
             return Ok(());
         }
         let mut wants = Vec::new();
