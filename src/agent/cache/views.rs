@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The share of the cache's limit views may take besides it: limit / `VIEW_SHARE`.
+/// The share of the cache's limit views may take: limit / `VIEW_SHARE`.
 const VIEW_SHARE: u64 = 4;
 
 /// Numbers view files apart.
