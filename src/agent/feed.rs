@@ -130,7 +130,7 @@ impl Feed {
 mod tests {
     use crate::agent::cache::ROOT;
     use crate::agent::remote::memory::{Call, Failure, MemoryCloud};
-    use crate::agent::testkit::{TestDevice, one_device};
+    use crate::agent::testkit::{TestDevice, one_device, second_device};
     use std::sync::atomic::Ordering;
 
     #[tokio::test]
@@ -139,8 +139,7 @@ mod tests {
         a.mkdir("Docs/d").unwrap();
         a.write("Docs/d/f", b"content").await.unwrap();
         a.upload().await.unwrap();
-        let b = TestDevice::new(&cloud, "ann", "dev-b");
-        b.sync().await;
+        let b = second_device(&cloud).await;
         assert_eq!(b.remote.calls(Call::Entries), 1);
         assert_eq!(b.read("Docs/d/f").await.unwrap(), b"content");
         assert!(b.cache.cursor(&folder).unwrap().is_some());
@@ -154,8 +153,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_made_elsewhere_is_applied_and_the_kernel_is_told() {
         let (cloud, _f, a) = one_device().await;
-        let b = TestDevice::new(&cloud, "ann", "dev-b");
-        b.sync().await;
+        let b = second_device(&cloud).await;
         a.write("Docs/old", b"x").await.unwrap();
         a.upload().await.unwrap();
         b.sync().await;
@@ -177,8 +175,7 @@ mod tests {
         let (cloud, _f, a) = one_device().await;
         a.write("Docs/f", b"v1").await.unwrap();
         a.upload().await.unwrap();
-        let b = TestDevice::new(&cloud, "ann", "dev-b");
-        b.sync().await;
+        let b = second_device(&cloud).await;
         b.write("Docs/f", b"b's edit, not yet uploaded")
             .await
             .unwrap();
@@ -224,8 +221,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_cloud_leaves_the_cursor_where_it_was() {
         let (cloud, folder, a) = one_device().await;
-        let b = TestDevice::new(&cloud, "ann", "dev-b");
-        b.sync().await;
+        let b = second_device(&cloud).await;
         let cursor = b.cache.cursor(&folder).unwrap();
         a.write("Docs/f", b"x").await.unwrap();
         a.upload().await.unwrap();
@@ -241,8 +237,7 @@ mod tests {
         let (cloud, _f, a) = one_device().await;
         a.write("Docs/f", b"still readable").await.unwrap();
         a.upload().await.unwrap();
-        let b = TestDevice::new(&cloud, "ann", "dev-b");
-        b.sync().await;
+        let b = second_device(&cloud).await;
         let ino = b.fs.lookup(b.ino("Docs").unwrap(), "f").unwrap().ino;
         let fh = b.fs.open_read(ino).unwrap().fh;
         a.unlink("Docs/f").unwrap();

@@ -303,6 +303,13 @@ impl TestDevice {
     }
 }
 
+/// Ann's second device (`dev-b`), which knows the folder.
+pub async fn second_device(cloud: &Arc<MemoryCloud>) -> TestDevice {
+    let b = TestDevice::new(cloud, "ann", "dev-b");
+    b.sync().await;
+    b
+}
+
 /// A cloud with user `ann` (quota 1 GB) owning folder "Docs", and one device of hers that
 /// knows the folder.
 pub async fn one_device() -> (Arc<MemoryCloud>, String, TestDevice) {

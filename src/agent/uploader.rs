@@ -944,7 +944,7 @@ mod tests {
     // ---- over an in-memory cloud ----
 
     use crate::agent::remote::memory::{Call, Failure, MemoryCloud};
-    use crate::agent::testkit::{TestDevice, one_device};
+    use crate::agent::testkit::{TestDevice, one_device, second_device};
     use crate::proto::BLOCK_SIZE;
 
     fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -957,13 +957,6 @@ mod tests {
                 x as u8
             })
             .collect()
-    }
-
-    /// Ann's second device, which knows the folder.
-    async fn second(cloud: &Arc<MemoryCloud>) -> TestDevice {
-        let b = TestDevice::new(cloud, "ann", "dev-b");
-        b.sync().await;
-        b
     }
 
     #[tokio::test]
@@ -1023,7 +1016,7 @@ mod tests {
         }
         a.upload().await.unwrap();
         assert_eq!(cloud.tree(&folder)["f"].size, 10);
-        let b = second(&cloud).await;
+        let b = second_device(&cloud).await;
         assert_eq!(b.read("Docs/f").await.unwrap(), [4; 10]);
         assert_eq!(
             a.remote.calls(Call::PutBlock),
@@ -1048,7 +1041,7 @@ mod tests {
         assert!(cloud.tree(&folder).is_empty());
         a.upload().await.unwrap();
         assert_eq!(a.cache.journal_len(), 0);
-        let b = second(&cloud).await;
+        let b = second_device(&cloud).await;
         assert_eq!(b.read("Docs/f").await.unwrap(), b"offline work");
     }
 
@@ -1101,7 +1094,7 @@ mod tests {
         let (cloud, folder, a) = one_device().await;
         a.write("Docs/report.txt", b"base").await.unwrap();
         a.upload().await.unwrap();
-        let b = second(&cloud).await;
+        let b = second_device(&cloud).await;
         b.write("Docs/report.txt", b"theirs").await.unwrap();
         b.upload().await.unwrap();
         a.write("Docs/report.txt", b"mine").await.unwrap();
@@ -1123,7 +1116,7 @@ mod tests {
     #[tokio::test]
     async fn a_name_taken_in_the_cloud_meanwhile_makes_a_conflict_copy() {
         let (cloud, folder, a) = one_device().await;
-        let b = second(&cloud).await;
+        let b = second_device(&cloud).await;
         b.write("Docs/notes", b"b's").await.unwrap();
         b.upload().await.unwrap();
         a.write("Docs/notes", b"a's").await.unwrap();
@@ -1144,7 +1137,7 @@ mod tests {
         a.upload().await.unwrap();
         let e = &cloud.tree(&folder)["f"];
         assert_ne!(e.id, id, "a new entry");
-        let b = second(&cloud).await;
+        let b = second_device(&cloud).await;
         assert_eq!(b.read("Docs/f").await.unwrap(), b"v2, changed here");
     }
 
@@ -1153,7 +1146,7 @@ mod tests {
         let (cloud, folder, a) = one_device().await;
         a.write("Docs/f", b"v1").await.unwrap();
         a.upload().await.unwrap();
-        let b = second(&cloud).await;
+        let b = second_device(&cloud).await;
         b.write("Docs/f", b"v2 from b").await.unwrap();
         b.upload().await.unwrap();
         a.unlink("Docs/f").unwrap();
@@ -1235,7 +1228,7 @@ mod tests {
         assert_eq!(a.uploader.journal.failed.load(Ordering::Relaxed), 0);
         let tree = cloud.tree(&folder);
         assert_eq!(tree.keys().collect::<Vec<_>>(), ["a", "d"], "{tree:#?}");
-        let b = second(&cloud).await;
+        let b = second_device(&cloud).await;
         assert!(b.list("Docs/d").unwrap().is_empty());
     }
 
@@ -1250,7 +1243,7 @@ mod tests {
         a.upload().await.unwrap();
         let tree = cloud.tree(&folder);
         assert_eq!(tree.keys().collect::<Vec<_>>(), ["old"]);
-        let b = second(&cloud).await;
+        let b = second_device(&cloud).await;
         assert_eq!(b.read("Docs/old").await.unwrap(), b"new");
         let n = a.cache.node(replaced).unwrap().expect("held by the kernel");
         assert_eq!(n.pending, 0, "let go once the step was in");
@@ -1277,7 +1270,7 @@ mod settle_tests {
     use super::*;
     use crate::agent::journal::Settle;
     use crate::agent::remote::memory::{Call, Failure, MemoryCloud};
-    use crate::agent::testkit::{TestDevice, one_device};
+    use crate::agent::testkit::{TestDevice, one_device, second_device};
     use crate::proto::BLOCK_SIZE;
 
     const SETTLE: Settle = Settle {
@@ -1337,8 +1330,7 @@ mod settle_tests {
         assert!(drain(&a).await.is_none());
         assert_eq!(a.remote.calls(Call::Steps), steps + 1);
         assert_eq!(cloud.tree(&folder)["db"].size, db_state(10).len() as u64);
-        let b = TestDevice::new(&cloud, "ann", "dev-b");
-        b.sync().await;
+        let b = second_device(&cloud).await;
         assert!(b.read("Docs/db").await.unwrap() == db_state(10));
     }
 
@@ -1389,8 +1381,7 @@ mod settle_tests {
         assert_eq!(a.remote.calls(Call::Steps), steps + 1);
         assert_eq!(a.remote.calls(Call::PutBlock), blocks + 1);
         assert!(!cloud.tree(&folder).contains_key("db-journal"));
-        let b = TestDevice::new(&cloud, "ann", "dev-b");
-        b.sync().await;
+        let b = second_device(&cloud).await;
         assert!(b.read("Docs/db").await.unwrap() == db_state(50));
     }
 

@@ -6,7 +6,7 @@ use crate::agent::cache::ROOT;
 use crate::agent::fetch::{BlockSource, SourceError, Want};
 use crate::agent::fs::{FileState, OnDevice, PinRound};
 use crate::agent::remote::memory::{Call, Failure};
-use crate::agent::testkit::{OWNER, TestDevice, one_device};
+use crate::agent::testkit::{OWNER, TestDevice, one_device, second_device};
 use crate::proto::{BLOCK_SIZE, EntryKind, ErrorCode};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -624,8 +624,7 @@ async fn a_release_commits_only_its_own_handles_changes() {
 #[tokio::test]
 async fn reading_part_of_a_remote_file_fetches_only_the_blocks_read() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     let data = bytes(5 * BLOCK_SIZE as usize, 9);
     b.write("Docs/big", &data).await.unwrap();
     b.upload().await.unwrap();
@@ -648,8 +647,7 @@ async fn reading_part_of_a_remote_file_fetches_only_the_blocks_read() {
 #[tokio::test]
 async fn a_block_no_source_can_reach_fails_fast_with_enotconn() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     b.write("Docs/f", &bytes(1000, 3)).await.unwrap();
     b.upload().await.unwrap();
     a.sync().await;
@@ -678,8 +676,7 @@ async fn wrong_bytes_from_every_source_give_eio_never_wrong_data() {
     let cloud = crate::agent::remote::memory::MemoryCloud::new();
     cloud.add_user("ann", 1 << 30);
     cloud.create_folder("ann", "Docs", false);
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     b.write("Docs/f", &bytes(2000, 5)).await.unwrap();
     b.upload().await.unwrap();
     let a = TestDevice::with_sources(&cloud, "ann", "dev-a", vec![Arc::new(Liar)]);
@@ -697,8 +694,7 @@ async fn wrong_bytes_from_every_source_give_eio_never_wrong_data() {
 #[tokio::test]
 async fn opening_to_overwrite_fetches_nothing_and_opening_to_edit_fetches_everything() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     b.write("Docs/f", &bytes(3 * BLOCK_SIZE as usize, 7))
         .await
         .unwrap();
@@ -771,8 +767,7 @@ async fn a_restart_keeps_inodes_and_what_was_committed_and_drops_what_was_not() 
 #[tokio::test]
 async fn a_file_larger_than_the_cache_reads_whole_while_eviction_keeps_the_store_bounded() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     let data = bytes(12 * BLOCK_SIZE as usize + 77, 5);
     b.write("Docs/big", &data).await.unwrap();
     b.upload().await.unwrap();
@@ -824,16 +819,14 @@ async fn changes_not_yet_uploaded_survive_eviction_and_a_restart() {
     // Uploaded, the blocks may go; another device reads them from the cloud.
     a.cache.evict("dev-a").unwrap();
     assert_eq!(a.cache.blocks_bytes(), 0);
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     assert!(b.read("Docs/dirty").await.unwrap() == data);
 }
 
 #[tokio::test]
 async fn a_pinned_folder_is_fetched_whole_survives_eviction_and_reads_offline() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     b.mkdir("Docs/sub").unwrap();
     let one = bytes(2 * BLOCK_SIZE as usize, 21);
     let two = bytes(3000, 22);
@@ -914,8 +907,7 @@ async fn a_pinned_folder_is_fetched_whole_survives_eviction_and_reads_offline() 
 #[tokio::test]
 async fn file_states_and_the_attributes_that_show_them() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     let data = bytes(3 * BLOCK_SIZE as usize, 31);
     b.write("Docs/f", &data).await.unwrap();
     b.upload().await.unwrap();
@@ -959,8 +951,7 @@ async fn file_states_and_the_attributes_that_show_them() {
 #[tokio::test]
 async fn small_files_opened_in_turn_come_in_batches_and_one_alone_brings_nothing_more() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     b.mkdir("Docs/many").unwrap();
     let files: Vec<Vec<u8>> = (0..200).map(|i| bytes(4096, 100 + i)).collect();
     for (i, data) in files.iter().enumerate() {
@@ -1021,8 +1012,7 @@ async fn a_view_holds_the_file_byte_for_byte_and_is_made_once() {
 #[tokio::test]
 async fn no_view_while_a_file_is_written_or_not_wholly_on_the_device() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     b.write("Docs/there", &bytes(3 * BLOCK_SIZE as usize, 2))
         .await
         .unwrap();
@@ -1162,8 +1152,7 @@ async fn a_writer_over_a_view_of_content_changed_since_is_refused() {
 #[tokio::test]
 async fn a_view_takes_a_version_from_elsewhere_unless_a_writer_has_it() {
     let (cloud, _f, a) = one_device().await;
-    let b = TestDevice::new(&cloud, "ann", "dev-b");
-    b.sync().await;
+    let b = second_device(&cloud).await;
     a.write("Docs/shared", &bytes(2 * BLOCK_SIZE as usize, 11))
         .await
         .unwrap();
