@@ -128,12 +128,6 @@ impl Fetcher {
         pending.await
     }
 
-    /// Starts bringing all these blocks to the device, asking each source for all it still
-    /// lacks in one go (a batch, where the source can) before the next, and the last ones
-    /// one by one as [`Fetcher::ensure`] would. For read-ahead over many small files: one
-    /// request instead of one per file. Blocks here or in flight already are left out; the
-    /// rest count as in flight from now on, so a read of one of them joins the batch.
-    /// Returns the batch to run (spawn it), if there is one.
     /// Whether the block is here or on its way.
     pub fn has_or_awaits(&self, hash: &BlockHash) -> bool {
         self.cache.has_block(hash)
@@ -144,6 +138,12 @@ impl Fetcher {
                 .contains_key(hash)
     }
 
+    /// Starts bringing all these blocks to the device, asking each source for all it still
+    /// lacks in one go (a batch, where the source can) before the next, and the last ones
+    /// one by one as [`Fetcher::ensure`] would. For read-ahead over many small files: one
+    /// request instead of one per file. Blocks here or in flight already are left out; the
+    /// rest count as in flight from now on, so a read of one of them joins the batch.
+    /// Returns the batch to run (spawn it), if there is one; at most [`BATCH`] blocks.
     pub fn start_many(self: &Arc<Self>, wants: Vec<Want>) -> Option<Pending> {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         let mut mine = Vec::new();

@@ -278,20 +278,21 @@ impl Fs {
     /// may copy the whole file (run it off the kernel's thread).
     pub fn open_view(&self, ino: u64) -> Result<Option<Arc<View>>, FsError> {
         let n = self.file(ino)?;
-        if n.size < PASSTHROUGH_MIN || self.staging_of(ino).is_some() {
+        if !self.passes_through(&n) {
             return Ok(None);
         }
         Ok(self.cache.view(&n)?)
     }
 
-    /// Whether an open of `ino` for reading may be served by passthrough: a file of at least
-    /// [`PASSTHROUGH_MIN`] bytes not being written (whether it is wholly here, making its
-    /// view tells).
+    /// Whether an open of `ino` for reading may be served by passthrough (whether it is
+    /// wholly here, making its view tells).
     pub fn may_pass_through(&self, ino: u64) -> bool {
-        self.staging_of(ino).is_none()
-            && self
-                .node(ino)
-                .is_ok_and(|n| n.kind == EntryKind::File && n.size >= PASSTHROUGH_MIN)
+        self.node(ino).is_ok_and(|n| self.passes_through(&n))
+    }
+
+    /// A file of at least [`PASSTHROUGH_MIN`] bytes, not being written.
+    fn passes_through(&self, n: &Node) -> bool {
+        n.kind == EntryKind::File && n.size >= PASSTHROUGH_MIN && self.staging_of(n.ino).is_none()
     }
 
     /// Writes `ino`'s current version over view `v`, which passthrough opens read, after a

@@ -106,14 +106,19 @@ impl FuseAdapter {
                     }
                 }
             });
-            match serve {
-                Serve::Cached => reply.opened(FileHandle(o.fh), open_flags(&o, false)),
-                Serve::Passthrough(p) => {
-                    Counters::add(&fs.counters.passthrough_opens, 1);
-                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &p.id);
-                }
-            }
+            reply_reader(&fs, reply, &o, serve);
         });
+    }
+}
+
+/// Answers an open for reading as `serve` says.
+fn reply_reader(fs: &Fs, reply: ReplyOpen, o: &Opened, serve: Serve<Passing>) {
+    match serve {
+        Serve::Cached => reply.opened(FileHandle(o.fh), open_flags(o, false)),
+        Serve::Passthrough(p) => {
+            Counters::add(&fs.counters.passthrough_opens, 1);
+            reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &p.id);
+        }
     }
 }
 
@@ -492,13 +497,8 @@ impl fuser::Filesystem for FuseAdapter {
                 Ok(o) => o,
                 Err(e) => return reply.error(errno(&e)),
             };
-            return match lock(&self.modes).open_reader(ino.0, o.fh, || None) {
-                Serve::Cached => reply.opened(FileHandle(o.fh), open_flags(&o, false)),
-                Serve::Passthrough(p) => {
-                    Counters::add(&self.fs.counters.passthrough_opens, 1);
-                    reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &p.id)
-                }
-            };
+            let serve = lock(&self.modes).open_reader(ino.0, o.fh, || None);
+            return reply_reader(&self.fs, reply, &o, serve);
         }
         let (fs, modes) = (Arc::clone(&self.fs), Arc::clone(&self.modes));
         // Counted before anything changes, so no reader enters passthrough meanwhile.
