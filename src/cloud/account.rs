@@ -98,6 +98,7 @@ pub fn new_claims(
         kind,
         res,
         rights,
+        epoch: None,
         peer: None,
     }
 }
@@ -135,13 +136,15 @@ pub async fn grants(
         .iter()
         .map(|(f, role)| {
             let grant = (format!("/folders/{}", f.id), role.rights().to_vec());
-            new_claims(
+            let mut claims = new_claims(
                 state,
                 &caller.claims.sub,
                 &caller.claims.dev,
                 TicketKind::Access,
                 Some(grant),
-            )
+            );
+            claims.epoch = Some(f.epoch);
+            claims
         })
         .collect();
     let tickets = sign(state, claims).await?;
@@ -262,27 +265,29 @@ pub async fn access(
     require_identity(&caller)?;
     let Json(req) = body?;
     let user = &caller.claims.sub;
-    let held: &[Right] = if let Some(id) = req.resource.strip_prefix("/folders/") {
-        match state.store.role(id, user).await? {
-            Some(role) if !id.contains('/') => role.rights(),
-            _ => &[],
+    let (held, epoch): (&[Right], _) = match req.resource.strip_prefix("/folders/") {
+        Some(id) if !id.contains('/') => match state.store.membership(id, user).await? {
+            Some((folder, Some(role))) => (role.rights(), Some(folder.epoch)),
+            _ => (&[], None),
+        },
+        Some(_) => (&[], None),
+        None if req.resource.strip_prefix("/users/") == Some(user.as_str()) => {
+            (Role::Owner.rights(), None)
         }
-    } else if req.resource.strip_prefix("/users/") == Some(user.as_str()) {
-        Role::Owner.rights()
-    } else {
-        &[]
+        None => (&[], None),
     };
     let rights = intersect(&req.rights, held);
     if rights.is_empty() {
         return Err(AppError::Forbidden);
     }
-    let claims = new_claims(
+    let mut claims = new_claims(
         &state,
         user,
         &caller.claims.dev,
         TicketKind::Access,
         Some((req.resource, rights)),
     );
+    claims.epoch = epoch;
     Ok(Json(sign_one(&state, claims).await?))
 }
 

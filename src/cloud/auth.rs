@@ -8,7 +8,7 @@ use super::AppState;
 use super::error::AppError;
 use crate::crypto::ticket::{KeySet, VerifiedTicket};
 use crate::proto::claims::AUDIENCE_CLOUD;
-use crate::proto::{Claims, Right, TicketKind, now_ms, now_secs};
+use crate::proto::{Claims, Folder, Right, TicketKind, now_ms, now_secs};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -143,6 +143,34 @@ pub fn require(caller: &Caller, path: &str, right: Right) -> Result<(), AppError
     } else {
         Err(AppError::Forbidden)
     }
+}
+
+/// Requires an access ticket granting `right` on `path` (within folder `folder`), and that
+/// the caller's user holds that right on the folder **now**: a removed member gets 403, a
+/// ticket from before the folder's membership epoch 401 (renew it), and the rights used
+/// are at most the current role's. Answers the folder as it is now.
+pub async fn require_folder(
+    state: &AppState,
+    caller: &Caller,
+    folder: &str,
+    path: &str,
+    right: Right,
+) -> Result<Folder, AppError> {
+    require(caller, path, right)?;
+    let (folder, role) = state
+        .store
+        .membership(folder, &caller.claims.sub)
+        .await?
+        .ok_or(AppError::NotFound("folder"))?;
+    let role = role.ok_or(AppError::NotAMember)?;
+    if caller.claims.epoch.unwrap_or(0) < folder.epoch {
+        return Err(AppError::MembershipChanged);
+    }
+    let held = role.rights();
+    if !(held.contains(&right) || held.contains(&Right::Admin)) {
+        return Err(AppError::Forbidden);
+    }
+    Ok(folder)
 }
 
 /// Requires an identity ticket (the device acting for its user), not an access ticket.

@@ -7,9 +7,9 @@
 //! only then is the block recorded in the database, so a recorded block always exists.
 
 use super::AppState;
-use super::auth::{Caller, require};
+use super::auth::{Caller, require_folder};
 use super::error::AppError;
-use super::store::{BlockRecord, Collected};
+use super::store::{BlockRecord, Charge, Collected};
 use crate::proto::ErrorCode;
 use crate::proto::{
     BLOCK_SIZE, BlockBatch, BlockHash, MAX_BATCH_BLOCKS, Right, encode_block_batch,
@@ -104,14 +104,9 @@ async fn target(
     hash: &str,
     right: Right,
 ) -> Result<(BlockHash, crate::proto::Folder), AppError> {
-    require(caller, &format!("/folders/{folder}/blocks/{hash}"), right)?;
-    let hash = parse_hash(hash)?;
-    let folder = state
-        .store
-        .folder(folder)
-        .await?
-        .ok_or(AppError::NotFound("folder"))?;
-    Ok((hash, folder))
+    let path = format!("/folders/{folder}/blocks/{hash}");
+    let folder = require_folder(state, caller, folder, &path, right).await?;
+    Ok((parse_hash(hash)?, folder))
 }
 
 /// `PUT /folders/{folder}/blocks/{hash}`: 201 when stored, 200 when it already was.
@@ -144,13 +139,18 @@ pub async fn put_block(
     if !room_for(&state, &folder.owner, len).await? {
         return Err(AppError::QuotaExceeded);
     }
+    let charge = Charge {
+        owner: &folder.owner,
+        member: &caller.claims.sub,
+        share: state.store.share_of(&folder.id, &caller.claims.sub).await?,
+    };
     state.blobs.put(&folder.id, &hash, data).await?;
     loop {
-        match state
+        let got = state
             .store
-            .record_block(&folder.id, &hash, len, &folder.owner)
-            .await?
-        {
+            .record_block(&folder.id, &hash, len, &charge)
+            .await?;
+        match got {
             BlockRecord::Stored => return Ok(StatusCode::CREATED),
             BlockRecord::AlreadyStored => return Ok(StatusCode::OK),
             // A racing upload took the room: history makes more if it can.
@@ -158,12 +158,15 @@ pub async fn put_block(
             // Full of current content: the file goes, so what stays stored is within the
             // quota (a failed delete leaves a file never served, overwritten by the next
             // put of the same block).
-            BlockRecord::OverQuota => {
+            BlockRecord::OverQuota | BlockRecord::OverShare => {
                 // Unless a racing upload of the same block recorded it meanwhile.
                 if !state.store.has_block(&folder.id, &hash).await? {
                     state.blobs.remove(&folder.id, &hash).await;
                 }
-                return Err(AppError::QuotaExceeded);
+                return Err(match (charge.share, got) {
+                    (Some(max), BlockRecord::OverShare) => AppError::ShareExceeded { max },
+                    _ => AppError::QuotaExceeded,
+                });
             }
         }
     }
@@ -242,7 +245,8 @@ pub async fn get_blocks(
     Path(folder): Path<String>,
     body: Result<axum::Json<BlockBatch>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, AppError> {
-    require(&caller, &format!("/folders/{folder}/blocks"), Right::Read)?;
+    let path = format!("/folders/{folder}/blocks");
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Read).await?;
     let axum::Json(BlockBatch { hashes }) = body?;
     if hashes.len() > MAX_BATCH_BLOCKS {
         return Err(AppError::invalid(
@@ -250,11 +254,6 @@ pub async fn get_blocks(
             format!("ask for at most {MAX_BATCH_BLOCKS} blocks at once"),
         ));
     }
-    let folder = state
-        .store
-        .folder(&folder)
-        .await?
-        .ok_or(AppError::NotFound("folder"))?;
     let mut blocks = Vec::with_capacity(hashes.len());
     for hash in &hashes {
         blocks.push(if state.store.has_block(&folder.id, hash).await? {

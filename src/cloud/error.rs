@@ -26,6 +26,10 @@ pub enum AppError {
     BadAssertion,
     #[error("forbidden")]
     Forbidden,
+    #[error("not a member of the folder")]
+    NotAMember,
+    #[error("the folder's membership changed since the ticket was issued")]
+    MembershipChanged,
     #[error("device-only folder")]
     DeviceOnly,
     #[error("{0} not found")]
@@ -42,6 +46,8 @@ pub enum AppError {
     TooLarge,
     #[error("quota exceeded")]
     QuotaExceeded,
+    #[error("member's share of the owner's quota exceeded")]
+    ShareExceeded { max: u64 },
     /// A fault of the cloud itself; the text is logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -127,6 +133,20 @@ impl AppError {
                  ticket that covers it"
                     .into(),
             ),
+            Self::NotAMember => (
+                S::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "you are not a member of this folder (never invited, or removed); ask its \
+                 owner to share it with you"
+                    .into(),
+            ),
+            Self::MembershipChanged => (
+                S::UNAUTHORIZED,
+                ErrorCode::TicketExpired,
+                "the folder's members or roles changed since this ticket was issued; get a \
+                 new access ticket"
+                    .into(),
+            ),
             Self::DeviceOnly => (
                 S::FORBIDDEN,
                 ErrorCode::DeviceOnly,
@@ -166,6 +186,15 @@ impl AppError {
                 ErrorCode::QuotaExceeded,
                 "the cloud storage quota is full; keep the content peer to peer or free space"
                     .into(),
+            ),
+            Self::ShareExceeded { max } => (
+                S::INSUFFICIENT_STORAGE,
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "your share of the owner's storage for this folder ({max} bytes) is full; \
+                     the content stays on your devices. Ask the owner for more \
+                     (`meshfs folder share NAME --with YOU --max-bytes N`) or free space"
+                ),
             ),
             Self::Internal(_) => (
                 S::INTERNAL_SERVER_ERROR,

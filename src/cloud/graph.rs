@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::account::{grants, valid_display_name};
-use super::auth::{Caller, require, require_identity, require_self};
+use super::auth::{Caller, require_folder, require_identity, require_self};
 use super::error::AppError;
 use super::store::Change;
 use crate::proto::ErrorCode;
@@ -151,22 +151,6 @@ fn check_content(put: &EntryPut) -> Result<(), AppError> {
     Ok(())
 }
 
-/// The folder named in the path, if the caller's ticket grants `right` on `path`.
-async fn folder_for(
-    state: &AppState,
-    caller: &Caller,
-    folder: &str,
-    path: &str,
-    right: Right,
-) -> Result<Folder, AppError> {
-    require(caller, path, right)?;
-    state
-        .store
-        .folder(folder)
-        .await?
-        .ok_or(AppError::NotFound("folder"))
-}
-
 /// `POST /folders`: a new folder owned by the caller, with an owner's access ticket.
 pub async fn create_folder(
     State(state): State<AppState>,
@@ -187,6 +171,7 @@ pub async fn create_folder(
         owner: caller.claims.sub.clone(),
         device_only: req.device_only,
         created_ms: now_ms(),
+        epoch: 0,
     };
     if !state.store.insert_folder(&folder).await? {
         return Err(AppError::conflict(
@@ -210,7 +195,7 @@ pub async fn get_folder(
 ) -> Result<Json<Folder>, AppError> {
     let path = format!("/folders/{folder}");
     Ok(Json(
-        folder_for(&state, &caller, &folder, &path, Right::Read).await?,
+        require_folder(&state, &caller, &folder, &path, Right::Read).await?,
     ))
 }
 
@@ -224,7 +209,7 @@ pub async fn patch_folder(
     body: Result<Json<FolderPatch>, JsonRejection>,
 ) -> Result<Json<Folder>, AppError> {
     let path = format!("/folders/{folder}");
-    let mut folder = folder_for(&state, &caller, &folder, &path, Right::Admin).await?;
+    let mut folder = require_folder(&state, &caller, &folder, &path, Right::Admin).await?;
     let Json(patch) = body?;
     if let Some(device_only) = patch.device_only {
         state.store.set_device_only(&folder.id, device_only).await?;
@@ -241,7 +226,7 @@ pub async fn list_entries(
     Path(folder): Path<String>,
 ) -> Result<Json<EntryList>, AppError> {
     let path = format!("/folders/{folder}/entries");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Read).await?;
     let (entries, seq) = state.store.live_entries(&folder.id).await?;
     Ok(Json(EntryList { entries, seq }))
 }
@@ -253,7 +238,7 @@ pub async fn get_entry(
     Path((folder, id)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     let path = format!("/folders/{folder}/entries/{id}");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Read).await?;
     let entry = state
         .store
         .entry(&folder.id, &id)
@@ -270,7 +255,7 @@ pub async fn list_versions(
     Path((folder, id)): Path<(String, String)>,
 ) -> Result<Json<Vec<FileVersion>>, AppError> {
     let path = format!("/folders/{folder}/entries/{id}");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Read).await?;
     let versions = state.store.versions(&folder.id, &id).await?;
     if versions.is_empty() {
         return Err(AppError::NotFound("file"));
@@ -285,7 +270,7 @@ pub async fn list_trash(
     Path(folder): Path<String>,
 ) -> Result<Json<Vec<Entry>>, AppError> {
     let path = format!("/folders/{folder}/entries");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Read).await?;
     let since = crate::proto::now_ms()
         .saturating_sub(i64::try_from(state.retention.trash_for.as_millis()).unwrap_or(i64::MAX));
     Ok(Json(state.store.trash(&folder.id, since).await?))
@@ -302,7 +287,7 @@ pub async fn restore_entry(
     body: Result<Json<Restore>, JsonRejection>,
 ) -> Result<Response, AppError> {
     let path = format!("/folders/{folder}/entries/{id}");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Write).await?;
     let Json(r) = body?;
     let current = state
         .store
@@ -421,7 +406,7 @@ pub async fn put_entry(
     body: Result<Json<EntryPut>, JsonRejection>,
 ) -> Result<Response, AppError> {
     let path = format!("/folders/{folder}/entries/{id}");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Write).await?;
     let cond = condition(&headers)?;
     let Json(put) = body?;
     let mut change = state.store.begin_change().await?;
@@ -540,7 +525,7 @@ pub async fn delete_entry(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let path = format!("/folders/{folder}/entries/{id}");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Write).await?;
     let Condition::Version(v) = condition(&headers)? else {
         return Err(AppError::PreconditionRequired);
     };
@@ -595,7 +580,7 @@ pub async fn apply_steps(
     body: Result<Json<Steps>, JsonRejection>,
 ) -> Result<Json<StepResults>, AppError> {
     let path = format!("/folders/{folder}/steps");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Write).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Write).await?;
     let Json(Steps { journal, steps }) = body?;
     if steps.len() > MAX_STEPS {
         return Err(AppError::invalid(
@@ -720,30 +705,39 @@ pub async fn changes(
     query: Result<Query<ChangesQuery>, QueryRejection>,
 ) -> Result<Json<ChangeBatch>, AppError> {
     let path = format!("/folders/{folder}/changes");
-    let folder = folder_for(&state, &caller, &folder, &path, Right::Read).await?;
+    let folder = require_folder(&state, &caller, &folder, &path, Right::Read).await?;
     let Query(q) = query?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
     let mut feed = state.feed.subscribe();
     loop {
         feed.borrow_and_update();
+        // Members change under a long poll too: a removed member's poll ends refused, and a
+        // new epoch is told at once, so devices look at the members again.
+        let now = require_folder(&state, &caller, &folder.id, &path, Right::Read).await?;
         let (changes, seq) = state.store.changes(&folder.id, q.since, FEED_LIMIT).await?;
         let full = changes.len() >= FEED_LIMIT as usize;
-        if !changes.is_empty() || tokio::time::Instant::now() >= deadline {
+        let expired = tokio::time::Instant::now() >= deadline;
+        if !changes.is_empty() || expired || now.epoch != folder.epoch {
             let next = match changes.last() {
                 Some(last) if full => last.version,
                 _ => seq.max(q.since),
             };
-            return Ok(Json(ChangeBatch { changes, next }));
+            return Ok(Json(ChangeBatch {
+                changes,
+                next,
+                epoch: now.epoch,
+            }));
         }
         // Any commit wakes us; a change of another folder just means looking again.
-        match tokio::time::timeout_at(deadline, feed.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) | Err(_) => {
-                return Ok(Json(ChangeBatch {
-                    changes,
-                    next: seq.max(q.since),
-                }));
-            }
+        if !matches!(
+            tokio::time::timeout_at(deadline, feed.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return Ok(Json(ChangeBatch {
+                changes,
+                next: seq.max(q.since),
+                epoch: now.epoch,
+            }));
         }
     }
 }

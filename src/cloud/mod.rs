@@ -9,6 +9,7 @@ pub(crate) mod blobs;
 pub(crate) mod error;
 pub(crate) mod graph;
 pub mod keys;
+pub(crate) mod members;
 pub(crate) mod peers;
 pub(crate) mod store;
 pub(crate) mod tls;
@@ -232,6 +233,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/users/{user}/folders", get(account::folders))
         .route("/users/{user}/usage", get(account::usage))
+        .route("/users/{user}/invitations", get(members::invitations_for))
         .route("/folders", post(graph::create_folder))
         .route(
             "/folders/{folder}",
@@ -264,6 +266,23 @@ pub fn app(state: AppState) -> Router {
         .route("/folders/{folder}/trash", get(graph::list_trash))
         .route("/folders/{folder}/changes", get(graph::changes))
         .route("/folders/{folder}/steps", post(graph::apply_steps))
+        .route("/folders/{folder}/members", get(members::list_members))
+        .route(
+            "/folders/{folder}/members/{user}",
+            put(members::update_member).delete(members::remove_member),
+        )
+        .route(
+            "/folders/{folder}/invitations",
+            get(members::list_invitations).post(members::invite),
+        )
+        .route(
+            "/folders/{folder}/invitations/{user}",
+            get(members::get_invitation).delete(members::drop_invitation),
+        )
+        .route(
+            "/folders/{folder}/invitations/{user}/accept",
+            post(members::accept),
+        )
         .fallback(|| async { error::AppError::NotFound("resource") })
         .layer(middleware::from_fn(log_request))
         .with_state(state)
@@ -457,7 +476,8 @@ pub async fn set_quota(data_dir: &Path, user: &str, bytes: u64) -> Result<(), Cl
     }
 }
 
-/// Gives `user` a role (writer or reader) on folder `folder`.
+/// Gives `user` a role (writer or reader) on folder `folder` at once, with no invitation:
+/// an administrator's shortcut (`meshfs folder share` invites).
 pub async fn share_folder(
     data_dir: &Path,
     folder: &str,
@@ -479,7 +499,7 @@ pub async fn share_folder(
         return Err(CloudError::NoSuchUser(user.into()));
     }
     store
-        .set_member(folder, user, role)
+        .set_member(folder, user, role, None)
         .await
         .map_err(store_err(data_dir))
 }

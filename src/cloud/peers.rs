@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::account::{new_claims, sign_one};
-use super::auth::{Caller, require, require_identity, require_self, require_user};
+use super::auth::{Caller, require_folder, require_identity, require_self, require_user};
 use super::error::AppError;
 use crate::crypto::keys;
 use crate::proto::ErrorCode;
@@ -121,7 +121,14 @@ pub async fn folder_devices(
     caller: Caller,
     Path(folder): Path<String>,
 ) -> Result<Json<Vec<Device>>, AppError> {
-    require(&caller, &format!("/folders/{folder}"), Right::Read)?;
+    require_folder(
+        &state,
+        &caller,
+        &folder,
+        &format!("/folders/{folder}"),
+        Right::Read,
+    )
+    .await?;
     let mut devices = state.store.devices_mapping(&folder).await?;
     for d in devices.iter_mut().filter(|d| d.user != caller.claims.sub) {
         d.name = String::new();

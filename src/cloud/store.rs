@@ -17,10 +17,11 @@ use std::path::Path;
 use std::time::Duration;
 
 mod history;
+mod members;
 pub use history::{Collected, Retention};
 
 /// The schema this code writes; stored in `meta` so a later version can tell.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
@@ -49,13 +50,24 @@ const SCHEMA: &[&str] = &[
         owner TEXT NOT NULL REFERENCES users(name),
         device_only BIGINT NOT NULL,
         created_ms BIGINT NOT NULL,
+        epoch BIGINT NOT NULL DEFAULT 0,
         UNIQUE (owner, name))",
     "CREATE TABLE IF NOT EXISTS members (
         folder TEXT NOT NULL REFERENCES folders(id),
         user_name TEXT NOT NULL REFERENCES users(name),
         role TEXT NOT NULL,
+        max_bytes BIGINT,
         PRIMARY KEY (folder, user_name))",
     "CREATE INDEX IF NOT EXISTS members_user ON members (user_name)",
+    // Invitations waiting for their invitee (see `store/members.rs`).
+    "CREATE TABLE IF NOT EXISTS invitations (
+        folder TEXT NOT NULL REFERENCES folders(id),
+        user_name TEXT NOT NULL REFERENCES users(name),
+        role TEXT NOT NULL,
+        max_bytes BIGINT,
+        invited_ms BIGINT NOT NULL,
+        PRIMARY KEY (folder, user_name))",
+    "CREATE INDEX IF NOT EXISTS invitations_user ON invitations (user_name)",
     "CREATE TABLE IF NOT EXISTS entries (
         folder TEXT NOT NULL REFERENCES folders(id),
         id TEXT NOT NULL,
@@ -83,7 +95,10 @@ const SCHEMA: &[&str] = &[
         hash TEXT NOT NULL,
         len BIGINT NOT NULL,
         stored_ms BIGINT NOT NULL DEFAULT 0,
+        charged_to TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (folder, hash))",
+    // What each member stored in a folder (their share of the owner's quota).
+    "CREATE INDEX IF NOT EXISTS blocks_charged ON blocks (folder, charged_to)",
     // Earlier contents of files, kept for history (see `store/history.rs`).
     "CREATE TABLE IF NOT EXISTS versions (
         folder TEXT NOT NULL REFERENCES folders(id),
@@ -107,7 +122,7 @@ const SCHEMA: &[&str] = &[
         journal TEXT NOT NULL,
         applied BIGINT NOT NULL,
         PRIMARY KEY (device, journal))",
-    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 4, 0) ON CONFLICT (id) DO NOTHING",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 5, 0) ON CONFLICT (id) DO NOTHING",
 ];
 
 /// What takes a store of schema version 1 to version 2 (peer addresses, mapped folders,
@@ -130,6 +145,16 @@ const MIGRATE_3_TO_4: &[&str] = &[
     "ALTER TABLE blocks ADD COLUMN stored_ms BIGINT NOT NULL DEFAULT 0",
     "ALTER TABLE entries ADD COLUMN changed_ms BIGINT NOT NULL DEFAULT 0",
     "UPDATE meta SET schema_version = 4 WHERE id = 1",
+];
+
+/// What takes a store of schema version 4 to version 5: membership epochs, members' shares
+/// of the owner's quota, who stored each block, and the `invitations` table, which
+/// [`SCHEMA`] (run after) creates.
+const MIGRATE_4_TO_5: &[&str] = &[
+    "ALTER TABLE folders ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE members ADD COLUMN max_bytes BIGINT",
+    "ALTER TABLE blocks ADD COLUMN charged_to TEXT NOT NULL DEFAULT ''",
+    "UPDATE meta SET schema_version = 5 WHERE id = 1",
 ];
 
 const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders, changed_ms";
@@ -157,6 +182,17 @@ pub enum BlockRecord {
     Stored,
     AlreadyStored,
     OverQuota,
+    /// The member who stored it has used their share of the owner's quota.
+    OverShare,
+}
+
+/// Whom a new block is charged to: the folder's owner, within the share of the owner's
+/// quota that the member who stored it may use (`None`: no limit of its own).
+#[derive(Clone, Copy, Debug)]
+pub struct Charge<'a> {
+    pub owner: &'a str,
+    pub member: &'a str,
+    pub share: Option<u64>,
 }
 
 /// A user's stored bytes and quota.
@@ -257,6 +293,7 @@ fn folder_from(row: &SqliteRow) -> Result<Folder, StoreError> {
         owner: row.try_get("owner")?,
         device_only: row.try_get::<i64, _>("device_only")? != 0,
         created_ms: row.try_get("created_ms")?,
+        epoch: to_u64(row.try_get("epoch")?, "membership epoch")?,
     })
 }
 
@@ -298,9 +335,15 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             let migrations: &[&[&str]] = match row.try_get::<i64, _>("schema_version")? {
-                1 => &[MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4],
-                2 => &[MIGRATE_2_TO_3, MIGRATE_3_TO_4],
-                3 => &[MIGRATE_3_TO_4],
+                1 => &[
+                    MIGRATE_1_TO_2,
+                    MIGRATE_2_TO_3,
+                    MIGRATE_3_TO_4,
+                    MIGRATE_4_TO_5,
+                ],
+                2 => &[MIGRATE_2_TO_3, MIGRATE_3_TO_4, MIGRATE_4_TO_5],
+                3 => &[MIGRATE_3_TO_4, MIGRATE_4_TO_5],
+                4 => &[MIGRATE_4_TO_5],
                 _ => &[],
             };
             for stmt in migrations.iter().copied().flatten() {
@@ -549,23 +592,7 @@ impl Store {
 
     /// The role `user` holds on folder `id`, if any.
     pub async fn role(&self, id: &str, user: &str) -> Result<Option<Role>, StoreError> {
-        let Some(folder) = self.folder(id).await? else {
-            return Ok(None);
-        };
-        if folder.owner == user {
-            return Ok(Some(Role::Owner));
-        }
-        let row = sqlx::query("SELECT role FROM members WHERE folder = ? AND user_name = ?")
-            .bind(id)
-            .bind(user)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            None => Ok(None),
-            Some(r) => Role::parse(&r.try_get::<String, _>("role")?)
-                .map(Some)
-                .ok_or(StoreError::Corrupt("member role")),
-        }
+        Ok(self.membership(id, user).await?.and_then(|(_, role)| role))
     }
 
     /// Folders `user` owns or is a member of, with the role held on each.
@@ -588,20 +615,6 @@ impl Store {
                 Ok((folder_from(r)?, role))
             })
             .collect()
-    }
-
-    /// Gives `user` a role on a folder (replacing an earlier one).
-    pub async fn set_member(&self, folder: &str, user: &str, role: Role) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO members (folder, user_name, role) VALUES (?, ?, ?)
-             ON CONFLICT (folder, user_name) DO UPDATE SET role = excluded.role",
-        )
-        .bind(folder)
-        .bind(user)
-        .bind(role.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     // ---- blocks ----
@@ -627,25 +640,27 @@ impl Store {
         Ok(())
     }
 
-    /// Records a durably stored block and charges its length to `owner` in one transaction,
-    /// unless that would pass the owner's quota.
+    /// Records a durably stored block and charges its length to the folder's owner in one
+    /// transaction, unless that would pass the owner's quota or the share of it that
+    /// `charge` (who stored the block) may use.
     pub async fn record_block(
         &self,
         folder: &str,
         hash: &BlockHash,
         len: u64,
-        owner: &str,
+        charge: &Charge<'_>,
     ) -> Result<BlockRecord, StoreError> {
         let len = to_i64(len, "block length")?;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO blocks (folder, hash, len, stored_ms) VALUES (?, ?, ?, ?)
+            "INSERT INTO blocks (folder, hash, len, stored_ms, charged_to) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (folder, hash) DO NOTHING",
         )
         .bind(folder)
         .bind(hash.to_hex())
         .bind(len)
         .bind(crate::proto::now_ms())
+        .bind(charge.member)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -653,12 +668,18 @@ impl Store {
             self.touch_block(folder, hash).await?;
             return Ok(BlockRecord::AlreadyStored);
         }
+        if let Some(share) = charge.share {
+            let used = members::stored_by(&mut tx, folder, charge.member).await?;
+            if used > share {
+                return Ok(BlockRecord::OverShare);
+            }
+        }
         let charged = sqlx::query(
             "UPDATE users SET stored_bytes = stored_bytes + ?
              WHERE name = ? AND stored_bytes + ? <= quota",
         )
         .bind(len)
-        .bind(owner)
+        .bind(charge.owner)
         .bind(len)
         .execute(&mut *tx)
         .await?;
@@ -908,6 +929,12 @@ impl Change {
 mod tests {
     use super::*;
 
+    const ANN: Charge<'static> = Charge {
+        owner: "ann",
+        member: "ann",
+        share: None,
+    };
+
     fn entry(id: &str, parent: Option<&str>, name: &str, version: u64) -> Entry {
         Entry {
             id: id.into(),
@@ -938,6 +965,7 @@ mod tests {
             owner: "ann".into(),
             device_only: false,
             created_ms: 0,
+            epoch: 0,
         };
         assert!(store.insert_folder(&f).await.unwrap());
         (dir, store)
@@ -978,16 +1006,16 @@ mod tests {
         let (_dir, store) = store_with_folder().await;
         let h = BlockHash::of(b"0123456789");
         assert_eq!(
-            store.record_block("f", &h, 10, "ann").await.unwrap(),
+            store.record_block("f", &h, 10, &ANN).await.unwrap(),
             BlockRecord::Stored
         );
         assert_eq!(
-            store.record_block("f", &h, 10, "ann").await.unwrap(),
+            store.record_block("f", &h, 10, &ANN).await.unwrap(),
             BlockRecord::AlreadyStored
         );
         let h2 = BlockHash::of(b"x");
         assert_eq!(
-            store.record_block("f", &h2, 1, "ann").await.unwrap(),
+            store.record_block("f", &h2, 1, &ANN).await.unwrap(),
             BlockRecord::OverQuota
         );
         assert!(!store.has_block("f", &h2).await.unwrap());
@@ -1001,14 +1029,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_2_store_gains_the_journal_marks_and_history_on_open() {
+    async fn a_version_2_store_gains_journal_marks_history_and_membership_on_open() {
         let (dir, store) = store_with_folder().await;
-        // What schema 2 had: no journals, no history, no times on blocks and entries.
+        // What schema 2 had: no journals, no history, no times on blocks and entries, no
+        // invitations, epochs, shares or charges per member.
         for stmt in [
             "DROP TABLE journals",
             "DROP TABLE versions",
+            "DROP TABLE invitations",
+            "DROP INDEX blocks_charged",
             "ALTER TABLE blocks DROP COLUMN stored_ms",
+            "ALTER TABLE blocks DROP COLUMN charged_to",
             "ALTER TABLE entries DROP COLUMN changed_ms",
+            "ALTER TABLE folders DROP COLUMN epoch",
+            "ALTER TABLE members DROP COLUMN max_bytes",
         ] {
             sqlx::query(stmt).execute(&store.pool).await.unwrap();
         }
@@ -1037,7 +1071,11 @@ mod tests {
         let mut c = store.begin_change().await.unwrap();
         assert_eq!(c.journal_mark("d", "j").await.unwrap(), 7);
         drop(c);
-        assert!(store.folder("f").await.unwrap().is_some());
+        assert_eq!(store.folder("f").await.unwrap().unwrap().epoch, 0);
+        store
+            .invite("f", "ann", Role::Reader, None, 0)
+            .await
+            .unwrap();
         store
             .collect(crate::proto::now_ms(), &Retention::default())
             .await

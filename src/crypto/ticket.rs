@@ -252,6 +252,7 @@ mod tests {
             kind: TicketKind::Access,
             res: Some("/folders/f".into()),
             rights: vec![Right::Read],
+            epoch: None,
             peer: None,
         }
     }

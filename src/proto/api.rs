@@ -29,12 +29,21 @@
 //! GET    /folders/{folder}/blocks/{hash}    bytes
 //! HEAD   /folders/{folder}/blocks/{hash}
 //! GET    /folders/{folder}/changes?since=N&wait=S   ChangeBatch (long poll)
+//! GET    /folders/{folder}/members          [Member] (any member)
+//! PUT    /folders/{folder}/members/{user}   MemberUpdate -> Member (owner: a new role)
+//! DELETE /folders/{folder}/members/{user}   (owner removes; the member leaves)
+//! POST   /folders/{folder}/invitations      NewInvitation -> Invitation (owner)
+//! GET    /folders/{folder}/invitations      [Invitation] (owner)
+//! GET    /folders/{folder}/invitations/{user}         Invitation (owner or invitee)
+//! DELETE /folders/{folder}/invitations/{user}         (owner withdraws; invitee declines)
+//! POST   /folders/{folder}/invitations/{user}/accept  FolderGrant (invitee)
+//! GET    /users/{user}/invitations          [Invitation] (those waiting for the user)
 //! ```
 //!
 //! Every request but `/login`, `/tickets/identity` and the JWKS carries a ticket as
 //! `Authorization: Bearer <JWS>`. Refusals are `ApiError` bodies.
 
-use crate::proto::{BlockHash, Right};
+use crate::proto::{BlockHash, Right, Role};
 use serde::{Deserialize, Serialize};
 
 /// A refusal or failure, as JSON.
@@ -95,6 +104,7 @@ pub enum ErrorCode {
     NoParent,
     Cycle,
     MissingBlocks,
+    AlreadyMember,
     // Storage (507).
     QuotaExceeded,
     // A fault of the cloud itself (500).
@@ -147,6 +157,7 @@ impl ErrorCode {
             Self::NoParent => "no_parent",
             Self::Cycle => "cycle",
             Self::MissingBlocks => "missing_blocks",
+            Self::AlreadyMember => "already_member",
             Self::QuotaExceeded => "quota_exceeded",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
@@ -294,6 +305,10 @@ pub struct Folder {
     /// Content never goes to the cloud.
     pub device_only: bool,
     pub created_ms: i64,
+    /// The membership epoch: it grows whenever a member is removed, leaves or changes role,
+    /// and access tickets issued before are refused (DESIGN §10).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// A folder and an access ticket for it.
@@ -479,6 +494,56 @@ pub struct ChangeBatch {
     pub changes: Vec<Entry>,
     /// The cursor to ask from next.
     pub next: u64,
+    /// The folder's membership epoch when the batch was made: a change tells devices to
+    /// look at the members again (peers, rights), at once.
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+/// `POST /folders/{folder}/invitations`: the owner invites a user to the folder.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewInvitation {
+    pub user: String,
+    /// `reader` or `writer`.
+    pub role: Role,
+    /// The most bytes of new blocks the member may store in the folder, charged to the
+    /// owner's quota; `None`: no limit but the owner's quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// An invitation waiting for its invitee: the node `/folders/{folder}/invitations/{user}`,
+/// seen only by the invitee and the folder's owner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Invitation {
+    pub folder: String,
+    pub folder_name: String,
+    pub owner: String,
+    pub user: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    pub invited_ms: i64,
+}
+
+/// One member of a folder, the owner included.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub user: String,
+    pub role: Role,
+    /// The member's share of the owner's quota (see [`NewInvitation::max_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Bytes of the folder's blocks this member stored, charged to the owner.
+    pub stored_bytes: u64,
+}
+
+/// `PUT /folders/{folder}/members/{user}`: the owner sets a member's role and share.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberUpdate {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 /// `meshfs status` figures the cloud reports for a user.

@@ -87,6 +87,10 @@ pub struct Claims {
     pub res: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rights: Vec<Right>,
+    /// For access tickets to a Mesh Folder: its membership epoch when the ticket was
+    /// issued. The cloud refuses a ticket from before the folder's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// For peer tickets: the pair of devices and what they may exchange.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<PeerGrant>,
@@ -161,6 +165,7 @@ mod tests {
             kind: TicketKind::Access,
             res: Some(res.into()),
             rights: rights.to_vec(),
+            epoch: None,
             peer: None,
         }
     }

@@ -134,6 +134,7 @@ impl MemoryCloud {
                 owner: owner.into(),
                 device_only,
                 created_ms: 0,
+                epoch: 0,
             },
         );
         id
@@ -146,6 +147,29 @@ impl MemoryCloud {
             .entry(folder.into())
             .or_default()
             .insert(user.into(), writer);
+    }
+
+    /// Removes `user` from `folder`, as the owner's `unshare` would: the epoch moves on, the
+    /// user's devices unmap it, and waiting feeds wake.
+    pub fn unshare(&self, folder: &str, user: &str) {
+        {
+            let mut st = self.state();
+            if let Some(m) = st.members.get_mut(folder) {
+                m.remove(user);
+            }
+            if let Some(f) = st.folders.get_mut(folder) {
+                f.epoch += 1;
+            }
+            let devices: HashSet<String> = st
+                .devices
+                .iter()
+                .filter(|d| d.user == user)
+                .map(|d| d.id.clone())
+                .collect();
+            st.mapped
+                .retain(|(d, f)| f != folder || !devices.contains(d));
+        }
+        self.changed.notify_waiters();
     }
 
     /// Records that `device` has `folder` mapped.
@@ -640,7 +664,12 @@ impl Remote for MemoryRemote {
                     Some(last) if full => last.version,
                     _ => st.seq.max(since),
                 };
-                Ok(ChangeBatch { changes, next })
+                let epoch = st.folders.get(folder).map_or(0, |f| f.epoch);
+                Ok(ChangeBatch {
+                    changes,
+                    next,
+                    epoch,
+                })
             })?;
             if !batch.changes.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(batch);

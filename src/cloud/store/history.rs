@@ -300,7 +300,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::store::Charge;
     use crate::proto::{BlockHash, Folder};
+
+    const ANN: Charge<'static> = Charge {
+        owner: "ann",
+        member: "ann",
+        share: None,
+    };
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -312,6 +319,7 @@ mod tests {
             owner: "ann".into(),
             device_only: false,
             created_ms: 0,
+            epoch: 0,
         };
         assert!(store.insert_folder(&f).await.unwrap());
         (dir, store)
@@ -351,7 +359,7 @@ mod tests {
         let (_dir, store) = store().await;
         let [a, b, c, d] = [b"a", b"b", b"c", b"d"].map(|x| BlockHash::of(x));
         for h in [a, b, c] {
-            store.record_block("f", &h, 10, "ann").await.unwrap();
+            store.record_block("f", &h, 10, &ANN).await.unwrap();
         }
         save(&store, &file(&[a], 1)).await;
         save(&store, &file(&[b], 2)).await;
@@ -366,7 +374,7 @@ mod tests {
             .execute(&store.pool)
             .await
             .unwrap();
-        store.record_block("f", &d, 10, "ann").await.unwrap();
+        store.record_block("f", &d, 10, &ANN).await.unwrap();
         let done = store
             .collect(crate::proto::now_ms() + 1000, &keep)
             .await

@@ -161,6 +161,7 @@ pub(crate) mod tests {
             kind: TicketKind::Peer,
             res: None,
             rights: vec![],
+            epoch: None,
             peer: Some(PeerGrant {
                 devices: [
                     PeerDevice {

@@ -1,5 +1,6 @@
 //! The cloud's REST API over real HTTPS on 127.0.0.1, trusting only the CA the cloud made
-//! on first start. Each refusal test shows the status and that nothing changed.
+//! on first start. Each refusal test shows the status and that nothing changed. Sharing
+//! between people is in `sharing.rs`.
 
 use meshfs::cloud::{self, CloudConfig, Role, RunningCloud};
 use meshfs::crypto::keys;
@@ -37,17 +38,21 @@ struct Dev {
     identity: String,
 }
 
+mod sharing;
+
 async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// A cloud with users ann and bob, configured by `set` on top of the defaults.
+async fn env_with(set: impl FnOnce(&mut CloudConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cloud");
     cloud::add_user(&data, "ann", "ann-password").await.unwrap();
     cloud::add_user(&data, "bob", "bob-password").await.unwrap();
-    let cloud = cloud::start(CloudConfig::new(
-        data.clone(),
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
+    let mut cfg = CloudConfig::new(data.clone(), "127.0.0.1:0".parse().unwrap());
+    set(&mut cfg);
+    let cloud = cloud::start(cfg).await.unwrap();
     meshfs::crypto::install_tls_provider();
     let ca = std::fs::read(data.join("ca.pem")).unwrap();
     let http = reqwest::Client::builder()
@@ -270,6 +275,7 @@ fn access_claims(dev: &Dev, folder: &str, iat: i64, exp: i64) -> Claims {
         kind: TicketKind::Access,
         res: Some(format!("/folders/{folder}")),
         rights: vec![Right::Read, Right::Write, Right::Admin],
+        epoch: None,
         peer: None,
     }
 }

@@ -1,0 +1,426 @@
+//! Membership of shared folders (DESIGN §10): invitations, members with their roles and
+//! shares of the owner's quota, and the folder's membership epoch. Every change that takes
+//! something away from a member (removal, leaving, a new role) bumps the epoch in the same
+//! transaction, so access tickets issued before it are refused from then on; a removal
+//! also unmaps the folder from the member's devices, so no peer ticket names it again.
+
+use super::{Store, StoreError, folder_from, to_i64, to_u64};
+use crate::proto::{Folder, Invitation, Member, Role};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+/// What accepting an invitation made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted {
+    pub folder: Folder,
+    pub role: Role,
+}
+
+fn role_from(row: &SqliteRow, column: &str) -> Result<Role, StoreError> {
+    Role::parse(&row.try_get::<String, _>(column)?).ok_or(StoreError::Corrupt("member role"))
+}
+
+fn max_bytes_from(row: &SqliteRow) -> Result<Option<u64>, StoreError> {
+    row.try_get::<Option<i64>, _>("max_bytes")?
+        .map(|v| to_u64(v, "share of a quota"))
+        .transpose()
+}
+
+fn opt_i64(v: Option<u64>) -> Result<Option<i64>, StoreError> {
+    v.map(|v| to_i64(v, "share of a quota")).transpose()
+}
+
+fn invitation_from(row: &SqliteRow) -> Result<Invitation, StoreError> {
+    Ok(Invitation {
+        folder: row.try_get("folder")?,
+        folder_name: row.try_get("folder_name")?,
+        owner: row.try_get("owner")?,
+        user: row.try_get("user_name")?,
+        role: role_from(row, "role")?,
+        max_bytes: max_bytes_from(row)?,
+        invited_ms: row.try_get("invited_ms")?,
+    })
+}
+
+const INVITATION_COLUMNS: &str = "i.folder, f.name AS folder_name, f.owner, i.user_name, i.role, i.max_bytes, i.invited_ms FROM invitations i JOIN folders f ON f.id = i.folder";
+
+/// Bytes of `folder`'s blocks that `user` stored.
+pub(super) async fn stored_by(
+    tx: &mut Transaction<'static, Sqlite>,
+    folder: &str,
+    user: &str,
+) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "SELECT COALESCE(SUM(len), 0) AS n FROM blocks WHERE folder = ? AND charged_to = ?",
+    )
+    .bind(folder)
+    .bind(user)
+    .fetch_one(&mut **tx)
+    .await?;
+    to_u64(row.try_get("n")?, "stored bytes")
+}
+
+async fn bump_epoch(tx: &mut Transaction<'static, Sqlite>, folder: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE folders SET epoch = epoch + 1 WHERE id = ?")
+        .bind(folder)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// The folder and the role `user` holds on it now (`None`: not a member), read
+    /// together; `None` when there is no such folder.
+    pub async fn membership(
+        &self,
+        folder: &str,
+        user: &str,
+    ) -> Result<Option<(Folder, Option<Role>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT f.*, m.role AS member_role FROM folders f
+             LEFT JOIN members m ON m.folder = f.id AND m.user_name = ?
+             WHERE f.id = ?",
+        )
+        .bind(user)
+        .bind(folder)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let folder = folder_from(&row)?;
+        let role = if folder.owner == user {
+            Some(Role::Owner)
+        } else {
+            match row.try_get::<Option<String>, _>("member_role")? {
+                Some(r) => Some(Role::parse(&r).ok_or(StoreError::Corrupt("member role"))?),
+                None => None,
+            }
+        };
+        Ok(Some((folder, role)))
+    }
+
+    /// The folder's owner and members, the owner first, with what each stored in it.
+    pub async fn members(&self, folder: &Folder) -> Result<Vec<Member>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT 0 AS rank, u.name AS user_name, 'owner' AS role, NULL AS max_bytes
+               FROM users u WHERE u.name = ?
+             UNION ALL
+             SELECT 1 AS rank, m.user_name, m.role, m.max_bytes FROM members m WHERE m.folder = ?
+             ORDER BY rank, user_name",
+        )
+        .bind(&folder.owner)
+        .bind(&folder.id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let user: String = row.try_get("user_name")?;
+            out.push(Member {
+                stored_bytes: stored_by(&mut tx, &folder.id, &user).await?,
+                role: role_from(row, "role")?,
+                max_bytes: max_bytes_from(row)?,
+                user,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The share of the owner's quota `user` may use in `folder` (`None`: no limit of its
+    /// own, as for the owner and for anyone not a member).
+    pub async fn share_of(&self, folder: &str, user: &str) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query("SELECT max_bytes FROM members WHERE folder = ? AND user_name = ?")
+            .bind(folder)
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => max_bytes_from(&row)?,
+            None => None,
+        })
+    }
+
+    /// Invites `user` (or changes a waiting invitation). The caller checked that the user
+    /// exists and is neither the owner nor a member.
+    pub async fn invite(
+        &self,
+        folder: &str,
+        user: &str,
+        role: Role,
+        max_bytes: Option<u64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO invitations (folder, user_name, role, max_bytes, invited_ms)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (folder, user_name) DO UPDATE SET role = excluded.role,
+               max_bytes = excluded.max_bytes, invited_ms = excluded.invited_ms",
+        )
+        .bind(folder)
+        .bind(user)
+        .bind(role.as_str())
+        .bind(opt_i64(max_bytes)?)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn invitation(
+        &self,
+        folder: &str,
+        user: &str,
+    ) -> Result<Option<Invitation>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INVITATION_COLUMNS} WHERE i.folder = ? AND i.user_name = ?"
+        )))
+        .bind(folder)
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(invitation_from).transpose()
+    }
+
+    /// The invitations waiting for `user`, oldest first.
+    pub async fn invitations_for(&self, user: &str) -> Result<Vec<Invitation>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INVITATION_COLUMNS} WHERE i.user_name = ? ORDER BY i.invited_ms, i.folder"
+        )))
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(invitation_from).collect()
+    }
+
+    /// The invitations to `folder` that wait for an answer, oldest first.
+    pub async fn invitations_to(&self, folder: &str) -> Result<Vec<Invitation>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {INVITATION_COLUMNS} WHERE i.folder = ? ORDER BY i.invited_ms, i.user_name"
+        )))
+        .bind(folder)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(invitation_from).collect()
+    }
+
+    /// Drops an invitation (withdrawn or declined); false if there was none.
+    pub async fn drop_invitation(&self, folder: &str, user: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM invitations WHERE folder = ? AND user_name = ?")
+            .bind(folder)
+            .bind(user)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Makes the invitee a member with the invitation's role and share, in one transaction;
+    /// `None` if no invitation waits.
+    pub async fn accept(&self, folder: &str, user: &str) -> Result<Option<Accepted>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "DELETE FROM invitations WHERE folder = ? AND user_name = ? RETURNING role, max_bytes",
+        )
+        .bind(folder)
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let role = role_from(&row, "role")?;
+        sqlx::query(
+            "INSERT INTO members (folder, user_name, role, max_bytes) VALUES (?, ?, ?, ?)
+             ON CONFLICT (folder, user_name) DO UPDATE SET role = excluded.role,
+               max_bytes = excluded.max_bytes",
+        )
+        .bind(folder)
+        .bind(user)
+        .bind(role.as_str())
+        .bind(row.try_get::<Option<i64>, _>("max_bytes")?)
+        .execute(&mut *tx)
+        .await?;
+        let folder = sqlx::query("SELECT * FROM folders WHERE id = ?")
+            .bind(folder)
+            .fetch_one(&mut *tx)
+            .await?;
+        let folder = folder_from(&folder)?;
+        tx.commit().await?;
+        Ok(Some(Accepted { folder, role }))
+    }
+
+    /// Gives `user` a role and share on a folder, as a member from now on (replacing an
+    /// earlier role, and any invitation). Bumps the epoch when it changes a member's role.
+    pub async fn set_member(
+        &self,
+        folder: &str,
+        user: &str,
+        role: Role,
+        max_bytes: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let before = sqlx::query("SELECT role FROM members WHERE folder = ? AND user_name = ?")
+            .bind(folder)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO members (folder, user_name, role, max_bytes) VALUES (?, ?, ?, ?)
+             ON CONFLICT (folder, user_name) DO UPDATE SET role = excluded.role,
+               max_bytes = excluded.max_bytes",
+        )
+        .bind(folder)
+        .bind(user)
+        .bind(role.as_str())
+        .bind(opt_i64(max_bytes)?)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM invitations WHERE folder = ? AND user_name = ?")
+            .bind(folder)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(before) = before
+            && role_from(&before, "role")? != role
+        {
+            bump_epoch(&mut tx, folder).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a member (the owner removed them, or they left): their devices unmap the
+    /// folder and the epoch moves on, in one transaction. False if `user` was no member.
+    pub async fn remove_member(&self, folder: &str, user: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let gone = sqlx::query("DELETE FROM members WHERE folder = ? AND user_name = ?")
+            .bind(folder)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        if gone.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "DELETE FROM mapped WHERE folder = ?
+               AND device IN (SELECT id FROM devices WHERE user_name = ?)",
+        )
+        .bind(folder)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+        bump_epoch(&mut tx, folder).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::store::{BlockRecord, Charge};
+    use crate::proto::BlockHash;
+
+    async fn store_with_folder() -> (tempfile::TempDir, Store, Folder) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        for u in ["ann", "bob"] {
+            assert!(store.insert_user(u, "x", 1 << 30, 0).await.unwrap());
+        }
+        let f = Folder {
+            id: "f".into(),
+            name: "Docs".into(),
+            owner: "ann".into(),
+            device_only: false,
+            created_ms: 0,
+            epoch: 0,
+        };
+        assert!(store.insert_folder(&f).await.unwrap());
+        (dir, store, f)
+    }
+
+    async fn epoch(store: &Store) -> u64 {
+        store.folder("f").await.unwrap().unwrap().epoch
+    }
+
+    #[tokio::test]
+    async fn accepting_makes_a_member_and_spends_the_invitation() {
+        let (_d, store, _) = store_with_folder().await;
+        store
+            .invite("f", "bob", Role::Reader, Some(10), 5)
+            .await
+            .unwrap();
+        assert_eq!(store.membership("f", "bob").await.unwrap().unwrap().1, None);
+        assert_eq!(store.invitations_for("bob").await.unwrap().len(), 1);
+        let got = store.accept("f", "bob").await.unwrap().unwrap();
+        assert_eq!(got.role, Role::Reader);
+        assert_eq!(
+            store.membership("f", "bob").await.unwrap().unwrap().1,
+            Some(Role::Reader)
+        );
+        assert_eq!(store.share_of("f", "bob").await.unwrap(), Some(10));
+        assert!(store.invitations_for("bob").await.unwrap().is_empty());
+        assert_eq!(store.accept("f", "bob").await.unwrap(), None);
+        assert_eq!(epoch(&store).await, 0, "a new member takes nothing away");
+    }
+
+    #[tokio::test]
+    async fn removal_and_a_new_role_move_the_epoch_and_removal_unmaps() {
+        let (_d, store, _) = store_with_folder().await;
+        store
+            .set_member("f", "bob", Role::Writer, None)
+            .await
+            .unwrap();
+        assert_eq!(epoch(&store).await, 0);
+        store
+            .set_member("f", "bob", Role::Reader, None)
+            .await
+            .unwrap();
+        assert_eq!(epoch(&store).await, 1);
+        let dev = crate::proto::Device {
+            id: "b1".into(),
+            user: "bob".into(),
+            name: "b".into(),
+            public_key: String::new(),
+            created_ms: 0,
+            last_seen_ms: 0,
+            revoked: false,
+            addrs: Vec::new(),
+            folders: Vec::new(),
+        };
+        store.insert_device(&dev).await.unwrap();
+        store.set_mapped("b1", "f", true).await.unwrap();
+        assert!(store.remove_member("f", "bob").await.unwrap());
+        assert_eq!(epoch(&store).await, 2);
+        assert!(store.devices_mapping("f").await.unwrap().is_empty());
+        assert!(!store.remove_member("f", "bob").await.unwrap());
+        assert_eq!(epoch(&store).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_members_blocks_stop_at_their_share_and_count_for_the_owner() {
+        let (_d, store, f) = store_with_folder().await;
+        store
+            .set_member("f", "bob", Role::Writer, Some(25))
+            .await
+            .unwrap();
+        let charge = Charge {
+            owner: &f.owner,
+            member: "bob",
+            share: store.share_of("f", "bob").await.unwrap(),
+        };
+        let h = |i: u8| BlockHash::of(&[i]);
+        for i in 0..2 {
+            let got = store.record_block("f", &h(i), 10, &charge).await.unwrap();
+            assert_eq!(got, BlockRecord::Stored);
+        }
+        let got = store.record_block("f", &h(2), 10, &charge).await.unwrap();
+        assert_eq!(got, BlockRecord::OverShare);
+        assert!(!store.has_block("f", &h(2)).await.unwrap());
+        assert_eq!(store.usage("ann").await.unwrap().unwrap().stored, 20);
+        assert_eq!(store.usage("bob").await.unwrap().unwrap().stored, 0);
+        let members = store.members(&f).await.unwrap();
+        let bob = members.iter().find(|m| m.user == "bob").unwrap();
+        assert_eq!((bob.stored_bytes, bob.max_bytes), (20, Some(25)));
+    }
+}
