@@ -11,8 +11,9 @@ use crate::crypto::ticket::Signer;
 use crate::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockBatch, BlockHash, ChangeBatch, CloudInfo, Device,
     DeviceAssertion, Entry, EntryList, ErrorCode, FileVersion, Folder, FolderGrant, FolderPatch,
-    JournalMark, Jwks, LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest,
-    Restore, Right, StepResults, Steps, TicketResponse, Usage, decode_block_batch, now_secs,
+    Invitation, JournalMark, Jwks, LoginRequest, LoginResponse, Member, MemberUpdate, NewFolder,
+    NewInvitation, PeerRequest, Presence, RenewRequest, Restore, Right, StepResults, Steps,
+    TicketResponse, Usage, decode_block_batch, now_secs,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -202,7 +203,7 @@ impl CloudClient {
         lru.put(folder.to_string(), t.into());
     }
 
-    /// A valid access ticket for a folder (read and write where the user holds them).
+    /// A valid access ticket for a folder, with the rights the user holds there.
     async fn access(&self, folder: &str) -> Result<String, ClientError> {
         if let Some(t) = self.cached_access(folder) {
             return Ok(t);
@@ -211,7 +212,7 @@ impl CloudClient {
         let url = self.url("/tickets/access");
         let body = AccessRequest {
             resource: format!("/folders/{folder}"),
-            rights: vec![Right::Read, Right::Write],
+            rights: vec![Right::Read, Right::Write, Right::Admin],
         };
         let resp = send(&url, self.http.post(&url).bearer_auth(id).json(&body)).await?;
         let t: TicketResponse = json(&url, resp).await?;
@@ -324,6 +325,92 @@ impl CloudClient {
         let method = if on { Method::PUT } else { Method::DELETE };
         let resp = self.authed(None, method, &path, |r| r).await?;
         json(&path, resp).await
+    }
+
+    /// Sends `body` (if any) with the folder's access ticket (`Some`) or the identity
+    /// ticket, and reads the JSON answer.
+    async fn call<T: DeserializeOwned, B: serde::Serialize + Sync>(
+        &self,
+        folder: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .authed(folder, method, path, |r| match body {
+                Some(b) => r.json(b),
+                None => r,
+            })
+            .await?;
+        json(path, resp).await
+    }
+
+    /// Invites `user` to a folder this user owns.
+    pub async fn invite(
+        &self,
+        folder: &str,
+        invitation: &NewInvitation,
+    ) -> Result<Invitation, ClientError> {
+        let path = format!("/folders/{folder}/invitations");
+        self.call(Some(folder), Method::POST, &path, Some(invitation))
+            .await
+    }
+
+    /// Sets a member's role and share of a folder this user owns.
+    pub async fn update_member(
+        &self,
+        folder: &str,
+        user: &str,
+        update: &MemberUpdate,
+    ) -> Result<Member, ClientError> {
+        let path = format!("/folders/{folder}/members/{user}");
+        self.call(Some(folder), Method::PUT, &path, Some(update))
+            .await
+    }
+
+    /// The folder's owner and members.
+    pub async fn members(&self, folder: &str) -> Result<Vec<Member>, ClientError> {
+        let path = format!("/folders/{folder}/members");
+        self.call(Some(folder), Method::GET, &path, None::<&()>)
+            .await
+    }
+
+    /// The invitations to a folder this user owns that wait for an answer.
+    pub async fn invitations_to(&self, folder: &str) -> Result<Vec<Invitation>, ClientError> {
+        let path = format!("/folders/{folder}/invitations");
+        self.call(Some(folder), Method::GET, &path, None::<&()>)
+            .await
+    }
+
+    /// The invitations waiting for this user.
+    pub async fn invitations(&self) -> Result<Vec<Invitation>, ClientError> {
+        let path = format!("/users/{}/invitations", self.user);
+        self.call(None, Method::GET, &path, None::<&()>).await
+    }
+
+    /// Accepts the invitation to `folder`: this user becomes a member.
+    pub async fn accept(&self, folder: &str) -> Result<FolderGrant, ClientError> {
+        let path = format!("/folders/{folder}/invitations/{}/accept", self.user);
+        let grant: FolderGrant = self.call(None, Method::POST, &path, None::<&()>).await?;
+        self.remember_access(folder, grant.ticket.clone());
+        Ok(grant)
+    }
+
+    /// Drops an invitation: this user's own (declining), or, as the folder's owner, one to
+    /// `user` (withdrawing it).
+    pub async fn drop_invitation(&self, folder: &str, user: &str) -> Result<(), ClientError> {
+        let path = format!("/folders/{folder}/invitations/{user}");
+        let ticket = (user != self.user).then_some(folder);
+        self.authed(ticket, Method::DELETE, &path, |r| r).await?;
+        Ok(())
+    }
+
+    /// Removes `user` from a folder this user owns, or (`user` is this user) leaves it.
+    pub async fn remove_member(&self, folder: &str, user: &str) -> Result<(), ClientError> {
+        let path = format!("/folders/{folder}/members/{user}");
+        self.authed(Some(folder), Method::DELETE, &path, |r| r)
+            .await?;
+        Ok(())
     }
 
     pub async fn revoke(&self, device: &str) -> Result<Device, ClientError> {

@@ -190,7 +190,7 @@ impl Fetcher {
                 .zip(got.into_iter().chain(std::iter::repeat(None)))
             {
                 let kept = match data {
-                    Some(d) => self.keep(w.hash, d).await.unwrap_or(false),
+                    Some(d) => self.keep(&w, d).await.unwrap_or(false),
                     None => false,
                 };
                 if !kept {
@@ -212,7 +212,7 @@ impl Fetcher {
             for _ in 0..=RETRIES_AFTER_A_LIE {
                 match source.get(want).await {
                     Ok(data) => {
-                        if self.keep(hash, data).await? {
+                        if self.keep(want, data).await? {
                             return Ok(());
                         }
                         reached_any = true;
@@ -242,14 +242,17 @@ impl Fetcher {
         })
     }
 
-    /// Stores `data` as block `hash` if it is that block; false if it is not. Checked and
-    /// stored on the blocking pool: hashing 1 MiB takes a fraction of a millisecond, too
-    /// long to hold a runtime worker.
-    async fn keep(&self, hash: BlockHash, data: Bytes) -> Result<bool, FetchError> {
+    /// Stores `data` as the block `want` names, held for its folder, if it is that block;
+    /// false if it is not. Checked and stored on the blocking pool: hashing 1 MiB takes a
+    /// fraction of a millisecond, too long to hold a runtime worker.
+    async fn keep(&self, want: &Want, data: Bytes) -> Result<bool, FetchError> {
         let (cache, len) = (Arc::clone(&self.cache), data.len() as u64);
+        let (hash, folder) = (want.hash, want.folder.clone());
         let stored = tokio::task::spawn_blocking(move || {
-            hash.matches(&data)
-                .then(|| cache.store_block(&hash, data, false))
+            hash.matches(&data).then(|| {
+                cache.store_block(&hash, data, false)?;
+                cache.mark_held(&hash, &folder)
+            })
         })
         .await
         .map_err(|_| FetchError::Local)?;

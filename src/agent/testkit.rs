@@ -98,6 +98,8 @@ impl TestDevice {
             remote: dyn_remote,
             inv: inv.clone(),
             counters: Arc::clone(&counters),
+            members_changed: Arc::new(|_| {}),
+            relist: Arc::default(),
         };
         TestDevice {
             cache,

@@ -269,6 +269,70 @@ pub enum FolderCommand {
         #[command(flatten)]
         home: HomeArg,
     },
+    /// Share a folder you own with another user, who accepts with `meshfs folder accept`;
+    /// for someone who is a member already, set their role and share instead.
+    Share {
+        /// The folder's name or id.
+        folder: String,
+        /// The user to share it with.
+        #[arg(long = "with", value_name = "USER")]
+        user: String,
+        /// `reader`: sees the files, changes nothing; `writer`: edits like you.
+        #[arg(long, value_parser = ["reader", "writer"], default_value = "reader")]
+        role: String,
+        /// The most bytes the member may store in the folder, counted against your quota
+        /// [default: no limit but your quota].
+        #[arg(long, value_name = "BYTES")]
+        max_bytes: Option<u64>,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// List the invitations to other users' folders that wait for your answer.
+    Invitations {
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Accept an invitation: the folder appears in your mount, and is mapped on this device.
+    Accept {
+        /// The folder's name (or `NAME (OWNER)`, or its id), as `meshfs folder
+        /// invitations` shows it.
+        folder: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Decline an invitation.
+    Decline {
+        /// The folder's name (or `NAME (OWNER)`, or its id).
+        folder: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// List a folder's owner and members with their roles, and the invitations that wait
+    /// (for the owner).
+    Members {
+        /// The folder's name or id.
+        folder: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Stop sharing a folder you own with a user (or withdraw their invitation): their
+    /// devices lose it at once, cached copies included.
+    Unshare {
+        /// The folder's name or id.
+        folder: String,
+        /// The member to remove.
+        #[arg(long = "with", value_name = "USER")]
+        user: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+    /// Leave a folder shared with you: it leaves your mount and this user's devices.
+    Leave {
+        /// The folder's name or id.
+        folder: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]

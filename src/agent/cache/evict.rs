@@ -91,13 +91,16 @@ impl BlockStore {
 /// until that moment no scan of the metadata store would find them kept.
 pub struct Writing {
     cache: Arc<Cache>,
+    /// The folder the blocks are written in (see `cache/held.rs`).
+    folder: String,
     hashes: Vec<BlockHash>,
 }
 
 impl Writing {
-    pub fn new(cache: Arc<Cache>) -> Self {
+    pub fn new(cache: Arc<Cache>, folder: &str) -> Self {
         Self {
             cache,
+            folder: folder.to_string(),
             hashes: Vec::new(),
         }
     }
@@ -109,7 +112,8 @@ impl Writing {
             *s.writing.entry(*hash).or_default() += 1;
         }
         self.hashes.push(*hash);
-        self.cache.store_block(hash, data, true)
+        self.cache.store_block(hash, data, true)?;
+        self.cache.mark_held(hash, &self.folder)
     }
 }
 
@@ -236,6 +240,7 @@ impl Cache {
         self.hot().pop(hash);
         let _ = std::fs::remove_file(self.block_path(hash));
         s.remove(hash);
+        self.forget_held(hash);
     }
 
     /// Removes least recently used blocks that need not stay until the store is under the
@@ -305,6 +310,7 @@ impl Cache {
                 Err(source) => return Err(CacheError::Io { path, source }),
             }
             s.remove(&hash);
+            self.forget_held(&hash);
             done.blocks += 1;
             done.bytes += len;
         }
@@ -430,6 +436,8 @@ mod tests {
             name: "F".into(),
             ino: 5,
             device_only: true,
+            writable: true,
+            epoch: 0,
         });
         t.put_node(&file_node(10, &[a]));
         let mut cached = file_node(11, &[b]);
@@ -448,7 +456,7 @@ mod tests {
         let c = Arc::new(Cache::open(dir.path()).unwrap());
         let (a, da) = block(1);
         let (b, db) = block(2);
-        let mut w = Writing::new(Arc::clone(&c));
+        let mut w = Writing::new(Arc::clone(&c), "f");
         w.store(&a, da).unwrap();
         c.store_block(&b, db, false).unwrap();
         c.set_limit(1);

@@ -148,18 +148,25 @@ pub fn apply_entry(
     Ok(true)
 }
 
-/// Makes sure a folder has its root node under the mount root, with the cloud's current
-/// content setting; returns what the cache knows.
-pub fn ensure_folder(
-    cache: &Cache,
-    id: &str,
-    name: &str,
-    device_only: bool,
-) -> Result<FolderInfo, CacheError> {
+/// What a folder listing says of one folder.
+#[derive(Clone, Debug)]
+pub struct Listed<'a> {
+    pub id: &'a str,
+    /// The name the mount root should show (see `feed::mount_names`).
+    pub name: &'a str,
+    pub device_only: bool,
+    pub writable: bool,
+    pub epoch: u64,
+}
+
+/// Makes sure the folder has its root under the mount root, under its name or, when that
+/// is taken, with the start of its id added; keeps its settings as listed.
+pub fn ensure_folder(cache: &Cache, l: &Listed<'_>) -> Result<FolderInfo, CacheError> {
     let _g = cache.lock();
-    if let Some(mut f) = cache.folder(id)? {
-        if f.device_only != device_only {
-            f.device_only = device_only;
+    if let Some(mut f) = cache.folder(l.id)? {
+        if (f.device_only, f.writable) != (l.device_only, l.writable) {
+            f.device_only = l.device_only;
+            f.writable = l.writable;
             let mut txn = Txn::default();
             txn.put_folder(&f);
             cache.apply(txn)?;
@@ -167,23 +174,79 @@ pub fn ensure_folder(
         return Ok(f);
     }
     let ino = cache.next_id()?;
-    let mut display = name.to_string();
+    let mut display = l.name.to_string();
     while cache.lookup(ROOT, &display)?.is_some() {
-        display = format!("{display} ({})", &id[..id.len().min(8)]);
+        display = format!("{display} ({})", &l.id[..l.id.len().min(8)]);
     }
     let info = FolderInfo {
-        id: id.to_string(),
+        id: l.id.to_string(),
         name: display.clone(),
         ino,
-        device_only,
+        device_only: l.device_only,
+        writable: l.writable,
+        epoch: l.epoch,
     };
     let mut txn = Txn::default();
-    let root = Node::fixed_dir(ino, &display, Some(id.to_string()));
+    let root = Node::fixed_dir(ino, &display, Some(l.id.to_string()));
     txn.put_node(&root);
     txn.link(ROOT, &display, &root);
     txn.put_folder(&info);
     cache.apply(txn)?;
     Ok(info)
+}
+
+/// Notes the folder's membership epoch `epoch`; true if it is newer than the one known
+/// (its members or roles changed).
+pub fn note_epoch(cache: &Cache, id: &str, epoch: u64) -> Result<bool, CacheError> {
+    let _g = cache.lock();
+    match cache.folder(id)? {
+        Some(mut f) if epoch > f.epoch => {
+            f.epoch = epoch;
+            let mut txn = Txn::default();
+            txn.put_folder(&f);
+            cache.apply(txn)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Forgets a folder this user lost (removed from it, or left): its root leaves the mount
+/// root, and its nodes, journal records, feed cursor and the blocks held only for it
+/// (unless something else must keep them) leave the device. Returns what it was.
+pub fn drop_folder(cache: &Cache, id: &str, me: &str) -> Result<Option<FolderInfo>, CacheError> {
+    let info = {
+        let _g = cache.lock();
+        let Some(info) = cache.folder(id)? else {
+            return Ok(None);
+        };
+        let nodes = cache.nodes_of_folder(id)?;
+        let inos: std::collections::HashSet<u64> = nodes.iter().map(|n| n.ino).collect();
+        let mut txn = Txn::default();
+        for n in &nodes {
+            if n.linked {
+                txn.unlink(n.parent, &n.name);
+            }
+            if let Some(entry) = &n.entry {
+                txn.unindex_entry(id, entry);
+            }
+            txn.remove_node(n.ino);
+        }
+        for (seq, op) in cache.journal(usize::MAX)? {
+            if inos.contains(&op.ino()) {
+                txn.unjournal(seq);
+            }
+        }
+        txn.remove_folder(id);
+        cache.apply(txn)?;
+        info
+    };
+    let freed = cache.forget_folder_marks(id)?;
+    let kept = cache.kept_blocks(me)?;
+    for hash in freed.iter().filter(|h| !kept.contains(h)) {
+        cache.drop_block(hash);
+    }
+    Ok(Some(info))
 }
 
 #[cfg(test)]
@@ -215,7 +278,14 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Cache, FolderInfo) {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let f = ensure_folder(&cache, "f", "Docs", false).unwrap();
+        let listed = Listed {
+            id: "f",
+            name: "Docs",
+            device_only: false,
+            writable: true,
+            epoch: 0,
+        };
+        let f = ensure_folder(&cache, &listed).unwrap();
         (dir, cache, f)
     }
 

@@ -11,6 +11,7 @@
 //! f/<folder>                         FolderInfo (JSON)
 //! j/<seq:u64 BE>                     JournalRecord (JSON)
 //! m/<name>                           small values (feed cursors)
+//! h/<hash><folder>                   the block is held for the folder (`cache/held.rs`)
 //! ```
 //!
 //! Blocks live as files named by their hash under `blocks/` (see `cache/blocks.rs`), kept
@@ -19,6 +20,7 @@
 
 mod blocks;
 mod evict;
+mod held;
 pub mod merge;
 mod views;
 
@@ -139,6 +141,17 @@ pub struct FolderInfo {
     pub name: String,
     pub ino: u64,
     pub device_only: bool,
+    /// Whether this user may change the folder (owner or writer); a reader's mount refuses
+    /// every change at once.
+    #[serde(default = "writable_by_default")]
+    pub writable: bool,
+    /// The folder's membership epoch as last seen (see `proto::Folder::epoch`).
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+fn writable_by_default() -> bool {
+    true
 }
 
 /// A node's state as one local operation left it: where it is, its metadata and its
@@ -260,6 +273,8 @@ pub struct Txn {
     kept: Vec<BlockHash>,
     /// Whether the batch writes a pinned node (whose content may now be missing).
     pins: bool,
+    /// Folders the batch writes, and whether each may be changed (removed: true).
+    folders: Vec<(String, bool)>,
 }
 
 impl Txn {
@@ -297,6 +312,12 @@ impl Txn {
     pub fn put_folder(&mut self, f: &FolderInfo) {
         let v = serde_json::to_vec(f).unwrap_or_default();
         self.batch.insert(format!("f/{}", f.id).into_bytes(), v);
+        self.folders.push((f.id.clone(), f.writable));
+    }
+    pub fn remove_folder(&mut self, id: &str) {
+        self.batch.remove(format!("f/{id}").into_bytes());
+        self.batch.remove(format!("m/cursor/{id}").into_bytes());
+        self.folders.push((id.to_string(), true));
     }
     pub fn journal(&mut self, seq: u64, op: &JournalOp) {
         if let JournalOp::Put { snap, .. } = op {
@@ -379,6 +400,9 @@ pub struct Cache {
     /// Subdirectories per directory, for its link count; an entry goes when a batch
     /// changes the directory's links.
     subdirs: Mutex<LruCache<u64, u64>>,
+    /// The folders this user may only read, as the folder records say (kept in step by
+    /// [`Cache::apply`]): asked on every change and `stat`.
+    read_only: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl Cache {
@@ -435,7 +459,11 @@ impl Cache {
             subdirs: Mutex::new(LruCache::new(
                 NonZeroUsize::new(SUBDIR_COUNTS).unwrap_or(NonZeroUsize::MIN),
             )),
+            read_only: std::sync::RwLock::default(),
         };
+        for f in cache.folders()? {
+            cache.note_folder(&f.id, f.writable);
+        }
         // Records found at start were read from disk; later ones get higher numbers.
         let found = cache.last_journal_seq()?;
         cache.applied_seq.store(found, Ordering::SeqCst);
@@ -484,6 +512,9 @@ impl Cache {
         }
         if let Some(seq) = txn.journal_seq {
             self.applied_seq.fetch_max(seq, Ordering::SeqCst);
+        }
+        for (id, writable) in &txn.folders {
+            self.note_folder(id, *writable);
         }
         // After the batch: a pass whose scan began before it is told here.
         self.note_kept(&txn.kept);
@@ -652,6 +683,35 @@ impl Cache {
             .scan_prefix(b"f/")
             .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
             .collect()
+    }
+
+    fn note_folder(&self, id: &str, writable: bool) {
+        let mut ro = self.read_only.write().unwrap_or_else(|p| p.into_inner());
+        if writable {
+            ro.remove(id);
+        } else {
+            ro.insert(id.to_string());
+        }
+    }
+
+    /// Whether this user may only read folder `id` (a reader of another user's folder).
+    pub fn is_read_only(&self, id: &str) -> bool {
+        self.read_only
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    /// The nodes of folder `id`, its root included.
+    pub fn nodes_of_folder(&self, id: &str) -> Result<Vec<Node>, CacheError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(b"n/") {
+            let n: Node = serde_json::from_slice(&kv?.1)?;
+            if n.folder.as_deref() == Some(id) {
+                out.push(n);
+            }
+        }
+        Ok(out)
     }
 
     pub fn folder(&self, id: &str) -> Result<Option<FolderInfo>, CacheError> {

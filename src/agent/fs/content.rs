@@ -403,7 +403,7 @@ impl Fs {
         if !write {
             return self.open_read(ino);
         }
-        self.file(ino)?;
+        self.may_change(&self.file(ino)?)?;
         let s = loop {
             let s = match (self.staging_of(ino), truncate) {
                 (Some(s), _) => s,
@@ -438,6 +438,7 @@ impl Fs {
     /// over the old content would undo that change.
     pub fn open_over_view(&self, ino: u64, truncate: bool, v: &View) -> Result<Opened, FsError> {
         let n = self.file(ino)?;
+        self.may_change(&n)?;
         let s = {
             let mut map = self.staging.lock().unwrap_or_else(|p| p.into_inner());
             match map.get(&ino) {
@@ -641,7 +642,7 @@ impl Fs {
         if size > MAX_FILE_SIZE {
             return Err(FsError::TooBig);
         }
-        self.file(ino)?;
+        self.may_change(&self.file(ino)?)?;
         let s = match self.staging_of(ino) {
             Some(s) => s,
             None if size == 0 => self.staging_empty(ino)?,
@@ -665,11 +666,12 @@ impl Fs {
         // A writer by passthrough may have written nothing (the agent cannot tell).
         let by_kernel = s.view.is_some();
         let cache = Arc::clone(&self.cache);
+        let folder = self.node(ino)?.folder.unwrap_or_default();
         let (manifest, size, mtime_ns, ctime_ns, writing) =
             tokio::task::spawn_blocking(move || {
                 let _x = s.gate.write().unwrap_or_else(|p| p.into_inner());
                 s.dirty.store(false, Ordering::SeqCst);
-                let mut writing = Writing::new(cache);
+                let mut writing = Writing::new(cache, &folder);
                 let (manifest, size) = chunk(&mut writing, &s.file)?;
                 s.commits.fetch_add(1, Ordering::SeqCst);
                 let mtime_ns = match s.own_size_and_mtime() {

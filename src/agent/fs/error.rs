@@ -29,6 +29,8 @@ pub enum FsError {
     NotPermitted(&'static str),
     #[error("moving between Mesh Folders is a copy")]
     CrossFolder,
+    #[error("this folder is shared with you read-only; ask its owner to make you a writer")]
+    ReadOnly,
     #[error(
         "the file changed elsewhere while readers still read its old content; open it again once they close"
     )]
@@ -69,6 +71,7 @@ impl FsError {
             FsError::NoXattr => libc::ENODATA,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::CrossFolder => libc::EXDEV,
+            FsError::ReadOnly => libc::EACCES,
             FsError::BadHandle => libc::EBADF,
             FsError::Busy => libc::EBUSY,
             FsError::Offline => libc::ENOTCONN,

@@ -138,7 +138,18 @@ impl Fs {
         n
     }
 
-    /// The attributes of `n` as `stat` shows them.
+    /// Refuses a change to `n` (or in directory `n`) when its folder is shared with this
+    /// user read-only: at once, before anything is written or queued.
+    pub(super) fn may_change(&self, n: &Node) -> Result<(), FsError> {
+        match &n.folder {
+            Some(f) if self.cache.is_read_only(f) => Err(FsError::ReadOnly),
+            _ => Ok(()),
+        }
+    }
+
+    /// The attributes of `n` as `stat` shows them. Files of a read-only folder keep their
+    /// write bits: the kernel asks for them to set `user.meshfs.pinned`, and the agent
+    /// refuses the changes themselves.
     fn attr(&self, n: Node) -> Result<Attr, FsError> {
         let n = self.live(n);
         let subdirs = if n.is_dir() {
@@ -312,6 +323,7 @@ impl Fs {
                 "the mount root holds Mesh Folders: use `meshfs folder create`",
             ));
         }
+        self.may_change(&p)?;
         if self.cache.lookup(parent, name)?.is_some() {
             return Err(FsError::Exists);
         }
@@ -405,6 +417,7 @@ impl Fs {
             ));
         }
         let n = self.find(parent, name)?;
+        self.may_change(&n)?;
         match (dir, n.is_dir()) {
             (true, false) => return Err(FsError::NotDir),
             (false, true) => return Err(FsError::IsDir),
@@ -445,6 +458,7 @@ impl Fs {
         if dst_dir.folder != src.folder {
             return Err(FsError::CrossFolder);
         }
+        self.may_change(&src)?;
         if src.is_dir() {
             // A directory may not move below itself.
             let mut at = dst_dir;
@@ -520,6 +534,9 @@ impl Fs {
         let n = self.node(ino)?;
         if a.mode.is_none() && a.atime.is_none() && a.mtime.is_none() {
             return self.attr(n);
+        }
+        if a.mode.is_some() || a.mtime.is_some() {
+            self.may_change(&n)?;
         }
         if n.entry.is_none() {
             return Err(FsError::NotPermitted("the roots of the mount are fixed"));

@@ -157,6 +157,10 @@ impl Shelf for CacheShelf {
         node.is_some_and(|n| n.manifest.iter().any(|b| b.hash == *hash))
     }
 
+    fn held_for(&self, folder: &str, hash: &BlockHash) -> bool {
+        self.0.held_for(hash, folder)
+    }
+
     fn append_block(&self, hash: &BlockHash, out: &mut Vec<u8>) -> std::io::Result<bool> {
         self.0
             .append_block(hash, out)
@@ -342,6 +346,14 @@ pub async fn run(
                 remote: Arc::clone(&agent.remote),
                 inv,
                 counters: Arc::clone(&agent.counters),
+                members_changed: match &agent.peers {
+                    Some(peers) => {
+                        let peers = Arc::clone(peers);
+                        Arc::new(move |folder: &str| peers.members_changed(folder))
+                    }
+                    None => Arc::new(|_: &str| {}),
+                },
+                relist: Arc::default(),
             }
             .run(),
         ),

@@ -22,6 +22,9 @@ const RELIST_AFTER: Duration = Duration::from_secs(3);
 /// How long a stopping agent tries to tell the cloud it no longer listens.
 const WITHDRAW_WITHIN: Duration = Duration::from_secs(2);
 
+/// A folder's devices of other users, and when they were listed.
+type Listed = (Instant, Arc<Vec<Device>>);
+
 pub struct Directory {
     remote: Arc<dyn Remote>,
     /// This device's public key: a peer ticket must name it.
@@ -35,7 +38,7 @@ pub struct Directory {
     /// still in its time window.
     revoked: Arc<RwLock<HashSet<String>>>,
     /// Other users' devices that mapped a folder, by folder, with when they were listed.
-    folder_peers: Mutex<HashMap<String, (Instant, Vec<Device>)>>,
+    folder_peers: Mutex<HashMap<String, Listed>>,
     /// When the peer list was last read from the cloud (or a read of it started).
     listed_at: Mutex<Option<Instant>>,
     relay: RwLock<Option<String>>,
@@ -191,34 +194,61 @@ impl Directory {
     }
 
     /// Other users' devices that mapped `folder`, when this device mapped it too (else
-    /// the cloud would sign no ticket for the pair); listed again every 30 s.
+    /// the cloud would sign no ticket for the pair); listed again every 30 s, and at once
+    /// after [`Directory::forget_folder`].
     pub async fn sharing(&self, folder: &str) -> Vec<Device> {
+        self.sharing_now(folder).await.as_ref().clone()
+    }
+
+    /// Whether `device`, of another user, may have `folder`'s blocks: it has the folder
+    /// mapped and its user is a member, as the cloud last listed them (see `sharing`).
+    pub async fn shares(&self, folder: &str, device: &str) -> bool {
+        self.sharing_now(folder)
+            .await
+            .iter()
+            .any(|d| d.id == device)
+    }
+
+    /// Drops what is known of `folder`'s devices (its members changed), so the next
+    /// question asks the cloud.
+    pub fn forget_folder(&self, folder: &str) {
+        self.folder_peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(folder);
+    }
+
+    /// The list for `folder`, read again once it is old. A cloud out of reach leaves the
+    /// last list in use (the peers' tickets still bound it in time).
+    async fn sharing_now(&self, folder: &str) -> Arc<Vec<Device>> {
         let known = self
             .folder_peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(folder)
-            .filter(|(at, _)| at.elapsed() < REFRESH_EVERY)
-            .map(|(_, list)| list.clone());
-        if let Some(list) = known {
-            return list;
-        }
+            .map(|(at, list)| (at.elapsed() < REFRESH_EVERY, Arc::clone(list)));
+        let last = match known {
+            Some((true, list)) => return list,
+            Some((false, list)) => Some(list),
+            None => None,
+        };
         let me = self.remote.device_id();
         let list = match self.remote.folder_devices(folder).await {
-            Ok(all) if all.iter().any(|d| d.id == me) => all
-                .into_iter()
-                .filter(|d| d.user != self.remote.user())
-                .collect(),
-            Ok(_) => Vec::new(),
+            Ok(all) if all.iter().any(|d| d.id == me) => Arc::new(
+                all.into_iter()
+                    .filter(|d| d.user != self.remote.user())
+                    .collect(),
+            ),
+            Ok(_) => Arc::default(),
             Err(e) => {
                 tracing::debug!(%folder, error = %e, "listing the folder's devices");
-                Vec::new()
+                last.unwrap_or_default()
             }
         };
         self.folder_peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(folder.to_string(), (Instant::now(), list.clone()));
+            .insert(folder.to_string(), (Instant::now(), Arc::clone(&list)));
         list
     }
 }

@@ -55,6 +55,9 @@ pub struct BlockRequest {
 pub trait Shelf: Send + Sync + 'static {
     /// Whether `hash` is a block of file `entry` of `folder`, as this device knows the file.
     fn in_file(&self, folder: &str, entry: &str, hash: &BlockHash) -> bool;
+    /// Whether `hash` is held here for `folder`: written in it or fetched for it, not only
+    /// for another folder (see `cache/held.rs`).
+    fn held_for(&self, folder: &str, hash: &BlockHash) -> bool;
     /// Appends the stored block to `out` as it is on disk, unchecked (the asker checks
     /// every block it gets); false if it is not here.
     fn append_block(&self, hash: &BlockHash, out: &mut Vec<u8>) -> std::io::Result<bool>;

@@ -136,6 +136,12 @@ impl PeerNet {
         self.order.get(req, holders).await
     }
 
+    /// A folder's members or roles changed (or this user lost it): who may have its blocks
+    /// is asked of the cloud again before the next request of a peer of another user.
+    pub fn members_changed(&self, folder: &str) {
+        self.directory.forget_folder(folder);
+    }
+
     /// The block `hash` a peer just gave was wrong (see [`SourceOrder::reject`]).
     pub fn reject(&self, hash: &BlockHash) -> bool {
         self.order.reject(hash)

@@ -1,7 +1,9 @@
 //! The answering side: every accepted channel (direct, or handed over by the relay) is
 //! served by one task that reads requests and answers each from the [`Shelf`], a bounded
-//! number at a time. A peer paired through one Mesh Folder gets only blocks of files in
-//! that folder; anything malformed ends the channel.
+//! number at a time. A peer of another user, paired through one Mesh Folder, gets only
+//! blocks of files in that folder that are held here for it, and only while its user is a
+//! member who has the folder mapped (checked before every request: a removal ends the
+//! channel). Anything malformed ends the channel.
 
 use super::channel::{Channel, frame_buffer};
 use super::net::PeerNet;
@@ -67,6 +69,13 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
         }
         folder => folder.clone(),
     };
+    // Whose membership each request needs: another user's, through a folder.
+    let member = match &scope {
+        Some(folder) if channel.peer.user != net.remote.user() => {
+            Some((folder.clone(), channel.peer.device.clone()))
+        }
+        _ => None,
+    };
     let deadline = super::ticket_deadline(channel.peer.expires);
     let (mut rd, mut wr) = channel.into_split();
     // Answers arrive as frame buffers (`channel::frame_buffer`), sealed where they lie.
@@ -87,6 +96,11 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
         let Ok(Message::Request { id, want }) = wire::parse(&frame) else {
             break Err(ChannelError::BadMessage("not a block request"));
         };
+        if let Some((folder, device)) = &member
+            && !net.directory.shares(folder, device).await
+        {
+            break Err(ChannelError::BadTicket(TicketRefusal::NotAMember));
+        }
         let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
             break Ok(());
         };
@@ -109,8 +123,10 @@ async fn answer(net: &PeerNet, scope: Option<&str>, id: u32, want: &BlockRequest
         frame.extend_from_slice(&wire::answer_header(id, status));
         frame
     };
-    if !allowed(net.shelf.as_ref(), scope, want) {
-        return refusal(Status::Forbidden);
+    match allowed(net.shelf.as_ref(), scope, want) {
+        Allowed::Yes => {}
+        Allowed::OtherFolder => return refusal(Status::Forbidden),
+        Allowed::NotHere => return refusal(Status::Missing),
     }
     let shelf = Arc::clone(&net.shelf);
     let hash = want.hash;
@@ -137,11 +153,101 @@ async fn answer(net: &PeerNet, scope: Option<&str>, id: u32, want: &BlockRequest
     }
 }
 
+/// Whether a peer may have a block.
+#[derive(Debug, PartialEq, Eq)]
+enum Allowed {
+    Yes,
+    /// It asked for a folder its ticket does not name.
+    OtherFolder,
+    /// Not a block held here for a file of its folder: answered as a block not stored at
+    /// all, so it learns nothing of what this device holds for other folders.
+    NotHere,
+}
+
 /// Whether a peer limited to `scope` may have the block: only a block of a file of that
-/// folder, as this device knows the file. A peer of the same user may have any block.
-fn allowed(shelf: &dyn Shelf, scope: Option<&str>, want: &BlockRequest) -> bool {
+/// folder, as this device knows the file, and held here for that folder. A peer of the
+/// same user may have any block.
+fn allowed(shelf: &dyn Shelf, scope: Option<&str>, want: &BlockRequest) -> Allowed {
     match scope {
-        None => true,
-        Some(folder) => want.folder == folder && shelf.in_file(folder, &want.entry, &want.hash),
+        None => Allowed::Yes,
+        Some(folder) if want.folder != folder => Allowed::OtherFolder,
+        Some(folder)
+            if shelf.held_for(folder, &want.hash)
+                && shelf.in_file(folder, &want.entry, &want.hash) =>
+        {
+            Allowed::Yes
+        }
+        Some(_) => Allowed::NotHere,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::BlockHash;
+
+    /// A device holding one file per folder: `private` in "mine", `shared` in "ours"; an
+    /// entry of "ours" that a member planted names the private block too.
+    struct TwoFolders {
+        private: BlockHash,
+        shared: BlockHash,
+    }
+
+    impl Shelf for TwoFolders {
+        fn in_file(&self, folder: &str, entry: &str, hash: &BlockHash) -> bool {
+            match (folder, entry) {
+                ("mine", "p") => *hash == self.private,
+                ("ours", "s") => *hash == self.shared,
+                ("ours", "planted") => true,
+                _ => false,
+            }
+        }
+
+        fn held_for(&self, folder: &str, hash: &BlockHash) -> bool {
+            (folder, *hash) == ("mine", self.private) || (folder, *hash) == ("ours", self.shared)
+        }
+
+        fn append_block(&self, _: &BlockHash, _: &mut Vec<u8>) -> std::io::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    fn want(folder: &str, entry: &str, hash: BlockHash) -> BlockRequest {
+        BlockRequest {
+            folder: folder.into(),
+            entry: entry.into(),
+            hash,
+        }
+    }
+
+    #[test]
+    fn a_block_held_for_another_folder_is_not_here_like_one_never_held() {
+        let shelf = TwoFolders {
+            private: BlockHash::of(b"private"),
+            shared: BlockHash::of(b"shared"),
+        };
+        let ours = Some("ours");
+        let random = BlockHash::of(b"random");
+        assert_eq!(
+            allowed(&shelf, ours, &want("ours", "s", shelf.shared)),
+            Allowed::Yes
+        );
+        assert_eq!(
+            allowed(&shelf, ours, &want("ours", "planted", shelf.private)),
+            Allowed::NotHere
+        );
+        assert_eq!(
+            allowed(&shelf, ours, &want("ours", "planted", random)),
+            Allowed::NotHere
+        );
+        assert_eq!(
+            allowed(&shelf, ours, &want("mine", "p", shelf.private)),
+            Allowed::OtherFolder
+        );
+        assert_eq!(
+            allowed(&shelf, None, &want("mine", "p", shelf.private)),
+            Allowed::Yes,
+            "the user's own devices have every block"
+        );
     }
 }

@@ -27,6 +27,8 @@ pub enum TicketRefusal {
     BadHolderKey,
     #[error("names a device the cloud has revoked since")]
     Revoked,
+    #[error("names a folder the peer's user is no longer a member of (or that it unmapped)")]
+    NotAMember,
 }
 
 /// What a checked ticket tells about the other device.
