@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::hand::{Hand, listener_of};
 use common::{Cloud, Device, Mesh, eventually, pseudo_random};
 use meshfs::agent::remote::Remote;
 use sha2::{Digest, Sha256};
@@ -456,75 +457,6 @@ fn opens_first_request(sent: &[u8], secrets: &[(String, Vec<u8>)]) -> bool {
             )
         })
     })
-}
-
-/// What a device needs to open a channel by hand: its cloud client, key and ticket check.
-struct Hand {
-    client: meshfs::agent::client::CloudClient,
-    id: String,
-    key: std::sync::Arc<rsa::PrivateKey>,
-}
-
-impl Hand {
-    fn of(dev: &Device) -> Self {
-        let home = meshfs::agent::home::Home::new(&dev.home);
-        let client = meshfs::agent::client::connect(&home).expect("client");
-        let key = meshfs::crypto::keys::load_private(&home.key()).expect("key");
-        Hand {
-            id: client.device_id().to_string(),
-            client,
-            key: std::sync::Arc::new(key),
-        }
-    }
-
-    /// Checks peers' tickets as this device's agent would, with the cloud's current keys.
-    async fn ticket_check(
-        &self,
-    ) -> std::sync::Arc<dyn meshfs::crypto::channel::PeerCheck + Send + Sync> {
-        let (_, jwks) = self.client.cloud_info().await.expect("jwks");
-        let keys = meshfs::crypto::ticket::KeySet::from_jwks(&jwks).expect("keys");
-        let check =
-            meshfs::crypto::channel::TicketCheck::new(keys, &self.id, &self.key.to_public_key())
-                .expect("check");
-        std::sync::Arc::new(check)
-    }
-
-    /// Opens a channel to `to` at `addr` showing `ticket`.
-    async fn connect(
-        &self,
-        addr: &str,
-        to: &str,
-        ticket: String,
-    ) -> Result<(), meshfs::crypto::channel::ChannelError> {
-        let check = self.ticket_check().await;
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-        let me = meshfs::crypto::channel::LocalPeer {
-            device: self.id.clone(),
-            key: std::sync::Arc::clone(&self.key),
-            ticket,
-            key_log: None,
-        };
-        meshfs::agent::peer::channel::connect(tcp, me, to, check)
-            .await
-            .map(|_| ())
-    }
-}
-
-/// A's peer listener, as A reported it to the cloud (asked every 100 ms, 10 s at most: a
-/// polling loop, as in `eventually`, but async).
-async fn listener_of(hand: &Hand, device: &str) -> String {
-    for _ in 0..100 {
-        let devices = hand.client.devices().await.expect("devices");
-        if let Some(addr) = devices
-            .iter()
-            .find(|d| d.id == device)
-            .and_then(|d| d.addrs.first())
-        {
-            return addr.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("device {device} reported no address");
 }
 
 /// Through A's real listener: another user's device gets no peer ticket naming A, and its

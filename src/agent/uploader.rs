@@ -661,11 +661,11 @@ impl Uploader {
                 let (folder, hash) = (folder.to_string(), b.hash);
                 async move {
                     if self.in_cloud.has(&folder, &hash) {
-                        return Ok(true);
+                        return Ok(None);
                     }
                     if remote.has_block(&folder, &hash).await? {
                         self.in_cloud.add(&folder, hash);
-                        return Ok(true);
+                        return Ok(None);
                     }
                     let Ok(Some(data)) = cache.load_block(&hash) else {
                         return Err(UploadError::LocalBlockMissing(hash));
@@ -681,23 +681,26 @@ impl Uploader {
                                 Some(ErrorCode::QuotaExceeded | ErrorCode::DeviceOnly)
                             ) =>
                         {
-                            return Ok(false);
+                            return Ok(Some(e));
                         }
                         Err(e) => return Err(e.into()),
                     }
                     Counters::add(&counters.blocks_uploaded, 1);
                     Counters::add(&counters.bytes_uploaded, len);
                     self.in_cloud.add(&folder, hash);
-                    Ok(true)
+                    Ok(None)
                 }
             })
             .collect();
         let mut jobs = futures::stream::iter(jobs).buffer_unordered(4);
-        let mut all = true;
+        let mut refused = None;
         while let Some(r) = jobs.next().await {
-            all &= r?;
+            refused = refused.or(r?);
         }
-        Ok(all)
+        if let Some(e) = &refused {
+            tracing::warn!(%folder, error = %e, "the cloud refused some of a file's blocks: they stay on this device, which serves them to peers");
+        }
+        Ok(refused.is_none())
     }
 
     /// A change the cloud refused stays on this device only: its blocks must survive the

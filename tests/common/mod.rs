@@ -3,6 +3,8 @@
 //! `Drop`, also when a test fails: processes are killed and mounts detached.
 #![allow(dead_code)]
 
+pub mod hand;
+
 use meshfs::agent::status::{AgentStatus, CounterSnapshot};
 use std::io::Write;
 use std::path::{Path, PathBuf};
