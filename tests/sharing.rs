@@ -255,6 +255,10 @@ fn a_folder_shared_read_then_written_then_taken_back() {
         "A serves bob while he is a member"
     );
 
+    // A channel bob opened while a member, left idle.
+    let idle = rt
+        .block_on(bob.channel(&addr, &a_id, old_peer.clone()))
+        .expect("channel");
     let told = |m: &Mount| m.log_text().matches("the folder's members changed").count();
     let told_before = told(&ma);
     common::output_ok(
@@ -288,6 +292,12 @@ fn a_folder_shared_read_then_written_then_taken_back() {
     // A hears of the removal through its feed; then its peer server refuses bob's old,
     // still unexpired peer ticket for the folder.
     assert!(eventually(SOON, || told(&ma) > told_before));
+    let (mut idle_rd, _idle_wr) = idle.into_split();
+    let closed = rt.block_on(async { tokio::time::timeout(SOON, idle_rd.recv()).await });
+    assert!(
+        matches!(closed, Ok(Ok(None)) | Ok(Err(_))),
+        "A closes bob's idle channel for the folder: {closed:?}"
+    );
     assert_eq!(
         rt.block_on(ask(&bob, &addr, &a_id, old_peer, &want)),
         None,

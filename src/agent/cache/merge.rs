@@ -212,8 +212,8 @@ pub fn note_epoch(cache: &Cache, id: &str, epoch: u64) -> Result<bool, CacheErro
 }
 
 /// Forgets a folder this user lost (removed from it, or left): its root leaves the mount
-/// root, and its nodes, journal records, feed cursor and the blocks held only for it
-/// (unless something else must keep them) leave the device. Returns what it was.
+/// root, and its nodes, journal records, feed cursor, views and the blocks held only for
+/// it (unless something else must keep them) leave the device. Returns what it was.
 pub fn drop_folder(cache: &Cache, id: &str, me: &str) -> Result<Option<FolderInfo>, CacheError> {
     let info = {
         let _g = cache.lock();
@@ -239,6 +239,9 @@ pub fn drop_folder(cache: &Cache, id: &str, me: &str) -> Result<Option<FolderInf
         }
         txn.remove_folder(id);
         cache.apply(txn)?;
+        for ino in &inos {
+            cache.drop_view(*ino);
+        }
         info
     };
     let freed = cache.forget_folder_marks(id)?;

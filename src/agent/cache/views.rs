@@ -167,6 +167,12 @@ impl Cache {
         self.views.kept().bytes
     }
 
+    /// Removes the view of `ino`, whose node leaves the device (its file stays readable by
+    /// whoever has it open, until the last close).
+    pub(super) fn drop_view(&self, ino: u64) {
+        self.views.kept().forget(ino);
+    }
+
     /// Stops keeping view `id` of `ino`, which a writer or a rewrite now changes (its file
     /// stays open for whoever holds it).
     pub fn retire_view(&self, ino: u64, id: u64) {

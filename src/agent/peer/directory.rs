@@ -39,6 +39,9 @@ pub struct Directory {
     revoked: Arc<RwLock<HashSet<String>>>,
     /// Other users' devices that mapped a folder, by folder, with when they were listed.
     folder_peers: Mutex<HashMap<String, Listed>>,
+    /// Counts the changes of members told by [`Directory::forget_folder`], for channels
+    /// that serve another user's device to look again.
+    members: tokio::sync::watch::Sender<u64>,
     /// When the peer list was last read from the cloud (or a read of it started).
     listed_at: Mutex<Option<Instant>>,
     relay: RwLock<Option<String>>,
@@ -57,6 +60,7 @@ impl Directory {
             peers: RwLock::new(Vec::new()),
             revoked: Arc::default(),
             folder_peers: Mutex::new(HashMap::new()),
+            members: tokio::sync::watch::Sender::new(0),
             listed_at: Mutex::new(None),
             relay: RwLock::new(None),
             advertised: RwLock::new(None),
@@ -216,6 +220,12 @@ impl Directory {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(folder);
+        self.members.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever some folder's members changed (see [`Directory::forget_folder`]).
+    pub fn members_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.members.subscribe()
     }
 
     /// The list for `folder`, read again once it is old. A cloud out of reach leaves the

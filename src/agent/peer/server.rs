@@ -14,7 +14,7 @@ use crate::crypto::channel::{ChannelError, TicketRefusal};
 use crate::proto::BLOCK_SIZE;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// Requests of one channel answered at once (as many as a reader's read-ahead asks for).
 const IN_FLIGHT: usize = 32;
@@ -76,6 +76,16 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
         }
         _ => None,
     };
+    // An idle channel of a device whose user left the folder closes too, when told.
+    let removed = Arc::new(Notify::new());
+    let watcher = member.clone().map(|(folder, device)| {
+        tokio::spawn(watch_member(
+            Arc::clone(&net),
+            folder,
+            device,
+            Arc::clone(&removed),
+        ))
+    });
     let deadline = super::ticket_deadline(channel.peer.expires);
     let (mut rd, mut wr) = channel.into_split();
     // Answers arrive as frame buffers (`channel::frame_buffer`), sealed where they lie.
@@ -92,6 +102,9 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
                 Err(e) => break Err(e),
             },
             () = tokio::time::sleep_until(deadline) => break Err(ChannelError::Expired),
+            () = removed.notified() => {
+                break Err(ChannelError::BadTicket(TicketRefusal::NotAMember));
+            }
         };
         let Ok(Message::Request { id, want }) = wire::parse(&frame) else {
             break Err(ChannelError::BadMessage("not a block request"));
@@ -113,7 +126,22 @@ async fn serve<S: Io>(net: Arc<PeerNet>, channel: Channel<S>) -> Result<(), Chan
     };
     drop(tx);
     let _ = writer.await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     result
+}
+
+/// Tells `removed` once `device` no longer shares `folder`, looking again whenever the
+/// directory hears that some folder's members changed.
+async fn watch_member(net: Arc<PeerNet>, folder: String, device: String, removed: Arc<Notify>) {
+    let mut changes = net.directory.members_changes();
+    while changes.changed().await.is_ok() {
+        if !net.directory.shares(&folder, &device).await {
+            removed.notify_one();
+            return;
+        }
+    }
 }
 
 /// The answer to one request, as a frame buffer.
