@@ -151,6 +151,18 @@ fn check_content(put: &EntryPut) -> Result<(), AppError> {
     Ok(())
 }
 
+/// Starts the change a write to `folder` makes, checking in its transaction that the
+/// caller may still write there: a removal or a new role committed since the request's
+/// `require_folder` is seen, and the write refused.
+async fn begin_write(state: &AppState, caller: &Caller, folder: &str) -> Result<Change, AppError> {
+    let mut change = state.store.begin_change().await?;
+    match change.role(folder, &caller.claims.sub).await? {
+        Some(Role::Owner | Role::Writer) => Ok(change),
+        Some(Role::Reader) => Err(AppError::Forbidden),
+        None => Err(AppError::NotAMember),
+    }
+}
+
 /// `POST /folders`: a new folder owned by the caller, with an owner's access ticket.
 pub async fn create_folder(
     State(state): State<AppState>,
@@ -335,7 +347,7 @@ pub async fn restore_entry(
     } else {
         (id, Condition::Version(current.version))
     };
-    let mut change = state.store.begin_change().await?;
+    let mut change = begin_write(&state, &caller, &folder.id).await?;
     let (entry, _) = put_step(&mut change, &folder.id, &target, cond, put, &caller).await?;
     let version = change.commit().await?;
     state.feed.send_modify(|seq| *seq = (*seq).max(version));
@@ -409,7 +421,7 @@ pub async fn put_entry(
     let folder = require_folder(&state, &caller, &folder, &path, Right::Write).await?;
     let cond = condition(&headers)?;
     let Json(put) = body?;
-    let mut change = state.store.begin_change().await?;
+    let mut change = begin_write(&state, &caller, &folder.id).await?;
     let (entry, created) = put_step(&mut change, &folder.id, &id, cond, put, &caller).await?;
     let version = entry.version;
     change.commit().await?;
@@ -529,7 +541,7 @@ pub async fn delete_entry(
     let Condition::Version(v) = condition(&headers)? else {
         return Err(AppError::PreconditionRequired);
     };
-    let mut change = state.store.begin_change().await?;
+    let mut change = begin_write(&state, &caller, &folder.id).await?;
     let entry = delete_step(&mut change, &folder.id, &id, v, &caller).await?;
     let version = entry.version;
     change.commit().await?;
@@ -590,7 +602,7 @@ pub async fn apply_steps(
     }
     check_journal(journal.as_deref(), &steps)?;
     let device = caller.claims.dev.clone();
-    let mut change = state.store.begin_change().await?;
+    let mut change = begin_write(&state, &caller, &folder.id).await?;
     let mut mark = match &journal {
         Some(j) => change.journal_mark(&device, j).await?,
         None => 0,

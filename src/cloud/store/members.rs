@@ -4,7 +4,7 @@
 //! transaction, so access tickets issued before it are refused from then on; a removal
 //! also unmaps the folder from the member's devices, so no peer ticket names it again.
 
-use super::{Store, StoreError, folder_from, to_i64, to_u64};
+use super::{Change, Store, StoreError, folder_from, to_i64, to_u64};
 use crate::proto::{Folder, Invitation, Member, Role};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -66,6 +66,34 @@ async fn bump_epoch(tx: &mut Transaction<'static, Sqlite>, folder: &str) -> Resu
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+impl Change {
+    /// The role `user` holds on `folder`, read in this change's transaction: a write checks
+    /// it here, so a removal or a new role committed since its request began is seen.
+    pub async fn role(&mut self, folder: &str, user: &str) -> Result<Option<Role>, StoreError> {
+        let row = sqlx::query(
+            "SELECT f.owner, m.role AS member_role FROM folders f
+             LEFT JOIN members m ON m.folder = f.id AND m.user_name = ?
+             WHERE f.id = ?",
+        )
+        .bind(user)
+        .bind(folder)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.try_get::<String, _>("owner")? == user {
+            return Ok(Some(Role::Owner));
+        }
+        match row.try_get::<Option<String>, _>("member_role")? {
+            Some(r) => Ok(Some(
+                Role::parse(&r).ok_or(StoreError::Corrupt("member role"))?,
+            )),
+            None => Ok(None),
+        }
+    }
 }
 
 impl Store {
@@ -390,7 +418,18 @@ mod tests {
         };
         store.insert_device(&dev).await.unwrap();
         store.set_mapped("b1", "f", true).await.unwrap();
+        let mut c = store.begin_change().await.unwrap();
+        assert_eq!(c.role("f", "bob").await.unwrap(), Some(Role::Reader));
+        assert_eq!(c.role("f", "ann").await.unwrap(), Some(Role::Owner));
+        drop(c);
         assert!(store.remove_member("f", "bob").await.unwrap());
+        let mut c = store.begin_change().await.unwrap();
+        assert_eq!(
+            c.role("f", "bob").await.unwrap(),
+            None,
+            "a write sees the removal"
+        );
+        drop(c);
         assert_eq!(epoch(&store).await, 2);
         assert!(store.devices_mapping("f").await.unwrap().is_empty());
         assert!(!store.remove_member("f", "bob").await.unwrap());
