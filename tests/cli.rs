@@ -182,3 +182,77 @@ fn logs_that_go_to_a_file_are_plain_text() {
         );
     }
 }
+
+/// Sharing from the command line: an invitation declined leaves nothing, one accepted
+/// lists the folder with read rights, a member who leaves loses it, and the owner's
+/// `members` shows who is left and who is invited; refusals name what to do.
+#[test]
+fn folders_are_shared_declined_accepted_and_left_from_the_command_line() {
+    let cloud = Cloud::start();
+    cloud.add_user("alice");
+    cloud.add_user("bob");
+    let a = Device::login(&cloud, "alice", "laptop");
+    let b = Device::login(&cloud, "bob", "desktop");
+    a.create_folder("Docs");
+    a.create_folder("Photos");
+    let text = |out: std::process::Output| common::output_ok("meshfs", out);
+    for f in ["Docs", "Photos"] {
+        text(a.cli(&[
+            "folder",
+            "share",
+            f,
+            "--with",
+            "bob",
+            "--max-bytes",
+            "1000000",
+        ]));
+    }
+    let waiting = text(b.cli(&["folder", "invitations"]));
+    assert!(
+        waiting.contains("Docs (from alice) as reader, storing at most 1000000 bytes"),
+        "{waiting}"
+    );
+    assert!(waiting.contains("Photos (from alice)"), "{waiting}");
+    text(b.cli(&["folder", "decline", "Photos"]));
+    let out = b.cli(&["folder", "accept", "Photos"]);
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out.stderr).contains("meshfs folder invitations"),
+        "says what to do"
+    );
+    text(b.cli(&["folder", "accept", "Docs"]));
+    let list = text(b.cli(&["folder", "list"]));
+    let docs = list
+        .lines()
+        .find(|l| l.contains("Docs"))
+        .expect("Docs listed");
+    assert!(
+        docs.contains("alice") && docs.trim_end().ends_with("read"),
+        "{list}"
+    );
+    assert!(!list.contains("Photos"), "{list}");
+    // Only the owner shares; bob is told so.
+    let out = b.cli(&["folder", "share", "Docs", "--with", "alice"]);
+    assert!(!out.status.success());
+    let members = text(a.cli(&["folder", "members", "Docs"]));
+    assert!(
+        members
+            .lines()
+            .any(|l| l.starts_with("bob") && l.contains("reader")),
+        "{members}"
+    );
+
+    text(b.cli(&["folder", "leave", "Docs"]));
+    assert!(!text(b.cli(&["folder", "list"])).contains("Docs"));
+    let members = text(a.cli(&["folder", "members", "Docs"]));
+    assert!(!members.contains("bob"), "{members}");
+    text(a.cli(&["folder", "share", "Photos", "--with", "bob"]));
+    assert!(
+        text(a.cli(&["folder", "members", "Photos"]))
+            .lines()
+            .any(|l| l.starts_with("bob") && l.contains("invited"))
+    );
+    let out = text(a.cli(&["folder", "unshare", "Photos", "--with", "bob"]));
+    assert!(out.contains("withdrew bob's invitation"), "{out}");
+    assert!(text(b.cli(&["folder", "invitations"])).contains("no invitations"));
+}

@@ -33,7 +33,7 @@ pub enum Command {
     },
     /// Log this device in: make its key, claim it for the user, remember the cloud.
     Login(LoginArgs),
-    /// Create, list, map and unmap Mesh Folders.
+    /// Create, list, map and share Mesh Folders.
     Folder {
         #[command(subcommand)]
         command: FolderCommand,
