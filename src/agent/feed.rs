@@ -73,7 +73,7 @@ impl Feed {
         loop {
             match self.list().await {
                 Ok((folders, gone)) => {
-                    // A feed that ended (refused) starts again if its folder is listed.
+                    // A feed task that ended (it panicked) starts again.
                     following.retain(|_, task| !task.is_finished());
                     for id in gone {
                         // Stopped first, so that nothing it applies outlives the folder.
@@ -164,17 +164,17 @@ impl Feed {
                     self.counters.cloud_reachable.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(250);
                 }
-                // Refused: this user may have lost the folder; the listing decides.
-                Err(FeedError::Cloud(e)) if matches!(e.status(), Some(403 | 404)) => {
-                    tracing::info!(folder = %folder.name, error = %e, "the folder's feed is refused");
-                    self.relist.notify_one();
-                    return;
-                }
                 Err(e) => {
                     if matches!(&e, FeedError::Cloud(c) if c.is_unreachable()) {
                         self.counters
                             .cloud_reachable
                             .store(false, Ordering::Relaxed);
+                    }
+                    // Refused: this user may have lost the folder. The listing decides, and
+                    // stops this task if so.
+                    if matches!(&e, FeedError::Cloud(c) if matches!(c.status(), Some(403 | 404))) {
+                        tracing::info!(folder = %folder.name, error = %e, "the folder's feed is refused");
+                        self.relist.notify_one();
                     }
                     tracing::debug!(folder = %folder.name, error = %e, "change feed");
                     tokio::time::sleep(backoff).await;

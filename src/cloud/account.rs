@@ -64,9 +64,10 @@ pub fn valid_user_name(name: &str) -> bool {
             .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
-/// A display name for a device or folder: 1 to 255 bytes, no control characters, no '/'.
+/// A display name for a device or folder: a folder's is a name in the mount root, so the
+/// same rule as an entry's (`proto::valid_entry_name`).
 pub fn valid_display_name(name: &str) -> bool {
-    (1..=255).contains(&name.len()) && !name.chars().any(|c| c.is_control() || c == '/')
+    crate::proto::valid_entry_name(name)
 }
 
 /// The claims of a new ticket of `kind` for `user`'s device `dev`.
@@ -185,7 +186,7 @@ pub async fn login(
     if !valid_display_name(&req.device_name) {
         return Err(AppError::invalid(
             ErrorCode::BadName,
-            "a device name is 1 to 255 bytes without '/' or control characters",
+            "a device name is 1 to 255 bytes without '/' or control characters, and not \".\" or \"..\"",
         ));
     }
     keys::parse_public_pem(&req.device_key).map_err(|_| {

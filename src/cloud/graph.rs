@@ -72,12 +72,12 @@ fn with_etag(status: StatusCode, entry: Entry) -> Result<Response, AppError> {
     Ok((status, [(ETAG, tag)], Json(entry)).into_response())
 }
 
-/// An entry name: non-empty, at most 255 bytes, no '/', not `.` or `..`.
+/// An entry name (`proto::valid_entry_name`).
 fn check_name(name: &str) -> Result<(), AppError> {
-    if name.is_empty() || name.len() > 255 || name.contains('/') || name == "." || name == ".." {
+    if !crate::proto::valid_entry_name(name) {
         return Err(AppError::invalid(
             ErrorCode::BadName,
-            "an entry name is 1 to 255 bytes, without '/', and not \".\" or \"..\"",
+            "an entry name is 1 to 255 bytes, without '/' or control characters, and not \".\" or \"..\"",
         ));
     }
     Ok(())
@@ -174,7 +174,7 @@ pub async fn create_folder(
     if !valid_display_name(&req.name) {
         return Err(AppError::invalid(
             ErrorCode::BadName,
-            "a folder name is 1 to 255 bytes without '/' or control characters",
+            "a folder name is 1 to 255 bytes without '/' or control characters, and not \".\" or \"..\"",
         ));
     }
     let folder = Folder {

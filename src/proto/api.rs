@@ -333,6 +333,16 @@ pub struct FolderPatch {
     pub device_only: Option<bool>,
 }
 
+/// Whether `name` may name an entry in a directory: 1 to 255 bytes, no `/` and no control
+/// character (NUL included), and not `.` or `..`. The cloud refuses other names, and a
+/// device skips any that reach it anyway, before they reach its mount.
+pub fn valid_entry_name(name: &str) -> bool {
+    (1..=255).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c.is_control())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
@@ -654,6 +664,26 @@ mod tests {
         assert_eq!(decode_block_batch(&lying, 1), None, "a length past the end");
     }
 
+    #[test]
+    fn an_entry_name_is_one_path_component_without_control_characters() {
+        for good in ["a", "notes.txt", ".hidden", "...", "é", &"x".repeat(255)] {
+            assert!(valid_entry_name(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/",
+            "a\0b",
+            "line\nbreak",
+            "\u{7f}",
+            &"x".repeat(256),
+        ] {
+            assert!(!valid_entry_name(bad), "{bad:?}");
+        }
+    }
+
     /// The wire spelling is serde's, and `as_str` says the same; an unknown code parses.
     #[test]
     fn error_codes_are_spelled_on_the_wire_as_as_str_says() {
@@ -696,6 +726,7 @@ mod tests {
             ErrorCode::NoParent,
             ErrorCode::Cycle,
             ErrorCode::MissingBlocks,
+            ErrorCode::AlreadyMember,
             ErrorCode::QuotaExceeded,
             ErrorCode::Internal,
         ];

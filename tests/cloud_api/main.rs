@@ -712,6 +712,43 @@ async fn steps_of_a_journal_are_applied_once_however_often_they_are_replayed() {
     );
 }
 
+/// Names a mount could not show are refused with 400 and nothing is made: an entry's with
+/// a NUL or another control character, `.`, `..` or a `/`; a folder named `.` or `..`.
+#[tokio::test]
+async fn names_no_file_system_could_show_are_refused() {
+    let (env, ann, g) = ann_with_folder().await;
+    let (t, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let before = env.entries(t, f).await.entries;
+    for (i, bad) in ["nul\0", "line\nbreak", "bell\u{7}", ".", "..", "a/b"]
+        .iter()
+        .enumerate()
+    {
+        let res = env.create(t, f, &format!("n{i}"), &file(bad, &[])).await;
+        assert_eq!(
+            api_error(res).await,
+            (StatusCode::BAD_REQUEST, ErrorCode::BadName),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(env.entries(t, f).await.entries, before);
+    for bad in [".", ".."] {
+        let res = env
+            .req(Method::POST, "/folders", Some(&ann.identity))
+            .json(&NewFolder {
+                name: bad.into(),
+                device_only: false,
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            api_error(res).await,
+            (StatusCode::BAD_REQUEST, ErrorCode::BadName),
+            "{bad:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_taken_name_needs_replace_and_the_tree_stays_a_tree() {
     let (env, _ann, g) = ann_with_folder().await;

@@ -51,6 +51,10 @@ pub fn apply_entry(
     folder: &FolderInfo,
     e: &Entry,
 ) -> Result<bool, CacheError> {
+    if !e.deleted && !crate::proto::valid_entry_name(&e.name) {
+        tracing::warn!(folder = %folder.name, entry = %e.id, name = ?e.name, "skipped a change from the cloud: its name cannot be a file name here");
+        return Ok(false);
+    }
     let _g = cache.lock();
     let existing = match cache.ino_of_entry(&folder.id, &e.id)? {
         Some(ino) => cache.node(ino)?.map(|n| (ino, n)),
@@ -318,6 +322,26 @@ mod tests {
         let p = cache.lookup(f.ino, "dir").unwrap().unwrap();
         let c = cache.lookup(p, "child").unwrap().unwrap();
         assert_eq!(cache.node(c).unwrap().unwrap().entry.as_deref(), Some("c"));
+    }
+
+    /// A name that cannot be a file name here (sent by a cloud that let it through) is
+    /// skipped: nothing is linked, the kernel is told nothing, and a good one still applies.
+    #[test]
+    fn an_entry_with_a_bad_name_is_skipped() {
+        let (_d, cache, f) = setup();
+        let inv = Recorder::default();
+        for (i, bad) in ["..", "a/b", "nul\0", "", &"x".repeat(256)]
+            .iter()
+            .enumerate()
+        {
+            let e = entry(&format!("e{i}"), None, bad, EntryKind::File, 1);
+            assert!(!apply_entry(&cache, &inv, &f, &e).unwrap(), "{bad:?}");
+        }
+        assert!(cache.children(f.ino).unwrap().is_empty());
+        assert!(inv.0.lock().unwrap().is_empty());
+        let good = entry("g", None, "good", EntryKind::File, 2);
+        assert!(apply_entry(&cache, &inv, &f, &good).unwrap());
+        assert_eq!(cache.children(f.ino).unwrap().len(), 1);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub(super) fn check_len(name: &str) -> Result<(), FsError> {
 /// A name a new entry may have.
 fn check_name(name: &str) -> Result<(), FsError> {
     check_len(name)?;
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+    if !crate::proto::valid_entry_name(name) {
         return Err(FsError::Invalid);
     }
     Ok(())

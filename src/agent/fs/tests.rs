@@ -94,12 +94,19 @@ async fn names_longer_than_255_bytes_get_enametoolong_on_every_operation() {
 async fn names_that_are_not_one_path_component_are_refused() {
     let (_c, _f, a) = one_device().await;
     let docs = a.ino("Docs").unwrap();
-    for bad in ["", ".", "..", "a/b"] {
+    // Control characters too: the cloud refuses them, so such a file could never sync.
+    for bad in ["", ".", "..", "a/b", "line\nbreak", "nul\0"] {
         assert!(
             matches!(a.fs.mkdir(docs, bad, 0o755), Err(FsError::Invalid)),
             "{bad:?}"
         );
+        assert!(
+            a.write(&format!("Docs/{bad}"), b"x").await.is_err(),
+            "{bad:?}"
+        );
     }
+    assert!(a.list("Docs").unwrap().is_empty());
+    assert_eq!(a.cache.journal_len(), 0);
 }
 
 #[tokio::test]
