@@ -256,3 +256,35 @@ fn folders_are_shared_declined_accepted_and_left_from_the_command_line() {
     assert!(out.contains("withdrew bob's invitation"), "{out}");
     assert!(text(b.cli(&["folder", "invitations"])).contains("no invitations"));
 }
+
+/// Logging in again in a home makes a new key and a new device, also after the old one
+/// was revoked: the old key is not claimed again.
+#[test]
+fn a_second_login_in_a_home_makes_a_new_key() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    let a = Device::login(&cloud, "ann", "laptop");
+    let key_file = meshfs::agent::home::Home::new(&a.home).key();
+    let (key1, id1) = (std::fs::read(&key_file).unwrap(), a.device_id());
+    a.cli_ok(&["device", "revoke", &id1]);
+    let out = common::run_with_stdin(
+        common::meshfs(None)
+            .args(["login", "--cloud", &cloud.url, "--ca"])
+            .arg(cloud.ca())
+            .args([
+                "--user",
+                "ann",
+                "--password-stdin",
+                "--device-name",
+                "laptop",
+                "--home",
+            ])
+            .arg(&a.home),
+        common::PASSWORD,
+    );
+    common::output_ok("second login", out);
+    assert_ne!(std::fs::read(&key_file).unwrap(), key1, "a new key");
+    assert_ne!(a.device_id(), id1, "a new device");
+    common::output_ok("folder list", a.cli(&["folder", "list"]));
+    assert!(!key_file.with_extension("new").exists());
+}

@@ -1,4 +1,4 @@
-//! `meshfs login`: makes the device's key (kept on the device, mode 0600), claims the
+//! `meshfs login`: makes a new device key (kept on the device, mode 0600), claims the
 //! device for the user with the password, pins the cloud's CA, and writes `device.toml`.
 
 use crate::agent::client;
@@ -20,16 +20,16 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
     let ca = std::fs::read(&a.ca)
         .with_context(|| format!("reading the cloud's CA {}", a.ca.display()))?;
 
-    let key = if home.key().exists() {
-        keys::load_private(&home.key())?
-    } else {
-        eprintln!("Making this device's RSA key…");
-        let key = tokio::task::spawn_blocking(keys::generate)
-            .await
-            .context("generating the device key")?;
-        keys::save_private(&key, &home.key())?;
-        key
-    };
+    // A fresh key at every login, also in a home logged in before: a key copied off a
+    // device since revoked must not be claimed again. It replaces the old one only once
+    // the claim succeeded.
+    eprintln!("Making this device's RSA key…");
+    let key = tokio::task::spawn_blocking(keys::generate)
+        .await
+        .context("generating the device key")?;
+    let fresh = home.key().with_extension("new");
+    let _ = std::fs::remove_file(&fresh);
+    keys::save_private(&key, &fresh)?;
     let http = client::https(&ca)?;
     let device_name = match a.device_name {
         Some(n) => n,
@@ -44,9 +44,15 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
         device_name: device_name.clone(),
         device_key: keys::public_pem(&key.to_public_key())?,
     };
-    let resp = client::login(&http, &cloud, &req)
-        .await
-        .with_context(|| format!("logging in to {cloud} as {}", a.user))?;
+    let resp = match client::login(&http, &cloud, &req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let _ = std::fs::remove_file(&fresh);
+            return Err(e).with_context(|| format!("logging in to {cloud} as {}", a.user));
+        }
+    };
+    std::fs::rename(&fresh, home.key())
+        .with_context(|| format!("putting the new key at {}", home.key().display()))?;
     std::fs::write(home.ca(), &ca).with_context(|| format!("writing {}", home.ca().display()))?;
     home.save_device(&DeviceFile {
         cloud,

@@ -189,18 +189,27 @@ pub async fn login(
             "a device name is 1 to 255 bytes without '/' or control characters, and not \".\" or \"..\"",
         ));
     }
-    keys::parse_public_pem(&req.device_key).map_err(|_| {
+    let key = keys::parse_public_pem(&req.device_key).map_err(|_| {
         AppError::invalid(
             ErrorCode::BadKey,
             "device_key must be the device's RSA public key as SPKI PEM",
         )
     })?;
+    // Kept in one spelling, so a key is found again whatever PEM it came in.
+    let public_key =
+        keys::public_pem(&key).map_err(|e| AppError::internal("encoding a device key", e))?;
+    if state.store.key_revoked(&public_key).await? {
+        return Err(AppError::conflict(
+            ErrorCode::BadKey,
+            "this key belongs to a revoked device; log in with a new key (`meshfs login` makes one)",
+        ));
+    }
     let now = now_ms();
     let device = Device {
         id: uuid::Uuid::new_v4().to_string(),
         user: req.user.clone(),
         name: req.device_name,
-        public_key: req.device_key,
+        public_key,
         created_ms: now,
         last_seen_ms: now,
         revoked: false,

@@ -438,6 +438,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a revoked device was claimed with `public_key` (SPKI PEM as `keys::public_pem`
+    /// spells it).
+    pub async fn key_revoked(&self, public_key: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM devices WHERE public_key = ? AND revoked = 1")
+            .bind(public_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
         let row = sqlx::query("SELECT * FROM devices WHERE id = ?")
             .bind(id)

@@ -1161,6 +1161,40 @@ async fn a_shared_reader_gets_only_read_rights() {
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }
 
+/// A key that a revoked device was claimed with claims no device again (a copy of a lost
+/// laptop's key stays useless), whatever PEM spelling it comes in; a new key does.
+#[tokio::test]
+async fn a_revoked_devices_key_claims_no_device_again() {
+    let env = env().await;
+    let ann = env.login("ann").await;
+    let lost = env.login_key("ann", &KEY_B).await;
+    let path = format!("/users/ann/devices/{}", lost.id);
+    let res = env.req(Method::DELETE, &path, Some(&ann.identity)).send();
+    assert_eq!(res.await.unwrap().status(), StatusCode::OK);
+    let res = env.login_with("ann", "ann-password", &KEY_B).await;
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::CONFLICT, ErrorCode::BadKey)
+    );
+    let mut body = LoginRequest {
+        user: "ann".into(),
+        password: "ann-password".into(),
+        device_name: "laptop".into(),
+        device_key: keys::public_pem(&KEY_B.to_public_key())
+            .unwrap()
+            .replace('\n', "\r\n"),
+    };
+    let res = env.req(Method::POST, "/login", None).json(&body);
+    assert_eq!(
+        api_error(res.send().await.unwrap()).await,
+        (StatusCode::CONFLICT, ErrorCode::BadKey),
+        "the same key in CRLF lines"
+    );
+    body.device_key = keys::public_pem(&keys::generate().to_public_key()).unwrap();
+    let res = env.req(Method::POST, "/login", None).json(&body);
+    assert_eq!(res.send().await.unwrap().status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_revoked_devices_tickets_stop_working_at_once() {
     let (env, ann, g) = ann_with_folder().await;
