@@ -13,6 +13,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,10 @@ pub enum HomeError {
     },
     #[error("this device is not logged in ({path} is missing): run `meshfs login` first")]
     NotLoggedIn { path: PathBuf },
+    #[error(
+        "{path} is open to other users (mode {mode:o}); run `chmod {fix:o} {path}` and start again"
+    )]
+    TooOpen { path: PathBuf, mode: u32, fix: u32 },
 }
 
 /// What `device.toml` holds.
@@ -93,10 +98,67 @@ impl Home {
         toml::from_str(&text).map_err(|source| HomeError::Parse { path, source })
     }
 
+    /// Refuses a home whose directory, key or cache other users could read (the key signs
+    /// for the device; the cache holds the user's files), naming the `chmod` that fixes it.
+    pub fn check_private(&self) -> Result<(), HomeError> {
+        for (path, fix) in [
+            (self.root.clone(), 0o700),
+            (self.key(), 0o600),
+            (self.cache_dir(), 0o700),
+        ] {
+            let mode = match std::fs::metadata(&path) {
+                Ok(m) => m.permissions().mode() & 0o7777,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(HomeError::Read { path, source }),
+            };
+            if mode & 0o077 != 0 {
+                return Err(HomeError::TooOpen { path, mode, fix });
+            }
+        }
+        Ok(())
+    }
+
     pub fn save_device(&self, dev: &DeviceFile) -> Result<(), HomeError> {
         let path = self.device_file();
         // Serializing a struct of strings to TOML cannot fail.
         let text = toml::to_string(dev).unwrap_or_default();
         std::fs::write(&path, text).map_err(|source| HomeError::Write { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_home_other_users_could_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("home"));
+        std::fs::create_dir(home.root()).unwrap();
+        chmod(home.root(), 0o700);
+        std::fs::write(home.key(), b"key").unwrap();
+        chmod(&home.key(), 0o600);
+        std::fs::create_dir(home.cache_dir()).unwrap();
+        chmod(&home.cache_dir(), 0o700);
+        home.check_private().unwrap();
+        for (path, open, fix) in [
+            (home.key(), 0o644, "chmod 600"),
+            (home.cache_dir(), 0o755, "chmod 700"),
+            (home.root().to_path_buf(), 0o750, "chmod 700"),
+        ] {
+            let before = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            chmod(&path, open);
+            let e = home.check_private().unwrap_err().to_string();
+            assert!(
+                e.contains(fix) && e.contains(&path.display().to_string()),
+                "{e}"
+            );
+            chmod(&path, before);
+        }
+        home.check_private().unwrap();
     }
 }

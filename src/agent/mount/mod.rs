@@ -30,7 +30,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -177,6 +177,15 @@ fn open_cache(home: &Home) -> Result<Cache, MountError> {
         });
     }
     let dir = home.cache_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| MountError::Home {
+            path: dir.clone(),
+            source,
+        })?;
+    home.check_private().map_err(ConnectError::from)?;
     match Cache::open(&dir) {
         Err(CacheError::Db(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
             Err(MountError::CacheBusy { path: dir })
