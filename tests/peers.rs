@@ -484,7 +484,7 @@ async fn another_users_device_and_a_revoked_device_are_refused_a_channel() {
         .await
         .expect("bob's ticket for his own pair");
     let ann = Hand::of(&ann3);
-    let addr = listener_of(&ann, &a_id).await;
+    let addr = listener_of(&ann, None, &a_id).await;
     let refused = bob.connect(&addr, &a_id, bobs_own).await;
     assert!(refused.is_err(), "A accepted bob's ticket for another pair");
 

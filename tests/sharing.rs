@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::hand::Hand;
+use common::hand::{Hand, listener_of};
 use common::{Cloud, Device, Mount, SOON, eventually, files_under, names, pseudo_random};
 use meshfs::agent::peer::BlockRequest;
 use meshfs::agent::peer::wire::{self, Message, Status};
@@ -34,22 +34,6 @@ fn holds_any(dir: &Path, hashes: &[BlockHash]) -> bool {
         p.file_name()
             .is_some_and(|n| names.iter().any(|h| n.to_string_lossy() == *h))
     })
-}
-
-/// Where `device` listens for peers, as bob's client sees the devices mapping `folder`.
-async fn listener(bob: &Hand, folder: &str, device: &str) -> String {
-    for _ in 0..100 {
-        let devices = bob.client.folder_devices(folder).await.expect("devices");
-        if let Some(addr) = devices
-            .iter()
-            .find(|d| d.id == device)
-            .and_then(|d| d.addrs.first())
-        {
-            return addr.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("device {device} reported no address");
 }
 
 /// Asks `to` at `addr` for `want` over a channel opened with `ticket`: the answer's status,
@@ -241,7 +225,7 @@ fn a_folder_shared_read_then_written_then_taken_back() {
             .peer_ticket(&a_id, Some(&folder))
             .await
             .expect("peer ticket");
-        let addr = listener(&bob, &folder, &a_id).await;
+        let addr = listener_of(&bob, Some(&folder), &a_id).await;
         (g.ticket.ticket.clone(), peer, addr)
     });
     let want = BlockRequest {
@@ -391,7 +375,7 @@ fn a_block_of_another_folder_is_not_here_for_a_member() {
             .peer_ticket(&a_id, Some(&shared))
             .await
             .expect("ticket");
-        (ticket, listener(&bob, &shared, &a_id).await)
+        (ticket, listener_of(&bob, Some(&shared), &a_id).await)
     });
     // A has applied bob's entries: they show in its mount.
     assert!(eventually(SOON, || ma.join("Shared/a").exists()

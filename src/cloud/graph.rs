@@ -721,19 +721,9 @@ pub async fn changes(
     let Query(q) = query?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT_SECS));
     let mut feed = state.feed.subscribe();
+    let mut now = folder.clone();
     loop {
         feed.borrow_and_update();
-        // Members change under a long poll too: a removed member's poll ends refused, and a
-        // new epoch is told at once (the ticket was good when the poll began), so devices
-        // look at the members again.
-        let now = match state
-            .store
-            .membership(&folder.id, &caller.claims.sub)
-            .await?
-        {
-            Some((now, Some(_))) => now,
-            _ => return Err(AppError::NotAMember),
-        };
         let (changes, seq) = state.store.changes(&folder.id, q.since, FEED_LIMIT).await?;
         let full = changes.len() >= FEED_LIMIT as usize;
         let expired = tokio::time::Instant::now() >= deadline;
@@ -759,6 +749,17 @@ pub async fn changes(
                 epoch: now.epoch,
             }));
         }
+        // Members change under a long poll too: a removed member's poll ends refused, and a
+        // new epoch is told at once (the ticket was good when the poll began), so devices
+        // look at the members again.
+        now = match state
+            .store
+            .membership(&folder.id, &caller.claims.sub)
+            .await?
+        {
+            Some((now, Some(_))) => now,
+            _ => return Err(AppError::NotAMember),
+        };
     }
 }
 

@@ -68,12 +68,17 @@ impl Hand {
     }
 }
 
-/// A's peer listener, as A reported it to the cloud (asked every 100 ms, 10 s at most: a
-/// polling loop, as in `eventually`, but async).
-pub async fn listener_of(hand: &Hand, device: &str) -> String {
+/// Where `device` listens for peers, as `hand` sees it: among its user's devices, or with
+/// `folder`, among the devices that mapped it (another user's too). Asked every 100 ms, 10 s
+/// at most: a polling loop, as in `eventually`, but async.
+pub async fn listener_of(hand: &Hand, folder: Option<&str>, device: &str) -> String {
     for _ in 0..100 {
-        let devices = hand.client.devices().await.expect("devices");
+        let devices = match folder {
+            Some(f) => hand.client.folder_devices(f).await,
+            None => hand.client.devices().await,
+        };
         if let Some(addr) = devices
+            .expect("devices")
             .iter()
             .find(|d| d.id == device)
             .and_then(|d| d.addrs.first())

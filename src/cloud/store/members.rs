@@ -68,31 +68,34 @@ async fn bump_epoch(tx: &mut Transaction<'static, Sqlite>, folder: &str) -> Resu
     Ok(())
 }
 
+/// Joins a folder with `user`'s membership row: bind `user`, then the folder's id.
+const MEMBERSHIP: &str = "SELECT f.*, m.role AS member_role FROM folders f
+     LEFT JOIN members m ON m.folder = f.id AND m.user_name = ?
+     WHERE f.id = ?";
+
+/// The role `user` holds by a row of [`MEMBERSHIP`].
+fn held_role(row: &SqliteRow, user: &str) -> Result<Option<Role>, StoreError> {
+    if row.try_get::<String, _>("owner")? == user {
+        return Ok(Some(Role::Owner));
+    }
+    match row.try_get::<Option<String>, _>("member_role")? {
+        Some(_) => role_from(row, "member_role").map(Some),
+        None => Ok(None),
+    }
+}
+
 impl Change {
     /// The role `user` holds on `folder`, read in this change's transaction: a write checks
     /// it here, so a removal or a new role committed since its request began is seen.
     pub async fn role(&mut self, folder: &str, user: &str) -> Result<Option<Role>, StoreError> {
-        let row = sqlx::query(
-            "SELECT f.owner, m.role AS member_role FROM folders f
-             LEFT JOIN members m ON m.folder = f.id AND m.user_name = ?
-             WHERE f.id = ?",
-        )
-        .bind(user)
-        .bind(folder)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        if row.try_get::<String, _>("owner")? == user {
-            return Ok(Some(Role::Owner));
-        }
-        match row.try_get::<Option<String>, _>("member_role")? {
-            Some(r) => Ok(Some(
-                Role::parse(&r).ok_or(StoreError::Corrupt("member role"))?,
-            )),
-            None => Ok(None),
-        }
+        let row = sqlx::query(MEMBERSHIP)
+            .bind(user)
+            .bind(folder)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|row| held_role(&row, user))
+            .transpose()
+            .map(Option::flatten)
     }
 }
 
@@ -104,55 +107,43 @@ impl Store {
         folder: &str,
         user: &str,
     ) -> Result<Option<(Folder, Option<Role>)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT f.*, m.role AS member_role FROM folders f
-             LEFT JOIN members m ON m.folder = f.id AND m.user_name = ?
-             WHERE f.id = ?",
-        )
-        .bind(user)
-        .bind(folder)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let folder = folder_from(&row)?;
-        let role = if folder.owner == user {
-            Some(Role::Owner)
-        } else {
-            match row.try_get::<Option<String>, _>("member_role")? {
-                Some(r) => Some(Role::parse(&r).ok_or(StoreError::Corrupt("member role"))?),
-                None => None,
-            }
-        };
-        Ok(Some((folder, role)))
+        let row = sqlx::query(MEMBERSHIP)
+            .bind(user)
+            .bind(folder)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((folder_from(&row)?, held_role(&row, user)?)))
+            .transpose()
     }
 
     /// The folder's owner and members, the owner first, with what each stored in it.
     pub async fn members(&self, folder: &Folder) -> Result<Vec<Member>, StoreError> {
         let rows = sqlx::query(
-            "SELECT 0 AS rank, u.name AS user_name, 'owner' AS role, NULL AS max_bytes
-               FROM users u WHERE u.name = ?
-             UNION ALL
-             SELECT 1 AS rank, m.user_name, m.role, m.max_bytes FROM members m WHERE m.folder = ?
-             ORDER BY rank, user_name",
+            "SELECT p.user_name, p.role, p.max_bytes,
+                    (SELECT COALESCE(SUM(b.len), 0) FROM blocks b
+                      WHERE b.folder = ? AND b.charged_to = p.user_name) AS stored
+               FROM (SELECT 0 AS rank, u.name AS user_name, 'owner' AS role, NULL AS max_bytes
+                       FROM users u WHERE u.name = ?
+                     UNION ALL
+                     SELECT 1, m.user_name, m.role, m.max_bytes FROM members m
+                      WHERE m.folder = ?) p
+              ORDER BY p.rank, p.user_name",
         )
+        .bind(&folder.id)
         .bind(&folder.owner)
         .bind(&folder.id)
         .fetch_all(&self.pool)
         .await?;
-        let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let user: String = row.try_get("user_name")?;
-            out.push(Member {
-                stored_bytes: stored_by(&mut tx, &folder.id, &user).await?,
-                role: role_from(row, "role")?,
-                max_bytes: max_bytes_from(row)?,
-                user,
-            });
-        }
-        Ok(out)
+        rows.iter()
+            .map(|row| {
+                Ok(Member {
+                    user: row.try_get("user_name")?,
+                    role: role_from(row, "role")?,
+                    max_bytes: max_bytes_from(row)?,
+                    stored_bytes: to_u64(row.try_get("stored")?, "stored bytes")?,
+                })
+            })
+            .collect()
     }
 
     /// The share of the owner's quota `user` may use in `folder` (`None`: no limit of its
@@ -212,21 +203,26 @@ impl Store {
 
     /// The invitations waiting for `user`, oldest first.
     pub async fn invitations_for(&self, user: &str) -> Result<Vec<Invitation>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {INVITATION_COLUMNS} WHERE i.user_name = ? ORDER BY i.invited_ms, i.folder"
-        )))
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(invitation_from).collect()
+        self.invitations_where("i.user_name = ? ORDER BY i.invited_ms, i.folder", user)
+            .await
     }
 
     /// The invitations to `folder` that wait for an answer, oldest first.
     pub async fn invitations_to(&self, folder: &str) -> Result<Vec<Invitation>, StoreError> {
+        self.invitations_where("i.folder = ? ORDER BY i.invited_ms, i.user_name", folder)
+            .await
+    }
+
+    /// The invitations a fixed condition with one parameter picks.
+    async fn invitations_where(
+        &self,
+        condition: &'static str,
+        value: &str,
+    ) -> Result<Vec<Invitation>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {INVITATION_COLUMNS} WHERE i.folder = ? ORDER BY i.invited_ms, i.user_name"
+            "SELECT {INVITATION_COLUMNS} WHERE {condition}"
         )))
-        .bind(folder)
+        .bind(value)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(invitation_from).collect()
