@@ -91,7 +91,7 @@ for ((i = 0; i < 300; i++)); do
     sleep 0.1
 done
 [[ -n "$ADDR" ]] || die "the cloud did not start"
-echo "$PASSWORD" | "$BIN" user add bench --data-dir "$CLOUD_DATA" >>"$LOGS/cli.log" 2>&1
+echo "$PASSWORD" | "$BIN" user add bench --password-stdin --data-dir "$CLOUD_DATA" >>"$LOGS/cli.log" 2>&1
 for dev in a b c; do
     echo "$PASSWORD" | "$BIN" login --cloud "https://$ADDR" --ca "$CLOUD_DATA/ca.pem" --user bench \
         --password-stdin --home "$T/home-$dev" --device-name "bench-$dev" >>"$LOGS/cli.log" 2>&1 ||

@@ -215,7 +215,7 @@ done
 [[ -n "$ADDR" ]] || die "the cloud did not print its address within 30 s"
 log "cloud at https://$ADDR"
 
-echo "$PASSWORD" | "$BIN" user add bench --data-dir "$CLOUD_DATA" >>"$LOGS/cli.log" 2>&1 || die "user add failed"
+echo "$PASSWORD" | "$BIN" user add bench --password-stdin --data-dir "$CLOUD_DATA" >>"$LOGS/cli.log" 2>&1 || die "user add failed"
 for dev in a b c; do
     home="$T/home-$dev"
     echo "$PASSWORD" | "$BIN" login --cloud "https://$ADDR" --ca "$CLOUD_DATA/ca.pem" --user bench \

@@ -123,7 +123,7 @@ if [[ ! -f $DEMO/password ]]; then
     say "adding user $USER_NAME"
     password="$(head -c 15 /dev/urandom | base64 | tr -d '+/=')"
     (umask 077 && printf '%s\n' "$password" >"$DEMO/password.new")
-    printf '%s\n' "$password" | "$BIN" user add "$USER_NAME" --data-dir "$CLOUD_DIR"
+    printf '%s\n' "$password" | "$BIN" user add "$USER_NAME" --password-stdin --data-dir "$CLOUD_DIR"
     mv "$DEMO/password.new" "$DEMO/password"
     printf '\n    user: %s   password: %s\n    (shown once; kept in %s, mode 0600)\n\n' \
         "$USER_NAME" "$password" "$DEMO/password" >&2

@@ -9,11 +9,11 @@ use crate::agent::remote::Remote;
 use crate::crypto::keys::{self, KeyError};
 use crate::crypto::ticket::Signer;
 use crate::proto::{
-    AUDIENCE_RENEW, AccessRequest, ApiError, BlockBatch, BlockHash, ChangeBatch, CloudInfo, Device,
-    DeviceAssertion, Entry, EntryList, ErrorCode, FileVersion, Folder, FolderGrant, FolderPatch,
-    Invitation, JournalMark, Jwks, LoginRequest, LoginResponse, Member, MemberUpdate, NewFolder,
-    NewInvitation, PeerRequest, Presence, RenewRequest, Restore, Right, StepResults, Steps,
-    TicketResponse, Usage, decode_block_batch, now_secs,
+    AUDIENCE_RENEW, AccessRequest, ApiError, BlockBatch, BlockHash, ChangeBatch, ClaimChallenge,
+    CloudInfo, Device, DeviceAssertion, Entry, EntryList, ErrorCode, FileVersion, Folder,
+    FolderGrant, FolderPatch, Invitation, JournalMark, Jwks, LoginRequest, LoginResponse, Member,
+    MemberUpdate, NewFolder, NewInvitation, PeerRequest, Presence, RenewRequest, Restore, Right,
+    StepResults, Steps, TicketResponse, Usage, decode_block_batch, now_secs,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -83,6 +83,16 @@ async fn json<T: DeserializeOwned>(url: &str, resp: reqwest::Response) -> Result
 }
 
 /// Logs a device in with the user's password and claims it; returns the device id.
+/// A fresh challenge for a device claim.
+pub async fn claim_challenge(
+    http: &reqwest::Client,
+    cloud: &str,
+) -> Result<ClaimChallenge, ClientError> {
+    let url = format!("{cloud}/login/challenge");
+    let resp = send(&url, http.post(&url)).await?;
+    json(&url, resp).await
+}
+
 pub async fn login(
     http: &reqwest::Client,
     cloud: &str,

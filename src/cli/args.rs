@@ -1,6 +1,7 @@
 //! The command-line grammar: every subcommand and flag, with the help text users read.
 
 use crate::agent::home::Home;
+use crate::cli::secret::Source;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -171,11 +172,13 @@ pub struct RelayArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
-    /// Add a user; the password is read from standard input.
+    /// Add a user; the password is asked at the terminal (twice), or given to a script.
     Add {
         name: String,
         #[arg(long, env = "MESHFS_CLOUD_DIR")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        password: PasswordArg,
     },
     /// Set a user's cloud storage quota in bytes.
     Quota {
@@ -184,6 +187,23 @@ pub enum UserCommand {
         #[arg(long, env = "MESHFS_CLOUD_DIR")]
         data_dir: PathBuf,
     },
+}
+
+/// Where a password comes from: the terminal without echo unless a flag says otherwise.
+#[derive(Args, Debug, Clone)]
+pub struct PasswordArg {
+    /// Read the password from the first line of standard input (for scripts).
+    #[arg(long, conflicts_with = "password_file")]
+    pub password_stdin: bool,
+    /// Read the password from the first line of this file (for scripts).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl PasswordArg {
+    pub fn source(&self) -> Source {
+        Source::from_flags(self.password_stdin, self.password_file.clone())
+    }
 }
 
 /// Where this device keeps its key and cache.
@@ -216,9 +236,8 @@ pub struct LoginArgs {
     pub ca: PathBuf,
     #[arg(long)]
     pub user: String,
-    /// Read the password from standard input.
-    #[arg(long, required = true)]
-    pub password_stdin: bool,
+    #[command(flatten)]
+    pub password: PasswordArg,
     /// A name for this device [default: the host name]
     #[arg(long)]
     pub device_name: Option<String>,
@@ -410,8 +429,8 @@ mod tests {
     }
 
     #[test]
-    fn login_requires_password_stdin() {
-        let r = Cli::try_parse_from([
+    fn a_password_comes_from_one_place() {
+        let login = [
             "meshfs",
             "login",
             "--cloud",
@@ -420,7 +439,12 @@ mod tests {
             "c",
             "--user",
             "u",
-        ]);
-        assert!(r.is_err());
+        ];
+        let parse = |extra: &[&str]| Cli::try_parse_from(login.iter().chain(extra));
+        assert!(parse(&["--password-stdin", "--password-file", "f"]).is_err());
+        let Command::Login(a) = parse(&[]).unwrap().command else {
+            panic!("not a login");
+        };
+        assert_eq!(a.password.source(), Source::Terminal);
     }
 }

@@ -4,13 +4,15 @@
 use crate::agent::client;
 use crate::agent::home::DeviceFile;
 use crate::cli::args::LoginArgs;
+use crate::cli::secret;
 use crate::crypto::keys;
-use crate::proto::LoginRequest;
+use crate::crypto::ticket::Signer;
+use crate::proto::{AUDIENCE_CLAIM, ClaimProof, LoginRequest};
 use anyhow::Context;
 use std::os::unix::fs::DirBuilderExt;
 
 pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
-    let password = super::read_password()?;
+    let password = secret::read("password", &a.password.source(), secret::Ask::Once)?;
     let home = a.home.resolve()?;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -38,13 +40,25 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "device".into()),
     };
     let cloud = a.cloud.trim_end_matches('/').to_string();
-    let req = LoginRequest {
-        user: a.user.clone(),
-        password,
-        device_name: device_name.clone(),
-        device_key: keys::public_pem(&key.to_public_key())?,
+    let claim = async {
+        let challenge = client::claim_challenge(&http, &cloud).await?.challenge;
+        let proof = Signer::new("device", key.clone()).sign(&ClaimProof {
+            aud: AUDIENCE_CLAIM.into(),
+            challenge: challenge.clone(),
+            user: a.user.clone(),
+            device_name: device_name.clone(),
+        });
+        let req = LoginRequest {
+            user: a.user.clone(),
+            password: password.to_string(),
+            device_name: device_name.clone(),
+            device_key: keys::public_pem(&key.to_public_key())?,
+            challenge,
+            proof,
+        };
+        anyhow::Ok(client::login(&http, &cloud, &req).await?)
     };
-    let resp = match client::login(&http, &cloud, &req).await {
+    let resp = match claim.await {
         Ok(resp) => resp,
         Err(e) => {
             let _ = std::fs::remove_file(&fresh);

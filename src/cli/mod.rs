@@ -7,6 +7,7 @@ mod folder;
 mod history;
 mod login;
 mod pin;
+mod secret;
 mod status;
 
 use anyhow::Context;
@@ -92,8 +93,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User { command } => match command {
-            UserCommand::Add { name, data_dir } => {
-                let password = read_password()?;
+            UserCommand::Add {
+                name,
+                data_dir,
+                password,
+            } => {
+                let password = secret::read("password", &password.source(), secret::Ask::Twice)?;
                 crate::cloud::add_user(&data_dir, &name, &password)
                     .await
                     .with_context(|| format!("adding user {name}"))?;
@@ -154,20 +159,6 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// The password, from the first line of standard input.
-fn read_password() -> anyhow::Result<String> {
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("reading the password from standard input")?;
-    let password = line.trim_end_matches(['\r', '\n']).to_string();
-    anyhow::ensure!(
-        !password.is_empty(),
-        "no password on standard input; pipe it in, e.g. `echo secret | meshfs ...`"
-    );
-    Ok(password)
 }
 
 async fn shutdown_signal() {

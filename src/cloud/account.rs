@@ -9,9 +9,9 @@ use crate::proto::ErrorCode;
 use crate::proto::Role;
 use crate::proto::claims::{AUDIENCE_CLOUD, ISSUER};
 use crate::proto::{
-    AUDIENCE_RENEW, AccessRequest, Claims, Device, DeviceAssertion, Folder, FolderGrant, Jwks,
-    LoginRequest, LoginResponse, RenewRequest, Right, TicketKind, TicketResponse, Usage, UserNode,
-    now_ms, now_secs,
+    AUDIENCE_CLAIM, AUDIENCE_RENEW, AccessRequest, ChallengeClaims, ClaimChallenge, ClaimProof,
+    Claims, Device, DeviceAssertion, Folder, FolderGrant, Jwks, LoginRequest, LoginResponse,
+    RenewRequest, Right, TicketKind, TicketResponse, Usage, UserNode, now_ms, now_secs,
 };
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -24,6 +24,9 @@ use std::sync::LazyLock;
 const MAX_ASSERTION_SECS: i64 = 120;
 /// Clock difference allowed on a renewal assertion's `iat`, seconds.
 const ASSERTION_LEEWAY_SECS: i64 = 30;
+
+/// Life of a claim challenge, seconds: long enough for a device to sign it.
+const CHALLENGE_SECS: i64 = 120;
 
 /// Hashes a password to an Argon2id PHC string.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
@@ -165,6 +168,48 @@ pub async fn jwks(State(state): State<AppState>) -> Json<Jwks> {
     Json(state.keys.jwks())
 }
 
+/// `POST /login/challenge`: a fresh nonce signed by the cloud, which a device claiming
+/// itself signs with its own key. Any cloud process that knows the keys can check it, so
+/// nothing is stored.
+pub async fn challenge(State(state): State<AppState>) -> Result<Json<ClaimChallenge>, AppError> {
+    let claims = ChallengeClaims {
+        iss: ISSUER.into(),
+        aud: AUDIENCE_CLAIM.into(),
+        exp: now_secs() + CHALLENGE_SECS,
+        nonce: uuid::Uuid::new_v4().to_string(),
+    };
+    let signer = state.keys.signer();
+    let expires_at = claims.exp;
+    let challenge = tokio::task::spawn_blocking(move || signer.sign(&claims))
+        .await
+        .map_err(|e| AppError::internal("signing a challenge", e))?;
+    Ok(Json(ClaimChallenge {
+        challenge,
+        expires_at,
+    }))
+}
+
+/// Whether `req` proves that its device holds the private half of `key`: a challenge of
+/// this cloud's, still fresh at `now`, signed with `key` for this user and device name.
+fn proof_ok(keys: &ticket::KeySet, req: &LoginRequest, key: &rsa::PublicKey, now: i64) -> bool {
+    let Ok(c) = keys.verify::<ChallengeClaims>(&req.challenge) else {
+        return false;
+    };
+    if c.iss != ISSUER || c.aud != AUDIENCE_CLAIM || now >= c.exp {
+        return false;
+    }
+    let Ok(proof) = ticket::verify_with_key::<ClaimProof>(&req.proof, key) else {
+        return false;
+    };
+    proof
+        == ClaimProof {
+            aud: AUDIENCE_CLAIM.into(),
+            challenge: req.challenge.clone(),
+            user: req.user.clone(),
+            device_name: req.device_name.clone(),
+        }
+}
+
 /// `POST /login`: checks the password, claims the device, returns an identity ticket.
 pub async fn login(
     State(state): State<AppState>,
@@ -203,6 +248,9 @@ pub async fn login(
             ErrorCode::BadKey,
             "this key belongs to a revoked device; log in with a new key (`meshfs login` makes one)",
         ));
+    }
+    if !proof_ok(state.keys.keyset(), &req, &key, now_secs()) {
+        return Err(AppError::BadProof);
     }
     let now = now_ms();
     let device = Device {

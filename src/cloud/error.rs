@@ -24,6 +24,8 @@ pub enum AppError {
     BadCredentials,
     #[error("bad renewal assertion")]
     BadAssertion,
+    #[error("the claim's proof of the device key is missing, stale or wrong")]
+    BadProof,
     #[error("forbidden")]
     Forbidden,
     #[error("not a member of the folder")]
@@ -124,6 +126,13 @@ impl AppError {
                 ErrorCode::BadAssertion,
                 "the renewal assertion was not signed by this device's key or is out of its \
                  time window; check the clock or log in again"
+                    .into(),
+            ),
+            Self::BadProof => (
+                S::FORBIDDEN,
+                ErrorCode::BadProof,
+                "the claim did not prove that the device holds its key (a fresh challenge \
+                 signed with it); run `meshfs login` again"
                     .into(),
             ),
             Self::Forbidden => (

@@ -212,6 +212,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/.well-known/jwks.json", get(account::jwks))
         .route("/.well-known/meshfs", get(peers::info))
+        .route("/login/challenge", post(account::challenge))
         .route("/login", post(account::login))
         .route("/tickets/identity", post(account::renew))
         .route("/tickets/access", post(account::access))

@@ -202,9 +202,9 @@ impl KeySet {
         Ok(set)
     }
 
-    /// Full check of a ticket: well-formed, PS256, known `kid`, valid signature, this issuer
-    /// and audience, inside its time window at `now` (seconds).
-    pub fn check(&self, token: &str, aud: &str, now: i64) -> Result<VerifiedTicket, TicketError> {
+    /// Checks that one of these keys signed `token` and returns its payload, whose claims
+    /// the caller checks.
+    pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, TicketError> {
         let parsed = parse(token)?;
         let kid = parsed
             .header
@@ -213,8 +213,13 @@ impl KeySet {
             .ok_or(TicketError::UnknownKid)?;
         let key = self.keys.get(kid).ok_or(TicketError::UnknownKid)?;
         verify_sig(key, &parsed)?;
-        let claims: Claims =
-            serde_json::from_slice(&parsed.payload).map_err(|_| TicketError::Malformed)?;
+        serde_json::from_slice(&parsed.payload).map_err(|_| TicketError::Malformed)
+    }
+
+    /// Full check of a ticket: well-formed, PS256, known `kid`, valid signature, this issuer
+    /// and audience, inside its time window at `now` (seconds).
+    pub fn check(&self, token: &str, aud: &str, now: i64) -> Result<VerifiedTicket, TicketError> {
+        let claims: Claims = self.verify(token)?;
         if claims.iss != ISSUER || claims.aud != aud {
             return Err(TicketError::WrongAudience);
         }

@@ -1,6 +1,7 @@
 //! REST bodies of the account and mesh services (DESIGN §3). The URL layout:
 //!
 //! ```text
+//! POST   /login/challenge                     -> ClaimChallenge (what a new device signs)
 //! POST   /login                               LoginRequest -> LoginResponse
 //! POST   /tickets/identity                    RenewRequest -> TicketResponse   (device-signed assertion)
 //! POST   /tickets/access                      AccessRequest -> TicketResponse  (identity ticket)
@@ -75,6 +76,7 @@ pub enum ErrorCode {
     BadAssertion,
     // What a ticket grants (403).
     Forbidden,
+    BadProof,
     DeviceOnly,
     NotFound,
     // Conditions (412, 428).
@@ -140,6 +142,7 @@ impl ErrorCode {
             Self::BadName => "bad_name",
             Self::BadId => "bad_id",
             Self::BadKey => "bad_key",
+            Self::BadProof => "bad_proof",
             Self::BadAddrs => "bad_addrs",
             Self::BadManifest => "bad_manifest",
             Self::BadTarget => "bad_target",
@@ -178,6 +181,39 @@ pub struct LoginRequest {
     pub device_name: String,
     /// The device's RSA public key, SPKI PEM.
     pub device_key: String,
+    /// A challenge from `POST /login/challenge`, as the cloud signed it.
+    pub challenge: String,
+    /// A JWS over [`ClaimProof`] signed with the device's private key: the device holds it.
+    pub proof: String,
+}
+
+/// A challenge for one device claim: a token signed by the cloud over
+/// [`ChallengeClaims`], good until `expires_at` (seconds).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClaimChallenge {
+    pub challenge: String,
+    pub expires_at: i64,
+}
+
+/// The audience of a claim challenge and of the device's proof over it.
+pub const AUDIENCE_CLAIM: &str = "meshfs-claim";
+
+/// What the cloud signs in a challenge: a fresh nonce with a short life.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChallengeClaims {
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub nonce: String,
+}
+
+/// What a device signs to claim itself: the challenge, for this user and device name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimProof {
+    pub aud: String,
+    pub challenge: String,
+    pub user: String,
+    pub device_name: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -709,6 +745,7 @@ mod tests {
             ErrorCode::BadName,
             ErrorCode::BadId,
             ErrorCode::BadKey,
+            ErrorCode::BadProof,
             ErrorCode::BadAddrs,
             ErrorCode::BadManifest,
             ErrorCode::BadTarget,

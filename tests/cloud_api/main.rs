@@ -7,10 +7,11 @@ use meshfs::crypto::keys;
 use meshfs::crypto::ticket::{KeySet, Signer};
 use meshfs::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER, ISSUER};
 use meshfs::proto::{
-    AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, BlockRef, ChangeBatch, Claims, Device,
-    DeviceAssertion, Entry, EntryKind, EntryList, EntryPut, ErrorCode, Folder, FolderGrant,
-    FolderPatch, Jwks, LoginRequest, LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest,
-    Right, TicketKind, TicketResponse, Usage, now_secs,
+    AUDIENCE_CLAIM, AUDIENCE_RENEW, AccessRequest, ApiError, BlockHash, BlockRef, ChallengeClaims,
+    ChangeBatch, ClaimChallenge, ClaimProof, Claims, Device, DeviceAssertion, Entry, EntryKind,
+    EntryList, EntryPut, ErrorCode, Folder, FolderGrant, FolderPatch, Jwks, LoginRequest,
+    LoginResponse, NewFolder, PeerRequest, Presence, RenewRequest, Right, TicketKind,
+    TicketResponse, Usage, now_secs,
 };
 use reqwest::header::{AUTHORIZATION, ETAG, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -79,17 +80,32 @@ impl Env {
     }
 
     async fn login_with(&self, user: &str, password: &str, key: &PrivateKey) -> reqwest::Response {
-        let body = LoginRequest {
-            user: user.into(),
-            password: password.into(),
-            device_name: "laptop".into(),
-            device_key: keys::public_pem(&key.to_public_key()).unwrap(),
-        };
+        let body = self.claim(user, password, key).await;
         self.req(Method::POST, "/login", None)
             .json(&body)
             .send()
             .await
             .unwrap()
+    }
+
+    /// A claim of a device named "laptop" with `key`, over a fresh challenge, signed by it.
+    async fn claim(&self, user: &str, password: &str, key: &PrivateKey) -> LoginRequest {
+        let res = self.req(Method::POST, "/login/challenge", None).send();
+        let challenge: ClaimChallenge = res.await.unwrap().json().await.unwrap();
+        let proof = ClaimProof {
+            aud: AUDIENCE_CLAIM.into(),
+            challenge: challenge.challenge,
+            user: user.into(),
+            device_name: "laptop".into(),
+        };
+        LoginRequest {
+            user: user.into(),
+            password: password.into(),
+            device_name: proof.device_name.clone(),
+            device_key: keys::public_pem(&key.to_public_key()).unwrap(),
+            challenge: proof.challenge.clone(),
+            proof: Signer::new("device", key.clone()).sign(&proof),
+        }
     }
 
     async fn login(&self, user: &str) -> Dev {
@@ -1176,22 +1192,105 @@ async fn a_revoked_devices_key_claims_no_device_again() {
         api_error(res).await,
         (StatusCode::CONFLICT, ErrorCode::BadKey)
     );
-    let mut body = LoginRequest {
-        user: "ann".into(),
-        password: "ann-password".into(),
-        device_name: "laptop".into(),
-        device_key: keys::public_pem(&KEY_B.to_public_key())
-            .unwrap()
-            .replace('\n', "\r\n"),
-    };
+    let mut body = env.claim("ann", "ann-password", &KEY_B).await;
+    body.device_key = body.device_key.replace('\n', "\r\n");
     let res = env.req(Method::POST, "/login", None).json(&body);
     assert_eq!(
         api_error(res.send().await.unwrap()).await,
         (StatusCode::CONFLICT, ErrorCode::BadKey),
         "the same key in CRLF lines"
     );
-    body.device_key = keys::public_pem(&keys::generate().to_public_key()).unwrap();
-    let res = env.req(Method::POST, "/login", None).json(&body);
+    let res = env
+        .login_with("ann", "ann-password", &keys::generate())
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// A claim must prove that the device holds the private half of the key it names: a proof
+/// signed by another key, over another user or device name, over a challenge the cloud
+/// did not sign or one gone stale, or none at all, is 403 `bad_proof` and claims nothing.
+#[tokio::test]
+async fn a_claim_must_sign_a_fresh_challenge_with_its_own_key() {
+    let env = env().await;
+    let ann = env.login("ann").await;
+    let good = env.claim("ann", "ann-password", &KEY_B).await;
+    let sign = |p: &ClaimProof| Signer::new("device", KEY_B.clone()).sign(p);
+    let proof_of = |b: &LoginRequest| ClaimProof {
+        aud: AUDIENCE_CLAIM.into(),
+        challenge: b.challenge.clone(),
+        user: b.user.clone(),
+        device_name: b.device_name.clone(),
+    };
+    let stale = env.cloud_signer(None).sign(&ChallengeClaims {
+        iss: ISSUER.into(),
+        aud: AUDIENCE_CLAIM.into(),
+        exp: now_secs() - 1,
+        nonce: "n".into(),
+    });
+    let forged = Signer::new("x", KEY_A.clone()).sign(&ChallengeClaims {
+        iss: ISSUER.into(),
+        aud: AUDIENCE_CLAIM.into(),
+        exp: now_secs() + 60,
+        nonce: "n".into(),
+    });
+    let cases: Vec<(&str, LoginRequest)> = vec![
+        (
+            "signed by another key",
+            LoginRequest {
+                proof: Signer::new("device", KEY_A.clone()).sign(&proof_of(&good)),
+                ..good.clone()
+            },
+        ),
+        (
+            "for another device name",
+            LoginRequest {
+                proof: sign(&ClaimProof {
+                    device_name: "phone".into(),
+                    ..proof_of(&good)
+                }),
+                ..good.clone()
+            },
+        ),
+        ("a stale challenge", {
+            let b = LoginRequest {
+                challenge: stale,
+                ..good.clone()
+            };
+            LoginRequest {
+                proof: sign(&proof_of(&b)),
+                ..b
+            }
+        }),
+        ("a challenge the cloud never signed", {
+            let b = LoginRequest {
+                challenge: forged,
+                ..good.clone()
+            };
+            LoginRequest {
+                proof: sign(&proof_of(&b)),
+                ..b
+            }
+        }),
+        (
+            "no proof",
+            LoginRequest {
+                proof: String::new(),
+                ..good.clone()
+            },
+        ),
+    ];
+    for (why, body) in cases {
+        let res = env.req(Method::POST, "/login", None).json(&body);
+        assert_eq!(
+            api_error(res.send().await.unwrap()).await,
+            (StatusCode::FORBIDDEN, ErrorCode::BadProof),
+            "{why}"
+        );
+    }
+    let devices = env.req(Method::GET, "/users/ann/devices", Some(&ann.identity));
+    let devices: Vec<Device> = devices.send().await.unwrap().json().await.unwrap();
+    assert_eq!(devices.len(), 1, "no refused claim made a device");
+    let res = env.req(Method::POST, "/login", None).json(&good);
     assert_eq!(res.send().await.unwrap().status(), StatusCode::OK);
 }
 

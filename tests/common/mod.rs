@@ -173,7 +173,7 @@ impl Cloud {
     pub fn add_user(&self, name: &str) {
         let out = run_with_stdin(
             Command::new(bin())
-                .args(["user", "add", name, "--data-dir"])
+                .args(["user", "add", name, "--password-stdin", "--data-dir"])
                 .arg(&self.data),
             PASSWORD,
         );
