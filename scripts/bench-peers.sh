@@ -81,7 +81,7 @@ export MESHFS_LOG=${MESHFS_LOG:-info,fuser=warn}
 export NO_COLOR=1
 
 CLOUD_DATA="$T/cloud"
-"$BIN" cloud --data-dir "$CLOUD_DATA" --listen 127.0.0.1:0 </dev/null >/dev/null 2>"$LOGS/cloud.log" &
+"$BIN" cloud --allow-local-peers --data-dir "$CLOUD_DATA" --listen 127.0.0.1:0 </dev/null >/dev/null 2>"$LOGS/cloud.log" &
 CLOUD=$!
 PIDS+=("$CLOUD")
 ADDR=""

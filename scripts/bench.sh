@@ -203,7 +203,7 @@ export MESHFS_LOG=${MESHFS_LOG:-info,fuser=warn}
 export NO_COLOR=1 # plain log files
 
 log "temp dir $T ($FSTYPE)"
-"$BIN" cloud --data-dir "$CLOUD_DATA" --listen 127.0.0.1:0 </dev/null >/dev/null 2>"$LOGS/cloud.log" &
+"$BIN" cloud --allow-local-peers --data-dir "$CLOUD_DATA" --listen 127.0.0.1:0 </dev/null >/dev/null 2>"$LOGS/cloud.log" &
 CLOUD_PID=$!
 ADDR=""
 for ((i = 0; i < 300; i++)); do

@@ -137,6 +137,10 @@ pub struct CloudArgs {
     /// Test mode: keep a transcript of every byte the relay forwards in this directory.
     #[arg(long, hide = true)]
     pub relay_transcript: Option<PathBuf>,
+    /// Accept loopback and link-local addresses from devices for peers to dial (all
+    /// devices on one machine, as in tests); refused by default.
+    #[arg(long)]
+    pub allow_local_peers: bool,
     /// Earlier versions of each file kept however old they are.
     #[arg(long, default_value_t = 10)]
     pub history_versions: usize,

@@ -115,6 +115,8 @@ pub struct CloudConfig {
     pub retention: store::Retention,
     /// How often the collector runs.
     pub collect_every: Duration,
+    /// Accept loopback and link-local peer addresses (every device on one machine).
+    pub allow_local_peers: bool,
 }
 
 impl CloudConfig {
@@ -134,6 +136,7 @@ impl CloudConfig {
             relay_listen: Some(SocketAddr::new(listen.ip(), relay_port)),
             relay_transcript: None,
             relay_elsewhere: None,
+            allow_local_peers: false,
             retention: store::Retention::default(),
             collect_every: Duration::from_secs(600),
         }
@@ -153,6 +156,7 @@ pub struct Shared {
     /// Where the relay listens, told to clients by `/.well-known/meshfs`.
     relay: Option<String>,
     retention: store::Retention,
+    allow_local_peers: bool,
 }
 
 pub type AppState = Arc<Shared>;
@@ -193,6 +197,7 @@ pub async fn open_state(cfg: &CloudConfig, relay: Option<String>) -> Result<AppS
         access_ttl_secs: cfg.access_ttl_secs,
         relay,
         retention: cfg.retention,
+        allow_local_peers: cfg.allow_local_peers,
     }))
 }
 

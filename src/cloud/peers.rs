@@ -15,7 +15,7 @@ use crate::proto::{
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// `GET /.well-known/meshfs`.
 pub async fn info(State(state): State<AppState>) -> Json<CloudInfo> {
@@ -33,11 +33,22 @@ pub async fn presence(
 ) -> Result<Json<Device>, AppError> {
     require_self(&caller, &user, &device)?;
     let Json(p) = body?;
-    if p.addrs.len() > MAX_ADDRS || !p.addrs.iter().all(|a| dialable(a)) {
+    if p.addrs.len() > MAX_ADDRS {
+        return Err(AppError::invalid(
+            ErrorCode::BadAddrs,
+            format!("give at most {MAX_ADDRS} addresses"),
+        ));
+    }
+    if let Some(bad) = p
+        .addrs
+        .iter()
+        .find(|a| !dialable(a, state.allow_local_peers))
+    {
         return Err(AppError::invalid(
             ErrorCode::BadAddrs,
             format!(
-                "give at most {MAX_ADDRS} addresses, each ip:port with a port and a unicast IP that can be dialed"
+                "{bad:?} is not an ip:port peers could dial: it needs a port and a unicast IP, \
+                 not loopback or link-local unless the cloud runs with --allow-local-peers"
             ),
         ));
     }
@@ -45,20 +56,26 @@ pub async fn presence(
     device_node(&state, &device).await
 }
 
-/// Whether peers could dial `addr`: an `ip:port` with a port, and an IP that names one
-/// host (not 0.0.0.0, a broadcast or a multicast group), so that a device cannot point
-/// its peers at a whole network.
-fn dialable(addr: &str) -> bool {
+/// Whether other devices could dial `addr`: an `ip:port` with a port, and an IP that
+/// names one host (not 0.0.0.0, a broadcast or a multicast group), so that a device
+/// cannot point its peers at a whole network; nor, unless `allow_local`, one that means
+/// the dialer itself or its own link (loopback, link-local), where a device could aim
+/// its peers at their own services.
+fn dialable(addr: &str, allow_local: bool) -> bool {
     let Ok(addr) = addr.parse::<SocketAddr>() else {
         return false;
     };
-    let one_host = match addr.ip() {
-        std::net::IpAddr::V4(ip) => {
-            !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
-        }
-        std::net::IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
+    let (one_host, local) = match addr.ip().to_canonical() {
+        IpAddr::V4(ip) => (
+            !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast()),
+            ip.is_loopback() || ip.is_link_local(),
+        ),
+        IpAddr::V6(ip) => (
+            !(ip.is_unspecified() || ip.is_multicast()),
+            ip.is_loopback() || ip.is_unicast_link_local(),
+        ),
     };
-    addr.port() != 0 && one_host
+    addr.port() != 0 && one_host && (allow_local || !local)
 }
 
 async fn device_node(state: &AppState, device: &str) -> Result<Json<Device>, AppError> {
@@ -187,4 +204,39 @@ pub async fn ticket(
         folder,
     });
     Ok(Json(sign_one(&state, claims).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dialable;
+
+    #[test]
+    fn an_address_names_one_host_with_a_port() {
+        for ok in ["192.0.2.7:4000", "[2001:db8::7]:4000"] {
+            assert!(dialable(ok, false), "{ok}");
+        }
+        for bad in [
+            "192.0.2.7",
+            "192.0.2.7:0",
+            "0.0.0.0:1",
+            "224.0.0.1:1",
+            "[::]:1",
+        ] {
+            assert!(!dialable(bad, true), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_and_link_local_only_where_the_cloud_allows_them() {
+        for local in [
+            "127.0.0.1:4000",
+            "[::1]:4000",
+            "[::ffff:127.0.0.1]:4000",
+            "169.254.169.254:80",
+            "[fe80::1]:4000",
+        ] {
+            assert!(!dialable(local, false), "{local}");
+            assert!(dialable(local, true), "{local}");
+        }
+    }
 }

@@ -1608,12 +1608,12 @@ async fn a_device_records_its_own_peer_addresses_and_no_one_elses() {
         .json(&Presence { addrs })
         .send()
     };
-    let res = put(&ann1, &ann1, vec!["127.0.0.1:4000".into()])
+    let res = put(&ann1, &ann1, vec!["192.0.2.7:4000".into()])
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let d: Device = res.json().await.unwrap();
-    assert_eq!(d.addrs, vec!["127.0.0.1:4000".to_string()]);
+    assert_eq!(d.addrs, vec!["192.0.2.7:4000".to_string()]);
     let res = put(&ann2, &ann1, vec!["10.0.0.1:1".into()]).await.unwrap();
     assert_eq!(api_error(res).await.0, StatusCode::FORBIDDEN);
     for bad in [
@@ -1624,6 +1624,13 @@ async fn a_device_records_its_own_peer_addresses_and_no_one_elses() {
         "224.0.0.1:4000",
         "[::]:4000",
         "[ff02::1]:4000",
+        // Loopback and link-local, here where the cloud does not allow them.
+        "127.0.0.1:4000",
+        "127.8.9.10:4000",
+        "[::1]:4000",
+        "[::ffff:127.0.0.1]:4000",
+        "169.254.169.254:80",
+        "[fe80::1]:4000",
     ] {
         let res = put(&ann1, &ann1, vec![bad.into()]).await.unwrap();
         assert_eq!(api_error(res).await.0, StatusCode::BAD_REQUEST, "{bad}");
@@ -1637,12 +1644,27 @@ async fn a_device_records_its_own_peer_addresses_and_no_one_elses() {
         .await
         .unwrap();
     let one = devices.iter().find(|d| d.id == ann1.id).unwrap();
-    assert_eq!(one.addrs, vec!["127.0.0.1:4000".to_string()]);
+    assert_eq!(one.addrs, vec!["192.0.2.7:4000".to_string()]);
     // An agent that stops withdraws its address with an empty list.
     let res = put(&ann1, &ann1, vec![]).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let d: Device = res.json().await.unwrap();
     assert!(d.addrs.is_empty());
+}
+
+/// A cloud whose devices all run on its machine accepts loopback peer addresses.
+#[tokio::test]
+async fn a_cloud_allowing_local_peers_records_a_loopback_address() {
+    let env = env_with(|c| c.allow_local_peers = true).await;
+    let ann = env.login("ann").await;
+    let path = format!("/users/ann/devices/{}/presence", ann.id);
+    let res = env
+        .req(Method::PUT, &path, Some(&ann.identity))
+        .json(&Presence {
+            addrs: vec!["127.0.0.1:4000".into()],
+        });
+    let d: Device = res.send().await.unwrap().json().await.unwrap();
+    assert_eq!(d.addrs, vec!["127.0.0.1:4000".to_string()]);
 }
 
 #[tokio::test]

@@ -123,7 +123,7 @@ impl Cloud {
     fn spawn(&mut self, listen: &str, log: &Path, extra: &[&str]) {
         let out = std::fs::File::create(log).expect("log file");
         let child = meshfs(self.netns.as_deref())
-            .args(["cloud", "--data-dir"])
+            .args(["cloud", "--allow-local-peers", "--data-dir"])
             .arg(&self.data)
             .args(["--listen", listen])
             .args(extra)

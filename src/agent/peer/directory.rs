@@ -6,7 +6,7 @@
 use crate::agent::remote::{ClientError, Remote};
 use crate::crypto::channel::{ChannelError, PeerCheck, PeerInfo, TicketCheck, TicketRefusal};
 use crate::crypto::ticket::KeySet;
-use crate::proto::{Device, Jwks};
+use crate::proto::{Device, ErrorCode, Jwks};
 use rsa::PublicKey;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -130,7 +130,15 @@ impl Directory {
         if let Some(addr) = addr
             && known != Some(addr)
         {
-            self.remote.set_presence(vec![addr.to_string()]).await?;
+            match self.remote.set_presence(vec![addr.to_string()]).await {
+                Ok(_) => {}
+                // Asked again only when the address changes; the peers still list.
+                Err(e) if e.code() == Some(ErrorCode::BadAddrs) => tracing::warn!(
+                    %addr, error = %e,
+                    "the cloud refused this device's peer address; peers reach it through the relay"
+                ),
+                Err(e) => return Err(e),
+            }
             *self.advertised.write().unwrap_or_else(|p| p.into_inner()) = Some(addr);
         }
         self.list_peers().await
