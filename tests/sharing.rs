@@ -8,7 +8,7 @@ use common::{Cloud, Device, Mount, SOON, eventually, files_under, names, pseudo_
 use meshfs::agent::peer::BlockRequest;
 use meshfs::agent::peer::wire::{self, Message, Status};
 use meshfs::agent::remote::Remote;
-use meshfs::proto::{BlockHash, BlockRef, Entry, EntryKind, EntryPut, Step, Steps};
+use meshfs::proto::{BlockHash, BlockRef, Entry, EntryKind, EntryPut, ErrorCode, Step, Steps};
 use std::path::Path;
 use std::time::Duration;
 
@@ -409,4 +409,117 @@ fn a_block_of_another_folder_is_not_here_for_a_member() {
         std::fs::read(ma.join("Private/secret.bin")).unwrap(),
         secret
     );
+}
+
+/// bob, a writer, cannot give an entry a name no mount could show: the cloud refuses each
+/// (400 `bad_name`) and nothing changes. Entries that a cloud let through anyway (planted
+/// in its database, as an older or broken cloud would hold them) reach A's feed and are
+/// skipped with a warning; the good change after them still applies.
+#[test]
+fn an_entry_no_mount_could_show_never_reaches_the_mount() {
+    let (cloud, a, c, b) = alice_and_bob();
+    a.create_folder("Shared");
+    let ma = a.mount();
+    assert!(eventually(SOON, || ma.join("Shared").is_dir()));
+    std::fs::write(ma.join("Shared/before.txt"), b"before").unwrap();
+    assert!(a.uploaded());
+    a.cli_ok(&[
+        "folder", "share", "Shared", "--with", "bob", "--role", "writer",
+    ]);
+    b.cli_ok(&["folder", "accept", "Shared"]);
+    let shared = a.folder_id("Shared");
+    let long = "x".repeat(256);
+    let bad = ["a/b", "..", ".", "nul\0", "line\nbreak", long.as_str()];
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bob = Hand::of(&b);
+    let (_, seq_before) = a.cloud_changes("Shared", 0);
+    for name in bad {
+        let steps = Steps {
+            journal: None,
+            steps: vec![Step::Put {
+                id: "bad".into(),
+                if_match: None,
+                entry: EntryPut {
+                    parent: None,
+                    name: name.into(),
+                    kind: EntryKind::File,
+                    mode: 0o644,
+                    size: 0,
+                    mtime_ns: 1,
+                    manifest: Vec::new(),
+                    target: None,
+                    replace: false,
+                    device_held: false,
+                },
+                seq: None,
+            }],
+        };
+        let done = rt
+            .block_on(bob.client.apply_steps(&shared, &steps))
+            .expect("steps");
+        let refused = done.refused.expect("a bad name is refused");
+        assert_eq!(
+            (refused.status, refused.error.error),
+            (400, ErrorCode::BadName),
+            "{name:?}"
+        );
+    }
+    assert_eq!(
+        a.cloud_changes("Shared", 0).1,
+        seq_before,
+        "nothing changed"
+    );
+
+    rt.block_on(plant_entries(&cloud.data, &shared, "before.txt", &bad));
+    std::fs::write(ma.join("Shared/after.txt"), b"after").unwrap();
+    assert!(a.uploaded());
+    let mc = c.mount();
+    assert!(eventually(SOON, || mc.join("Shared/after.txt").exists()));
+    for m in [&ma, &mc] {
+        assert_eq!(
+            names(&m.join("Shared")),
+            ["after.txt", "before.txt"],
+            "only the good names show"
+        );
+        let log = m.log_text();
+        assert!(
+            log.contains("skipped a change from the cloud"),
+            "a warning names the skipped change: {log}"
+        );
+    }
+}
+
+/// Copies the live entry `like` of `folder` under each of `names`, straight into the
+/// cloud's database with a new sequence number, as a cloud without name checks would.
+async fn plant_entries(cloud_data: &Path, folder: &str, like: &str, names: &[&str]) {
+    use sqlx::ConnectOptions;
+    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(cloud_data.join("meshfs.db"))
+        .busy_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("the cloud's database");
+    for (i, name) in names.iter().enumerate() {
+        sqlx::query("UPDATE meta SET seq = seq + 1 WHERE id = 1")
+            .execute(&mut db)
+            .await
+            .expect("next sequence");
+        let planted = sqlx::query(
+            "INSERT INTO entries (folder, id, parent, name, kind, mode, size, mtime_ns,
+                 version, deleted, manifest, target, author, in_cloud, holders, changed_ms)
+             SELECT folder, ?3, parent, ?4, kind, mode, size, mtime_ns,
+                 (SELECT seq FROM meta WHERE id = 1), 0, manifest, target, author, in_cloud,
+                 holders, changed_ms
+             FROM entries WHERE folder = ?1 AND name = ?2 AND deleted = 0",
+        )
+        .bind(folder)
+        .bind(like)
+        .bind(format!("planted-{i}"))
+        .bind(*name)
+        .execute(&mut db)
+        .await
+        .expect("plant an entry");
+        assert_eq!(planted.rows_affected(), 1, "{name:?}");
+    }
 }
