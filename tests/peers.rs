@@ -540,13 +540,19 @@ async fn lie_to_every_request(
             };
             let (liar, asked) = (Arc::clone(&liar), Arc::clone(&counted));
             tokio::spawn(async move {
+                use meshfs::agent::peer::channel;
                 let check = liar.ticket_check().await;
                 let client = &liar.client;
                 let ticket_for = |peer: meshfs::crypto::channel::PeerInfo| async move {
                     client.peer_ticket(&peer.device, None).await
                 };
-                let Ok(ch) = meshfs::agent::peer::channel::accept(
+                let mut tcp = tcp;
+                let Ok(first) = channel::read_first(&mut tcp).await else {
+                    return;
+                };
+                let Ok(ch) = channel::accept(
                     tcp,
+                    first,
                     &liar.id,
                     Arc::clone(&liar.key),
                     ticket_for,

@@ -8,8 +8,13 @@
 //! for the pair that the cloud signed; the relay announces a fresh rendezvous on the
 //! listener's connection, the listener *accepts* it on a new connection, and the relay
 //! copies bytes between the two until either side closes. The wire is `proto::relay`.
+//!
+//! Connections are bounded per source address and in total ([`RELAY_BOUNDS`]); one over
+//! the bounds is closed before TLS, and every connection has `HELLO_WITHIN` for its TLS
+//! handshake and again for its first message.
 
 use crate::crypto::ticket::{KeySet, TicketError};
+use crate::net::{Admitted, Bounds, ConnectionLimits};
 use crate::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER};
 use crate::proto::relay::{self as wire, Hello, RelayWireError, Reply};
 use crate::proto::{TicketKind, now_secs};
@@ -36,6 +41,12 @@ const ACCEPT_WITHIN: Duration = Duration::from_secs(10);
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
 /// Most bytes gathered for one write, each way.
 const COPY_CHUNK: usize = 1 << 20;
+/// Connections kept open at once. A device holds one listening connection and one per
+/// relayed link, and several devices may share an address behind a NAT.
+pub const RELAY_BOUNDS: Bounds = Bounds {
+    per_source: 64,
+    total: 4096,
+};
 
 /// How to run a relay.
 #[derive(Clone, Debug)]
@@ -113,7 +124,8 @@ type Stream = TlsStream<BufReader<TcpStream>>;
 struct Waiting {
     /// The device that must accept.
     callee: String,
-    join: oneshot::Sender<Stream>,
+    /// Its connection, still counted against its address while the pair lasts.
+    join: oneshot::Sender<(Stream, Admitted)>,
 }
 
 struct Relay {
@@ -157,12 +169,20 @@ pub async fn start(
         pairs: AtomicU64::new(0),
     });
     let acceptor = TlsAcceptor::from(tls);
+    let limits = ConnectionLimits::new(RELAY_BOUNDS);
     tracing::info!(%addr, "meshfs relay listening");
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, from)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
+            };
+            let admitted = match limits.admit(from.ip()) {
+                Ok(a) => a,
+                Err(over) => {
+                    tracing::debug!(%from, %over, "relay connection closed unread");
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let (relay, acceptor) = (Arc::clone(&relay), acceptor.clone());
@@ -173,7 +193,7 @@ pub async fn start(
                         tls.get_mut()
                             .1
                             .set_buffer_limit(Some(wire::TLS_SEND_BUFFER));
-                        relay.serve(tls, from).await
+                        relay.serve(tls, from, admitted).await
                     }
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "relay TLS handshake failed"),
                     Err(_) => tracing::debug!(%from, "relay TLS handshake timed out"),
@@ -185,7 +205,7 @@ pub async fn start(
 }
 
 impl Relay {
-    async fn serve(self: Arc<Self>, mut tls: Stream, from: SocketAddr) {
+    async fn serve(self: Arc<Self>, mut tls: Stream, from: SocketAddr, admitted: Admitted) {
         let hello = match tokio::time::timeout(HELLO_WITHIN, read::<_, Hello>(&mut tls)).await {
             Ok(Ok(h)) => h,
             _ => return refuse(tls, &Refusal::NoHello).await,
@@ -206,7 +226,7 @@ impl Relay {
         };
         match outcome {
             Ok(join) => {
-                let _ = join.send(tls);
+                let _ = join.send((tls, admitted));
             }
             Err(why) => {
                 tracing::info!(%from, %why, "relay refused a device");
@@ -311,7 +331,7 @@ impl Relay {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rendezvous);
-        let Some(mut other) = other else {
+        let Some((mut other, _other_admitted)) = other else {
             return refuse(tls, &Refusal::NotAccepted).await;
         };
         if write(&mut tls, &Reply::Ready).await.is_err()
@@ -344,7 +364,11 @@ impl Relay {
     }
 
     /// The dialer waiting on `rendezvous`, if `identity` is the device it waits for.
-    fn accept(&self, identity: &str, rendezvous: &str) -> Result<oneshot::Sender<Stream>, Refusal> {
+    fn accept(
+        &self,
+        identity: &str,
+        rendezvous: &str,
+    ) -> Result<oneshot::Sender<(Stream, Admitted)>, Refusal> {
         let device = self.identity(identity)?;
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         match waiting.get(rendezvous) {

@@ -1,12 +1,14 @@
 //! Runs the peer handshake and the record layer of `crypto::channel` over an async byte
-//! stream. RSA private-key operations (milliseconds each) run on the blocking pool; the
-//! whole handshake has [`HANDSHAKE_TIMEOUT`]. After it, each direction is a stream of
-//! frames: [`FrameWriter::send`] seals one, [`FrameReader::recv`] opens one, and for block
-//! answers [`FrameWriter::send_all`] and [`FrameReader::open_ahead`] work on several at
-//! once on the blocking pool, still in order.
+//! stream. RSA private-key operations (milliseconds each) run on the blocking pool. The
+//! responder reads the caller's whole Hello first ([`read_first`], within
+//! [`FIRST_MESSAGE_WITHIN`]); the rest of the handshake has [`HANDSHAKE_TIMEOUT`]. After
+//! it, each direction is a stream of frames: [`FrameWriter::send`] seals one,
+//! [`FrameReader::recv`] opens one, and for block answers [`FrameWriter::send_all`] and
+//! [`FrameReader::open_ahead`] work on several at once on the blocking pool, still in
+//! order.
 
 use crate::agent::aligned::aligned_buffer;
-use crate::crypto::channel::handshake::message;
+use crate::crypto::channel::handshake::message::{self, Hello};
 use crate::crypto::channel::record::FrameOpen;
 use crate::crypto::channel::record::{HEADER_LEN, TAG_LEN};
 use crate::crypto::channel::{
@@ -25,6 +27,21 @@ use tokio::sync::mpsc;
 
 /// How long a handshake may take, from the first byte to an established channel.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller has to send its whole first message. A listener reads it before the
+/// caller may wait for a handshake slot, so connections that send nothing hold none.
+pub const FIRST_MESSAGE_WITHIN: Duration = Duration::from_secs(5);
+
+/// A caller's first handshake message, read whole and well formed: a Hello within its
+/// bounds (its ticket not checked yet). Only [`read_first`] makes one; [`accept`] takes it.
+pub struct FirstMessage(Vec<u8>);
+
+/// Reads the caller's first message on `io` within [`FIRST_MESSAGE_WITHIN`], its length
+/// bounded by its header before the body is read.
+pub async fn read_first<S: AsyncRead + Unpin>(io: &mut S) -> Result<FirstMessage, ChannelError> {
+    let msg = within(FIRST_MESSAGE_WITHIN, read_message(io)).await?;
+    Hello::decode(&msg)?;
+    Ok(FirstMessage(msg))
+}
 
 /// An established channel to one peer.
 pub struct Channel<S> {
@@ -77,11 +94,12 @@ where
     within(HANDSHAKE_TIMEOUT, initiate(io, me, expect_device, check)).await
 }
 
-/// Accepts a channel on `io`, as the responder. `ticket_for` gets this device's peer
-/// ticket for the calling device (and the folder its ticket names, if any), once that
-/// device's own ticket has been checked.
+/// Accepts a channel on `io`, as the responder, the caller's `first` message already read
+/// from it. `ticket_for` gets this device's peer ticket for the calling device (and the
+/// folder its ticket names, if any), once that device's own ticket has been checked.
 pub async fn accept<S, F, Fut, E>(
     io: S,
+    first: FirstMessage,
     device: &str,
     key: Arc<PrivateKey>,
     ticket_for: F,
@@ -96,7 +114,7 @@ where
 {
     within(
         HANDSHAKE_TIMEOUT,
-        respond(io, device, key, ticket_for, check, key_log),
+        respond(io, first, device, key, ticket_for, check, key_log),
     )
     .await
 }
@@ -132,6 +150,7 @@ where
 
 async fn respond<S, F, Fut, E>(
     mut io: S,
+    first: FirstMessage,
     device: &str,
     key: Arc<PrivateKey>,
     ticket_for: F,
@@ -144,8 +163,7 @@ where
     Fut: Future<Output = Result<String, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let msg = read_message(&mut io).await?;
-    let state = blocking(move || Responder::read_hello(&msg, &*check)).await?;
+    let state = blocking(move || Responder::read_hello(&first.0, &*check)).await?;
     let caller = state.peer().clone();
     let ticket = ticket_for(caller.clone())
         .await

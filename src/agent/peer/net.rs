@@ -2,7 +2,7 @@
 //! keeps the [`Directory`] fresh, answers incoming channels from the [`Shelf`], and asks
 //! peers for blocks through the [`SourceOrder`] over the [`LinkPool`].
 
-use super::channel::{self, Channel};
+use super::channel::{self, Channel, FirstMessage};
 use super::directory::{self, Directory};
 use super::order::SourceOrder;
 use super::pool::LinkPool;
@@ -147,13 +147,14 @@ impl PeerNet {
         self.order.reject(hash)
     }
 
-    /// The responder's handshake on an incoming stream.
+    /// The responder's handshake on an incoming stream, whose `first` message was read.
     /// A device revoked since the peer list was read is refused at once: a list some
     /// seconds old is read again first (at most one cloud request per few seconds, however
     /// many connections arrive; offline, the list on hand decides).
     pub(super) async fn accept(
         self: &Arc<Self>,
         io: BoxIo,
+        first: FirstMessage,
     ) -> Result<Channel<BoxIo>, ChannelError> {
         if self.directory.is_stale() {
             let _ = self.directory.list_peers().await;
@@ -167,6 +168,7 @@ impl PeerNet {
         };
         channel::accept(
             io,
+            first,
             &self.me.device,
             Arc::clone(&self.me.key),
             ticket_for,

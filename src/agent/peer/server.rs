@@ -4,13 +4,18 @@
 //! blocks of files in that folder that are held here for it, and only while its user is a
 //! member who has the folder mapped (checked before every request: a removal ends the
 //! channel). Anything malformed ends the channel.
+//!
+//! The listener keeps a bounded number of connections per source address and in total,
+//! and a caller waits for a handshake slot only once it has sent its whole first message:
+//! connections that send nothing cannot starve real peers.
 
-use super::channel::{Channel, frame_buffer};
+use super::channel::{self, Channel, frame_buffer};
 use super::net::PeerNet;
 use super::wire::{self, Message, Status};
 use super::{BlockRequest, BoxIo, Io, Shelf};
 use crate::agent::status::Counters;
 use crate::crypto::channel::{ChannelError, TicketRefusal};
+use crate::net::{Bounds, ConnectionLimits};
 use crate::proto::BLOCK_SIZE;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -19,8 +24,16 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 /// Requests of one channel answered at once (as many as a reader's read-ahead asks for).
 const IN_FLIGHT: usize = 32;
 
-/// Accepts direct connections forever.
+/// Direct connections kept open at once: a device has a link per peer and ticket scope, so
+/// one address (a peer, or a few behind one NAT) needs few.
+pub const LISTENER_BOUNDS: Bounds = Bounds {
+    per_source: 16,
+    total: 256,
+};
+
+/// Accepts direct connections forever; one over [`LISTENER_BOUNDS`] is closed at once.
 pub async fn listen(net: Arc<PeerNet>, listener: TcpListener) {
+    let limits = ConnectionLimits::new(LISTENER_BOUNDS);
     loop {
         let (tcp, from) = match listener.accept().await {
             Ok(c) => c,
@@ -30,30 +43,40 @@ pub async fn listen(net: Arc<PeerNet>, listener: TcpListener) {
                 continue;
             }
         };
+        let admitted = match limits.admit(from.ip()) {
+            Ok(a) => a,
+            Err(over) => {
+                tracing::debug!(%from, %over, "peer connection closed unread");
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let net = Arc::clone(&net);
         tokio::spawn(async move {
             if let Err(e) = accept_and_serve(net, Box::new(tcp), false).await {
                 tracing::info!(%from, error = %e, "peer connection refused or ended");
             }
+            drop(admitted);
         });
     }
 }
 
-/// Runs the responder's handshake on `io` (a bounded number at once: each costs
-/// milliseconds of RSA), then serves the channel until it ends.
+/// Reads the caller's first message on `io` (within a short deadline), then runs the
+/// responder's handshake (a bounded number at once: each costs milliseconds of RSA), then
+/// serves the channel until it ends.
 pub async fn accept_and_serve(
     net: Arc<PeerNet>,
-    io: BoxIo,
+    mut io: BoxIo,
     relayed: bool,
 ) -> Result<(), ChannelError> {
+    let first = channel::read_first(&mut io).await?;
     let channel = {
         let _slot = net
             .handshakes
             .acquire()
             .await
             .map_err(|_| ChannelError::Closed)?;
-        net.accept(io).await?
+        net.accept(io, first).await?
     };
     tracing::debug!(peer = %channel.peer.device, relayed, "peer channel accepted");
     serve(net, channel).await

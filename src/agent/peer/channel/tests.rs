@@ -22,10 +22,11 @@ fn alice() -> LocalPeer {
 }
 
 /// Bob's side of the handshake: he holds a ticket for alice only.
-async fn bob_accepts<S>(io: S) -> Result<Channel<S>, ChannelError>
+async fn bob_accepts<S>(mut io: S) -> Result<Channel<S>, ChannelError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let first = read_first(&mut io).await?;
     let ticket_for = |peer: PeerInfo| async move {
         match peer.device.as_str() {
             "alice" => Ok(ticket("bob")),
@@ -34,6 +35,7 @@ where
     };
     accept(
         io,
+        first,
         "bob",
         Arc::new(BOB.clone()),
         ticket_for,
@@ -338,19 +340,21 @@ async fn connect_refuses_a_device_other_than_the_expected_one() {
 
 #[tokio::test]
 async fn accept_without_a_ticket_for_the_caller_refuses() {
-    let (a, b) = duplex(1 << 16);
+    let (a, mut b) = duplex(1 << 16);
     let no_ticket = |_: PeerInfo| async { Err::<String, _>("none") };
-    let (i, r) = tokio::join!(
-        alice_connects(a),
+    let (i, r) = tokio::join!(alice_connects(a), async move {
+        let first = read_first(&mut b).await?;
         accept(
             b,
+            first,
             "bob",
             Arc::new(BOB.clone()),
             no_ticket,
             check("bob", &BOB),
             None,
         )
-    );
+        .await
+    });
     assert!(matches!(r, Err(ChannelError::NoTicket { device, .. }) if device == "alice"));
     assert!(matches!(i, Err(ChannelError::Truncated)));
 }
@@ -373,4 +377,33 @@ async fn an_oversized_handshake_message_is_refused_before_it_is_read() {
         b
     });
     assert!(matches!(i, Err(ChannelError::BadMessage(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_sends_nothing_is_dropped_at_the_first_message_deadline() {
+    let (_silent, mut b) = duplex(1 << 16);
+    let r = read_first(&mut b).await;
+    assert!(matches!(r, Err(ChannelError::Timeout(d)) if d == FIRST_MESSAGE_WITHIN));
+}
+
+#[tokio::test]
+async fn a_first_message_other_than_a_hello_is_refused() {
+    let (mut a, mut b) = duplex(1 << 16);
+    let finished = message::encode_finished(&[7; 32]).unwrap();
+    a.write_all(&finished).await.unwrap();
+    assert!(matches!(
+        read_first(&mut b).await,
+        Err(ChannelError::BadMessage(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_oversized_first_message_is_refused_before_its_body_arrives() {
+    let (mut a, mut b) = duplex(1 << 16);
+    // A Hello announcing 64 KiB, and none of its body.
+    a.write_all(&[1, 0xff, 0xff]).await.unwrap();
+    assert!(matches!(
+        read_first(&mut b).await,
+        Err(ChannelError::BadMessage(_))
+    ));
 }
