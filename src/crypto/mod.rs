@@ -1,9 +1,11 @@
 //! All of meshfs's cryptography, small and in one place: device and cloud RSA keys, the
-//! JWS tickets signed with them, and the peer channel's handshake and record layer. Nothing
-//! else in the crate calls an RSA, AES, HMAC, HKDF or X25519 primitive.
+//! JWS tickets signed with them, the peer channel's handshake and record layer, and the
+//! seals of a protected device's disk. Nothing else in the crate calls an RSA, AES, HMAC,
+//! HKDF or X25519 primitive.
 
 pub mod channel;
 pub mod keys;
+pub mod seal;
 pub mod ticket;
 
 /// Makes rustls use the `ring` provider for every TLS connection of this process (the cloud's
