@@ -6,7 +6,7 @@ pub use crate::agent::remote::ClientError;
 
 use crate::agent::home::{Home, HomeError};
 use crate::agent::remote::Remote;
-use crate::crypto::keys::{self, KeyError};
+use crate::crypto::keys::KeyError;
 use crate::crypto::ticket::Signer;
 use crate::proto::{
     AUDIENCE_RENEW, AccessRequest, ApiError, BlockBatch, BlockHash, ChangeBatch, ClaimChallenge,
@@ -152,7 +152,7 @@ pub fn read_ca(home: &Home) -> Result<Vec<u8>, ClientError> {
 /// A client of the cloud for the device logged in at `home`.
 pub fn connect(home: &Home) -> Result<CloudClient, ConnectError> {
     let dev = home.load_device()?;
-    let key = keys::load_private(&home.key())?;
+    let key = home.unlock()?.key.clone();
     Ok(CloudClient::new(
         https(&read_ca(home)?)?,
         &dev.cloud,

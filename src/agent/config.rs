@@ -137,9 +137,13 @@ pub fn cache_limit(home: &Home, flag: Option<Size>) -> Result<Size, ConfigError>
     default_cache_size(&existing)
 }
 
-/// Whether to ask for passthrough reads: the flag if given, else `passthrough` in the
-/// home's config, else yes.
+/// Whether to ask for passthrough reads: never on a protected home; else the flag if
+/// given, else `passthrough` in the home's config, else yes.
 pub fn passthrough(home: &Home, flag: Option<bool>) -> Result<bool, ConfigError> {
+    // Passthrough serves plain copies of files, which a protected home never keeps.
+    if home.is_protected() {
+        return Ok(false);
+    }
     match flag {
         Some(b) => Ok(b),
         None => Ok(DeviceConfig::load(home)?.passthrough.unwrap_or(true)),

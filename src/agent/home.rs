@@ -5,6 +5,8 @@
 //! H/device.toml      cloud URL, user, device id and name
 //! H/config.toml      the device's settings (see `agent::config`); optional
 //! H/device-key.pem   the device's RSA private key (0600, never leaves the device)
+//! H/secrets.sealed   instead, on a protected home: that key and the cache key, sealed
+//!                    under a passphrase (see `agent::secrets`)
 //! H/ca.pem           the cloud's CA, the only root the agent trusts
 //! H/cache/db         sled: metadata, journal, cache index
 //! H/cache/blocks     content blocks by hash
@@ -12,9 +14,13 @@
 //! H/status.json      what the running agent last reported
 //! ```
 
+use super::secrets::{self, Passphrase, Secrets};
+use crate::crypto::keys::KeyError;
+use crate::crypto::seal::SealError;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
@@ -42,6 +48,23 @@ pub enum HomeError {
         "{path} is open to other users (mode {mode:o}); run `chmod {fix:o} {path}` and start again"
     )]
     TooOpen { path: PathBuf, mode: u32, fix: u32 },
+    #[error(
+        "this device home is protected ({path}): give its passphrase at the terminal, with \
+         --passphrase-stdin, or in a file named by --passphrase-file or MESHFS_PASSPHRASE_FILE"
+    )]
+    Locked { path: PathBuf },
+    #[error("the passphrase is wrong; nothing was changed, try again")]
+    WrongPassphrase,
+    #[error("reading the passphrase: {0}")]
+    Passphrase(String),
+    #[error("the sealed secrets at {path} cannot be used")]
+    Sealed {
+        path: PathBuf,
+        #[source]
+        why: SealError,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// What `device.toml` holds.
@@ -53,15 +76,49 @@ pub struct DeviceFile {
     pub device_name: String,
 }
 
-/// Paths inside one device home.
+/// Paths inside one device home, and its secrets once unlocked.
 #[derive(Clone, Debug)]
 pub struct Home {
     root: PathBuf,
+    passphrase: Option<Passphrase>,
+    unlocked: Arc<Mutex<Option<Arc<Secrets>>>>,
 }
 
 impl Home {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            passphrase: None,
+            unlocked: Arc::default(),
+        }
+    }
+
+    /// Where the passphrase comes from if this home is protected (asked once, when a
+    /// secret is first needed).
+    pub fn with_passphrase(mut self, p: Passphrase) -> Self {
+        self.passphrase = Some(p);
+        self
+    }
+
+    /// The device's secrets, unsealed at the first call (see `agent::secrets`).
+    pub fn unlock(&self) -> Result<Arc<Secrets>, HomeError> {
+        let mut held = self.unlocked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = &*held {
+            return Ok(Arc::clone(s));
+        }
+        let s = Arc::new(secrets::unlock(self, self.passphrase.as_ref())?);
+        *held = Some(Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// Whether the home keeps its secrets sealed (heightened security mode).
+    pub fn is_protected(&self) -> bool {
+        self.sealed_secrets().exists()
+    }
+
+    /// The passphrase source given, if any.
+    pub fn passphrase(&self) -> Option<&Passphrase> {
+        self.passphrase.as_ref()
     }
 
     pub fn root(&self) -> &Path {
@@ -75,6 +132,9 @@ impl Home {
     }
     pub fn key(&self) -> PathBuf {
         self.root.join("device-key.pem")
+    }
+    pub fn sealed_secrets(&self) -> PathBuf {
+        self.root.join("secrets.sealed")
     }
     pub fn ca(&self) -> PathBuf {
         self.root.join("ca.pem")
@@ -104,6 +164,7 @@ impl Home {
         for (path, fix) in [
             (self.root.clone(), 0o700),
             (self.key(), 0o600),
+            (self.sealed_secrets(), 0o600),
             (self.cache_dir(), 0o700),
         ] {
             let mode = match std::fs::metadata(&path) {

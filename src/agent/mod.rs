@@ -20,6 +20,7 @@ pub mod journal;
 pub mod mount;
 pub mod peer;
 pub mod remote;
+pub mod secrets;
 pub mod status;
 #[cfg(test)]
 pub mod testkit;

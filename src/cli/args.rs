@@ -1,7 +1,8 @@
 //! The command-line grammar: every subcommand and flag, with the help text users read.
 
 use crate::agent::home::Home;
-use crate::cli::secret::Source;
+use crate::agent::secrets::Passphrase;
+use crate::cli::secret::{self, Ask, Source};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,12 @@ pub enum Command {
     Mount(MountArgs),
     /// Show this device's state: login, the running agent, pending uploads, transfers.
     Status(StatusArgs),
+    /// Change the passphrase of a protected home (`login --protect`); its data stays as
+    /// it is.
+    Passphrase {
+        #[command(subcommand)]
+        command: PassphraseCommand,
+    },
     /// Keep files on this device whatever the cache limit, for use offline: fetches what
     /// is missing and returns when all of it is here. A folder pins everything in it, also
     /// what is added later.
@@ -210,23 +217,60 @@ impl PasswordArg {
     }
 }
 
-/// Where this device keeps its key and cache.
+#[derive(Subcommand, Debug)]
+pub enum PassphraseCommand {
+    /// Seal the home's secrets under a new passphrase (the current one is asked first).
+    Change {
+        /// Read the new passphrase from the first line of this file (for scripts).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        home: HomeArg,
+    },
+}
+
+/// Where this device keeps its key and cache, and how a protected one is opened.
 #[derive(Args, Debug, Clone)]
 pub struct HomeArg {
     /// Device home [default: $MESHFS_HOME, else $XDG_DATA_HOME/meshfs]
     #[arg(long, env = "MESHFS_HOME", global = true)]
     pub home: Option<PathBuf>,
+    /// A protected home's passphrase from the first line of standard input [default: asked
+    /// at the terminal]
+    #[arg(long, global = true)]
+    pub passphrase_stdin: bool,
+    /// A protected home's passphrase from the first line of this file (e.g. a systemd
+    /// credential)
+    #[arg(
+        long,
+        env = "MESHFS_PASSPHRASE_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 impl HomeArg {
+    /// The home, which asks for its passphrase only if it is protected and a secret is
+    /// needed.
     pub fn resolve(&self) -> anyhow::Result<Home> {
-        if let Some(h) = &self.home {
-            return Ok(Home::new(h));
-        }
-        let dirs = directories::ProjectDirs::from("", "", "meshfs").ok_or_else(|| {
-            anyhow::anyhow!("no home directory found; pass --home or set MESHFS_HOME")
-        })?;
-        Ok(Home::new(dirs.data_dir()))
+        let root = match &self.home {
+            Some(h) => h.clone(),
+            None => directories::ProjectDirs::from("", "", "meshfs")
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no home directory found; pass --home or set MESHFS_HOME")
+                })?
+                .data_dir()
+                .to_path_buf(),
+        };
+        let source = self.passphrase_source();
+        Ok(Home::new(root).with_passphrase(Passphrase::new(move || {
+            secret::read("passphrase", &source, Ask::Once).map_err(|e| format!("{e:#}"))
+        })))
+    }
+
+    pub fn passphrase_source(&self) -> Source {
+        Source::from_flags(self.passphrase_stdin, self.passphrase_file.clone())
     }
 }
 
@@ -245,6 +289,11 @@ pub struct LoginArgs {
     /// A name for this device [default: the host name]
     #[arg(long)]
     pub device_name: Option<String>,
+    /// Heightened security: seal the device key and everything the agent keeps on disk
+    /// under a passphrase, asked at every mount (and twice now, unless given with
+    /// --passphrase-stdin or --passphrase-file).
+    #[arg(long)]
+    pub protect: bool,
     #[command(flatten)]
     pub home: HomeArg,
 }

@@ -1,19 +1,54 @@
-//! `meshfs login`: makes a new device key (kept on the device, mode 0600), claims the
-//! device for the user with the password, pins the cloud's CA, and writes `device.toml`.
+//! `meshfs login`: makes a new device key (kept on the device, mode 0600, or sealed under
+//! a passphrase with `--protect`), claims the device for the user with the password, pins
+//! the cloud's CA, and writes `device.toml`.
 
 use crate::agent::client;
 use crate::agent::home::DeviceFile;
+use crate::agent::secrets::{self, Passphrase};
 use crate::cli::args::LoginArgs;
-use crate::cli::secret;
+use crate::cli::secret::{self, Ask, Source};
 use crate::crypto::keys;
+use crate::crypto::seal::CacheKey;
 use crate::crypto::ticket::Signer;
 use crate::proto::{AUDIENCE_CLAIM, ClaimProof, LoginRequest};
 use anyhow::Context;
 use std::os::unix::fs::DirBuilderExt;
 
 pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
-    let password = secret::read("password", &a.password.source(), secret::Ask::Once)?;
+    let passphrase = a.home.passphrase_source();
+    let password = a.password.source();
+    anyhow::ensure!(
+        !(password == Source::Stdin && passphrase == Source::Stdin),
+        "standard input can carry the password or the passphrase, not both; give one in a file"
+    );
     let home = a.home.resolve()?;
+    // The cache key of a protected home, kept across logins; a new one for a new home.
+    let cache_key = match (a.protect, home.is_protected()) {
+        (false, false) => None,
+        (false, true) => anyhow::bail!(
+            "{} is protected; log in with --protect to keep it so",
+            home.root().display()
+        ),
+        (true, false) => {
+            anyhow::ensure!(
+                !home.cache_dir().exists(),
+                "{} holds a plain cache; protect a new home (an empty --home)",
+                home.root().display()
+            );
+            let passphrase = secret::read("passphrase", &passphrase, Ask::Twice)?;
+            Some((CacheKey::generate().1, passphrase))
+        }
+        (true, true) => {
+            let passphrase = secret::read("passphrase", &passphrase, Ask::Once)?;
+            let old = secrets::unlock(&home, Some(&Passphrase::given(&passphrase)))?;
+            let bytes = old
+                .cache_key_bytes
+                .clone()
+                .context("the sealed secrets hold no cache key")?;
+            Some((bytes, passphrase))
+        }
+    };
+    let password = secret::read("password", &password, Ask::Once)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -31,7 +66,9 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
         .context("generating the device key")?;
     let fresh = home.key().with_extension("new");
     let _ = std::fs::remove_file(&fresh);
-    keys::save_private(&key, &fresh)?;
+    if cache_key.is_none() {
+        keys::save_private(&key, &fresh)?;
+    }
     let http = client::https(&ca)?;
     let device_name = match a.device_name {
         Some(n) => n,
@@ -65,8 +102,12 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("logging in to {cloud} as {}", a.user));
         }
     };
-    std::fs::rename(&fresh, home.key())
-        .with_context(|| format!("putting the new key at {}", home.key().display()))?;
+    match &cache_key {
+        Some((bytes, passphrase)) => secrets::seal(&home, &key, bytes, passphrase)
+            .context("sealing the device key under the passphrase")?,
+        None => std::fs::rename(&fresh, home.key())
+            .with_context(|| format!("putting the new key at {}", home.key().display()))?,
+    }
     std::fs::write(home.ca(), &ca).with_context(|| format!("writing {}", home.ca().display()))?;
     home.save_device(&DeviceFile {
         cloud,

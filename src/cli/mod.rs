@@ -6,6 +6,7 @@ mod device;
 mod folder;
 mod history;
 mod login;
+mod passphrase;
 mod pin;
 mod secret;
 mod status;
@@ -145,6 +146,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
         }
         Command::Status(a) => status::run(a).await,
+        Command::Passphrase {
+            command:
+                args::PassphraseCommand::Change {
+                    new_passphrase_file,
+                    home,
+                },
+        } => passphrase::change(&home, new_passphrase_file),
         Command::Pin { paths } => pin::pin(&paths),
         Command::Unpin { paths } => pin::unpin(&paths),
         Command::Ls { path } => pin::ls(path.as_deref()),

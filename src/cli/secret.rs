@@ -52,12 +52,12 @@ pub fn read(what: &str, source: &Source, ask: Ask) -> anyhow::Result<Zeroizing<S
 fn at_terminal(what: &str, ask: Ask) -> anyhow::Result<Zeroizing<String>> {
     anyhow::ensure!(
         std::io::stdin().is_terminal() || Path::new("/dev/tty").exists(),
-        "no terminal to ask the {what} at; pass it with --{what}-stdin or in a file"
+        "no terminal to ask the {what} at; give it on standard input or in a file (see --help)"
     );
     let prompt = |p: String| {
         rpassword::prompt_password(p)
             .map(Zeroizing::new)
-            .with_context(|| format!("asking the {what} at the terminal (or pass --{what}-stdin)"))
+            .with_context(|| format!("asking the {what} at the terminal"))
     };
     let first = prompt(format!("{}: ", capitalised(what)))?;
     if ask == Ask::Twice {

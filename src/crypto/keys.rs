@@ -49,6 +49,19 @@ pub fn save_private(key: &PrivateKey, path: &Path) -> Result<(), KeyError> {
     f.sync_all().map_err(io)
 }
 
+/// `key` as PKCS#8 DER, for sealing (heightened security keeps no plain key file).
+pub fn private_der(key: &PrivateKey) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyError> {
+    let doc = key.to_pkcs8_der().map_err(|_| KeyError::Encode)?;
+    Ok(zeroize::Zeroizing::new(doc.as_bytes().to_vec()))
+}
+
+/// The key in PKCS#8 DER `der`, as unsealed from `what`.
+pub fn private_from_der(der: &[u8], what: &Path) -> Result<PrivateKey, KeyError> {
+    PrivateKey::from_pkcs8_der(der).map_err(|_| KeyError::BadPrivate {
+        path: what.display().to_string(),
+    })
+}
+
 pub fn load_private(path: &Path) -> Result<PrivateKey, KeyError> {
     let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
         path: path.display().to_string(),

@@ -214,7 +214,11 @@ mod tests {
             assert_eq!(key.open(b"block 1", &bad), Err(SealError::Damaged), "{i}");
         }
         assert_eq!(key.open(b"block 1", &sealed[..10]), Err(SealError::Damaged));
-        assert_ne!(key.seal(b"block 1", b"contents"), sealed, "a fresh nonce each time");
+        assert_ne!(
+            key.seal(b"block 1", b"contents"),
+            sealed,
+            "a fresh nonce each time"
+        );
     }
 
     #[test]

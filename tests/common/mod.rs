@@ -252,6 +252,8 @@ pub struct Device {
     pub name: String,
     /// The network namespace the device's commands and agent run in.
     pub netns: Option<String>,
+    /// A protected home's passphrase file, given to every command and mount.
+    pub passphrase_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -262,23 +264,40 @@ impl Device {
 
     /// Logs a device in from network namespace `netns`.
     pub fn login_in(cloud: &Cloud, user: &str, name: &str, netns: Option<&str>) -> Self {
+        Self::login_as(cloud, user, name, netns, None)
+    }
+
+    /// Logs a device in with heightened security, under the passphrase in `passphrase_file`.
+    pub fn login_protected(cloud: &Cloud, user: &str, name: &str, passphrase_file: &Path) -> Self {
+        Self::login_as(cloud, user, name, None, Some(passphrase_file))
+    }
+
+    fn login_as(
+        cloud: &Cloud,
+        user: &str,
+        name: &str,
+        netns: Option<&str>,
+        passphrase_file: Option<&Path>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
-        let out = run_with_stdin(
-            meshfs(netns)
-                .args(["login", "--cloud", &cloud.url, "--ca"])
-                .arg(cloud.ca())
-                .args([
-                    "--user",
-                    user,
-                    "--password-stdin",
-                    "--device-name",
-                    name,
-                    "--home",
-                ])
-                .arg(&home),
-            PASSWORD,
-        );
+        let mut login = meshfs(netns);
+        login
+            .args(["login", "--cloud", &cloud.url, "--ca"])
+            .arg(cloud.ca())
+            .args([
+                "--user",
+                user,
+                "--password-stdin",
+                "--device-name",
+                name,
+                "--home",
+            ])
+            .arg(&home);
+        if let Some(p) = passphrase_file {
+            login.arg("--protect").arg("--passphrase-file").arg(p);
+        }
+        let out = run_with_stdin(&mut login, PASSWORD);
         assert!(
             out.status.success(),
             "login: {}",
@@ -288,18 +307,32 @@ impl Device {
             home,
             name: name.into(),
             netns: netns.map(str::to_string),
+            passphrase_file: passphrase_file.map(Path::to_path_buf),
             _dir: dir,
         }
     }
 
     /// Runs `meshfs ARGS --home HOME` and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
-        meshfs(self.netns.as_deref())
-            .args(args)
-            .arg("--home")
-            .arg(&self.home)
-            .output()
-            .expect("run meshfs")
+        let mut c = meshfs(self.netns.as_deref());
+        c.args(args).arg("--home").arg(&self.home);
+        if let Some(p) = &self.passphrase_file {
+            c.env("MESHFS_PASSPHRASE_FILE", p);
+        }
+        c.output().expect("run meshfs")
+    }
+
+    /// This device's home, opened as its agent would (with its passphrase if protected).
+    pub fn home(&self) -> meshfs::agent::home::Home {
+        let home = meshfs::agent::home::Home::new(&self.home);
+        match &self.passphrase_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).expect("passphrase file");
+                let given = meshfs::agent::secrets::Passphrase::given(text.trim_end());
+                home.with_passphrase(given)
+            }
+            None => home,
+        }
     }
 
     /// Runs `meshfs ARGS --home HOME`, which must succeed.
@@ -392,8 +425,7 @@ impl Device {
     /// this device, without waiting.
     pub fn cloud_changes(&self, name: &str, since: u64) -> (Vec<meshfs::proto::Entry>, u64) {
         let folder = self.folder_id(name);
-        let home = meshfs::agent::home::Home::new(&self.home);
-        let client = meshfs::agent::client::connect(&home).expect("cloud client");
+        let client = meshfs::agent::client::connect(&self.home()).expect("cloud client");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let (mut changes, mut next) = (Vec::new(), since);
         loop {
@@ -433,6 +465,7 @@ pub struct Mount {
     home: PathBuf,
     log: PathBuf,
     netns: Option<String>,
+    passphrase_file: Option<PathBuf>,
     extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
@@ -467,6 +500,7 @@ impl Mount {
             home: dev.home.clone(),
             log,
             netns: dev.netns.clone(),
+            passphrase_file: dev.passphrase_file.clone(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
@@ -485,7 +519,11 @@ impl Mount {
         } else {
             "127.0.0.1:0"
         };
-        let child = meshfs(self.netns.as_deref())
+        let mut mount = meshfs(self.netns.as_deref());
+        if let Some(p) = &self.passphrase_file {
+            mount.env("MESHFS_PASSPHRASE_FILE", p);
+        }
+        let child = mount
             .arg("mount")
             .arg(&self.path)
             .arg("--home")

@@ -2,6 +2,9 @@
 //! temporary name then renamed, so a block file is either whole or absent; the last blocks
 //! stored are also kept in memory (`hot`).
 //!
+//! On a protected home each block file is sealed with the cache key, bound to the block's
+//! hash, and opened whole when read; a file that does not open counts as absent.
+//!
 //! Blocks fetched from elsewhere are written past the page cache (`O_DIRECT`) when their
 //! buffer allows it (see `agent::aligned`): the kernel already caches what the mount
 //! served, and a second cached copy of every fetched byte cost the reader more CPU than
@@ -100,7 +103,11 @@ impl Cache {
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        if let Err(e) = self.write_block_file(&tmp, &data, durable) {
+        let sealed = self
+            .sealed()
+            .map(|k| k.seal(hash.to_hex().as_bytes(), &data));
+        let on_disk = sealed.as_deref().unwrap_or(&data);
+        if let Err(e) = self.write_block_file(&tmp, on_disk, durable) {
             let _ = std::fs::remove_file(&tmp);
             return Err(io(e));
         }
@@ -174,6 +181,18 @@ impl Cache {
             out[..n].copy_from_slice(&data[from..from + n]);
             return Ok(Some(n));
         }
+        if self.sealed().is_some() {
+            let Some(data) = self.load_block(hash)? else {
+                return Ok(None);
+            };
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            let n = out.len().min(data.len() - from);
+            out[..n].copy_from_slice(&data[from..from + n]);
+            self.hot().put(*hash, Bytes::from(data));
+            return Ok(Some(n));
+        }
         let path = self.block_path(hash);
         let io = |source| CacheError::Io {
             path: path.clone(),
@@ -201,6 +220,13 @@ impl Cache {
     /// sending it to a peer, which checks every block it gets); false if it is not here.
     pub fn append_block(&self, hash: &BlockHash, out: &mut Vec<u8>) -> Result<bool, CacheError> {
         use std::io::Read;
+        if self.sealed().is_some() {
+            let Some(data) = self.load_block(hash)? else {
+                return Ok(false);
+            };
+            out.extend_from_slice(&data);
+            return Ok(true);
+        }
         let path = self.block_path(hash);
         let io = |source| CacheError::Io {
             path: path.clone(),
@@ -226,7 +252,11 @@ impl Cache {
             return Ok(Some(data.to_vec()));
         }
         let path = self.block_path(hash);
-        match std::fs::read(&path) {
+        let read = std::fs::read(&path).map(|d| match self.sealed() {
+            Some(k) => k.open(hash.to_hex().as_bytes(), &d).unwrap_or_default(),
+            None => d,
+        });
+        match read {
             Ok(data) if hash.matches(&data) => Ok(Some(data)),
             Ok(_) => {
                 tracing::warn!(%hash, "cached block is damaged; dropping it");
@@ -243,6 +273,7 @@ impl Cache {
 mod tests {
     use super::*;
     use crate::agent::aligned::aligned_buffer;
+    use std::sync::Arc;
 
     #[test]
     fn a_damaged_block_file_is_not_served() {
@@ -256,6 +287,62 @@ mod tests {
         std::fs::write(c.block_path(&h), b"evil").unwrap();
         assert_eq!(c.load_block(&h).unwrap(), None);
         assert!(!c.has_block(&h));
+    }
+
+    /// A sealed cache keeps no block in plain; every read opens it, and a block file
+    /// swapped for another's or changed by a bit counts as absent.
+    #[test]
+    fn a_sealed_cache_keeps_blocks_sealed_and_reads_them_back() {
+        use crate::crypto::seal::CacheKey;
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(CacheKey::generate().0);
+        let c = Cache::open_with(dir.path(), Some(Arc::clone(&key))).unwrap();
+        let (one, two) = (b"the first block".to_vec(), b"the second one".to_vec());
+        let (h1, h2) = (BlockHash::of(&one), BlockHash::of(&two));
+        c.store_block(&h1, one.clone().into(), true).unwrap();
+        c.store_block(&h2, two.clone().into(), false).unwrap();
+        c.hot().clear();
+        let on_disk = std::fs::read(c.block_path(&h1)).unwrap();
+        assert!(memchr::memmem::find(&on_disk, b"first").is_none());
+        let mut out = [0u8; 5];
+        assert_eq!(c.read_block(&h1, 4, &mut out).unwrap(), Some(5));
+        assert_eq!(&out, b"first");
+        let mut all = Vec::new();
+        assert!(c.append_block(&h2, &mut all).unwrap());
+        assert_eq!(all, two);
+        c.hot().clear();
+        std::fs::copy(c.block_path(&h2), c.block_path(&h1)).unwrap();
+        assert_eq!(c.load_block(&h1).unwrap(), None, "another block's file");
+        let mut bad = std::fs::read(c.block_path(&h2)).unwrap();
+        bad[20] ^= 1;
+        std::fs::write(c.block_path(&h2), bad).unwrap();
+        assert_eq!(
+            c.read_block(&h2, 0, &mut out).unwrap(),
+            None,
+            "a flipped bit"
+        );
+    }
+
+    /// A cache is sealed from its start or never: it opens only as it was made.
+    #[test]
+    fn a_cache_opens_only_as_sealed_as_it_was_made() {
+        use crate::crypto::seal::CacheKey;
+        let (sealed, plain) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let key = Arc::new(CacheKey::generate().0);
+        drop(Cache::open_with(sealed.path(), Some(Arc::clone(&key))).unwrap());
+        assert!(
+            Cache::open(sealed.path()).is_err(),
+            "a sealed cache opened plain"
+        );
+        let other = Arc::new(CacheKey::generate().0);
+        assert!(Cache::open_with(sealed.path(), Some(other)).is_err());
+        assert!(Cache::open_with(sealed.path(), Some(key.clone())).is_ok());
+        let c = Cache::open(plain.path()).unwrap();
+        let data = b"plain".to_vec();
+        c.store_block(&BlockHash::of(&data), data.into(), true)
+            .unwrap();
+        drop(c);
+        assert!(Cache::open_with(plain.path(), Some(key)).is_err());
     }
 
     /// A fetched block in an aligned buffer goes to the disk directly; a short block, an

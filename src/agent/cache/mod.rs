@@ -27,6 +27,7 @@ mod views;
 pub use evict::{Evicted, Writing, keeps_blocks};
 pub use views::View;
 
+use crate::crypto::seal::CacheKey;
 use crate::proto::{BlockHash, BlockRef, EntryKind};
 use bytes::Bytes;
 use lru::LruCache;
@@ -51,6 +52,8 @@ pub enum CacheError {
     },
     #[error("corrupt record in the metadata store")]
     Corrupt(#[from] serde_json::Error),
+    #[error("{0}")]
+    Seal(&'static str),
 }
 
 /// One file, directory or symlink as this device knows it.
@@ -212,6 +215,8 @@ impl JournalOp {
 }
 
 const JOURNAL_ID_KEY: &[u8] = b"journal-id";
+/// On a sealed cache: a record sealed with its key, which a wrong key does not open.
+const SEAL_CHECK_KEY: &[u8] = b"seal-check";
 
 fn node_key(ino: u64) -> Vec<u8> {
     let mut k = b"n/".to_vec();
@@ -403,11 +408,20 @@ pub struct Cache {
     /// The folders this user may only read, as the folder records say (kept in step by
     /// [`Cache::apply`]): asked on every change and `stat`.
     read_only: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// The cache key of a protected home: every block file is sealed with it.
+    seal: Option<Arc<CacheKey>>,
 }
 
 impl Cache {
     /// Opens (or creates) the cache under `dir`; makes the mount root if it is new.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Opens the cache under `dir`, sealed with `seal` if given (a protected home). A cache
+    /// is sealed from its start or never: a sealed one does not open plain, nor with
+    /// another key, nor does a plain one holding blocks open sealed.
+    pub fn open_with(dir: &Path, seal: Option<Arc<CacheKey>>) -> Result<Self, CacheError> {
         let blocks = dir.join("blocks");
         let staging = dir.join("staging");
         for d in [&blocks, &staging] {
@@ -460,7 +474,9 @@ impl Cache {
                 NonZeroUsize::new(SUBDIR_COUNTS).unwrap_or(NonZeroUsize::MIN),
             )),
             read_only: std::sync::RwLock::default(),
+            seal,
         };
+        cache.check_seal()?;
         for f in cache.folders()? {
             cache.note_folder(&f.id, f.writable);
         }
@@ -474,6 +490,35 @@ impl Cache {
             cache.apply(t)?;
         }
         Ok(cache)
+    }
+
+    /// Checks that the cache is sealed with this key, or plain when there is none; a new
+    /// sealed cache is marked as such.
+    fn check_seal(&self) -> Result<(), CacheError> {
+        let mark = self.tree.get(SEAL_CHECK_KEY)?;
+        match (&self.seal, mark) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(CacheError::Seal(
+                "this cache is sealed, but the home's secrets are not: log in again with --protect",
+            )),
+            (Some(key), Some(mark)) => key.open(SEAL_CHECK_KEY, &mark).map(drop).map_err(|_| {
+                CacheError::Seal("this cache was sealed with another key than the home's")
+            }),
+            (Some(key), None) if self.blocks_bytes() == 0 => {
+                self.tree
+                    .insert(SEAL_CHECK_KEY, key.seal(SEAL_CHECK_KEY, b"meshfs"))?;
+                self.tree.flush()?;
+                Ok(())
+            }
+            (Some(_), None) => Err(CacheError::Seal(
+                "this cache holds plain blocks; a home is protected at its first login",
+            )),
+        }
+    }
+
+    /// The cache key, if blocks are sealed.
+    pub(crate) fn sealed(&self) -> Option<&CacheKey> {
+        self.seal.as_deref()
     }
 
     /// Removes nodes that are unlinked and have nothing left to upload; run at start, when no

@@ -263,6 +263,10 @@ impl Cache {
 
 /// Appends `n`'s block files to `to`; the bytes copied.
 fn copy_blocks(cache: &Cache, n: &Node, to: &mut std::fs::File) -> std::io::Result<u64> {
+    if cache.sealed().is_some() {
+        // A view is a plain copy: a protected home makes none (its mount has no passthrough).
+        return Err(std::io::ErrorKind::Unsupported.into());
+    }
     let mut len = 0;
     for b in &n.manifest {
         if !cache.has_block(&b.hash) {

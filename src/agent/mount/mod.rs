@@ -24,7 +24,6 @@ use crate::agent::remote::{CloudBlocks, Remote};
 use crate::agent::status::{AgentStatus, CacheReport, Counters};
 use crate::agent::uploader::{KnownInCloud, Offered, Uploader};
 use crate::crypto::channel::KeyLog;
-use crate::crypto::keys;
 use crate::proto::BlockHash;
 use bytes::Bytes;
 use futures::FutureExt;
@@ -186,7 +185,8 @@ fn open_cache(home: &Home) -> Result<Cache, MountError> {
             source,
         })?;
     home.check_private().map_err(ConnectError::from)?;
-    match Cache::open(&dir) {
+    let seal = home.unlock().map_err(ConnectError::from)?.cache_key.clone();
+    match Cache::open_with(&dir, seal) {
         Err(CacheError::Db(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
             Err(MountError::CacheBusy { path: dir })
         }
@@ -224,7 +224,7 @@ pub fn open_agent(
     let peers = match peers {
         Some(opts) => Some(PeerNet::new(
             Arc::clone(&remote),
-            keys::load_private(&home.key()).map_err(ConnectError::from)?,
+            home.unlock().map_err(ConnectError::from)?.key.clone(),
             Arc::new(CacheShelf(Arc::clone(&cache))),
             Arc::clone(&counters),
             PeerConfig {
