@@ -64,7 +64,8 @@ fn mount_refused(dev: &Device, passphrase_file: &Path) -> String {
 struct Written(Vec<(String, Vec<u8>)>);
 
 impl Written {
-    /// Small files and a 64 MiB one, each block of which carries a marker.
+    /// Small files and a 64 MiB one, each block of which carries a marker; files and a
+    /// renamed directory whose names carry markers.
     fn make() -> Self {
         let mut files = Vec::new();
         for i in 0..16 {
@@ -82,14 +83,23 @@ impl Written {
         Self(files)
     }
 
+    /// The markers in contents, and those in names (of files, and of a directory before
+    /// and after a rename).
     fn markers() -> impl Iterator<Item = [u8; 32]> {
-        (0..16).chain(100..164).map(marker)
+        (0..16).chain(100..164).chain(200..210).map(marker)
     }
 
     fn write_under(&self, root: &Path) {
         for (name, data) in &self.0 {
             std::fs::write(root.join(name), data).unwrap();
         }
+        let text = |i| String::from_utf8(marker(i).to_vec()).unwrap();
+        let dir = root.join(format!("Docs/dir-{}", text(200)));
+        std::fs::create_dir(&dir).unwrap();
+        for i in 201..209 {
+            std::fs::write(dir.join(format!("named-{}.txt", text(i))), b"named").unwrap();
+        }
+        std::fs::rename(&dir, root.join(format!("Docs/moved-{}", text(209)))).unwrap();
     }
 
     fn check_under(&self, root: &Path) {
@@ -97,6 +107,14 @@ impl Written {
             let got = std::fs::read(root.join(name)).unwrap();
             assert!(got == *data, "{name} reads back different");
         }
+        let text = |i| String::from_utf8(marker(i).to_vec()).unwrap();
+        let moved = root.join(format!("Docs/moved-{}", text(209)));
+        let mut names = common::names(&moved);
+        names.sort();
+        let want: Vec<String> = (201..209)
+            .map(|i| format!("named-{}.txt", text(i)))
+            .collect();
+        assert_eq!(names, want);
     }
 }
 

@@ -12,7 +12,18 @@ use crate::agent::remote::memory::{MemoryCloud, MemoryRemote};
 use crate::agent::remote::{ClientError, CloudBlocks, Remote};
 use crate::agent::status::Counters;
 use crate::agent::uploader::{KnownInCloud, Offered, Played, Uploader};
+use crate::crypto::seal::CacheKey;
 use std::sync::Arc;
+
+/// A directory for a test device's cache, in memory where there is a tmpfs: a test's
+/// syncs then cost nothing.
+fn temp_home() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("meshfs-test-device")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir")
+}
 
 /// The owner every test file shows.
 pub const OWNER: Owner = Owner {
@@ -29,6 +40,8 @@ pub struct TestDevice {
     pub uploader: Uploader,
     pub feed: Feed,
     dir: tempfile::TempDir,
+    /// The cache key of a device whose cache is sealed (a protected home).
+    seal: Option<Arc<CacheKey>>,
 }
 
 impl TestDevice {
@@ -44,20 +57,31 @@ impl TestDevice {
         id: &str,
         peers: Vec<Arc<dyn BlockSource>>,
     ) -> Self {
-        let remote = cloud.device(user, id);
-        // In memory where there is a tmpfs: a test's syncs then cost nothing.
-        let dir = tempfile::Builder::new()
-            .prefix("meshfs-test-device")
-            .tempdir_in("/dev/shm")
-            .or_else(|_| tempfile::tempdir())
-            .expect("tempdir");
-        Self::open(dir, remote, peers, Settle::NONE)
+        Self::open(
+            temp_home(),
+            cloud.device(user, id),
+            peers,
+            Settle::NONE,
+            None,
+        )
+    }
+
+    /// Device `id` of `user` on a protected home: its cache is sealed.
+    pub fn sealed(cloud: &Arc<MemoryCloud>, user: &str, id: &str) -> Self {
+        let seal = Some(Arc::new(CacheKey::generate().0));
+        Self::open(
+            temp_home(),
+            cloud.device(user, id),
+            Vec::new(),
+            Settle::NONE,
+            seal,
+        )
     }
 
     /// Device `id` of `user` whose files' commits settle before they upload.
     pub fn settling(cloud: &Arc<MemoryCloud>, user: &str, id: &str, settle: Settle) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::open(dir, cloud.device(user, id), Vec::new(), settle)
+        Self::open(dir, cloud.device(user, id), Vec::new(), settle, None)
     }
 
     fn open(
@@ -65,8 +89,9 @@ impl TestDevice {
         remote: Arc<MemoryRemote>,
         mut sources: Vec<Arc<dyn BlockSource>>,
         settle: Settle,
+        seal: Option<Arc<CacheKey>>,
     ) -> Self {
-        let cache = Arc::new(Cache::open(dir.path()).expect("cache"));
+        let cache = Arc::new(Cache::open_with(dir.path(), seal.clone()).expect("cache"));
         let counters = Arc::new(Counters::default());
         let inv = Arc::new(Recorder::default());
         let journal = Arc::new(Journal::with_settle(settle));
@@ -110,6 +135,7 @@ impl TestDevice {
             uploader,
             feed,
             dir,
+            seal,
         }
     }
 
@@ -125,11 +151,12 @@ impl TestDevice {
             uploader,
             feed,
             dir,
+            seal,
         } = self;
         drop((fs, uploader, feed, inv, counters, cache));
         // sled's flusher thread lets go of the database a moment after the drop.
         for _ in 0..100 {
-            match Cache::open(dir.path()) {
+            match Cache::open_with(dir.path(), seal.clone()) {
                 Ok(c) => {
                     drop(c);
                     break;
@@ -137,7 +164,7 @@ impl TestDevice {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
         }
-        let d = Self::open(dir, remote, Vec::new(), Settle::NONE);
+        let d = Self::open(dir, remote, Vec::new(), Settle::NONE, seal);
         d.cache.clear_staging();
         d.cache.sweep_unlinked().expect("sweep");
         d

@@ -4,12 +4,15 @@
 //! stored in front of the ciphertext; the associated data binds a sealed record to its
 //! place (a block to its hash), so one cannot be swapped for another.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 const NONCE_LEN: usize = 12;
@@ -30,8 +33,16 @@ pub enum SealError {
     BadParams,
 }
 
-/// The cache key: seals every block and record of a protected device.
-pub struct CacheKey(Aes256Gcm);
+/// The cache key: seals every block and record of a protected device, and tags names
+/// where a record's key must be found again from a name (a directory's link to a child).
+/// Both keys are derived from the stored one with HKDF-SHA256, one per use.
+pub struct CacheKey {
+    aead: Aes256Gcm,
+    names: Hmac<Sha256>,
+}
+
+/// The length of a name's tag.
+pub const NAME_TAG_LEN: usize = 16;
 
 impl CacheKey {
     /// A new random key, and its bytes (to be sealed under the passphrase).
@@ -42,17 +53,42 @@ impl CacheKey {
     }
 
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
-        Self(aead(bytes))
+        let hk = Hkdf::<Sha256>::new(None, bytes);
+        let derive = |label: &str| {
+            let mut out = Zeroizing::new([0u8; KEY_LEN]);
+            // HKDF-SHA256 refuses only outputs over 255 * 32 bytes.
+            if hk.expand(label.as_bytes(), &mut out[..]).is_err() {
+                unreachable!("HKDF output of {KEY_LEN} bytes");
+            }
+            out
+        };
+        let aead_key = derive("meshfs cache v1 records");
+        let names_key = derive("meshfs cache v1 names");
+        Self {
+            aead: aead(&aead_key),
+            names: <Hmac<Sha256> as KeyInit>::new_from_slice(&names_key[..])
+                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length")),
+        }
     }
 
     /// `nonce || ciphertext || tag` of `plain`, bound to `aad`.
     pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
-        seal(&self.0, aad, plain)
+        seal(&self.aead, aad, plain)
     }
 
     /// The plaintext of `sealed`, if it was sealed with this key and `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
-        open(&self.0, aad, sealed).ok_or(SealError::Damaged)
+        open(&self.aead, aad, sealed).ok_or(SealError::Damaged)
+    }
+
+    /// A tag of `name` that finds it again without showing it: HMAC-SHA256, cut short.
+    pub fn name_tag(&self, name: &[u8]) -> [u8; NAME_TAG_LEN] {
+        let mut mac = self.names.clone();
+        mac.update(name);
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0u8; NAME_TAG_LEN];
+        tag.copy_from_slice(&full[..NAME_TAG_LEN]);
+        tag
     }
 }
 
@@ -179,7 +215,7 @@ mod tests {
         sealed.extend(unhex("8995ae2e6df3dbf96fac7b7137bae67f"));
         sealed.extend(unhex("eca5aa77d51d4a0a14d9c51e1da474ab"));
         let aad = unhex("1e0889016f67601c8ebea4943bc23ad6");
-        let plain = CacheKey::from_bytes(&key).open(&aad, &sealed).unwrap();
+        let plain = open(&aead(&key), &aad, &sealed).unwrap();
         assert_eq!(plain, unhex("2d71bcfa914e4ac045b2aa60955fad24"));
     }
 
@@ -219,6 +255,15 @@ mod tests {
             sealed,
             "a fresh nonce each time"
         );
+    }
+
+    #[test]
+    fn a_name_tag_is_the_same_for_a_name_and_differs_between_names_and_keys() {
+        let (a, _) = CacheKey::generate();
+        let (b, _) = CacheKey::generate();
+        assert_eq!(a.name_tag(b"report.pdf"), a.name_tag(b"report.pdf"));
+        assert_ne!(a.name_tag(b"report.pdf"), a.name_tag(b"report.pdg"));
+        assert_ne!(a.name_tag(b"report.pdf"), b.name_tag(b"report.pdf"));
     }
 
     #[test]

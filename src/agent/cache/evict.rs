@@ -219,14 +219,14 @@ impl Cache {
             .map(|f| f.id)
             .collect();
         let mut kept = HashSet::new();
-        for kv in self.tree.scan_prefix(b"n/") {
+        for kv in self.scan(b"n/") {
             let n: Node = serde_json::from_slice(&kv?.1)?;
             let only = n.folder.as_ref().is_some_and(|f| device_only.contains(f));
             if keeps_blocks(&n, me, only) {
                 kept.extend(n.manifest.iter().map(|b| b.hash));
             }
         }
-        for kv in self.tree.scan_prefix(b"j/") {
+        for kv in self.scan(b"j/") {
             if let JournalOp::Put { snap, .. } = serde_json::from_slice(&kv?.1)? {
                 kept.extend(snap.manifest.iter().map(|b| b.hash));
             }

@@ -266,7 +266,11 @@ fn linked_ino(v: &[u8]) -> Option<u64> {
 /// A set of changes applied atomically by [`Cache::apply`].
 #[derive(Default)]
 pub struct Txn {
-    batch: sled::Batch,
+    /// Records written (a value) or removed (none), by key.
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Links made (a link value) or removed (none), by directory and name: the cache
+    /// makes their keys (a sealed one tags the names).
+    links: Vec<(u64, String, Option<[u8; 9]>)>,
     /// The nodes the batch writes or removes, to drop from the decoded-node cache.
     nodes: Vec<u64>,
     /// The highest journal record the batch appends.
@@ -286,7 +290,7 @@ impl Txn {
     pub fn put_node(&mut self, node: &Node) {
         // A Node of plain fields always serializes.
         let v = serde_json::to_vec(node).unwrap_or_default();
-        self.batch.insert(node_key(node.ino), v);
+        self.writes.push((node_key(node.ino), Some(v)));
         self.nodes.push(node.ino);
         if node.pending > 0 || node.pinned || !node.holders.is_empty() {
             self.kept.extend(node.manifest.iter().map(|b| b.hash));
@@ -294,34 +298,36 @@ impl Txn {
         self.pins |= node.pinned;
     }
     pub fn remove_node(&mut self, ino: u64) {
-        self.batch.remove(node_key(ino));
+        self.writes.push((node_key(ino), None));
         self.nodes.push(ino);
     }
     /// Links `child` into `parent` as `name`.
     pub fn link(&mut self, parent: u64, name: &str, child: &Node) {
-        self.batch
-            .insert(child_key(parent, name), &link_value(child));
+        self.links
+            .push((parent, name.to_string(), Some(link_value(child))));
         self.parents.push(parent);
     }
     pub fn unlink(&mut self, parent: u64, name: &str) {
-        self.batch.remove(child_key(parent, name));
+        self.links.push((parent, name.to_string(), None));
         self.parents.push(parent);
     }
     pub fn index_entry(&mut self, folder: &str, entry: &str, ino: u64) {
-        self.batch
-            .insert(entry_key(folder, entry), &ino.to_be_bytes());
+        self.writes
+            .push((entry_key(folder, entry), Some(ino.to_be_bytes().to_vec())));
     }
     pub fn unindex_entry(&mut self, folder: &str, entry: &str) {
-        self.batch.remove(entry_key(folder, entry));
+        self.writes.push((entry_key(folder, entry), None));
     }
     pub fn put_folder(&mut self, f: &FolderInfo) {
         let v = serde_json::to_vec(f).unwrap_or_default();
-        self.batch.insert(format!("f/{}", f.id).into_bytes(), v);
+        self.writes
+            .push((format!("f/{}", f.id).into_bytes(), Some(v)));
         self.folders.push((f.id.clone(), f.writable));
     }
     pub fn remove_folder(&mut self, id: &str) {
-        self.batch.remove(format!("f/{id}").into_bytes());
-        self.batch.remove(format!("m/cursor/{id}").into_bytes());
+        self.writes.push((format!("f/{id}").into_bytes(), None));
+        self.writes
+            .push((format!("m/cursor/{id}").into_bytes(), None));
         self.folders.push((id.to_string(), true));
     }
     pub fn journal(&mut self, seq: u64, op: &JournalOp) {
@@ -329,11 +335,11 @@ impl Txn {
             self.kept.extend(snap.manifest.iter().map(|b| b.hash));
         }
         let v = serde_json::to_vec(op).unwrap_or_default();
-        self.batch.insert(journal_key(seq), v);
+        self.writes.push((journal_key(seq), Some(v)));
         self.journal_seq = self.journal_seq.max(Some(seq));
     }
     pub fn unjournal(&mut self, seq: u64) {
-        self.batch.remove(journal_key(seq));
+        self.writes.push((journal_key(seq), None));
     }
     /// Marks directory `dir` changed now: an entry was made, removed or renamed in it.
     /// Kept on this device (a directory's times travel only when set explicitly).
@@ -345,10 +351,10 @@ impl Txn {
         Ok(())
     }
     pub fn set_cursor(&mut self, folder: &str, seq: u64) {
-        self.batch.insert(
+        self.writes.push((
             format!("m/cursor/{folder}").into_bytes(),
-            &seq.to_be_bytes(),
-        );
+            Some(seq.to_be_bytes().to_vec()),
+        ));
     }
 }
 
@@ -364,6 +370,11 @@ const HOT_BLOCKS: usize = 64;
 const DEPARTED: usize = 65_536;
 /// Directories whose count of subdirectories is remembered.
 const SUBDIR_COUNTS: usize = 4096;
+/// Directories whose children are kept sorted by name, on a sealed cache.
+const SORTED_DIRS: usize = 64;
+
+/// A directory's children as (name, inode), in name order.
+type Listing = Arc<Vec<(String, u64)>>;
 
 /// The metadata store and the block store of one device.
 pub struct Cache {
@@ -405,6 +416,9 @@ pub struct Cache {
     /// Subdirectories per directory, for its link count; an entry goes when a batch
     /// changes the directory's links.
     subdirs: Mutex<LruCache<u64, u64>>,
+    /// On a sealed cache, children by name per directory (see [`Cache::sorted_children`]);
+    /// an entry goes like one of `subdirs`.
+    sorted: Mutex<LruCache<u64, Listing>>,
     /// The folders this user may only read, as the folder records say (kept in step by
     /// [`Cache::apply`]): asked on every change and `stat`.
     read_only: std::sync::RwLock<std::collections::HashSet<String>>,
@@ -473,6 +487,9 @@ impl Cache {
             subdirs: Mutex::new(LruCache::new(
                 NonZeroUsize::new(SUBDIR_COUNTS).unwrap_or(NonZeroUsize::MIN),
             )),
+            sorted: Mutex::new(LruCache::new(
+                NonZeroUsize::new(SORTED_DIRS).unwrap_or(NonZeroUsize::MIN),
+            )),
             read_only: std::sync::RwLock::default(),
             seal,
         };
@@ -516,9 +533,99 @@ impl Cache {
         }
     }
 
-    /// The cache key, if blocks are sealed.
+    /// The cache key, if blocks and records are sealed.
     pub(crate) fn sealed(&self) -> Option<&CacheKey> {
         self.seal.as_deref()
+    }
+
+    /// The sled batch of a transaction's writes and links, sealed on a sealed cache: each
+    /// value is bound to its key, and a link's name moves from its key into its value.
+    fn batch_of(
+        &self,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        links: Vec<(u64, String, Option<[u8; 9]>)>,
+    ) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => {
+                    let v = match self.sealed() {
+                        Some(key) => key.seal(&k, &v),
+                        None => v,
+                    };
+                    batch.insert(k, v);
+                }
+                None => batch.remove(k),
+            }
+        }
+        for (parent, name, link) in links {
+            let k = self.child_key(parent, &name);
+            match (link, self.sealed()) {
+                (Some(link), Some(key)) => {
+                    let mut v = link.to_vec();
+                    v.extend_from_slice(name.as_bytes());
+                    batch.insert(k.clone(), key.seal(&k, &v));
+                }
+                (Some(link), None) => batch.insert(k, &link),
+                (None, _) => batch.remove(k),
+            }
+        }
+        batch
+    }
+
+    /// The key of `parent`'s link named `name`: the name itself, or its tag when sealed.
+    fn child_key(&self, parent: u64, name: &str) -> Vec<u8> {
+        match self.sealed() {
+            Some(key) => {
+                let mut k = child_prefix(parent);
+                k.extend_from_slice(&key.name_tag(name.as_bytes()));
+                k
+            }
+            None => child_key(parent, name),
+        }
+    }
+
+    /// The value `v` read at `key`, opened on a sealed cache.
+    fn opened(&self, key: &[u8], v: sled::IVec) -> Result<sled::IVec, CacheError> {
+        match self.sealed() {
+            Some(seal) => seal
+                .open(key, &v)
+                .map(sled::IVec::from)
+                .map_err(|_| CacheError::Seal("a record of the metadata store failed its check")),
+            None => Ok(v),
+        }
+    }
+
+    /// The record at `key`, opened.
+    fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, CacheError> {
+        self.tree.get(key)?.map(|v| self.opened(key, v)).transpose()
+    }
+
+    /// The records under `prefix` in key order, opened.
+    fn scan(
+        &self,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(sled::IVec, sled::IVec), CacheError>> + '_ {
+        self.tree.scan_prefix(prefix).map(move |kv| {
+            let (k, v) = kv?;
+            let v = self.opened(&k, v)?;
+            Ok((k, v))
+        })
+    }
+
+    /// A link's name and value (child inode, then maybe a directory flag) from its record
+    /// under `prefix`: the name is the key's rest, or follows the value when sealed.
+    fn link_of(&self, prefix: &[u8], k: &[u8], v: &[u8]) -> (String, Vec<u8>) {
+        match self.sealed() {
+            Some(_) => {
+                let (link, name) = v.split_at(v.len().min(9));
+                (String::from_utf8_lossy(name).into_owned(), link.to_vec())
+            }
+            None => (
+                String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                v.to_vec(),
+            ),
+        }
     }
 
     /// Removes nodes that are unlinked and have nothing left to upload; run at start, when no
@@ -526,7 +633,7 @@ impl Cache {
     pub fn sweep_unlinked(&self) -> Result<usize, CacheError> {
         let mut txn = Txn::default();
         let mut n = 0;
-        for kv in self.tree.scan_prefix(b"n/") {
+        for kv in self.scan(b"n/") {
             let node: Node = serde_json::from_slice(&kv?.1)?;
             if !node.linked && node.pending == 0 {
                 txn.remove_node(node.ino);
@@ -550,10 +657,13 @@ impl Cache {
         }
         {
             let mut subdirs = self.subdirs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sorted = self.sorted.lock().unwrap_or_else(|p| p.into_inner());
             for parent in &txn.parents {
                 subdirs.pop(parent);
+                sorted.pop(parent);
             }
-            self.tree.apply_batch(txn.batch)?;
+            self.tree
+                .apply_batch(self.batch_of(txn.writes, txn.links))?;
         }
         if let Some(seq) = txn.journal_seq {
             self.applied_seq.fetch_max(seq, Ordering::SeqCst);
@@ -606,7 +716,7 @@ impl Cache {
         if let Some(n) = decoded.get(&ino) {
             return Ok(Some(Arc::clone(n)));
         }
-        match self.tree.get(node_key(ino))? {
+        match self.get(&node_key(ino))? {
             Some(v) => {
                 let n = Arc::new(serde_json::from_slice::<Node>(&v)?);
                 decoded.put(ino, Arc::clone(&n));
@@ -624,7 +734,7 @@ impl Cache {
     /// The linked files that are pinned.
     pub fn pinned_files(&self) -> Result<Vec<Node>, CacheError> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(b"n/") {
+        for kv in self.scan(b"n/") {
             let n: Node = serde_json::from_slice(&kv?.1)?;
             if n.pinned && n.linked && n.kind == EntryKind::File {
                 out.push(n);
@@ -635,8 +745,7 @@ impl Cache {
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Option<u64>, CacheError> {
         Ok(self
-            .tree
-            .get(child_key(parent, name))?
+            .get(&self.child_key(parent, name))?
             .and_then(|v| linked_ino(&v)))
     }
 
@@ -647,14 +756,14 @@ impl Cache {
             return Ok(*n);
         }
         let mut n = 0;
-        for kv in self.tree.scan_prefix(child_prefix(parent)) {
+        for kv in self.scan(&child_prefix(parent)) {
             let (_, v) = kv?;
             let dir = match v.get(8) {
                 Some(flag) => *flag == 1,
                 // Read from the tree, not through `decoded`: `apply` takes that lock
                 // before this one.
                 None => match linked_ino(&v).map(node_key) {
-                    Some(key) => match self.tree.get(key)? {
+                    Some(key) => match self.get(&key)? {
                         Some(n) => serde_json::from_slice::<Node>(&n)?.is_dir(),
                         None => false,
                     },
@@ -669,16 +778,38 @@ impl Cache {
 
     /// The children of `parent` as (name, ino), in name order.
     pub fn children(&self, parent: u64) -> Result<Vec<(String, u64)>, CacheError> {
+        if self.sealed().is_some() {
+            return Ok(self.sorted_children(parent)?.to_vec());
+        }
+        self.links_in_key_order(parent)
+    }
+
+    /// `parent`'s links in the order of their keys: of their names on a plain cache.
+    fn links_in_key_order(&self, parent: u64) -> Result<Vec<(String, u64)>, CacheError> {
         let prefix = child_prefix(parent);
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(&prefix) {
+        for kv in self.scan(&prefix) {
             let (k, v) = kv?;
-            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            if let Some(ino) = linked_ino(&v) {
+            let (name, link) = self.link_of(&prefix, &k, &v);
+            if let Some(ino) = linked_ino(&link) {
                 out.push((name, ino));
             }
         }
         Ok(out)
+    }
+
+    /// On a sealed cache, whose keys hold tags: `parent`'s children sorted by name, kept
+    /// until its links change (`read`'s look-ahead asks on every open).
+    fn sorted_children(&self, parent: u64) -> Result<Listing, CacheError> {
+        let mut sorted = self.sorted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kids) = sorted.get(&parent) {
+            return Ok(Arc::clone(kids));
+        }
+        let mut kids = self.links_in_key_order(parent)?;
+        kids.sort_unstable();
+        let kids = Arc::new(kids);
+        sorted.put(parent, Arc::clone(&kids));
+        Ok(kids)
     }
 
     /// Up to `limit` children of `parent` after the name `after`, in name order.
@@ -688,6 +819,11 @@ impl Cache {
         after: &str,
         limit: usize,
     ) -> Result<Vec<(String, u64)>, CacheError> {
+        if self.sealed().is_some() {
+            let kids = self.sorted_children(parent)?;
+            let from = kids.partition_point(|(name, _)| name.as_str() <= after);
+            return Ok(kids[from..].iter().take(limit).cloned().collect());
+        }
         let prefix = child_prefix(parent);
         let from = child_key(parent, after);
         let mut out = Vec::new();
@@ -718,14 +854,12 @@ impl Cache {
 
     pub fn ino_of_entry(&self, folder: &str, entry: &str) -> Result<Option<u64>, CacheError> {
         Ok(self
-            .tree
-            .get(entry_key(folder, entry))?
+            .get(&entry_key(folder, entry))?
             .and_then(|v| u64_of(&v)))
     }
 
     pub fn folders(&self) -> Result<Vec<FolderInfo>, CacheError> {
-        self.tree
-            .scan_prefix(b"f/")
+        self.scan(b"f/")
             .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
             .collect()
     }
@@ -750,7 +884,7 @@ impl Cache {
     /// The nodes of folder `id`, its root included.
     pub fn nodes_of_folder(&self, id: &str) -> Result<Vec<Node>, CacheError> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(b"n/") {
+        for kv in self.scan(b"n/") {
             let n: Node = serde_json::from_slice(&kv?.1)?;
             if n.folder.as_deref() == Some(id) {
                 out.push(n);
@@ -760,7 +894,7 @@ impl Cache {
     }
 
     pub fn folder(&self, id: &str) -> Result<Option<FolderInfo>, CacheError> {
-        match self.tree.get(format!("f/{id}").as_bytes())? {
+        match self.get(format!("f/{id}").as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -768,7 +902,6 @@ impl Cache {
 
     pub fn cursor(&self, folder: &str) -> Result<Option<u64>, CacheError> {
         Ok(self
-            .tree
             .get(format!("m/cursor/{folder}").as_bytes())?
             .and_then(|v| u64_of(&v)))
     }
@@ -776,7 +909,7 @@ impl Cache {
     /// The oldest `limit` journal records, oldest first.
     pub fn journal(&self, limit: usize) -> Result<Vec<(u64, JournalOp)>, CacheError> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(b"j/").take(limit) {
+        for kv in self.scan(b"j/").take(limit) {
             let (k, v) = kv?;
             let seq = u64_of(&k[2..])
                 .ok_or_else(|| CacheError::Corrupt(serde::de::Error::custom("journal key")))?;
@@ -861,6 +994,69 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sealed cache's files hold no name: not a link's, a node's, a folder's or a
+    /// journal record's; lookups, listings in name order and listings after a name work
+    /// as on a plain cache.
+    #[test]
+    fn a_sealed_cache_keeps_no_name_in_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(CacheKey::generate().0);
+        let c = Cache::open_with(dir.path(), Some(key)).unwrap();
+        let names = ["zz-qmarkerq-3", "aa-qmarkerq-1", "mm-qmarkerq-2"];
+        let mut t = Txn::default();
+        t.put_folder(&FolderInfo {
+            id: "f".into(),
+            name: "Folder-qmarkerq".into(),
+            ino: 9,
+            device_only: false,
+            writable: true,
+            epoch: 0,
+        });
+        for (i, name) in names.iter().enumerate() {
+            let n = file(10 + i as u64, ROOT, name);
+            t.put_node(&n);
+            t.link(ROOT, name, &n);
+            t.journal(i as u64 + 1, &JournalOp::Delete { ino: n.ino });
+        }
+        c.apply(t).unwrap();
+        c.db.flush().unwrap();
+        let mut sorted = names.map(String::from).to_vec();
+        sorted.sort();
+        let children: Vec<String> = c
+            .children(ROOT)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(children, sorted);
+        assert_eq!(c.lookup(ROOT, "mm-qmarkerq-2").unwrap(), Some(12));
+        let after = c.children_after(ROOT, "aa-qmarkerq-1", 5).unwrap();
+        assert_eq!(
+            after,
+            [("mm-qmarkerq-2".into(), 12), ("zz-qmarkerq-3".into(), 10)]
+        );
+        assert_eq!(c.folders().unwrap()[0].name, "Folder-qmarkerq");
+        let mut t = Txn::default();
+        t.unlink(ROOT, "mm-qmarkerq-2");
+        c.apply(t).unwrap();
+        assert_eq!(c.lookup(ROOT, "mm-qmarkerq-2").unwrap(), None);
+        assert_eq!(c.children(ROOT).unwrap().len(), 2);
+        drop(c);
+        let mut files = vec![dir.path().to_path_buf()];
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                let data = std::fs::read(&p).unwrap();
+                assert!(
+                    memchr::memmem::find(&data, b"qmarkerq").is_none(),
+                    "a name in plain in {}",
+                    p.display()
+                );
+            }
+        }
+    }
 
     fn file(ino: u64, parent: u64, name: &str) -> Node {
         Node {

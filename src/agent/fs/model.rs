@@ -86,6 +86,16 @@ async fn snapshot_fs(d: &TestDevice, root: &str) -> BTreeMap<PathBuf, Option<Vec
 
 #[test]
 fn random_operation_sequences_on_fs_match_a_native_directory_and_reach_the_other_device() {
+    model_run(2000, false);
+}
+
+/// The same on a protected home, whose records and links are sealed: A's cache is.
+#[test]
+fn random_operation_sequences_on_a_sealed_cache_match_too() {
+    model_run(300, true);
+}
+
+fn model_run(cases: u32, sealed: bool) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -93,14 +103,17 @@ fn random_operation_sequences_on_fs_match_a_native_directory_and_reach_the_other
     let cloud = MemoryCloud::new();
     cloud.add_user("ann", 1 << 40);
     cloud.create_folder("ann", "Docs", false);
-    let a = TestDevice::new(&cloud, "ann", "dev-a");
+    let a = match sealed {
+        true => TestDevice::sealed(&cloud, "ann", "dev-a"),
+        false => TestDevice::new(&cloud, "ann", "dev-a"),
+    };
     let b = TestDevice::new(&cloud, "ann", "dev-b");
     rt.block_on(async {
         a.sync().await;
         b.sync().await;
     });
     let reference = tempfile::tempdir().expect("tempdir");
-    let mut runner = runner(2000);
+    let mut runner = runner(cases);
     let cases = runner.config().cases;
     let (case, succeeded) = (Cell::new(0u32), Cell::new(0u32));
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
