@@ -11,7 +11,9 @@
 # writing device), each run on a fresh database file, with the changes and bytes A uploads
 # for them. Last, a third device C with a 256 MiB cache reads the big file for the first
 # time. B's cache is large enough (BENCH_B_CACHE) that the big file, once fetched, is read
-# by FUSE passthrough where the kernel has it.
+# by FUSE passthrough where the kernel has it. Then device P, logged in with --protect
+# (heightened security: blocks and metadata sealed on disk, no passthrough), repeats B's
+# read rows; the report gives P's times as ratios to B's.
 #
 # Usage:   sudo scripts/bench.sh            (root: cold runs need /proc/sys/vm/drop_caches)
 #          BENCH_QUICK=1 scripts/bench.sh   (256 MiB, 2,000 files, git 2,000 files, sqlite 500 txns
@@ -29,6 +31,7 @@
 #          BENCH_COLD=0           skip cold rows (no sync, no drop_caches)
 #          BENCH_B_CACHE=SIZE     B's --cache-size (default 8G: views take up to a quarter)
 #          BENCH_C_CACHE=SIZE     C's --cache-size for its first read (default 256M)
+#          BENCH_PROTECTED=0      skip the protected device P
 # Output:  the table on stdout and in target/bench/results.md; agent/cloud logs and
 #          hyperfine JSON in target/bench/.
 set -euo pipefail
@@ -194,10 +197,13 @@ FSTYPE=$(stat -f -c %T "$T")
 [[ "$FSTYPE" == tmpfs ]] && die "$T is on tmpfs; set BENCH_TMP to a disk directory"
 
 CLOUD_DATA="$T/cloud"
-HOME_A="$T/home-a"; HOME_B="$T/home-b"; HOME_C="$T/home-c"
-MNT_A="$T/mnt-a"; MNT_B="$T/mnt-b"; MNT_C="$T/mnt-c"
+HOME_A="$T/home-a"; HOME_B="$T/home-b"; HOME_C="$T/home-c"; HOME_P="$T/home-p"
+MNT_A="$T/mnt-a"; MNT_B="$T/mnt-b"; MNT_C="$T/mnt-c"; MNT_P="$T/mnt-p"
 NATIVE="$T/native"; BINDMNT="$T/mnt-bindfs"
-mkdir -p "$MNT_A" "$MNT_B" "$MNT_C" "$NATIVE/Bench"
+mkdir -p "$MNT_A" "$MNT_B" "$MNT_C" "$MNT_P" "$NATIVE/Bench"
+PROTECTED=${BENCH_PROTECTED:-1}
+PASSPHRASE_FILE="$T/passphrase"
+(umask 077 && echo "bench passphrase $$" >"$PASSPHRASE_FILE")
 B_CACHE=${BENCH_B_CACHE:-8G}; C_CACHE=${BENCH_C_CACHE:-256M}
 export MESHFS_LOG=${MESHFS_LOG:-info,fuser=warn}
 export NO_COLOR=1 # plain log files
@@ -222,6 +228,11 @@ for dev in a b c; do
         --password-stdin --home "$home" --device-name "bench-$dev" >>"$LOGS/cli.log" 2>&1 ||
         die "login of device $dev failed"
 done
+if [[ $PROTECTED == 1 ]]; then
+    echo "$PASSWORD" | "$BIN" login --cloud "https://$ADDR" --ca "$CLOUD_DATA/ca.pem" --user bench \
+        --password-stdin --protect --passphrase-file "$PASSPHRASE_FILE" --home "$HOME_P" \
+        --device-name bench-p >>"$LOGS/cli.log" 2>&1 || die "login of protected device p failed"
+fi
 "$BIN" folder create Bench --home "$HOME_A" >>"$LOGS/cli.log" 2>&1 || die "folder create failed"
 
 start_agent() { # start_agent NAME HOME MOUNTPOINT [MOUNT FLAGS...]
@@ -648,6 +659,33 @@ C_EVICTED=$(status_field "$HOME_C" .counters.bytes_evicted)
 C_OK=yes
 cmp -s "$NATIVE/Bench/$BIG" "$MNT_C/Bench/$BIG" || { C_OK="NO: $BIG differs on C"; FAILED=1; }
 
+# 6. Heightened security: P, a protected device, repeats B's read rows on its own mount.
+P_OK=skipped
+if [[ $PROTECTED == 1 ]]; then
+    log "mounting P (protected) with --cache-size $B_CACHE"
+    MESHFS_PASSPHRASE_FILE="$PASSPHRASE_FILE" start_agent p "$HOME_P" "$MNT_P" --cache-size "$B_CACHE"
+    p_sees_all() { [[ "$(stat -c %s "$MNT_P/Bench/$BIG" 2>/dev/null)" == "$SIZE_BYTES" ]] &&
+        [[ "$(find "$MNT_P/Bench/$SMALL" -type f | wc -l)" == "$NFILES" ]]; }
+    wait_for 600 "P to see the test data" p_sees_all
+    MESH_AT=$MNT_P
+    log "measuring: $SEQ, first read on P (fetched from cloud)"
+    first=$(once seq-first-p "cat $(q "$MNT_P/Bench/$BIG") > /dev/null")
+    [[ $first == ERR ]] && FAILED=1
+    add_row "$SEQ, first (fetch) (P)" - "$first" - "" "$SIZE_BYTES"
+    bench_row seq-cold-p "$SEQ, cold (P)" cold "<= 1.3x B" "$SIZE_BYTES" "$READ_BIG"
+    bench_row seq-warm-p "$SEQ, warm (P)" warm "<= 1.3x B" "$SIZE_BYTES" "$READ_BIG"
+    log "measuring: cat $FILES_H, first read on P (fetched from cloud)"
+    first=$(once cat-first-p "${CAT_SMALL//@/$(q "$MNT_P/Bench")}")
+    [[ $first == ERR ]] && FAILED=1
+    add_row "cat $FILES_H, first (fetch) (P)" - "$first" - "<= 1.3x B" 0
+    bench_row cat-cold-p "cat $FILES_H, cold (P)" cold "<= 1.3x B" 0 "$CAT_SMALL"
+    bench_row cat-warm-p "cat $FILES_H, warm (P)" warm "<= 1.3x B" 0 "$CAT_SMALL"
+    MESH_AT=$MNT_B
+    P_OK=yes
+    cmp -s "$NATIVE/Bench/$BIG" "$MNT_P/Bench/$BIG" || { P_OK="NO: $BIG differs on P"; FAILED=1; }
+    diff -rq "$NATIVE/Bench/$SMALL" "$MNT_P/Bench/$SMALL" >"$LOGS/diff-small-p.out" 2>&1 ||
+        { P_OK="NO: small files differ on P (see $LOGS/diff-small-p.out)"; FAILED=1; }
+fi
 
 if [[ $USE_BINDFS == 1 ]]; then fusermount3 -u "$BINDMNT" 2>>"$LOGS/bindfs.log" || true; fi
 sleep 1.2
@@ -662,6 +700,20 @@ ratio() { # ratio NUM DEN
     else echo -; fi
 }
 fmt() { [[ "$1" =~ ^[0-9.]+$ ]] && printf '%.3f' "$1" || printf '%s' "$1"; }
+mesh_of() { # mesh_of LABEL -> the meshfs time of the row so labelled
+    local i
+    for i in "${!ROW_LABEL[@]}"; do
+        [[ "${ROW_LABEL[$i]}" == "$1" ]] && { echo "${ROW_MESH[$i]}"; return; }
+    done
+    echo -
+}
+protected_ratios() { # P's read rows over B's
+    local row out=""
+    for row in "$SEQ, first (fetch)" "$SEQ, cold" "$SEQ, warm" "cat $FILES_H, first (fetch)" "cat $FILES_H, cold" "cat $FILES_H, warm"; do
+        out+="${row#"$SEQ, "}: $(ratio "$(mesh_of "$row (P)")" "$(mesh_of "$row")"); "
+    done
+    printf '%s' "${out%; }"
+}
 mbps() { [[ "$1" =~ ^[0-9.]+$ && "$2" -gt 0 ]] && awk -v s="$1" -v b="$2" 'BEGIN { printf "%.0f", b / 1e6 / s }' || printf -- -; }
 
 report() {
@@ -712,6 +764,10 @@ report() {
     echo "         and $T_BYTES bytes sent ($T_BYTES_PER_TXN per transaction)"
     echo "passthrough: B's $SEQ rows: $P_OPENS passthrough opens, $P_READS reads served by the agent (B's cache: $B_CACHE)"
     echo "C:       first read with a $C_CACHE cache: byte-identical $C_OK; C's cache ${C_USED} of ${C_LIMIT} bytes used after it, ${C_EVICTED} bytes evicted"
+    if [[ $PROTECTED == 1 ]]; then
+        echo "P:       protected (sealed cache, no passthrough), byte-identical $P_OK; P / B (plain, passthrough on):"
+        echo "         $(protected_ratios)"
+    fi
     echo "data:    B's copy equals native: $DATA_OK; git status clean: $GIT_CLEAN;"
     echo "         B's repository has A's files: $GIT_TREES"
     echo "         sqlite integrity_check and row count on A: $SQL_OK_A; on B: $SQL_OK_B"
