@@ -189,3 +189,43 @@ fn a_protected_home_keeps_nothing_plain_and_opens_only_with_its_passphrase() {
     let m = a.mount();
     written.check_under(&m.path);
 }
+
+/// `meshfs protect` on a home logged in plain, with files written and uploaded: nothing is
+/// lost, and afterwards no marker, name or key is left plain anywhere under the home.
+#[test]
+fn protecting_a_home_with_data_loses_nothing_and_leaves_nothing_plain() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    let secrets = tempfile::tempdir().unwrap();
+    let right = write_secret(secrets.path(), "right", "correct horse battery staple");
+    let mut a = Device::login(&cloud, "ann", "laptop");
+    a.create_folder("Docs");
+    let written = Written::make();
+    {
+        let mut m = a.mount();
+        assert!(common::eventually(common::SOON, || m.join("Docs").is_dir()));
+        written.write_under(&m.path);
+        assert!(a.uploaded_within(std::time::Duration::from_secs(120)));
+        m.stop();
+    }
+    assert!(
+        !files_holding(&a.home, &marker(0)).is_empty(),
+        "a plain home holds its markers, where the search finds them"
+    );
+    let out = a.cli(&["protect", "--passphrase-file", right.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    a.passphrase_file = Some(right);
+
+    assert!(!a.home().key().exists(), "no plain key file");
+    for m in Written::markers() {
+        let found = files_holding(&a.home, &m);
+        assert!(found.is_empty(), "a marker in plain on disk: {found:?}");
+    }
+    let m = a.mount();
+    written.check_under(&m.path);
+    assert_eq!(
+        a.fresh_status().counters.blocks_fetched,
+        0,
+        "every byte came from the sealed cache"
+    );
+}

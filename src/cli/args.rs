@@ -49,6 +49,12 @@ pub enum Command {
     Mount(MountArgs),
     /// Show this device's state: login, the running agent, pending uploads, transfers.
     Status(StatusArgs),
+    /// Protect a home logged in without --protect: seal its key and everything its agent
+    /// keeps under a passphrase (stop the agent first; run again if stopped half way).
+    Protect {
+        #[command(flatten)]
+        home: HomeArg,
+    },
     /// Change the passphrase of a protected home (`login --protect`); its data stays as
     /// it is.
     Passphrase {

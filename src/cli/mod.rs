@@ -146,6 +146,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))
         }
         Command::Status(a) => status::run(a).await,
+        Command::Protect { home } => passphrase::protect(&home),
         Command::Passphrase {
             command:
                 args::PassphraseCommand::Change {

@@ -3,7 +3,8 @@
 //! stored are also kept in memory (`hot`).
 //!
 //! On a protected home each block file is sealed with the cache key, bound to the block's
-//! hash, and opened whole when read; a file that does not open counts as absent.
+//! hash, and opened whole when read; a file that does not open counts as absent, unless it
+//! is a plain block whose hash matches (left by `meshfs protect` stopped half way).
 //!
 //! Blocks fetched from elsewhere are written past the page cache (`O_DIRECT`) when their
 //! buffer allows it (see `agent::aligned`): the kernel already caches what the mount
@@ -252,12 +253,18 @@ impl Cache {
             return Ok(Some(data.to_vec()));
         }
         let path = self.block_path(hash);
+        // A sealed block that opens is the one stored under this hash, checked then: the
+        // seal is bound to the hash. A block still plain (a cache being protected) or a
+        // plain cache's block is checked against its hash.
         let read = std::fs::read(&path).map(|d| match self.sealed() {
-            Some(k) => k.open(hash.to_hex().as_bytes(), &d).unwrap_or_default(),
-            None => d,
+            Some(k) => match k.open(hash.to_hex().as_bytes(), &d) {
+                Ok(plain) => (plain, true),
+                Err(_) => (d, false),
+            },
+            None => (d, false),
         });
         match read {
-            Ok(data) if hash.matches(&data) => Ok(Some(data)),
+            Ok((data, opened)) if opened || hash.matches(&data) => Ok(Some(data)),
             Ok(_) => {
                 tracing::warn!(%hash, "cached block is damaged; dropping it");
                 self.drop_block(hash);

@@ -22,6 +22,8 @@ mod blocks;
 mod evict;
 mod held;
 pub mod merge;
+mod protect;
+pub use protect::seal_store;
 mod views;
 
 pub use evict::{Evicted, Writing, keeps_blocks};
@@ -54,6 +56,13 @@ pub enum CacheError {
     Corrupt(#[from] serde_json::Error),
     #[error("{0}")]
     Seal(&'static str),
+}
+
+impl CacheError {
+    /// Whether another process (a running agent) holds the store.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, CacheError::Db(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
 /// One file, directory or symlink as this device knows it.
@@ -436,6 +445,11 @@ impl Cache {
     /// is sealed from its start or never: a sealed one does not open plain, nor with
     /// another key, nor does a plain one holding blocks open sealed.
     pub fn open_with(dir: &Path, seal: Option<Arc<CacheKey>>) -> Result<Self, CacheError> {
+        if dir.join(protect::PLAIN_DB).exists() {
+            return Err(CacheError::Seal(
+                "`meshfs protect` stopped half way; run it again to finish",
+            ));
+        }
         let blocks = dir.join("blocks");
         let staging = dir.join("staging");
         for d in [&blocks, &staging] {
@@ -528,7 +542,7 @@ impl Cache {
                 Ok(())
             }
             (Some(_), None) => Err(CacheError::Seal(
-                "this cache holds plain blocks; a home is protected at its first login",
+                "this cache is plain: run `meshfs protect` to seal it",
             )),
         }
     }

@@ -187,9 +187,7 @@ fn open_cache(home: &Home) -> Result<Cache, MountError> {
     home.check_private().map_err(ConnectError::from)?;
     let seal = home.unlock().map_err(ConnectError::from)?.cache_key.clone();
     match Cache::open_with(&dir, seal) {
-        Err(CacheError::Db(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            Err(MountError::CacheBusy { path: dir })
-        }
+        Err(e) if e.is_busy() => Err(MountError::CacheBusy { path: dir }),
         other => Ok(other?),
     }
 }
