@@ -143,6 +143,15 @@ fn a_protected_home_keeps_nothing_plain_and_opens_only_with_its_passphrase() {
         written.write_under(&m.path);
         assert!(a.uploaded_within(std::time::Duration::from_secs(120)));
         written.check_under(&m.path);
+        // A file open for writing keeps its staging file, sealed too.
+        let mut open = std::fs::File::create(m.join("Docs/open.txt")).unwrap();
+        std::io::Write::write_all(&mut open, &marker(300).repeat(100)).unwrap();
+        open.sync_all().unwrap();
+        let staging = files_under(&a.home.join("cache/staging"));
+        assert!(!staging.is_empty(), "the open file has a staging file");
+        let found = files_holding(&a.home.join("cache/staging"), &marker(300));
+        assert!(found.is_empty(), "a write in plain in {found:?}");
+        drop(open);
         m.stop();
     }
 

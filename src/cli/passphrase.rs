@@ -47,6 +47,8 @@ pub fn protect(home_arg: &HomeArg) -> anyhow::Result<()> {
             eprintln!("Sealed {n} records of the metadata store.");
         }
         let sealed = open_when_free(&dir, Arc::new(cache_key))?;
+        // Writes a stopped agent never committed, plain: nothing was promised about them.
+        sealed.clear_staging();
         let n = sealed
             .seal_plain_blocks()
             .context("sealing the block files")?;

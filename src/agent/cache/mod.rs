@@ -24,6 +24,8 @@ mod held;
 pub mod merge;
 mod protect;
 pub use protect::seal_store;
+mod staging;
+pub use staging::StagingFile;
 mod views;
 
 pub use evict::{Evicted, Writing, keeps_blocks};

@@ -8,13 +8,12 @@
 use super::attr::{Attr, MAX_FILE_SIZE};
 use super::ops::{Fs, Handle};
 use super::readahead::ReadAhead;
-use crate::agent::cache::{Node, View, Writing};
+use crate::agent::cache::{Node, StagingFile, View, Writing};
 use crate::agent::fetch::{FetchError, Want};
 use crate::agent::fs::FsError;
 use crate::agent::status::Counters;
 use crate::proto::{BLOCK_SIZE, BlockHash, BlockRef, EntryKind, now_ns};
 use bytes::Bytes;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,7 +38,7 @@ fn want(n: &Node, folder: &str, hash: BlockHash) -> Want {
 
 /// A file being written: its local copy and whether it holds uncommitted writes.
 pub(super) struct Staging {
-    file: std::fs::File,
+    file: StagingFile,
     /// Writes hold it shared; a commit holds it exclusively while it reads the file, so a
     /// committed version never mixes bytes from before and after a concurrent write.
     gate: RwLock<()>,
@@ -66,7 +65,7 @@ impl Staging {
         self.dirty.load(Ordering::SeqCst) || self.kernel_writers.load(Ordering::SeqCst) > 0
     }
 
-    fn new(file: std::fs::File, n: &Node, size: u64, dirty: bool) -> Arc<Self> {
+    fn new(file: StagingFile, n: &Node, size: u64, dirty: bool) -> Arc<Self> {
         Self::over(file, n, size, dirty, None)
     }
 
@@ -76,10 +75,16 @@ impl Staging {
     fn of_view(v: &View, n: &Node) -> Result<Arc<Self>, FsError> {
         let file = v.file.try_clone()?;
         file.set_modified(time_of(n.mtime_ns))?;
-        Ok(Self::over(file, n, n.size, false, Some(v.id)))
+        Ok(Self::over(
+            StagingFile::Plain(file),
+            n,
+            n.size,
+            false,
+            Some(v.id),
+        ))
     }
 
-    fn over(file: std::fs::File, n: &Node, size: u64, dirty: bool, view: Option<u64>) -> Arc<Self> {
+    fn over(file: StagingFile, n: &Node, size: u64, dirty: bool, view: Option<u64>) -> Arc<Self> {
         Arc::new(Self {
             file,
             gate: RwLock::new(()),
@@ -116,8 +121,8 @@ impl Staging {
     pub(super) fn set_mtime(&self, t: i64) {
         self.mtime_ns.store(t, Ordering::SeqCst);
         self.ctime_ns.store(now_ns(), Ordering::SeqCst);
-        if self.view.is_some() {
-            let _ = self.file.set_modified(time_of(t));
+        if let (Some(_), Some(f)) = (self.view, self.file.plain()) {
+            let _ = f.set_modified(time_of(t));
         }
     }
 
@@ -135,7 +140,7 @@ impl Staging {
     /// The file's own size and modification time, for a view the kernel writes into.
     fn own_size_and_mtime(&self) -> Option<(u64, i64)> {
         self.view?;
-        let meta = self.file.metadata().ok()?;
+        let meta = self.file.plain()?.metadata().ok()?;
         let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
         Some((meta.len(), i64::try_from(mtime.as_nanos()).ok()?))
     }
@@ -197,14 +202,8 @@ impl Fs {
         map.get(&ino).cloned()
     }
 
-    fn create_staging_file(&self, ino: u64) -> Result<std::fs::File, FsError> {
-        let path = self.cache.staging_path(ino);
-        Ok(std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?)
+    fn create_staging_file(&self, ino: u64) -> Result<StagingFile, FsError> {
+        Ok(self.cache.create_staging(ino)?)
     }
 
     /// A new, empty staging file for `ino` (creation or `O_TRUNC`).
@@ -616,11 +615,7 @@ impl Fs {
         }
         let s = self.writing(fh)?;
         let _w = s.gate.read().unwrap_or_else(|p| p.into_inner());
-        let mode = match how {
-            Allocate::Extend => rustix::fs::FallocateFlags::empty(),
-            Allocate::KeepSize => rustix::fs::FallocateFlags::KEEP_SIZE,
-        };
-        rustix::fs::fallocate(&s.file, mode, offset, len).map_err(std::io::Error::from)?;
+        s.file.allocate(offset, len, how == Allocate::KeepSize)?;
         if how == Allocate::Extend && s.size.fetch_max(end, Ordering::SeqCst) < end {
             s.changed();
             self.changed_by(fh, &s);
@@ -805,7 +800,7 @@ impl Fs {
 }
 
 /// Cuts a file into blocks, stores each, and returns the manifest and the size.
-fn chunk(writing: &mut Writing, file: &std::fs::File) -> Result<(Vec<BlockRef>, u64), FsError> {
+fn chunk(writing: &mut Writing, file: &StagingFile) -> Result<(Vec<BlockRef>, u64), FsError> {
     let mut manifest = Vec::new();
     let mut total = 0u64;
     let mut at = 0u64;
