@@ -563,6 +563,10 @@ impl Fs {
                 break;
             };
             if self.cache.has_block(&b.hash) {
+                if self.cache.sealed().is_some() {
+                    let (cache, hash) = (Arc::clone(&self.cache), b.hash);
+                    tokio::task::spawn_blocking(move || cache.warm(&hash));
+                }
                 continue;
             }
             let fetcher = Arc::clone(&self.fetcher);
