@@ -433,7 +433,8 @@ pub struct Cache {
     /// The folders this user may only read, as the folder records say (kept in step by
     /// [`Cache::apply`]): asked on every change and `stat`.
     read_only: std::sync::RwLock<std::collections::HashSet<String>>,
-    /// The cache key of a protected home: every block file is sealed with it.
+    /// The cache key of a protected home: every record, block and staging file is
+    /// sealed with it.
     seal: Option<Arc<CacheKey>>,
 }
 
