@@ -17,8 +17,10 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
+use std::net::SocketAddr;
 use std::sync::LazyLock;
+use std::time::Instant;
 
 /// Longest life of a device's renewal assertion, seconds.
 const MAX_ASSERTION_SECS: i64 = 120;
@@ -213,19 +215,31 @@ fn proof_ok(keys: &ticket::KeySet, req: &LoginRequest, key: &rsa::PublicKey, now
 /// `POST /login`: checks the password, claims the device, returns an identity ticket.
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
     body: Result<Json<LoginRequest>, JsonRejection>,
 ) -> Result<Json<LoginResponse>, AppError> {
     let Json(req) = body?;
+    let throttle = &state.logins;
+    throttle
+        .check(&req.user, from.ip(), Instant::now())
+        .map_err(|retry_after| AppError::TooManyLogins { retry_after })?;
     let phc = if valid_user_name(&req.user) {
         state.store.password_hash(&req.user).await?
     } else {
         None
     };
-    let password = req.password.clone();
-    let ok = tokio::task::spawn_blocking(move || password_matches(&password, phc.as_deref()))
-        .await
-        .map_err(|e| AppError::internal("checking a password", e))?;
+    let ok = {
+        let _turn = throttle
+            .turn()
+            .await
+            .map_err(|retry_after| AppError::TooManyLogins { retry_after })?;
+        let password = req.password.clone();
+        tokio::task::spawn_blocking(move || password_matches(&password, phc.as_deref()))
+            .await
+            .map_err(|e| AppError::internal("checking a password", e))?
+    };
     if !ok {
+        throttle.failed(&req.user, from.ip(), Instant::now());
         return Err(AppError::BadCredentials);
     }
     if !valid_display_name(&req.device_name) {

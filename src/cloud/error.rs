@@ -22,6 +22,8 @@ pub enum AppError {
     DeviceRevoked,
     #[error("bad credentials")]
     BadCredentials,
+    #[error("too many logins; retry after {retry_after} s")]
+    TooManyLogins { retry_after: u64 },
     #[error("bad renewal assertion")]
     BadAssertion,
     #[error("the claim's proof of the device key is missing, stale or wrong")]
@@ -120,6 +122,14 @@ impl AppError {
                 S::UNAUTHORIZED,
                 ErrorCode::BadCredentials,
                 "unknown user or wrong password; check both and try again".into(),
+            ),
+            Self::TooManyLogins { retry_after } => (
+                S::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                format!(
+                    "too many failed logins for this user or from this address lately; try \
+                     again in {retry_after} s"
+                ),
             ),
             Self::BadAssertion => (
                 S::UNAUTHORIZED,
@@ -222,14 +232,19 @@ impl IntoResponse for AppError {
         } else {
             tracing::debug!(%status, %code, "request refused");
         }
-        (
+        let mut res = (
             status,
             Json(ApiError {
                 error: code,
                 message,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Self::TooManyLogins { retry_after } = self {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry_after.into());
+        }
+        res
     }
 }
 

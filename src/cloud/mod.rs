@@ -12,10 +12,12 @@ pub mod keys;
 pub(crate) mod members;
 pub(crate) mod peers;
 pub(crate) mod store;
+pub(crate) mod throttle;
 pub(crate) mod tls;
 
 pub use crate::proto::Role;
 pub use store::Retention;
+pub use throttle::Rules as LoginRules;
 
 use crate::proto::BLOCK_SIZE;
 use auth::TicketCache;
@@ -117,6 +119,8 @@ pub struct CloudConfig {
     pub collect_every: Duration,
     /// Accept loopback and link-local peer addresses (every device on one machine).
     pub allow_local_peers: bool,
+    /// Bounds on failed logins and on password checks at once.
+    pub logins: throttle::Rules,
 }
 
 impl CloudConfig {
@@ -137,6 +141,7 @@ impl CloudConfig {
             relay_transcript: None,
             relay_elsewhere: None,
             allow_local_peers: false,
+            logins: throttle::Rules::default(),
             retention: store::Retention::default(),
             collect_every: Duration::from_secs(600),
         }
@@ -157,6 +162,7 @@ pub struct Shared {
     relay: Option<String>,
     retention: store::Retention,
     allow_local_peers: bool,
+    logins: throttle::LoginThrottle,
 }
 
 pub type AppState = Arc<Shared>;
@@ -198,6 +204,7 @@ pub async fn open_state(cfg: &CloudConfig, relay: Option<String>) -> Result<AppS
         relay,
         retention: cfg.retention,
         allow_local_peers: cfg.allow_local_peers,
+        logins: throttle::LoginThrottle::new(cfg.logins),
     }))
 }
 
@@ -364,7 +371,7 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     let addr = listener.local_addr().map_err(bind)?;
     let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls).map_err(bind)?;
     let handle = axum_server::Handle::new();
-    let service = app(Arc::clone(&state)).into_make_service();
+    let service = app(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(server.handle(handle.clone()).serve(service));
     let collector = tokio::spawn(collect_now_and_then(state, cfg.collect_every));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "meshfs cloud listening");

@@ -74,6 +74,8 @@ pub enum ErrorCode {
     DeviceRevoked,
     BadCredentials,
     BadAssertion,
+    // Too many (429).
+    RateLimited,
     // What a ticket grants (403).
     Forbidden,
     BadProof,
@@ -142,6 +144,7 @@ impl ErrorCode {
             Self::BadName => "bad_name",
             Self::BadId => "bad_id",
             Self::BadKey => "bad_key",
+            Self::RateLimited => "rate_limited",
             Self::BadProof => "bad_proof",
             Self::BadAddrs => "bad_addrs",
             Self::BadManifest => "bad_manifest",
@@ -735,6 +738,7 @@ mod tests {
             ErrorCode::DeviceRevoked,
             ErrorCode::BadCredentials,
             ErrorCode::BadAssertion,
+            ErrorCode::RateLimited,
             ErrorCode::Forbidden,
             ErrorCode::DeviceOnly,
             ErrorCode::NotFound,

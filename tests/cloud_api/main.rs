@@ -1713,3 +1713,51 @@ async fn only_the_owner_switches_a_folder_to_device_only_and_then_its_blocks_are
         (StatusCode::FORBIDDEN, ErrorCode::DeviceOnly)
     );
 }
+
+/// 200 bad logins at once: the first few are 401, the rest 429 with a Retry-After, and
+/// no more than a few passwords are checked at a time; an authorized request issued
+/// meanwhile still answers, and past the bound even the right password waits.
+#[tokio::test]
+async fn a_flood_of_bad_logins_is_refused_and_the_cloud_still_answers() {
+    let env = env().await;
+    let ann = env.login("ann").await;
+    let claims = futures::future::join_all((0..200).map(|i| {
+        let user = if i % 2 == 0 { "ann" } else { "nobody" };
+        env.claim(user, "not the password", &KEY_B)
+    }))
+    .await;
+    let logins = claims
+        .iter()
+        .map(|body| env.req(Method::POST, "/login", None).json(body).send());
+    let meanwhile = env.req(Method::GET, "/users/ann/folders", Some(&ann.identity));
+    let (answers, folders) = tokio::join!(futures::future::join_all(logins), meanwhile.send());
+    assert_eq!(folders.unwrap().status(), StatusCode::OK);
+    let mut by_status = std::collections::BTreeMap::new();
+    for res in answers {
+        let res = res.unwrap();
+        let status = res.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+            assert_eq!(api_error(res).await.1, ErrorCode::RateLimited);
+        }
+        *by_status.entry(status.as_u16()).or_insert(0) += 1;
+    }
+    let refused = by_status.get(&429).copied().unwrap_or(0);
+    let checked = by_status.get(&401).copied().unwrap_or(0);
+    assert_eq!(refused + checked, 200, "{by_status:?}");
+    assert!(
+        refused >= 150,
+        "most are refused before a check: {by_status:?}"
+    );
+    let res = env.login_with("ann", "ann-password", &KEY_B).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "this address waits"
+    );
+}
