@@ -132,7 +132,8 @@ fi
 say "starting the cloud on $URL (log: $DEMO/cloud.log)"
 : >"$DEMO/cloud.log"
 # Its own session: Ctrl-C reaches the agent first, and the cloud is stopped after it.
-setsid "$BIN" cloud --data-dir "$CLOUD_DIR" --listen "$LISTEN" \
+# Every device of the demo runs on this machine, so their peer addresses are loopback ones.
+setsid "$BIN" cloud --data-dir "$CLOUD_DIR" --listen "$LISTEN" --allow-local-peers \
     </dev/null >>"$DEMO/cloud.log" 2>&1 &
 CLOUD_PID=$!
 for ((i = 0; ; i++)); do
