@@ -3,7 +3,8 @@
 # test, including the ones that mount the mesh through FUSE and run real cloud processes.
 #
 # On a fresh Debian machine it installs what the tests need (fuse3, iproute2, util-linux, git,
-# sqlite3, libglib2.0-bin, attr, rsync) when it is absent; that needs root. The relay test makes
+# sqlite3, libglib2.0-bin, attr, rsync, curl, and for the second pass on the scale-out engines
+# postgresql-15 and moto's S3 server) when it is absent; that needs root. The relay test makes
 # network namespaces, which needs root too. The FUSE tests need /dev/fuse, and either root or
 # `user_allow_other` in /etc/fuse.conf (the agent mounts with auto_unmount, which needs
 # allow_other).
@@ -33,6 +34,8 @@ meshfs_mounts() {
 
 cleanup() {
     local status=$? m left=0
+    # The second pass's servers (scripts/lib/engines.sh), if it got that far.
+    if declare -F stop_engines >/dev/null; then stop_engines; fi
     while IFS= read -r m; do
         [[ $m == "$RUN_TMP"/* ]] || continue
         left=1
@@ -65,7 +68,7 @@ step() {
 # for extended attributes, rsync, setpriv (to act as another user) and fallocate for the
 # tests against the native disk.
 missing=()
-for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3 gio:libglib2.0-bin getfattr:attr rsync:rsync setpriv:util-linux fallocate:util-linux; do
+for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3 gio:libglib2.0-bin getfattr:attr rsync:rsync setpriv:util-linux fallocate:util-linux curl:curl runuser:util-linux; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then
@@ -109,4 +112,15 @@ step cargo clippy --all-targets --locked -- -D warnings
 step bash scripts/test-without-fuse.sh
 step cargo test --locked --bins --test '*'
 step cargo test --locked --doc
+
+# ---- again on the scale-out engines ----
+
+# The integration suite once more with each test's cloud on PostgreSQL 15 and an S3 server
+# (a throwaway cluster and moto's server on loopback ports; see scripts/lib/engines.sh).
+source scripts/lib/engines.sh
+step install_engines
+step start_postgres "$RUN_TMP"
+step start_s3 "$RUN_TMP"
+export MESHFS_TEST_POSTGRES=$PG_URL MESHFS_TEST_S3=$S3_URL
+step cargo test --locked --bins --test '*'
 say "all checks passed in $((SECONDS - started)) s"

@@ -70,13 +70,8 @@ fn a_block_altered_in_cloud_storage_fails_the_read_with_eio_never_wrong_bytes() 
     assert!(mesh.a_uploaded());
 
     // Flip one byte of every stored block (there is one: this file's only block).
-    let blocks = mesh.cloud.block_files();
-    assert!(!blocks.is_empty(), "no block in cloud storage");
-    for path in &blocks {
-        let mut bytes = std::fs::read(path).unwrap();
-        bytes[1000] ^= 0x55;
-        std::fs::write(path, bytes).unwrap();
-    }
+    let altered = common::engines::corrupt_blocks(&mesh.cloud.engines);
+    assert!(altered > 0, "no block in cloud storage");
 
     let on_b = mesh.mb.join("Docs/victim.bin");
     assert!(eventually(Duration::from_secs(20), || on_b.exists()));

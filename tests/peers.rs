@@ -31,13 +31,14 @@ fn sha256_file(path: &Path) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Block files the cloud holds for one folder.
-fn cloud_blocks_of(cloud: &Cloud, folder: &str) -> Vec<std::path::PathBuf> {
+/// The bytes of the blocks the cloud holds for one folder.
+fn cloud_bytes_of(cloud: &Cloud, folder: &str) -> u64 {
     cloud
-        .block_files()
-        .into_iter()
-        .filter(|p| p.parent().and_then(Path::file_name) == Some(folder.as_ref()))
-        .collect()
+        .blocks()
+        .iter()
+        .filter(|b| b.folder == folder)
+        .map(|b| b.len)
+        .sum()
 }
 
 /// Waits until `path` on a mount shows `len` bytes.
@@ -81,7 +82,7 @@ fn a_device_only_file_is_read_byte_identical_on_b_from_a_over_a_direct_channel()
         mesh.a.counters()
     );
     assert!(
-        cloud_blocks_of(&mesh.cloud, &private).is_empty(),
+        cloud_bytes_of(&mesh.cloud, &private) == 0,
         "no block of a device-only folder is in the cloud"
     );
 
@@ -129,10 +130,7 @@ fn past_the_quota_the_cloud_keeps_what_fits_and_b_reads_the_rest_from_a() {
     }
     assert!(mesh.a.uploaded_within(Duration::from_secs(120)));
 
-    let stored: u64 = cloud_blocks_of(&mesh.cloud, &docs)
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let stored = cloud_bytes_of(&mesh.cloud, &docs);
     assert!(
         stored <= 10 * MIB as u64,
         "the cloud stores {stored} bytes, over the 10 MiB quota"
@@ -693,7 +691,7 @@ fn another_users_device_reads_a_shared_device_only_folder_from_the_owners_device
     tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(meshfs::cloud::share_folder(
-            &cloud.data,
+            &cloud.engines,
             &id,
             "bob",
             meshfs::cloud::Role::Writer,

@@ -8,6 +8,7 @@ use common::{Cloud, Device, Mount, SOON, eventually, files_under, names, pseudo_
 use meshfs::agent::peer::BlockRequest;
 use meshfs::agent::peer::wire::{self, Message, Status};
 use meshfs::agent::remote::Remote;
+use meshfs::cloud::{Database, Engines};
 use meshfs::proto::{BlockHash, BlockRef, Entry, EntryKind, EntryPut, ErrorCode, Step, Steps};
 use std::path::Path;
 use std::time::Duration;
@@ -471,7 +472,7 @@ fn an_entry_no_mount_could_show_never_reaches_the_mount() {
         "nothing changed"
     );
 
-    rt.block_on(plant_entries(&cloud.data, &shared, "before.txt", &bad));
+    rt.block_on(plant_entries(&cloud.engines, &shared, "before.txt", &bad));
     std::fs::write(ma.join("Shared/after.txt"), b"after").unwrap();
     assert!(a.uploaded());
     let mc = c.mount();
@@ -492,15 +493,20 @@ fn an_entry_no_mount_could_show_never_reaches_the_mount() {
 
 /// Copies the live entry `like` of `folder` under each of `names`, straight into the
 /// cloud's database with a new sequence number, as a cloud without name checks would.
-async fn plant_entries(cloud_data: &Path, folder: &str, like: &str, names: &[&str]) {
-    use sqlx::ConnectOptions;
-    let mut db = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(cloud_data.join("meshfs.db"))
-        .busy_timeout(Duration::from_secs(30))
-        .connect()
+/// (PostgreSQL holds no NUL in text, so there that name cannot be planted.)
+async fn plant_entries(engines: &Engines, folder: &str, like: &str, names: &[&str]) {
+    use sqlx::{Connection, Executor};
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&engines.database.url())
         .await
         .expect("the cloud's database");
+    if let Database::Sqlite(_) = engines.database {
+        db.execute("PRAGMA busy_timeout = 30000").await.unwrap();
+    }
     for (i, name) in names.iter().enumerate() {
+        if name.contains('\0') && !matches!(engines.database, Database::Sqlite(_)) {
+            continue;
+        }
         sqlx::query("UPDATE meta SET seq = seq + 1 WHERE id = 1")
             .execute(&mut db)
             .await
@@ -508,10 +514,10 @@ async fn plant_entries(cloud_data: &Path, folder: &str, like: &str, names: &[&st
         let planted = sqlx::query(
             "INSERT INTO entries (folder, id, parent, name, kind, mode, size, mtime_ns,
                  version, deleted, manifest, target, author, in_cloud, holders, changed_ms)
-             SELECT folder, ?3, parent, ?4, kind, mode, size, mtime_ns,
+             SELECT folder, $3, parent, $4, kind, mode, size, mtime_ns,
                  (SELECT seq FROM meta WHERE id = 1), 0, manifest, target, author, in_cloud,
                  holders, changed_ms
-             FROM entries WHERE folder = ?1 AND name = ?2 AND deleted = 0",
+             FROM entries WHERE folder = $1 AND name = $2 AND deleted = 0",
         )
         .bind(folder)
         .bind(like)

@@ -321,10 +321,9 @@ fn history_restores_versions_and_deleted_files_and_the_quota_counts_what_is_kept
     );
     // What was freed is gone from block storage too: four versions of two blocks.
     assert!(
-        eventually(Duration::from_secs(10), || mesh.cloud.block_files().len()
-            == 8),
+        eventually(Duration::from_secs(10), || mesh.cloud.blocks().len() == 8),
         "{:?}",
-        mesh.cloud.block_files()
+        mesh.cloud.blocks()
     );
 
     // Restore the oldest kept version (the second written) from the other device: every
@@ -476,13 +475,7 @@ fn a_hundred_megabyte_quota_holds_a_file_rewritten_ten_times_and_a_busy_database
     assert!(!mesh.mb.join("Docs/db.sqlite-journal").exists());
 
     // Within the quota, and what the collector freed is gone from block storage.
-    let stored = |c: &Cloud| -> u64 {
-        c.block_files()
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
-    };
+    let stored = |c: &Cloud| -> u64 { c.blocks().iter().map(|b| b.len).sum() };
     let used = quota_used(&mesh.b);
     assert!(used <= QUOTA, "{used} bytes used");
     assert!(

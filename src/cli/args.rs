@@ -120,11 +120,37 @@ impl Command {
     }
 }
 
-#[derive(Args, Debug)]
-pub struct CloudArgs {
-    /// Where the cloud keeps its database, keys, CA and blocks (made on first start).
+/// The cloud's data directory and the engines its metadata and blocks are kept in.
+#[derive(Args, Debug, Clone)]
+pub struct CloudDirArg {
+    /// Where the cloud keeps its keys, CA and cloud.toml, and by default its database and
+    /// blocks (made on first start).
     #[arg(long, env = "MESHFS_CLOUD_DIR")]
     pub data_dir: PathBuf,
+    /// Metadata database: sqlite://PATH or postgres://USER@HOST/NAME [default: cloud.toml's
+    /// `database`, else DATA_DIR/meshfs.db].
+    #[arg(long, env = "MESHFS_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+    /// Block store: file://PATH or s3://BUCKET/PREFIX, with the endpoint and credentials of
+    /// the AWS_* variables [default: cloud.toml's `blocks`, else DATA_DIR/blocks].
+    #[arg(long, value_name = "URL")]
+    pub blocks: Option<String>,
+}
+
+impl CloudDirArg {
+    pub fn engines(&self) -> Result<crate::cloud::Engines, crate::cloud::CloudError> {
+        crate::cloud::Engines::resolve(
+            &self.data_dir,
+            self.database.as_deref(),
+            self.blocks.as_deref(),
+        )
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CloudArgs {
+    #[command(flatten)]
+    pub dir: CloudDirArg,
     /// Address to serve HTTPS on.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
@@ -192,8 +218,8 @@ pub enum UserCommand {
     /// Add a user; the password is asked at the terminal (twice), or given to a script.
     Add {
         name: String,
-        #[arg(long, env = "MESHFS_CLOUD_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: CloudDirArg,
         #[command(flatten)]
         password: PasswordArg,
     },
@@ -201,8 +227,8 @@ pub enum UserCommand {
     Quota {
         name: String,
         bytes: u64,
-        #[arg(long, env = "MESHFS_CLOUD_DIR")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: CloudDirArg,
     },
 }
 
@@ -282,9 +308,10 @@ impl HomeArg {
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
-    /// The cloud's URL, e.g. https://127.0.0.1:8443
-    #[arg(long)]
-    pub cloud: String,
+    /// The cloud's URL, e.g. https://127.0.0.1:8443. Repeat it for each process of a
+    /// cloud that runs several: the device moves to the next when one fails.
+    #[arg(long, required = true)]
+    pub cloud: Vec<String>,
     /// The cloud's CA certificate (`<data-dir>/ca.pem` on the cloud); it is pinned.
     #[arg(long)]
     pub ca: PathBuf,

@@ -48,7 +48,8 @@ fn init_logging(service: bool) {
 async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Cloud(a) => {
-            let mut cfg = crate::cloud::CloudConfig::new(a.data_dir.clone(), a.listen);
+            let mut cfg = crate::cloud::CloudConfig::new(a.dir.data_dir.clone(), a.listen);
+            cfg.engines = a.dir.engines()?;
             cfg.tls_names.extend(a.tls_name);
             cfg.identity_ttl_secs = a.identity_ttl;
             cfg.access_ttl_secs = a.access_ttl;
@@ -74,7 +75,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             eprintln!(
                 "meshfs cloud listening on https://{} (CA for clients: {})",
                 running.addr,
-                a.data_dir.join("ca.pem").display()
+                a.dir.data_dir.join("ca.pem").display()
             );
             if let Some(relay) = running.relay_addr {
                 eprintln!("meshfs relay listening on {relay}");
@@ -97,22 +98,19 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::User { command } => match command {
             UserCommand::Add {
                 name,
-                data_dir,
+                dir,
                 password,
             } => {
+                let engines = dir.engines()?;
                 let password = secret::read("password", &password.source(), secret::Ask::Twice)?;
-                crate::cloud::add_user(&data_dir, &name, &password)
+                crate::cloud::add_user(&engines, &name, &password)
                     .await
                     .with_context(|| format!("adding user {name}"))?;
                 eprintln!("user {name} added");
                 Ok(())
             }
-            UserCommand::Quota {
-                name,
-                bytes,
-                data_dir,
-            } => {
-                crate::cloud::set_quota(&data_dir, &name, bytes)
+            UserCommand::Quota { name, bytes, dir } => {
+                crate::cloud::set_quota(&dir.engines()?, &name, bytes)
                     .await
                     .with_context(|| format!("setting the quota of {name}"))?;
                 Ok(())

@@ -1,13 +1,16 @@
 //! Content blocks by hash: `PUT/GET/HEAD /folders/{folder}/blocks/{hash}`, stored through
-//! `object_store` under `<data-dir>/blocks` at `{folder}/{hash}`.
+//! `object_store` at `{folder}/{hash}` in a local directory or an S3 bucket (see
+//! `engines.rs`).
 //!
-//! Durability: `LocalFileSystem` writes a staging file and renames it into place, but by
-//! default does not fsync (object_store 0.14 `with_fsync`, off by default). We turn it on,
-//! so a put returns only after the file and its parent directories are on stable storage;
-//! only then is the block recorded in the database, so a recorded block always exists.
+//! Durability: a block is recorded in the database only after its put returned, so a
+//! recorded block always exists. S3 answers a put once the object is stored.
+//! `LocalFileSystem` writes a staging file and renames it into place, but by default does
+//! not fsync (object_store 0.14 `with_fsync`, off by default); we turn it on, so its put
+//! returns only after the file and its parent directories are on stable storage.
 
 use super::AppState;
 use super::auth::{Caller, require_folder};
+use super::engines::BlockStore;
 use super::error::AppError;
 use super::store::{BlockRecord, Charge, Collected};
 use crate::proto::ErrorCode;
@@ -19,13 +22,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::prefix::PrefixStore;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
 /// Where blocks are kept.
 pub struct Blobs {
-    store: LocalFileSystem,
+    store: Box<dyn ObjectStore>,
 }
 
 fn location(folder: &str, hash: &BlockHash) -> ObjectPath {
@@ -33,18 +38,35 @@ fn location(folder: &str, hash: &BlockHash) -> ObjectPath {
 }
 
 impl Blobs {
-    /// Opens (creating) the block directory, with fsync on every write.
-    pub fn open(dir: &std::path::Path) -> Result<Self, super::CloudError> {
-        std::fs::create_dir_all(dir).map_err(|source| super::CloudError::Io {
-            path: dir.display().to_string(),
+    /// Opens the block store: a directory (made if missing) with fsync on every write, or
+    /// an S3 bucket with the endpoint and credentials of the `AWS_*` variables.
+    pub fn open(at: &BlockStore) -> Result<Self, super::CloudError> {
+        let failed = |source| super::CloudError::Blobs {
+            at: at.to_string(),
             source,
-        })?;
-        let store = LocalFileSystem::new_with_prefix(dir)
-            .map_err(|source| super::CloudError::Blobs {
-                path: dir.display().to_string(),
-                source,
-            })?
-            .with_fsync(true);
+        };
+        let store: Box<dyn ObjectStore> = match at {
+            BlockStore::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| super::CloudError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                let local = LocalFileSystem::new_with_prefix(dir).map_err(failed)?;
+                Box::new(local.with_fsync(true))
+            }
+            BlockStore::S3 { bucket, prefix } => {
+                crate::crypto::install_tls_provider();
+                let s3 = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(failed)?;
+                if prefix.is_empty() {
+                    Box::new(s3)
+                } else {
+                    Box::new(PrefixStore::new(s3, prefix.as_str()))
+                }
+            }
+        };
         Ok(Self { store })
     }
 
@@ -289,7 +311,7 @@ mod tests {
     #[tokio::test]
     async fn stored_block_reads_back_and_corruption_is_detected() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::open(dir.path()).unwrap();
+        let blobs = Blobs::open(&BlockStore::Dir(dir.path().to_owned())).unwrap();
         let data = Bytes::from_static(b"hello block");
         let h = BlockHash::of(&data);
         blobs.put("f", &h, data.clone()).await.unwrap();

@@ -350,7 +350,7 @@ pub async fn restore_entry(
     let mut change = begin_write(&state, &caller, &folder.id).await?;
     let (entry, _) = put_step(&mut change, &folder.id, &target, cond, put, &caller).await?;
     let version = change.commit().await?;
-    state.feed.send_modify(|seq| *seq = (*seq).max(version));
+    state.feed_moved(version).await;
     with_etag(StatusCode::OK, entry)
 }
 
@@ -425,7 +425,7 @@ pub async fn put_entry(
     let (entry, created) = put_step(&mut change, &folder.id, &id, cond, put, &caller).await?;
     let version = entry.version;
     change.commit().await?;
-    state.feed.send_modify(|seq| *seq = (*seq).max(version));
+    state.feed_moved(version).await;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -545,7 +545,7 @@ pub async fn delete_entry(
     let entry = delete_step(&mut change, &folder.id, &id, v, &caller).await?;
     let version = entry.version;
     change.commit().await?;
-    state.feed.send_modify(|seq| *seq = (*seq).max(version));
+    state.feed_moved(version).await;
     with_etag(StatusCode::OK, entry)
 }
 
@@ -658,7 +658,7 @@ pub async fn apply_steps(
             change.set_journal_mark(&device, j, mark).await?;
         }
         let version = change.commit().await?;
-        state.feed.send_modify(|seq| *seq = (*seq).max(version));
+        state.feed_moved(version).await;
     }
     Ok(Json(StepResults { done, refused }))
 }

@@ -47,11 +47,6 @@ fn is_invitee(caller: &Caller, user: &str) -> bool {
     caller.claims.kind == TicketKind::Identity && caller.claims.sub == user
 }
 
-/// Wakes the change feeds' long polls, which look at the members again.
-fn tell_feeds(state: &AppState) {
-    state.feed.send_modify(|_| {});
-}
-
 /// `POST /folders/{folder}/invitations` (owner): invites a user, or changes the invitation
 /// that waits for them.
 pub async fn invite(
@@ -203,7 +198,7 @@ pub async fn update_member(
         .store
         .set_member(&folder, &user, role, req.max_bytes)
         .await?;
-    tell_feeds(&state);
+    state.feed_moved(0).await;
     tracing::info!(%folder, %user, role = role.as_str(), "member's role set");
     let members = state.store.members(&on).await?;
     let member = members.into_iter().find(|m| m.user == user);
@@ -233,7 +228,7 @@ pub async fn remove_member(
     if !state.store.remove_member(&folder, &user).await? {
         return Err(AppError::NotFound("member"));
     }
-    tell_feeds(&state);
+    state.feed_moved(0).await;
     tracing::info!(%folder, %user, by = %caller.claims.sub, "member removed");
     Ok(StatusCode::NO_CONTENT)
 }

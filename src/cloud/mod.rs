@@ -6,6 +6,7 @@
 pub(crate) mod account;
 pub(crate) mod auth;
 pub(crate) mod blobs;
+pub mod engines;
 pub(crate) mod error;
 pub(crate) mod graph;
 pub mod keys;
@@ -16,6 +17,7 @@ pub(crate) mod throttle;
 pub(crate) mod tls;
 
 pub use crate::proto::Role;
+pub use engines::{BlockStore, Database, Engines};
 pub use store::Retention;
 pub use throttle::Rules as LoginRules;
 
@@ -68,15 +70,15 @@ pub enum CloudError {
     CaIncomplete { dir: String },
     #[error("cloud signing key")]
     Key(#[from] crate::crypto::keys::KeyError),
-    #[error("metadata store in {path}")]
-    Store {
-        path: String,
-        #[source]
-        source: StoreError,
-    },
-    #[error("block store in {path}")]
+    #[error("{path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("engine {value:?}: {reason}")]
+    Engine { value: String, reason: String },
+    #[error("metadata store")]
+    Store(#[from] StoreError),
+    #[error("block store {at}")]
     Blobs {
-        path: String,
+        at: String,
         #[source]
         source: object_store::Error,
     },
@@ -101,7 +103,9 @@ pub enum CloudError {
 /// How to run the cloud.
 #[derive(Clone, Debug)]
 pub struct CloudConfig {
+    /// Keys, the CA, and (unless `engines` says otherwise) the database and blocks.
     pub data_dir: PathBuf,
+    pub engines: Engines,
     pub listen: SocketAddr,
     /// Names (DNS or IP) the server certificate is made for.
     pub tls_names: Vec<String>,
@@ -132,6 +136,7 @@ impl CloudConfig {
             p => p.saturating_add(1),
         };
         Self {
+            engines: Engines::embedded(&data_dir),
             data_dir,
             listen,
             tls_names: vec!["localhost".into(), "127.0.0.1".into()],
@@ -167,10 +172,30 @@ pub struct Shared {
 
 pub type AppState = Arc<Shared>;
 
-fn store_err(dir: &Path) -> impl FnOnce(StoreError) -> CloudError + '_ {
-    move |source| CloudError::Store {
-        path: dir.display().to_string(),
-        source,
+impl Shared {
+    /// Wakes the long polls of this process and of the others on the same database: the
+    /// feed moved to `version`, or (0) a folder's members changed and the polls look again.
+    async fn feed_moved(&self, version: u64) {
+        self.feed.send_modify(|seq| *seq = (*seq).max(version));
+        if let Err(e) = self.store.announce(version).await {
+            tracing::warn!(error = %e, "telling the other cloud processes of a change");
+        }
+    }
+}
+
+/// Wakes this process's long polls for what the other processes announce, and all of them
+/// when announcements may have been missed (the listening connection was lost).
+async fn hear_other_processes(state: AppState, mut heard: store::Announcements) {
+    loop {
+        match heard.next().await {
+            Ok(Some(version)) => state.feed.send_modify(|seq| *seq = (*seq).max(version)),
+            Ok(None) => state.feed.send_modify(|_| {}),
+            Err(e) => {
+                tracing::warn!(error = %e, "listening to the other cloud processes");
+                state.feed.send_modify(|_| {});
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
@@ -190,9 +215,9 @@ fn create_dir(dir: &Path) -> Result<(), CloudError> {
 pub async fn open_state(cfg: &CloudConfig, relay: Option<String>) -> Result<AppState, CloudError> {
     let dir = &cfg.data_dir;
     create_dir(dir)?;
-    let store = Store::open(dir).await.map_err(store_err(dir))?;
+    let store = open_store(&cfg.engines).await?;
     let keys = CloudKeys::load_or_create(dir).await?;
-    let blobs = Blobs::open(&dir.join("blocks"))?;
+    let blobs = Blobs::open(&cfg.engines.blocks)?;
     Ok(Arc::new(Shared {
         store,
         keys,
@@ -311,6 +336,7 @@ pub struct RunningCloud {
     task: JoinHandle<std::io::Result<()>>,
     _relay: Option<crate::relay::RunningRelay>,
     _collector: AbortOnDrop,
+    _listener: Option<AbortOnDrop>,
 }
 
 impl RunningCloud {
@@ -373,8 +399,14 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     let handle = axum_server::Handle::new();
     let service = app(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(server.handle(handle.clone()).serve(service));
+    let listener = state.store.announcements().await?.map(|heard| {
+        AbortOnDrop(tokio::spawn(hear_other_processes(
+            Arc::clone(&state),
+            heard,
+        )))
+    });
     let collector = tokio::spawn(collect_now_and_then(state, cfg.collect_every));
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "meshfs cloud listening");
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), database = %cfg.engines.database, blocks = %cfg.engines.blocks, "meshfs cloud listening");
     Ok(RunningCloud {
         addr,
         relay_addr,
@@ -382,6 +414,7 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
         task,
         _relay: relay,
         _collector: AbortOnDrop(collector),
+        _listener: listener,
     })
 }
 
@@ -453,12 +486,11 @@ fn advertised_relay(bound: SocketAddr, names: &[String]) -> String {
 }
 
 /// Adds a user of the built-in identity provider with the default quota.
-pub async fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(), CloudError> {
+pub async fn add_user(engines: &Engines, name: &str, password: &str) -> Result<(), CloudError> {
     if !account::valid_user_name(name) {
         return Err(CloudError::BadUserName(name.into()));
     }
-    create_dir(data_dir)?;
-    let store = Store::open(data_dir).await.map_err(store_err(data_dir))?;
+    let store = open_store(engines).await?;
     let password = password.to_owned();
     let phc = tokio::task::spawn_blocking(move || account::hash_password(&password))
         .await
@@ -466,8 +498,7 @@ pub async fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(),
         .map_err(|_| CloudError::Password)?;
     let created = store
         .insert_user(name, &phc, DEFAULT_QUOTA, crate::proto::now_ms())
-        .await
-        .map_err(store_err(data_dir))?;
+        .await?;
     if created {
         Ok(())
     } else {
@@ -476,13 +507,9 @@ pub async fn add_user(data_dir: &Path, name: &str, password: &str) -> Result<(),
 }
 
 /// Sets a user's cloud storage quota in bytes.
-pub async fn set_quota(data_dir: &Path, user: &str, bytes: u64) -> Result<(), CloudError> {
-    let store = Store::open(data_dir).await.map_err(store_err(data_dir))?;
-    if store
-        .set_quota(user, bytes)
-        .await
-        .map_err(store_err(data_dir))?
-    {
+pub async fn set_quota(engines: &Engines, user: &str, bytes: u64) -> Result<(), CloudError> {
+    let store = open_store(engines).await?;
+    if store.set_quota(user, bytes).await? {
         Ok(())
     } else {
         Err(CloudError::NoSuchUser(user.into()))
@@ -492,27 +519,29 @@ pub async fn set_quota(data_dir: &Path, user: &str, bytes: u64) -> Result<(), Cl
 /// Gives `user` a role (writer or reader) on folder `folder` at once, with no invitation:
 /// an administrator's shortcut (`meshfs folder share` invites).
 pub async fn share_folder(
-    data_dir: &Path,
+    engines: &Engines,
     folder: &str,
     user: &str,
     role: Role,
 ) -> Result<(), CloudError> {
-    let store = Store::open(data_dir).await.map_err(store_err(data_dir))?;
+    let store = open_store(engines).await?;
     store
         .folder(folder)
-        .await
-        .map_err(store_err(data_dir))?
+        .await?
         .ok_or_else(|| CloudError::NoSuchFolder(folder.into()))?;
-    if store
-        .usage(user)
-        .await
-        .map_err(store_err(data_dir))?
-        .is_none()
-    {
+    if store.usage(user).await?.is_none() {
         return Err(CloudError::NoSuchUser(user.into()));
     }
-    store
-        .set_member(folder, user, role, None)
-        .await
-        .map_err(store_err(data_dir))
+    Ok(store.set_member(folder, user, role, None).await?)
+}
+
+/// The metadata store of an admin operation, which may run before the cloud's first start
+/// (so an embedded database's directory may have to be made).
+async fn open_store(engines: &Engines) -> Result<Store, CloudError> {
+    if let engines::Database::Sqlite(file) = &engines.database
+        && let Some(dir) = file.parent()
+    {
+        create_dir(dir)?;
+    }
+    Ok(Store::open(&engines.database.url()).await?)
 }

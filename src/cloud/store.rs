@@ -7,14 +7,10 @@
 //! `busy_timeout` applies and no snapshot goes stale), in PostgreSQL it row-locks the
 //! sequence, so versions are handed out and committed in one order either way.
 
+use super::engines::redacted;
 use crate::proto::{BlockHash, BlockRef, Device, Entry, EntryKind, Folder, Role};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Row, Sqlite, Transaction};
-use std::path::Path;
-use std::time::Duration;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 mod history;
 mod members;
@@ -162,12 +158,14 @@ const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_n
 /// A fault of the database or of what it holds.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path}")]
+    #[error("database {url}")]
     Open {
-        path: String,
+        url: String,
         #[source]
         source: sqlx::Error,
     },
+    #[error("database {0}: name sqlite://PATH or postgres://USER@HOST/NAME")]
+    Engine(String),
     #[error("database query")]
     Db(#[from] sqlx::Error),
     #[error("the database has schema version {found}; this meshfs knows {SCHEMA_VERSION}")]
@@ -204,8 +202,51 @@ pub struct UserUsage {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    engine: Engine,
+    /// What it was opened with (PostgreSQL's listener connects on its own).
+    url: String,
 }
+
+/// The PostgreSQL channel on which cloud processes announce that the feed moved.
+const FEED_CHANNEL: &str = "meshfs_feed";
+
+/// What the other cloud processes on a PostgreSQL database announce.
+pub struct Announcements(sqlx::postgres::PgListener);
+
+impl Announcements {
+    /// The next version announced (0: a folder's members changed); `None` when some may
+    /// have been missed, the connection having been lost and made again.
+    pub async fn next(&mut self) -> Result<Option<u64>, StoreError> {
+        let heard = self.0.try_recv().await?;
+        Ok(heard.map(|n| n.payload().parse().unwrap_or(0)))
+    }
+}
+
+/// The database engine under a [`Store`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    fn max_connections(self) -> u32 {
+        match self {
+            // One writer at a time anyway; readers share the WAL.
+            Engine::Sqlite => 8,
+            Engine::Postgres => 16,
+        }
+    }
+}
+
+/// What every SQLite connection is set to: WAL with synchronous commits, foreign keys, and
+/// a writer that waits its turn rather than failing.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+    PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000";
+
+/// The advisory lock PostgreSQL processes take while creating or migrating the schema.
+const SCHEMA_LOCK: i64 = 0x6d65_7368_6673;
 
 fn to_i64(v: u64, what: &'static str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt(what))
@@ -246,7 +287,7 @@ fn inserted<T>(res: Result<T, sqlx::Error>) -> Result<bool, StoreError> {
     }
 }
 
-fn entry_from(row: &SqliteRow) -> Result<Entry, StoreError> {
+fn entry_from(row: &AnyRow) -> Result<Entry, StoreError> {
     let parent: String = row.try_get("parent")?;
     let manifest: String = row.try_get("manifest")?;
     let mode: i64 = row.try_get("mode")?;
@@ -271,7 +312,7 @@ fn entry_from(row: &SqliteRow) -> Result<Entry, StoreError> {
     })
 }
 
-fn device_from(row: &SqliteRow) -> Result<Device, StoreError> {
+fn device_from(row: &AnyRow) -> Result<Device, StoreError> {
     Ok(Device {
         id: row.try_get("id")?,
         user: row.try_get("user_name")?,
@@ -286,7 +327,7 @@ fn device_from(row: &SqliteRow) -> Result<Device, StoreError> {
     })
 }
 
-fn folder_from(row: &SqliteRow) -> Result<Folder, StoreError> {
+fn folder_from(row: &AnyRow) -> Result<Folder, StoreError> {
     Ok(Folder {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
@@ -297,7 +338,7 @@ fn folder_from(row: &SqliteRow) -> Result<Folder, StoreError> {
     })
 }
 
-async fn current_seq(conn: &mut sqlx::SqliteConnection) -> Result<u64, StoreError> {
+async fn current_seq(conn: &mut sqlx::AnyConnection) -> Result<u64, StoreError> {
     let row = sqlx::query("SELECT seq FROM meta WHERE id = 1")
         .fetch_one(conn)
         .await?;
@@ -305,32 +346,64 @@ async fn current_seq(conn: &mut sqlx::SqliteConnection) -> Result<u64, StoreErro
 }
 
 impl Store {
-    /// Opens (creating if needed) `<dir>/meshfs.db` in WAL mode with synchronous commits, and
-    /// creates the schema.
-    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join("meshfs.db");
-        let opts = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
+    /// Opens the store at `url` (`sqlite://PATH`, the file made if missing, or
+    /// `postgres://...`), and creates or migrates its schema. Processes that open one
+    /// PostgreSQL database at once take turns at this.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let opened = |source| StoreError::Open {
+            url: redacted(url),
+            source,
+        };
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Engine::Postgres
+        } else {
+            return Err(StoreError::Engine(redacted(url)));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(engine.max_connections())
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        conn.execute(SQLITE_PRAGMAS).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
             .await
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let mut tx = pool.begin().await?;
-        let existing = sqlx::query(
-            "SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if existing.is_some() {
+            .map_err(opened)?;
+        let store = Self {
+            pool,
+            engine,
+            url: url.to_owned(),
+        };
+        store.create_or_migrate().await?;
+        Ok(store)
+    }
+
+    async fn create_or_migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let meta_exists = match self.engine {
+            Engine::Sqlite => {
+                "SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            }
+            Engine::Postgres => {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(SCHEMA_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                "SELECT 1 AS one FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = 'meta'"
+            }
+        };
+        if sqlx::query(meta_exists)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        {
             let row = sqlx::query("SELECT schema_version FROM meta WHERE id = 1")
                 .fetch_one(&mut *tx)
                 .await?;
@@ -361,7 +434,41 @@ impl Store {
             return Err(StoreError::Schema { found });
         }
         tx.commit().await?;
-        Ok(Self { pool })
+        Ok(())
+    }
+
+    /// Tells the other cloud processes on this database that the feed moved to `version`
+    /// (0: a folder's members changed). SQLite has only one cloud process.
+    pub async fn announce(&self, version: u64) -> Result<(), StoreError> {
+        if self.engine == Engine::Postgres {
+            let notify = format!("NOTIFY {FEED_CHANNEL}, '{version}'");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(notify))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What the other cloud processes announce (`None` on SQLite).
+    pub async fn announcements(&self) -> Result<Option<Announcements>, StoreError> {
+        if self.engine != Engine::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(FEED_CHANNEL).await?;
+        Ok(Some(Announcements(listener)))
+    }
+
+    /// A read-only transaction whose statements all see one snapshot (SQLite's are so
+    /// already; PostgreSQL's default isolation gives each statement its own).
+    async fn snapshot(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if self.engine == Engine::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 
     // ---- users ----
@@ -376,7 +483,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let res = sqlx::query(
             "INSERT INTO users (name, password_hash, quota, stored_bytes, created_ms)
-             VALUES (?, ?, ?, 0, ?)",
+             VALUES ($1, $2, $3, 0, $4)",
         )
         .bind(name)
         .bind(password_hash)
@@ -388,7 +495,7 @@ impl Store {
     }
 
     pub async fn password_hash(&self, name: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT password_hash FROM users WHERE name = ?")
+        let row = sqlx::query("SELECT password_hash FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -397,7 +504,7 @@ impl Store {
 
     /// Sets a user's quota; false if there is no such user.
     pub async fn set_quota(&self, name: &str, bytes: u64) -> Result<bool, StoreError> {
-        let res = sqlx::query("UPDATE users SET quota = ? WHERE name = ?")
+        let res = sqlx::query("UPDATE users SET quota = $1 WHERE name = $2")
             .bind(to_i64(bytes, "quota")?)
             .bind(name)
             .execute(&self.pool)
@@ -406,7 +513,7 @@ impl Store {
     }
 
     pub async fn usage(&self, name: &str) -> Result<Option<UserUsage>, StoreError> {
-        let row = sqlx::query("SELECT stored_bytes, quota FROM users WHERE name = ?")
+        let row = sqlx::query("SELECT stored_bytes, quota FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -424,7 +531,7 @@ impl Store {
     pub async fn insert_device(&self, d: &Device) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO devices (id, user_name, name, public_key, created_ms, last_seen_ms, revoked)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&d.id)
         .bind(&d.user)
@@ -441,7 +548,7 @@ impl Store {
     /// Whether a revoked device was claimed with `public_key` (SPKI PEM as `keys::public_pem`
     /// spells it).
     pub async fn key_revoked(&self, public_key: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 AS one FROM devices WHERE public_key = ? AND revoked = 1")
+        let row = sqlx::query("SELECT 1 AS one FROM devices WHERE public_key = $1 AND revoked = 1")
             .bind(public_key)
             .fetch_optional(&self.pool)
             .await?;
@@ -449,7 +556,7 @@ impl Store {
     }
 
     pub async fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
-        let row = sqlx::query("SELECT * FROM devices WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM devices WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -458,16 +565,17 @@ impl Store {
 
     /// The user's devices, each with its mapped folders.
     pub async fn devices_of(&self, user: &str) -> Result<Vec<Device>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM devices WHERE user_name = ? ORDER BY created_ms, id")
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM devices WHERE user_name = $1 ORDER BY created_ms, id")
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?;
         self.devices_from(&rows).await
     }
 
     /// Marks a device of `user` revoked; `None` if the user has no such device.
     pub async fn revoke_device(&self, user: &str, id: &str) -> Result<Option<Device>, StoreError> {
-        sqlx::query("UPDATE devices SET revoked = 1 WHERE id = ? AND user_name = ?")
+        sqlx::query("UPDATE devices SET revoked = 1 WHERE id = $1 AND user_name = $2")
             .bind(id)
             .bind(user)
             .execute(&self.pool)
@@ -485,7 +593,7 @@ impl Store {
     }
 
     /// Devices from `SELECT * FROM devices` rows, each with its mapped folders.
-    async fn devices_from(&self, rows: &[SqliteRow]) -> Result<Vec<Device>, StoreError> {
+    async fn devices_from(&self, rows: &[AnyRow]) -> Result<Vec<Device>, StoreError> {
         let mut devices = rows
             .iter()
             .map(device_from)
@@ -497,7 +605,7 @@ impl Store {
     }
 
     async fn mapped_folders(&self, device: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT folder FROM mapped WHERE device = ? ORDER BY folder")
+        let rows = sqlx::query("SELECT folder FROM mapped WHERE device = $1 ORDER BY folder")
             .bind(device)
             .fetch_all(&self.pool)
             .await?;
@@ -510,7 +618,7 @@ impl Store {
     pub async fn set_addrs(&self, id: &str, addrs: &[String]) -> Result<(), StoreError> {
         let json =
             serde_json::to_string(addrs).map_err(|_| StoreError::Corrupt("device addresses"))?;
-        sqlx::query("UPDATE devices SET addrs = ? WHERE id = ?")
+        sqlx::query("UPDATE devices SET addrs = $1 WHERE id = $2")
             .bind(json)
             .bind(id)
             .execute(&self.pool)
@@ -521,9 +629,9 @@ impl Store {
     /// Maps (`true`) or unmaps a folder on a device.
     pub async fn set_mapped(&self, device: &str, folder: &str, on: bool) -> Result<(), StoreError> {
         let sql = if on {
-            "INSERT INTO mapped (device, folder) VALUES (?, ?) ON CONFLICT DO NOTHING"
+            "INSERT INTO mapped (device, folder) VALUES ($1, $2) ON CONFLICT DO NOTHING"
         } else {
-            "DELETE FROM mapped WHERE device = ? AND folder = ?"
+            "DELETE FROM mapped WHERE device = $1 AND folder = $2"
         };
         sqlx::query(sql)
             .bind(device)
@@ -537,7 +645,7 @@ impl Store {
     pub async fn devices_mapping(&self, folder: &str) -> Result<Vec<Device>, StoreError> {
         let rows = sqlx::query(
             "SELECT d.* FROM devices d JOIN mapped m ON m.device = d.id
-             WHERE m.folder = ? AND d.revoked = 0 ORDER BY d.created_ms, d.id",
+             WHERE m.folder = $1 AND d.revoked = 0 ORDER BY d.created_ms, d.id",
         )
         .bind(folder)
         .fetch_all(&self.pool)
@@ -547,18 +655,19 @@ impl Store {
 
     /// Whether both devices have `folder` mapped.
     pub async fn both_mapped(&self, a: &str, b: &str, folder: &str) -> Result<bool, StoreError> {
-        let row =
-            sqlx::query("SELECT COUNT(*) AS n FROM mapped WHERE folder = ? AND device IN (?, ?)")
-                .bind(folder)
-                .bind(a)
-                .bind(b)
-                .fetch_one(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM mapped WHERE folder = $1 AND device IN ($2, $3)",
+        )
+        .bind(folder)
+        .bind(a)
+        .bind(b)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(row.try_get::<i64, _>("n")? == 2)
     }
 
     pub async fn touch_device(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE devices SET last_seen_ms = ? WHERE id = ?")
+        sqlx::query("UPDATE devices SET last_seen_ms = $1 WHERE id = $2")
             .bind(now_ms)
             .bind(id)
             .execute(&self.pool)
@@ -569,7 +678,7 @@ impl Store {
     // ---- folders and members ----
 
     pub async fn set_device_only(&self, folder: &str, on: bool) -> Result<(), StoreError> {
-        sqlx::query("UPDATE folders SET device_only = ? WHERE id = ?")
+        sqlx::query("UPDATE folders SET device_only = $1 WHERE id = $2")
             .bind(i64::from(on))
             .bind(folder)
             .execute(&self.pool)
@@ -580,7 +689,7 @@ impl Store {
     /// Adds a folder; false if its owner already has a folder of that name.
     pub async fn insert_folder(&self, f: &Folder) -> Result<bool, StoreError> {
         let res = sqlx::query(
-            "INSERT INTO folders (id, name, owner, device_only, created_ms) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO folders (id, name, owner, device_only, created_ms) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&f.id)
         .bind(&f.name)
@@ -593,7 +702,7 @@ impl Store {
     }
 
     pub async fn folder(&self, id: &str) -> Result<Option<Folder>, StoreError> {
-        let row = sqlx::query("SELECT * FROM folders WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM folders WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -608,10 +717,10 @@ impl Store {
     /// Folders `user` owns or is a member of, with the role held on each.
     pub async fn folders_of(&self, user: &str) -> Result<Vec<(Folder, Role)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT f.*, 'owner' AS role FROM folders f WHERE f.owner = ?
+            "SELECT f.*, 'owner' AS role FROM folders f WHERE f.owner = $1
              UNION ALL
              SELECT f.*, m.role AS role FROM folders f JOIN members m ON m.folder = f.id
-              WHERE m.user_name = ?
+              WHERE m.user_name = $2
              ORDER BY created_ms, id",
         )
         .bind(user)
@@ -630,7 +739,7 @@ impl Store {
     // ---- blocks ----
 
     pub async fn has_block(&self, folder: &str, hash: &BlockHash) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 AS one FROM blocks WHERE folder = ? AND hash = ?")
+        let row = sqlx::query("SELECT 1 AS one FROM blocks WHERE folder = $1 AND hash = $2")
             .bind(folder)
             .bind(hash.to_hex())
             .fetch_optional(&self.pool)
@@ -641,7 +750,7 @@ impl Store {
     /// Marks a block just offered again as fresh: the collector leaves it for its grace
     /// period, as it does a new upload, so the step that names it finds it.
     pub async fn touch_block(&self, folder: &str, hash: &BlockHash) -> Result<(), StoreError> {
-        sqlx::query("UPDATE blocks SET stored_ms = ? WHERE folder = ? AND hash = ?")
+        sqlx::query("UPDATE blocks SET stored_ms = $1 WHERE folder = $2 AND hash = $3")
             .bind(crate::proto::now_ms())
             .bind(folder)
             .bind(hash.to_hex())
@@ -663,7 +772,7 @@ impl Store {
         let len = to_i64(len, "block length")?;
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO blocks (folder, hash, len, stored_ms, charged_to) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO blocks (folder, hash, len, stored_ms, charged_to) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (folder, hash) DO NOTHING",
         )
         .bind(folder)
@@ -685,8 +794,8 @@ impl Store {
             }
         }
         let charged = sqlx::query(
-            "UPDATE users SET stored_bytes = stored_bytes + ?
-             WHERE name = ? AND stored_bytes + ? <= quota",
+            "UPDATE users SET stored_bytes = stored_bytes + $1
+             WHERE name = $2 AND stored_bytes + $3 <= quota",
         )
         .bind(len)
         .bind(charge.owner)
@@ -709,10 +818,10 @@ impl Store {
 
     /// The live entries of a folder and the sequence they reflect, read in one snapshot.
     pub async fn live_entries(&self, folder: &str) -> Result<(Vec<Entry>, u64), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.snapshot().await?;
         let seq = current_seq(&mut tx).await?;
         let rows = sqlx::query(
-            "SELECT * FROM entries WHERE folder = ? AND deleted = 0 AND version <= ?
+            "SELECT * FROM entries WHERE folder = $1 AND deleted = 0 AND version <= $2
              ORDER BY parent, name",
         )
         .bind(folder)
@@ -732,11 +841,11 @@ impl Store {
         since: u64,
         limit: u32,
     ) -> Result<(Vec<Entry>, u64), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.snapshot().await?;
         let seq = current_seq(&mut tx).await?;
         let rows = sqlx::query(
-            "SELECT * FROM entries WHERE folder = ? AND version > ? AND version <= ?
-             ORDER BY version LIMIT ?",
+            "SELECT * FROM entries WHERE folder = $1 AND version > $2 AND version <= $3
+             ORDER BY version LIMIT $4",
         )
         .bind(folder)
         .bind(to_i64(since, "since")?)
@@ -768,11 +877,11 @@ impl Store {
 }
 
 async fn mark_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     device: &str,
     journal: &str,
 ) -> Result<u64, StoreError> {
-    let row = sqlx::query("SELECT applied FROM journals WHERE device = ? AND journal = ?")
+    let row = sqlx::query("SELECT applied FROM journals WHERE device = $1 AND journal = $2")
         .bind(device)
         .bind(journal)
         .fetch_optional(conn)
@@ -784,11 +893,11 @@ async fn mark_in(
 }
 
 async fn entry_in(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     folder: &str,
     id: &str,
 ) -> Result<Option<Entry>, StoreError> {
-    let row = sqlx::query("SELECT * FROM entries WHERE folder = ? AND id = ?")
+    let row = sqlx::query("SELECT * FROM entries WHERE folder = $1 AND id = $2")
         .bind(folder)
         .bind(id)
         .fetch_optional(conn)
@@ -798,7 +907,7 @@ async fn entry_in(
 
 /// One write transaction on entries, holding its version.
 pub struct Change {
-    tx: Transaction<'static, Sqlite>,
+    tx: Transaction<'static, Any>,
     version: u64,
 }
 
@@ -820,7 +929,7 @@ impl Change {
         name: &str,
     ) -> Result<Option<Entry>, StoreError> {
         let row = sqlx::query(
-            "SELECT * FROM entries WHERE folder = ? AND parent = ? AND name = ? AND deleted = 0",
+            "SELECT * FROM entries WHERE folder = $1 AND parent = $2 AND name = $3 AND deleted = 0",
         )
         .bind(folder)
         .bind(parent.unwrap_or(""))
@@ -832,7 +941,7 @@ impl Change {
 
     pub async fn has_live_children(&mut self, folder: &str, id: &str) -> Result<bool, StoreError> {
         let row = sqlx::query(
-            "SELECT 1 AS one FROM entries WHERE folder = ? AND parent = ? AND deleted = 0 LIMIT 1",
+            "SELECT 1 AS one FROM entries WHERE folder = $1 AND parent = $2 AND deleted = 0 LIMIT 1",
         )
         .bind(folder)
         .bind(id)
@@ -852,7 +961,7 @@ impl Change {
         unique.dedup();
         let mut missing = 0;
         for h in unique {
-            let row = sqlx::query("SELECT 1 AS one FROM blocks WHERE folder = ? AND hash = ?")
+            let row = sqlx::query("SELECT 1 AS one FROM blocks WHERE folder = $1 AND hash = $2")
                 .bind(folder)
                 .bind(h.to_hex())
                 .fetch_optional(&mut *self.tx)
@@ -873,7 +982,7 @@ impl Change {
         let holders =
             serde_json::to_string(&e.holders).map_err(|_| StoreError::Corrupt("entry holders"))?;
         let sql = format!(
-            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            "INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (folder, id) DO UPDATE SET
                parent = excluded.parent, name = excluded.name, kind = excluded.kind,
                mode = excluded.mode, size = excluded.size, mtime_ns = excluded.mtime_ns,
@@ -917,7 +1026,7 @@ impl Change {
         applied: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO journals (device, journal, applied) VALUES (?, ?, ?)
+            "INSERT INTO journals (device, journal, applied) VALUES ($1, $2, $3)
              ON CONFLICT (device, journal) DO UPDATE SET applied = excluded.applied",
         )
         .bind(device)
@@ -932,6 +1041,15 @@ impl Change {
     pub async fn commit(self) -> Result<u64, StoreError> {
         self.tx.commit().await?;
         Ok(self.version)
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// An embedded store in `dir`, as a cloud with no `cloud.toml` opens it.
+    pub(crate) async fn open_in(dir: &std::path::Path) -> Self {
+        let engines = super::Engines::embedded(dir);
+        Self::open(&engines.database.url()).await.unwrap()
     }
 }
 
@@ -967,7 +1085,7 @@ mod tests {
 
     async fn store_with_folder() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = Store::open_in(dir.path()).await;
         assert!(store.insert_user("ann", "x", 10, 0).await.unwrap());
         let f = Folder {
             id: "f".into(),
@@ -1061,7 +1179,7 @@ mod tests {
             .await
             .unwrap();
         drop(store);
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = Store::open_in(dir.path()).await;
         let d = Device {
             id: "d".into(),
             user: "ann".into(),
@@ -1096,7 +1214,7 @@ mod tests {
     async fn reopen_keeps_data_and_schema_version() {
         let (dir, store) = store_with_folder().await;
         drop(store);
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = Store::open_in(dir.path()).await;
         assert!(store.folder("f").await.unwrap().is_some());
         assert!(!store.insert_user("ann", "y", 1, 0).await.unwrap());
     }

@@ -27,6 +27,7 @@ static KEY_B: LazyLock<PrivateKey> = LazyLock::new(keys::generate);
 struct Env {
     _dir: tempfile::TempDir,
     data: PathBuf,
+    engines: cloud::Engines,
     base: String,
     http: reqwest::Client,
     cloud: RunningCloud,
@@ -39,6 +40,8 @@ struct Dev {
     identity: String,
 }
 
+#[path = "../common/engines.rs"]
+mod engines;
 mod sharing;
 
 async fn env() -> Env {
@@ -49,9 +52,15 @@ async fn env() -> Env {
 async fn env_with(set: impl FnOnce(&mut CloudConfig)) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cloud");
-    cloud::add_user(&data, "ann", "ann-password").await.unwrap();
-    cloud::add_user(&data, "bob", "bob-password").await.unwrap();
+    let engines = engines::for_test(&data);
+    cloud::add_user(&engines, "ann", "ann-password")
+        .await
+        .unwrap();
+    cloud::add_user(&engines, "bob", "bob-password")
+        .await
+        .unwrap();
     let mut cfg = CloudConfig::new(data.clone(), "127.0.0.1:0".parse().unwrap());
+    cfg.engines = engines.clone();
     set(&mut cfg);
     let cloud = cloud::start(cfg).await.unwrap();
     meshfs::crypto::install_tls_provider();
@@ -64,6 +73,7 @@ async fn env_with(set: impl FnOnce(&mut CloudConfig)) -> Env {
     Env {
         _dir: dir,
         data,
+        engines,
         base,
         http,
         cloud,
@@ -931,7 +941,7 @@ async fn a_block_whose_hash_differs_from_its_name_is_refused_and_not_stored() {
         (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge)
     );
 
-    cloud::set_quota(&env.data, "ann", 10).await.unwrap();
+    cloud::set_quota(&env.engines, "ann", 10).await.unwrap();
     let data = b"eleven byte";
     let h = BlockHash::of(data).to_hex();
     let res = env.put_block(t, f, &h, data).await;
@@ -1149,7 +1159,7 @@ async fn a_shared_reader_gets_only_read_rights() {
     let (env, _ann, g) = ann_with_folder().await;
     let f = g.folder.id.as_str();
     let bob = env.login("bob").await;
-    cloud::share_folder(&env.data, f, "bob", Role::Reader)
+    cloud::share_folder(&env.engines, f, "bob", Role::Reader)
         .await
         .unwrap();
 
@@ -1558,7 +1568,7 @@ async fn peer_tickets_name_both_devices_with_their_keys_only_for_pairs_the_cloud
 
     // Shared, but mapped on one side only: still refused; mapped on both: a ticket naming
     // the folder.
-    cloud::share_folder(&env.data, &docs.folder.id, "bob", Role::Writer)
+    cloud::share_folder(&env.engines, &docs.folder.id, "bob", Role::Writer)
         .await
         .unwrap();
     assert_eq!(env.map(&ann1, &docs.folder.id).await, StatusCode::OK);
@@ -1671,7 +1681,7 @@ async fn a_cloud_allowing_local_peers_records_a_loopback_address() {
 async fn only_the_owner_switches_a_folder_to_device_only_and_then_its_blocks_are_refused() {
     let (env, _ann, g) = ann_with_folder().await;
     let bob = env.login("bob").await;
-    cloud::share_folder(&env.data, &g.folder.id, "bob", Role::Writer)
+    cloud::share_folder(&env.engines, &g.folder.id, "bob", Role::Writer)
         .await
         .unwrap();
     let patch = |ticket: String| {

@@ -96,7 +96,7 @@ impl Env {
 
     async fn add_users(&self, users: &[&str]) {
         for u in users {
-            cloud::add_user(&self.data, u, &format!("{u}-password"))
+            cloud::add_user(&self.engines, u, &format!("{u}-password"))
                 .await
                 .unwrap();
         }

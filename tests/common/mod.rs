@@ -3,6 +3,7 @@
 //! `Drop`, also when a test fails: processes are killed and mounts detached.
 #![allow(dead_code)]
 
+pub mod engines;
 pub mod hand;
 
 use meshfs::agent::status::{AgentStatus, CounterSnapshot};
@@ -63,6 +64,8 @@ pub struct Cloud {
     child: Option<Child>,
     pub url: String,
     pub data: PathBuf,
+    /// Where its metadata and blocks are (see `engines.rs`).
+    pub engines: meshfs::cloud::Engines,
     pub dir: tempfile::TempDir,
     netns: Option<String>,
     /// `MESHFS_LOG` of the process (and of its restarts).
@@ -94,10 +97,19 @@ impl Cloud {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("cloud");
         let log = dir.path().join("cloud.log");
+        // A cloud in a network namespace cannot reach servers on this host's loopback.
+        let engines = match netns {
+            None => engines::for_test(&data),
+            Some(_) => meshfs::cloud::Engines::embedded(&data),
+        };
+        if engines != meshfs::cloud::Engines::embedded(&data) {
+            engines::write_config(&data, &engines);
+        }
         let mut cloud = Cloud {
             child: None,
             url: String::new(),
             data,
+            engines,
             dir,
             netns: netns.map(str::to_string),
             log_filter: log_filter.to_string(),
@@ -108,6 +120,25 @@ impl Cloud {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default()
+    }
+
+    /// Another `meshfs cloud` process (with no relay) on this cloud's data directory and
+    /// engines: on a PostgreSQL database and an S3 bucket both serve the same users.
+    #[allow(dead_code)]
+    pub fn another_process(&self) -> Cloud {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("cloud.log");
+        let mut other = Cloud {
+            child: None,
+            url: String::new(),
+            data: self.data.clone(),
+            engines: self.engines.clone(),
+            dir,
+            netns: None,
+            log_filter: self.log_filter.clone(),
+        };
+        other.spawn("127.0.0.1:0", &log, &["--no-relay"]);
+        other
     }
 
     /// How many requests for `path` the cloud answered with `status`, by its log (a cloud
@@ -214,9 +245,10 @@ impl Cloud {
         signal(self.pid(), "CONT");
     }
 
-    /// All files under the cloud's block store.
-    pub fn block_files(&self) -> Vec<PathBuf> {
-        files_under(&self.data.join("blocks"))
+    /// Every block in the cloud's block store.
+    #[allow(dead_code)]
+    pub fn blocks(&self) -> Vec<engines::StoredBlock> {
+        engines::blocks(&self.engines)
     }
 }
 
@@ -262,18 +294,32 @@ impl Device {
         Self::login_in(cloud, user, name, None)
     }
 
+    /// Logs a device in to a cloud that runs several processes, at `urls` in that order.
+    #[allow(dead_code)]
+    pub fn login_to(cloud: &Cloud, urls: &[&str], user: &str, name: &str) -> Self {
+        Self::login_as(cloud, urls, user, name, None, None)
+    }
+
     /// Logs a device in from network namespace `netns`.
     pub fn login_in(cloud: &Cloud, user: &str, name: &str, netns: Option<&str>) -> Self {
-        Self::login_as(cloud, user, name, netns, None)
+        Self::login_as(cloud, &[&cloud.url], user, name, netns, None)
     }
 
     /// Logs a device in with heightened security, under the passphrase in `passphrase_file`.
     pub fn login_protected(cloud: &Cloud, user: &str, name: &str, passphrase_file: &Path) -> Self {
-        Self::login_as(cloud, user, name, None, Some(passphrase_file))
+        Self::login_as(
+            cloud,
+            &[&cloud.url],
+            user,
+            name,
+            None,
+            Some(passphrase_file),
+        )
     }
 
     fn login_as(
         cloud: &Cloud,
+        urls: &[&str],
         user: &str,
         name: &str,
         netns: Option<&str>,
@@ -282,8 +328,12 @@ impl Device {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
         let mut login = meshfs(netns);
+        login.arg("login");
+        for url in urls {
+            login.args(["--cloud", url]);
+        }
         login
-            .args(["login", "--cloud", &cloud.url, "--ca"])
+            .arg("--ca")
             .arg(cloud.ca())
             .args([
                 "--user",

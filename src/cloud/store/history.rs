@@ -12,7 +12,7 @@
 
 use super::{Store, StoreError, to_i64, to_u64};
 use crate::proto::{BlockRef, Entry, EntryKind, FileVersion};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ pub struct Collected {
 
 /// Keeps `old`'s content as a version when `new` replaces it with other content.
 pub(super) async fn keep_replaced(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     old: &Entry,
     new: &Entry,
 ) -> Result<(), StoreError> {
@@ -69,7 +69,7 @@ pub(super) async fn keep_replaced(
         serde_json::to_string(&old.manifest).map_err(|_| StoreError::Corrupt("entry manifest"))?;
     sqlx::query(
         "INSERT INTO versions (folder, id, version, size, mtime_ns, manifest, author, saved_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder, id, version) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (folder, id, version) DO NOTHING",
     )
     .bind(&old.folder)
     .bind(&old.id)
@@ -101,7 +101,7 @@ impl Store {
         if let Some(e) = self.entry(folder, id).await?
             && e.kind == EntryKind::File
         {
-            let row = sqlx::query("SELECT changed_ms FROM entries WHERE folder = ? AND id = ?")
+            let row = sqlx::query("SELECT changed_ms FROM entries WHERE folder = $1 AND id = $2")
                 .bind(folder)
                 .bind(id)
                 .fetch_one(&self.pool)
@@ -117,7 +117,7 @@ impl Store {
         }
         let rows = sqlx::query(
             "SELECT version, size, mtime_ns, author, saved_ms FROM versions
-             WHERE folder = ? AND id = ? ORDER BY version DESC",
+             WHERE folder = $1 AND id = $2 ORDER BY version DESC",
         )
         .bind(folder)
         .bind(id)
@@ -140,8 +140,8 @@ impl Store {
     /// first.
     pub async fn trash(&self, folder: &str, since: i64) -> Result<Vec<Entry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM entries WHERE folder = ? AND deleted = 1 AND kind = 'file'
-             AND changed_ms >= ? ORDER BY changed_ms DESC",
+            "SELECT * FROM entries WHERE folder = $1 AND deleted = 1 AND kind = 'file'
+             AND changed_ms >= $2 ORDER BY changed_ms DESC",
         )
         .bind(folder)
         .bind(since)
@@ -159,7 +159,7 @@ impl Store {
     ) -> Result<Option<(u64, i64, Vec<BlockRef>)>, StoreError> {
         let row = sqlx::query(
             "SELECT size, mtime_ns, manifest FROM versions
-             WHERE folder = ? AND id = ? AND version = ?",
+             WHERE folder = $1 AND id = $2 AND version = $3",
         )
         .bind(folder)
         .bind(id)
@@ -181,9 +181,9 @@ impl Store {
     pub async fn free_history(&self, owner: &str) -> Result<bool, StoreError> {
         const AT_ONCE: i64 = 8;
         let gone = sqlx::query(
-            "DELETE FROM versions WHERE rowid IN (
-               SELECT v.rowid FROM versions v JOIN folders f ON v.folder = f.id
-               WHERE f.owner = ? ORDER BY v.saved_ms LIMIT ?)",
+            "DELETE FROM versions WHERE (folder, id, version) IN (
+               SELECT v.folder, v.id, v.version FROM versions v JOIN folders f ON v.folder = f.id
+               WHERE f.owner = $1 ORDER BY v.saved_ms LIMIT $2)",
         )
         .bind(owner)
         .bind(AT_ONCE)
@@ -193,10 +193,10 @@ impl Store {
             return Ok(true);
         }
         let expired = sqlx::query(
-            "UPDATE entries SET changed_ms = 0 WHERE rowid IN (
-               SELECT e.rowid FROM entries e JOIN folders f ON e.folder = f.id
-               WHERE f.owner = ? AND e.deleted = 1 AND e.kind = 'file' AND e.changed_ms > 0
-               ORDER BY e.changed_ms LIMIT ?)",
+            "UPDATE entries SET changed_ms = 0 WHERE (folder, id) IN (
+               SELECT e.folder, e.id FROM entries e JOIN folders f ON e.folder = f.id
+               WHERE f.owner = $1 AND e.deleted = 1 AND e.kind = 'file' AND e.changed_ms > 0
+               ORDER BY e.changed_ms LIMIT $2)",
         )
         .bind(owner)
         .bind(AT_ONCE)
@@ -219,7 +219,7 @@ impl Store {
 
         // History: the newest `versions_per_file` of each file, and anything recent.
         let rows = sqlx::query(
-            "SELECT rowid, folder, id, saved_ms FROM versions ORDER BY folder, id, version DESC",
+            "SELECT folder, id, version, saved_ms FROM versions ORDER BY folder, id, version DESC",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -227,21 +227,23 @@ impl Store {
         let keep_after = now_ms.saturating_sub(ms(r.keep_for));
         for row in rows {
             let key: (String, String) = (row.try_get("folder")?, row.try_get("id")?);
+            let version: i64 = row.try_get("version")?;
             rank = if last.as_ref() == Some(&key) {
                 rank + 1
             } else {
                 0
             };
-            last = Some(key);
             let saved: i64 = row.try_get("saved_ms")?;
             if rank >= r.versions_per_file && saved < keep_after {
-                let rowid: i64 = row.try_get("rowid")?;
-                sqlx::query("DELETE FROM versions WHERE rowid = ?")
-                    .bind(rowid)
+                sqlx::query("DELETE FROM versions WHERE folder = $1 AND id = $2 AND version = $3")
+                    .bind(&key.0)
+                    .bind(&key.1)
+                    .bind(version)
                     .execute(&mut *tx)
                     .await?;
                 done.versions += 1;
             }
+            last = Some(key);
         }
 
         // Mark: what live files, kept versions and the trash reference.
@@ -249,7 +251,7 @@ impl Store {
         let mut referenced: HashMap<String, HashSet<String>> = HashMap::new();
         let live = sqlx::query(
             "SELECT folder, manifest FROM entries
-             WHERE kind = 'file' AND (deleted = 0 OR changed_ms >= ?)",
+             WHERE kind = 'file' AND (deleted = 0 OR changed_ms >= $1)",
         )
         .bind(trash_after)
         .fetch_all(&mut *tx)
@@ -277,7 +279,7 @@ impl Store {
             if stored >= fresh_after || referenced.get(&folder).is_some_and(|s| s.contains(&hash)) {
                 continue;
             }
-            sqlx::query("DELETE FROM blocks WHERE folder = ? AND hash = ?")
+            sqlx::query("DELETE FROM blocks WHERE folder = $1 AND hash = $2")
                 .bind(&folder)
                 .bind(&hash)
                 .execute(&mut *tx)
@@ -287,7 +289,7 @@ impl Store {
         }
         sqlx::query(
             "UPDATE users SET stored_bytes = (
-               SELECT COALESCE(SUM(b.len), 0) FROM blocks b JOIN folders f ON b.folder = f.id
+               SELECT CAST(COALESCE(SUM(b.len), 0) AS BIGINT) FROM blocks b JOIN folders f ON b.folder = f.id
                WHERE f.owner = users.name)",
         )
         .execute(&mut *tx)
@@ -311,7 +313,7 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = Store::open_in(dir.path()).await;
         assert!(store.insert_user("ann", "x", 1 << 30, 0).await.unwrap());
         let f = Folder {
             id: "f".into(),

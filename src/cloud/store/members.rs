@@ -6,8 +6,8 @@
 
 use super::{Change, Store, StoreError, folder_from, to_i64, to_u64};
 use crate::proto::{Folder, Invitation, Member, Role};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 
 /// What accepting an invitation made.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,11 +16,11 @@ pub struct Accepted {
     pub role: Role,
 }
 
-fn role_from(row: &SqliteRow, column: &str) -> Result<Role, StoreError> {
+fn role_from(row: &AnyRow, column: &str) -> Result<Role, StoreError> {
     Role::parse(&row.try_get::<String, _>(column)?).ok_or(StoreError::Corrupt("member role"))
 }
 
-fn max_bytes_from(row: &SqliteRow) -> Result<Option<u64>, StoreError> {
+fn max_bytes_from(row: &AnyRow) -> Result<Option<u64>, StoreError> {
     row.try_get::<Option<i64>, _>("max_bytes")?
         .map(|v| to_u64(v, "share of a quota"))
         .transpose()
@@ -30,7 +30,7 @@ fn opt_i64(v: Option<u64>) -> Result<Option<i64>, StoreError> {
     v.map(|v| to_i64(v, "share of a quota")).transpose()
 }
 
-fn invitation_from(row: &SqliteRow) -> Result<Invitation, StoreError> {
+fn invitation_from(row: &AnyRow) -> Result<Invitation, StoreError> {
     Ok(Invitation {
         folder: row.try_get("folder")?,
         folder_name: row.try_get("folder_name")?,
@@ -46,12 +46,12 @@ const INVITATION_COLUMNS: &str = "i.folder, f.name AS folder_name, f.owner, i.us
 
 /// Bytes of `folder`'s blocks that `user` stored.
 pub(super) async fn stored_by(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     folder: &str,
     user: &str,
 ) -> Result<u64, StoreError> {
     let row = sqlx::query(
-        "SELECT COALESCE(SUM(len), 0) AS n FROM blocks WHERE folder = ? AND charged_to = ?",
+        "SELECT CAST(COALESCE(SUM(len), 0) AS BIGINT) AS n FROM blocks WHERE folder = $1 AND charged_to = $2",
     )
     .bind(folder)
     .bind(user)
@@ -60,8 +60,8 @@ pub(super) async fn stored_by(
     to_u64(row.try_get("n")?, "stored bytes")
 }
 
-async fn bump_epoch(tx: &mut Transaction<'static, Sqlite>, folder: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE folders SET epoch = epoch + 1 WHERE id = ?")
+async fn bump_epoch(tx: &mut Transaction<'static, Any>, folder: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE folders SET epoch = epoch + 1 WHERE id = $1")
         .bind(folder)
         .execute(&mut **tx)
         .await?;
@@ -70,11 +70,11 @@ async fn bump_epoch(tx: &mut Transaction<'static, Sqlite>, folder: &str) -> Resu
 
 /// Joins a folder with `user`'s membership row: bind `user`, then the folder's id.
 const MEMBERSHIP: &str = "SELECT f.*, m.role AS member_role FROM folders f
-     LEFT JOIN members m ON m.folder = f.id AND m.user_name = ?
-     WHERE f.id = ?";
+     LEFT JOIN members m ON m.folder = f.id AND m.user_name = $1
+     WHERE f.id = $2";
 
 /// The role `user` holds by a row of [`MEMBERSHIP`].
-fn held_role(row: &SqliteRow, user: &str) -> Result<Option<Role>, StoreError> {
+fn held_role(row: &AnyRow, user: &str) -> Result<Option<Role>, StoreError> {
     if row.try_get::<String, _>("owner")? == user {
         return Ok(Some(Role::Owner));
     }
@@ -120,13 +120,13 @@ impl Store {
     pub async fn members(&self, folder: &Folder) -> Result<Vec<Member>, StoreError> {
         let rows = sqlx::query(
             "SELECT p.user_name, p.role, p.max_bytes,
-                    (SELECT COALESCE(SUM(b.len), 0) FROM blocks b
-                      WHERE b.folder = ? AND b.charged_to = p.user_name) AS stored
+                    (SELECT CAST(COALESCE(SUM(b.len), 0) AS BIGINT) FROM blocks b
+                      WHERE b.folder = $1 AND b.charged_to = p.user_name) AS stored
                FROM (SELECT 0 AS rank, u.name AS user_name, 'owner' AS role, NULL AS max_bytes
-                       FROM users u WHERE u.name = ?
+                       FROM users u WHERE u.name = $2
                      UNION ALL
                      SELECT 1, m.user_name, m.role, m.max_bytes FROM members m
-                      WHERE m.folder = ?) p
+                      WHERE m.folder = $3) p
               ORDER BY p.rank, p.user_name",
         )
         .bind(&folder.id)
@@ -149,7 +149,7 @@ impl Store {
     /// The share of the owner's quota `user` may use in `folder` (`None`: no limit of its
     /// own, as for the owner and for anyone not a member).
     pub async fn share_of(&self, folder: &str, user: &str) -> Result<Option<u64>, StoreError> {
-        let row = sqlx::query("SELECT max_bytes FROM members WHERE folder = ? AND user_name = ?")
+        let row = sqlx::query("SELECT max_bytes FROM members WHERE folder = $1 AND user_name = $2")
             .bind(folder)
             .bind(user)
             .fetch_optional(&self.pool)
@@ -172,7 +172,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO invitations (folder, user_name, role, max_bytes, invited_ms)
-             VALUES (?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (folder, user_name) DO UPDATE SET role = excluded.role,
                max_bytes = excluded.max_bytes, invited_ms = excluded.invited_ms",
         )
@@ -192,7 +192,7 @@ impl Store {
         user: &str,
     ) -> Result<Option<Invitation>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {INVITATION_COLUMNS} WHERE i.folder = ? AND i.user_name = ?"
+            "SELECT {INVITATION_COLUMNS} WHERE i.folder = $1 AND i.user_name = $2"
         )))
         .bind(folder)
         .bind(user)
@@ -203,13 +203,13 @@ impl Store {
 
     /// The invitations waiting for `user`, oldest first.
     pub async fn invitations_for(&self, user: &str) -> Result<Vec<Invitation>, StoreError> {
-        self.invitations_where("i.user_name = ? ORDER BY i.invited_ms, i.folder", user)
+        self.invitations_where("i.user_name = $1 ORDER BY i.invited_ms, i.folder", user)
             .await
     }
 
     /// The invitations to `folder` that wait for an answer, oldest first.
     pub async fn invitations_to(&self, folder: &str) -> Result<Vec<Invitation>, StoreError> {
-        self.invitations_where("i.folder = ? ORDER BY i.invited_ms, i.user_name", folder)
+        self.invitations_where("i.folder = $1 ORDER BY i.invited_ms, i.user_name", folder)
             .await
     }
 
@@ -230,7 +230,7 @@ impl Store {
 
     /// Drops an invitation (withdrawn or declined); false if there was none.
     pub async fn drop_invitation(&self, folder: &str, user: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM invitations WHERE folder = ? AND user_name = ?")
+        let done = sqlx::query("DELETE FROM invitations WHERE folder = $1 AND user_name = $2")
             .bind(folder)
             .bind(user)
             .execute(&self.pool)
@@ -243,7 +243,7 @@ impl Store {
     pub async fn accept(&self, folder: &str, user: &str) -> Result<Option<Accepted>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "DELETE FROM invitations WHERE folder = ? AND user_name = ? RETURNING role, max_bytes",
+            "DELETE FROM invitations WHERE folder = $1 AND user_name = $2 RETURNING role, max_bytes",
         )
         .bind(folder)
         .bind(user)
@@ -254,7 +254,7 @@ impl Store {
         };
         let role = role_from(&row, "role")?;
         sqlx::query(
-            "INSERT INTO members (folder, user_name, role, max_bytes) VALUES (?, ?, ?, ?)
+            "INSERT INTO members (folder, user_name, role, max_bytes) VALUES ($1, $2, $3, $4)
              ON CONFLICT (folder, user_name) DO UPDATE SET role = excluded.role,
                max_bytes = excluded.max_bytes",
         )
@@ -264,7 +264,7 @@ impl Store {
         .bind(row.try_get::<Option<i64>, _>("max_bytes")?)
         .execute(&mut *tx)
         .await?;
-        let folder = sqlx::query("SELECT * FROM folders WHERE id = ?")
+        let folder = sqlx::query("SELECT * FROM folders WHERE id = $1")
             .bind(folder)
             .fetch_one(&mut *tx)
             .await?;
@@ -283,13 +283,13 @@ impl Store {
         max_bytes: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let before = sqlx::query("SELECT role FROM members WHERE folder = ? AND user_name = ?")
+        let before = sqlx::query("SELECT role FROM members WHERE folder = $1 AND user_name = $2")
             .bind(folder)
             .bind(user)
             .fetch_optional(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO members (folder, user_name, role, max_bytes) VALUES (?, ?, ?, ?)
+            "INSERT INTO members (folder, user_name, role, max_bytes) VALUES ($1, $2, $3, $4)
              ON CONFLICT (folder, user_name) DO UPDATE SET role = excluded.role,
                max_bytes = excluded.max_bytes",
         )
@@ -299,7 +299,7 @@ impl Store {
         .bind(opt_i64(max_bytes)?)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM invitations WHERE folder = ? AND user_name = ?")
+        sqlx::query("DELETE FROM invitations WHERE folder = $1 AND user_name = $2")
             .bind(folder)
             .bind(user)
             .execute(&mut *tx)
@@ -317,7 +317,7 @@ impl Store {
     /// folder and the epoch moves on, in one transaction. False if `user` was no member.
     pub async fn remove_member(&self, folder: &str, user: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let gone = sqlx::query("DELETE FROM members WHERE folder = ? AND user_name = ?")
+        let gone = sqlx::query("DELETE FROM members WHERE folder = $1 AND user_name = $2")
             .bind(folder)
             .bind(user)
             .execute(&mut *tx)
@@ -326,8 +326,8 @@ impl Store {
             return Ok(false);
         }
         sqlx::query(
-            "DELETE FROM mapped WHERE folder = ?
-               AND device IN (SELECT id FROM devices WHERE user_name = ?)",
+            "DELETE FROM mapped WHERE folder = $1
+               AND device IN (SELECT id FROM devices WHERE user_name = $2)",
         )
         .bind(folder)
         .bind(user)
@@ -347,7 +347,7 @@ mod tests {
 
     async fn store_with_folder() -> (tempfile::TempDir, Store, Folder) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
+        let store = Store::open_in(dir.path()).await;
         for u in ["ann", "bob"] {
             assert!(store.insert_user(u, "x", 1 << 30, 0).await.unwrap());
         }
