@@ -23,6 +23,7 @@ use rsa::PrivateKey;
 use serde::de::DeserializeOwned;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Renew a ticket once less than this much of its life is left, or a quarter of its life
@@ -82,7 +83,13 @@ async fn json<T: DeserializeOwned>(url: &str, resp: reqwest::Response) -> Result
         })
 }
 
-/// Logs a device in with the user's password and claims it; returns the device id.
+/// Whether the cloud at `cloud` answers.
+pub async fn health(http: &reqwest::Client, cloud: &str) -> anyhow::Result<()> {
+    let url = format!("{cloud}/health");
+    send(&url, http.get(&url)).await?;
+    Ok(())
+}
+
 /// A fresh challenge for a device claim.
 pub async fn claim_challenge(
     http: &reqwest::Client,
@@ -93,6 +100,7 @@ pub async fn claim_challenge(
     json(&url, resp).await
 }
 
+/// Logs a device in with the user's password and claims it; returns the device id.
 pub async fn login(
     http: &reqwest::Client,
     cloud: &str,
@@ -131,7 +139,9 @@ impl From<TicketResponse> for Held {
 /// An authenticated client for one device.
 pub struct CloudClient {
     http: reqwest::Client,
-    base: String,
+    /// The URLs of the cloud's processes; requests go to `bases[at]` until it fails.
+    bases: Vec<String>,
+    at: AtomicUsize,
     user: String,
     device_id: String,
     assertion_signer: Signer,
@@ -155,7 +165,7 @@ pub fn connect(home: &Home) -> Result<CloudClient, ConnectError> {
     let key = home.unlock()?.key.clone();
     Ok(CloudClient::new(
         https(&read_ca(home)?)?,
-        &dev.cloud,
+        &dev.clouds(),
         &dev.user,
         &dev.device_id,
         key,
@@ -174,16 +184,21 @@ pub enum ConnectError {
 }
 
 impl CloudClient {
+    /// A client of the cloud at `bases` (one URL or several of one cloud).
     pub fn new(
         http: reqwest::Client,
-        base: &str,
+        bases: &[String],
         user: &str,
         device_id: &str,
         key: PrivateKey,
     ) -> Self {
         Self {
             http,
-            base: base.trim_end_matches('/').to_string(),
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            at: AtomicUsize::new(0),
             user: user.to_string(),
             device_id: device_id.to_string(),
             assertion_signer: Signer::new(device_id, key),
@@ -197,8 +212,55 @@ impl CloudClient {
         }
     }
 
+    /// The URL requests go to now.
+    pub fn cloud_url(&self) -> &str {
+        let at = self.at.load(Ordering::Relaxed);
+        self.bases.get(at).map_or("", String::as_str)
+    }
+
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        format!("{}{}", self.cloud_url(), path)
+    }
+
+    /// After `err` from `url`: whether to send the request again at once to the cloud's
+    /// next URL. Any failure to reach a URL moves later requests to the next one; a request
+    /// is sent again at once only when it never left (no connection was made), so nothing
+    /// is applied twice.
+    fn fail_over(&self, url: &str, err: &ClientError) -> bool {
+        if self.bases.len() < 2 || !err.is_unreachable() {
+            return false;
+        }
+        let at = self.at.load(Ordering::Relaxed);
+        if !url.starts_with(self.bases[at].as_str()) {
+            // Another request moved on already.
+            return err.never_sent();
+        }
+        let next = (at + 1) % self.bases.len();
+        if self
+            .at
+            .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(from = %self.bases[at], to = %self.bases[next], error = %err, "moving to another cloud process");
+        }
+        err.never_sent()
+    }
+
+    /// Sends the request `build` makes for `url` (on the current cloud URL), once more on
+    /// each other URL while the cloud cannot be reached and the request never left.
+    async fn send_failing_over(
+        &self,
+        path: &str,
+        build: impl Fn(&str) -> RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut tries = self.bases.len().max(1);
+        loop {
+            let url = self.url(path);
+            match send(&url, build(&url)).await {
+                Err(e) if tries > 1 && self.fail_over(&url, &e) => tries -= 1,
+                other => return other,
+            }
+        }
     }
 
     fn cached_access(&self, folder: &str) -> Option<String> {
@@ -219,13 +281,15 @@ impl CloudClient {
             return Ok(t);
         }
         let id = self.identity().await?;
-        let url = self.url("/tickets/access");
         let body = AccessRequest {
             resource: format!("/folders/{folder}"),
             rights: vec![Right::Read, Right::Write, Right::Admin],
         };
-        let resp = send(&url, self.http.post(&url).bearer_auth(id).json(&body)).await?;
-        let t: TicketResponse = json(&url, resp).await?;
+        let path = "/tickets/access";
+        let resp = self
+            .send_failing_over(path, |url| self.http.post(url).bearer_auth(&id).json(&body))
+            .await?;
+        let t: TicketResponse = json(path, resp).await?;
         let token = t.ticket.clone();
         self.remember_access(folder, t);
         Ok(token)
@@ -239,14 +303,13 @@ impl CloudClient {
         path: &str,
         build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let url = self.url(path);
         for attempt in 0..2 {
             let token = match folder {
                 Some(f) => self.access(f).await?,
                 None => self.identity().await?,
             };
-            let req = build(self.http.request(method.clone(), &url).bearer_auth(token));
-            match send(&url, req).await {
+            let req = |url: &str| build(self.http.request(method.clone(), url).bearer_auth(&token));
+            match self.send_failing_over(path, req).await {
                 Err(ClientError::Api {
                     status: 401,
                     code: ErrorCode::TicketExpired,
@@ -441,7 +504,7 @@ impl Remote for CloudClient {
     }
 
     fn base(&self) -> Option<&str> {
-        Some(&self.base)
+        Some(self.cloud_url())
     }
 
     async fn folders(&self) -> Result<Vec<FolderGrant>, ClientError> {
@@ -590,12 +653,10 @@ impl Remote for CloudClient {
 
     /// Where the relay is, and the cloud's signing keys (both public, no ticket).
     async fn cloud_info(&self) -> Result<(CloudInfo, Jwks), ClientError> {
-        let (info_url, jwks_url) = (
-            self.url("/.well-known/meshfs"),
-            self.url("/.well-known/jwks.json"),
-        );
-        let info = json(&info_url, send(&info_url, self.http.get(&info_url)).await?).await?;
-        let jwks = json(&jwks_url, send(&jwks_url, self.http.get(&jwks_url)).await?).await?;
+        let (info_path, jwks_path) = ("/.well-known/meshfs", "/.well-known/jwks.json");
+        let get = |url: &str| self.http.get(url);
+        let info = json(info_path, self.send_failing_over(info_path, get).await?).await?;
+        let jwks = json(jwks_path, self.send_failing_over(jwks_path, get).await?).await?;
         Ok((info, jwks))
     }
 
@@ -623,13 +684,15 @@ impl Remote for CloudClient {
             exp: now + 60,
             jti: uuid::Uuid::new_v4().to_string(),
         });
-        let url = self.url("/tickets/identity");
         let body = RenewRequest {
             device_id: self.device_id.clone(),
             assertion,
         };
-        let resp = send(&url, self.http.post(&url).json(&body)).await?;
-        let t: TicketResponse = json(&url, resp).await?;
+        let path = "/tickets/identity";
+        let resp = self
+            .send_failing_over(path, |url| self.http.post(url).json(&body))
+            .await?;
+        let t: TicketResponse = json(path, resp).await?;
         let token = t.ticket.clone();
         *held = Some(t.into());
         Ok(token)

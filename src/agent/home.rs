@@ -70,10 +70,24 @@ pub enum HomeError {
 /// What `device.toml` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeviceFile {
+    /// The cloud's URL.
     pub cloud: String,
+    /// Other processes of the same cloud, tried in turn when one fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_clouds: Vec<String>,
     pub user: String,
     pub device_id: String,
     pub device_name: String,
+}
+
+impl DeviceFile {
+    /// Every URL of the cloud, the first one first.
+    pub fn clouds(&self) -> Vec<String> {
+        std::iter::once(&self.cloud)
+            .chain(&self.more_clouds)
+            .cloned()
+            .collect()
+    }
 }
 
 /// Paths inside one device home, and its secrets once unlocked.

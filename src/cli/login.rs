@@ -76,7 +76,12 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "device".into()),
     };
-    let cloud = a.cloud.trim_end_matches('/').to_string();
+    let clouds: Vec<String> = a
+        .cloud
+        .iter()
+        .map(|c| c.trim_end_matches('/').to_string())
+        .collect();
+    let cloud = first_answering(&http, &clouds).await?;
     let claim = async {
         let challenge = client::claim_challenge(&http, &cloud).await?.challenge;
         let proof = Signer::new("device", key.clone()).sign(&ClaimProof {
@@ -110,6 +115,7 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
     }
     std::fs::write(home.ca(), &ca).with_context(|| format!("writing {}", home.ca().display()))?;
     home.save_device(&DeviceFile {
+        more_clouds: clouds.into_iter().filter(|c| *c != cloud).collect(),
         cloud,
         user: resp.user.clone(),
         device_id: resp.device_id.clone(),
@@ -120,4 +126,16 @@ pub async fn run(a: LoginArgs) -> anyhow::Result<()> {
         resp.user, resp.device_id
     );
     Ok(())
+}
+
+/// The first of `clouds` that answers, so that a login goes through while one is down.
+async fn first_answering(http: &reqwest::Client, clouds: &[String]) -> anyhow::Result<String> {
+    let mut last = None;
+    for cloud in clouds {
+        match client::health(http, cloud).await {
+            Ok(()) => return Ok(cloud.clone()),
+            Err(e) => last = Some(e.context(format!("{cloud} did not answer"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no cloud URL given")))
 }

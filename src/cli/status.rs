@@ -28,7 +28,7 @@ pub async fn run(a: StatusArgs) -> anyhow::Result<()> {
     let report = Report {
         user: dev.user,
         device_id: dev.device_id,
-        cloud: dev.cloud,
+        cloud: client.cloud_url().to_owned(),
         cloud_reachable: usage.is_ok(),
         cloud_error: usage.as_ref().err().map(|e| format!("{e:#}")),
         quota_used: usage.as_ref().ok().map(|u| u.bytes_stored),

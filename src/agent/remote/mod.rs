@@ -59,6 +59,17 @@ impl ClientError {
         matches!(self, ClientError::Unreachable { .. })
     }
 
+    /// The request never reached the cloud (no connection was made), so sending it again
+    /// cannot apply it twice.
+    pub fn never_sent(&self) -> bool {
+        match self {
+            ClientError::Unreachable { source, .. } => source
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_connect),
+            _ => false,
+        }
+    }
+
     /// Why the cloud refused, if it answered with a refusal.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {

@@ -1,0 +1,120 @@
+//! Several cloud processes on one PostgreSQL database and one S3 bucket: the devices of one
+//! user on different processes see each other's writes at once, and when a process dies
+//! mid-upload, nothing committed is lost and the devices carry on through the other.
+//!
+//! These run in `scripts/test.sh`'s second pass, which starts the servers and sets
+//! `MESHFS_TEST_POSTGRES` and `MESHFS_TEST_S3`; on the embedded engines (one SQLite file,
+//! one process) they say so and end.
+
+mod common;
+
+use common::{Cloud, Device, SOON, engines, eventually, pseudo_random};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+fn on_shared_engines() -> bool {
+    let on = engines::on_postgres();
+    if !on {
+        eprintln!("skipped: needs MESHFS_TEST_POSTGRES and MESHFS_TEST_S3 (scripts/test.sh)");
+    }
+    on
+}
+
+fn reads(path: &Path, want: &[u8]) -> bool {
+    std::fs::read(path).is_ok_and(|d| d == want)
+}
+
+#[test]
+fn two_cloud_processes_serve_one_user_and_each_carries_on_when_the_other_dies() {
+    if !on_shared_engines() {
+        return;
+    }
+    let mut first = Cloud::start();
+    first.add_user("ann");
+    let mut second = first.another_process();
+    let (one, two) = (first.url.clone(), second.url.clone());
+    let a = Device::login_to(&first, &[&one, &two], "ann", "laptop");
+    let b = Device::login_to(&first, &[&two, &one], "ann", "desktop");
+    a.create_folder("Docs");
+    let ma = a.mount();
+    let mb = b.mount();
+    assert!(eventually(SOON, || ma.join("Docs").is_dir()
+        && mb.join("Docs").is_dir()));
+
+    // A write on A (through the first process) shows on B (long-polling the second).
+    std::fs::write(ma.join("Docs/hello.txt"), b"from A").unwrap();
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || reads(
+            &mb.join("Docs/hello.txt"),
+            b"from A"
+        )),
+        "A's write did not reach B within 5 s"
+    );
+    println!("A's write reached B in {:?}", started.elapsed());
+
+    // The first process dies while A uploads: A moves to the second, and nothing is lost.
+    let big_a = pseudo_random(48 * MIB, 1);
+    let before = a.counters().blocks_uploaded;
+    std::fs::write(ma.join("Docs/a.bin"), &big_a).unwrap();
+    assert!(eventually(SOON, || a.counters().blocks_uploaded > before));
+    first.kill();
+    assert!(
+        a.uploaded_within(Duration::from_secs(120)),
+        "{}",
+        ma.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || reads(
+            &mb.join("Docs/a.bin"),
+            &big_a
+        )),
+        "A's upload through the second process did not reach B"
+    );
+    std::fs::write(mb.join("Docs/while-one-is-down.txt"), b"B").unwrap();
+    assert!(eventually(SOON, || reads(
+        &ma.join("Docs/while-one-is-down.txt"),
+        b"B"
+    )));
+
+    // The first comes back and the second dies while B uploads: B moves to the first.
+    first.restart();
+    let big_b = pseudo_random(48 * MIB, 2);
+    let before = b.counters().blocks_uploaded;
+    std::fs::write(mb.join("Docs/b.bin"), &big_b).unwrap();
+    assert!(eventually(SOON, || b.counters().blocks_uploaded > before));
+    second.kill();
+    assert!(
+        b.uploaded_within(Duration::from_secs(120)),
+        "{}",
+        mb.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || reads(
+            &ma.join("Docs/b.bin"),
+            &big_b
+        )),
+        "B's upload through the first process did not reach A"
+    );
+
+    // Both devices see every committed write, and the cloud holds them all.
+    for m in [&ma, &mb] {
+        assert!(reads(&m.join("Docs/hello.txt"), b"from A"));
+        assert!(reads(&m.join("Docs/a.bin"), &big_a));
+        assert!(reads(&m.join("Docs/b.bin"), &big_b));
+        assert!(reads(&m.join("Docs/while-one-is-down.txt"), b"B"));
+    }
+    let (entries, _) = a.cloud_changes("Docs", 0);
+    let mut names: Vec<_> = entries
+        .iter()
+        .filter(|e| !e.deleted)
+        .map(|e| e.name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["a.bin", "b.bin", "hello.txt", "while-one-is-down.txt"]
+    );
+}
