@@ -1,5 +1,6 @@
 //! The cloud process (`meshfs cloud`): the account service and the mesh service over HTTPS,
-//! with SQLite metadata and blocks on the local disk (DESIGN §7). This file holds the
+//! with metadata in SQLite or PostgreSQL and blocks in a directory or S3 (DESIGN §7;
+//! `engines.rs`). This file holds the
 //! configuration, the shared state, the router and the server's start and stop; the
 //! admin operations (`add_user`, `set_quota`, `share_folder`) open the same store.
 

@@ -1,8 +1,9 @@
 //! The cloud's metadata store: users, devices, folders, members, entries, blocks and the
-//! global change sequence, in SQLite through sqlx. The only file that names sqlx.
+//! global change sequence, in SQLite or PostgreSQL through sqlx's `Any` driver. The only
+//! file (with its submodules) that names sqlx.
 //!
-//! The SQL is plain and portable to PostgreSQL (TEXT/BIGINT, booleans as 0/1, `ON CONFLICT`,
-//! a partial unique index). Writers that change entries start their transaction by bumping
+//! One SQL text serves both engines (TEXT/BIGINT, booleans as 0/1, `$N` parameters,
+//! `ON CONFLICT`, a partial unique index, sums cast to BIGINT). Writers that change entries start their transaction by bumping
 //! the one sequence row: in SQLite that takes the write lock before anything is read (so
 //! `busy_timeout` applies and no snapshot goes stale), in PostgreSQL it row-locks the
 //! sequence, so versions are handed out and committed in one order either way.
