@@ -25,8 +25,8 @@ pub enum Command {
     /// relay for devices that cannot reach each other.
     Cloud(CloudArgs),
     /// Run only a relay, on the cloud's machine: it reads the cloud's data directory (the CA
-    /// key, to make its certificate, and the signing key, to check tickets), so it is as
-    /// trusted as the cloud. Start the cloud with --relay-at so devices find it.
+    /// key, to make its certificate) and database (the signing keys, to check tickets), so
+    /// it is as trusted as the cloud. Start the cloud with --relay-at so devices find it.
     Relay(RelayArgs),
     /// Manage the cloud's built-in users (run on the cloud's machine).
     User {
@@ -123,10 +123,12 @@ impl Command {
 /// The cloud's data directory and the engines its metadata and blocks are kept in.
 #[derive(Args, Debug, Clone)]
 pub struct CloudDirArg {
-    /// Where the cloud keeps its keys, CA and cloud.toml, and by default its database and
-    /// blocks (made on first start).
-    #[arg(long, env = "MESHFS_CLOUD_DIR")]
-    pub data_dir: PathBuf,
+    /// Where the cloud keeps its CA and cloud.toml, and by default its database and blocks
+    /// (made on first start).
+    // An Option only so that `meshfs cloud rotate-keys` (which has its own) parses: clap
+    // still requires it wherever it is asked for.
+    #[arg(long, env = "MESHFS_CLOUD_DIR", required = true)]
+    data_dir: Option<PathBuf>,
     /// Metadata database: sqlite://PATH or postgres://USER@HOST/NAME [default: cloud.toml's
     /// `database`, else DATA_DIR/meshfs.db].
     #[arg(long, env = "MESHFS_DATABASE", value_name = "URL")]
@@ -138,9 +140,15 @@ pub struct CloudDirArg {
 }
 
 impl CloudDirArg {
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir
+            .as_deref()
+            .unwrap_or(std::path::Path::new("."))
+    }
+
     pub fn engines(&self) -> Result<crate::cloud::Engines, crate::cloud::CloudError> {
         crate::cloud::Engines::resolve(
-            &self.data_dir,
+            self.data_dir(),
             self.database.as_deref(),
             self.blocks.as_deref(),
         )
@@ -148,7 +156,10 @@ impl CloudDirArg {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct CloudArgs {
+    #[command(subcommand)]
+    pub command: Option<CloudCommand>,
     #[command(flatten)]
     pub dir: CloudDirArg,
     /// Address to serve HTTPS on.
@@ -197,11 +208,25 @@ pub struct CloudArgs {
     pub collect_grace: u64,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CloudCommand {
+    /// Add a new ticket-signing key, shared with every process of the cloud through its
+    /// database. It signs once they have all read it; older keys stay published until the
+    /// tickets they signed have expired.
+    RotateKeys {
+        #[command(flatten)]
+        dir: CloudDirArg,
+        /// Seconds until the new key signs (processes and devices read the keys every 30 s).
+        #[arg(long, default_value_t = 120)]
+        signs_in: u64,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct RelayArgs {
-    /// The cloud's data directory (read only).
-    #[arg(long, env = "MESHFS_CLOUD_DIR")]
-    pub data_dir: PathBuf,
+    /// The cloud's data directory and database (read only).
+    #[command(flatten)]
+    pub dir: CloudDirArg,
     /// Address to accept devices on.
     #[arg(long, default_value = "127.0.0.1:8444")]
     pub listen: SocketAddr,

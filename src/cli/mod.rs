@@ -12,7 +12,7 @@ mod secret;
 mod status;
 
 use anyhow::Context;
-use args::{Cli, Command, UserCommand};
+use args::{Cli, CloudArgs, CloudCommand, Command, UserCommand};
 use clap::Parser;
 use std::io::IsTerminal;
 
@@ -47,8 +47,21 @@ fn init_logging(service: bool) {
 
 async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Cloud(CloudArgs {
+            command: Some(CloudCommand::RotateKeys { dir, signs_in }),
+            ..
+        }) => {
+            let kid = crate::cloud::rotate_keys(
+                &dir.engines()?,
+                std::time::Duration::from_secs(signs_in),
+            )
+            .await
+            .context("adding a signing key")?;
+            eprintln!("signing key {kid} added; it signs in {signs_in} s");
+            Ok(())
+        }
         Command::Cloud(a) => {
-            let mut cfg = crate::cloud::CloudConfig::new(a.dir.data_dir.clone(), a.listen);
+            let mut cfg = crate::cloud::CloudConfig::new(a.dir.data_dir().to_owned(), a.listen);
             cfg.engines = a.dir.engines()?;
             cfg.tls_names.extend(a.tls_name);
             cfg.identity_ttl_secs = a.identity_ttl;
@@ -75,7 +88,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             eprintln!(
                 "meshfs cloud listening on https://{} (CA for clients: {})",
                 running.addr,
-                a.dir.data_dir.join("ca.pem").display()
+                a.dir.data_dir().join("ca.pem").display()
             );
             if let Some(relay) = running.relay_addr {
                 eprintln!("meshfs relay listening on {relay}");
@@ -88,10 +101,16 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Relay(a) => {
             let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
             names.extend(a.tls_name);
-            let relay = crate::cloud::start_relay(&a.data_dir, a.listen, &names, a.transcript)
-                .await
-                .context("starting the relay")?;
-            eprintln!("meshfs relay listening on {}", relay.addr);
+            let running = crate::cloud::start_relay(
+                a.dir.data_dir(),
+                &a.dir.engines()?,
+                a.listen,
+                &names,
+                a.transcript,
+            )
+            .await
+            .context("starting the relay")?;
+            eprintln!("meshfs relay listening on {}", running.relay.addr);
             shutdown_signal().await;
             Ok(())
         }

@@ -263,7 +263,7 @@ pub async fn login(
             "this key belongs to a revoked device; log in with a new key (`meshfs login` makes one)",
         ));
     }
-    if !proof_ok(state.keys.keyset(), &req, &key, now_secs()) {
+    if !proof_ok(&state.keys.keyset(), &req, &key, now_secs()) {
         return Err(AppError::BadProof);
     }
     let now = now_ms();

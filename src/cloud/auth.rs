@@ -6,7 +6,7 @@
 
 use super::AppState;
 use super::error::AppError;
-use crate::crypto::ticket::{KeySet, VerifiedTicket};
+use crate::crypto::ticket::{KeySet, TicketError, VerifiedTicket};
 use crate::proto::claims::AUDIENCE_CLOUD;
 use crate::proto::{Claims, Folder, Right, TicketKind, now_ms, now_secs};
 use axum::extract::FromRequestParts;
@@ -114,9 +114,20 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let token = bearer(parts)?;
-        let claims = state
+        let claims = match state
             .tickets
-            .verify(state.keys.keyset(), token, now_secs())?;
+            .verify(&state.keys.keyset(), token, now_secs())
+        {
+            // Signed with a key another process started with before this one read it.
+            Err(AppError::Ticket(TicketError::UnknownKid))
+                if state.keys.refresh_for_unknown_kid().await =>
+            {
+                state
+                    .tickets
+                    .verify(&state.keys.keyset(), token, now_secs())?
+            }
+            other => other?,
+        };
         let device = state
             .store
             .device(&claims.dev)

@@ -71,6 +71,8 @@ pub enum CloudError {
     CaIncomplete { dir: String },
     #[error("cloud signing key")]
     Key(#[from] crate::crypto::keys::KeyError),
+    #[error("the database holds no signing key")]
+    NoSigningKey,
     #[error("{path}: {reason}")]
     Config { path: String, reason: String },
     #[error("engine {value:?}: {reason}")]
@@ -157,7 +159,7 @@ impl CloudConfig {
 /// What every handler shares. Each part has its own lock or none.
 pub struct Shared {
     store: Store,
-    keys: CloudKeys,
+    keys: Arc<CloudKeys>,
     blobs: Blobs,
     tickets: TicketCache,
     /// The latest committed sequence number; long polls wait on it.
@@ -212,12 +214,14 @@ fn create_dir(dir: &Path) -> Result<(), CloudError> {
         })
 }
 
-/// Opens (creating on first use) the data directory's store, keys and blocks.
-pub async fn open_state(cfg: &CloudConfig, relay: Option<String>) -> Result<AppState, CloudError> {
-    let dir = &cfg.data_dir;
-    create_dir(dir)?;
-    let store = open_store(&cfg.engines).await?;
-    let keys = CloudKeys::load_or_create(dir).await?;
+/// What every handler shares, over the store and keys opened, with the relay (if any) that
+/// devices are told of.
+fn shared_state(
+    cfg: &CloudConfig,
+    store: Store,
+    keys: Arc<CloudKeys>,
+    relay: Option<String>,
+) -> Result<AppState, CloudError> {
     let blobs = Blobs::open(&cfg.engines.blocks)?;
     Ok(Arc::new(Shared {
         store,
@@ -338,6 +342,7 @@ pub struct RunningCloud {
     _relay: Option<crate::relay::RunningRelay>,
     _collector: AbortOnDrop,
     _listener: Option<AbortOnDrop>,
+    _keys: AbortOnDrop,
 }
 
 impl RunningCloud {
@@ -373,13 +378,15 @@ fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), 
 pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     create_dir(&cfg.data_dir)?;
     let (tls, relay_tls) = tls::server_configs(&cfg.data_dir, &cfg.tls_names)?;
+    let store = open_store(&cfg.engines).await?;
+    let keys = Arc::new(CloudKeys::open(store.clone(), &cfg.data_dir).await?);
     let relay = match cfg.relay_listen {
         Some(listen) => Some(
             relay_with(
-                &cfg.data_dir,
                 listen,
                 relay_tls,
                 cfg.relay_transcript.clone(),
+                keys.subscribe(),
             )
             .await?,
         ),
@@ -389,7 +396,7 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     let advertised = relay_addr
         .map(|a| advertised_relay(a, &cfg.tls_names))
         .or(cfg.relay_elsewhere.clone());
-    let state = open_state(&cfg, advertised).await?;
+    let state = shared_state(&cfg, store, keys, advertised)?;
     let bind = |source| CloudError::Bind {
         addr: cfg.listen,
         source,
@@ -406,6 +413,9 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
             heard,
         )))
     });
+    let keys = AbortOnDrop(tokio::spawn(read_keys_now_and_then(Arc::clone(
+        &state.keys,
+    ))));
     let collector = tokio::spawn(collect_now_and_then(state, cfg.collect_every));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), database = %cfg.engines.database, blocks = %cfg.engines.blocks, "meshfs cloud listening");
     Ok(RunningCloud {
@@ -416,6 +426,7 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
         _relay: relay,
         _collector: AbortOnDrop(collector),
         _listener: listener,
+        _keys: keys,
     })
 }
 
@@ -425,6 +436,17 @@ async fn collect_now_and_then(state: AppState, every: Duration) {
         tokio::time::sleep(every).await;
         if let Err(e) = blobs::collect(&state).await {
             tracing::error!(error = %e, "collecting unreferenced blocks");
+        }
+    }
+}
+
+/// Reads the signing keys again every [`keys::REFRESH_EVERY`] (another process or
+/// `rotate-keys` may have added one).
+async fn read_keys_now_and_then(keys: Arc<CloudKeys>) {
+    loop {
+        tokio::time::sleep(keys::REFRESH_EVERY).await;
+        if let Err(e) = keys.refresh().await {
+            tracing::warn!(error = %e, "reading the signing keys");
         }
     }
 }
@@ -439,42 +461,61 @@ impl Drop for AbortOnDrop {
 }
 
 async fn relay_with(
-    data_dir: &Path,
     listen: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     transcript: Option<PathBuf>,
+    keys: watch::Receiver<Arc<crate::crypto::ticket::KeySet>>,
 ) -> Result<crate::relay::RunningRelay, CloudError> {
-    let keys = CloudKeys::load_or_create(data_dir).await?;
     let cfg = crate::relay::RelayConfig { listen, transcript };
-    crate::relay::start(cfg, tls, keys.keyset().clone())
+    crate::relay::start(cfg, tls, keys)
         .await
         .map_err(|e| match e {
             crate::relay::RelayError::Bind { addr, source } => CloudError::Bind { addr, source },
         })
 }
 
-/// Runs only a relay, with the CA and signing key of the cloud whose data directory is
-/// `data_dir` (it must exist: a relay never makes a cloud's keys).
+/// A relay started on its own, and the task that keeps its keys current.
+pub struct StandaloneRelay {
+    pub relay: crate::relay::RunningRelay,
+    _keys: AbortOnDrop,
+}
+
+/// Runs only a relay, with the CA of the cloud whose data directory is `data_dir` (it must
+/// have started once: a relay never makes a cloud's CA or keys) and the signing keys in
+/// the cloud's database.
 pub async fn start_relay(
     data_dir: &Path,
+    engines: &Engines,
     listen: SocketAddr,
     names: &[String],
     transcript: Option<PathBuf>,
-) -> Result<crate::relay::RunningRelay, CloudError> {
-    for file in [tls::CA_FILE, keys::SIGNING_KEY_FILE] {
-        let path = data_dir.join(file);
-        if !path.exists() {
-            return Err(CloudError::Io {
-                path: path.display().to_string(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "start the cloud once first, then point the relay at its data directory",
-                ),
-            });
-        }
+) -> Result<StandaloneRelay, CloudError> {
+    let ca = data_dir.join(tls::CA_FILE);
+    let store = open_store(engines).await?;
+    if !ca.exists() || store.signing_keys().await?.is_empty() {
+        return Err(CloudError::Io {
+            path: ca.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "start the cloud once first, then point the relay at its data directory",
+            ),
+        });
     }
     let (_, tls) = tls::server_configs(data_dir, names)?;
-    relay_with(data_dir, listen, tls, transcript).await
+    let signing = Arc::new(CloudKeys::open(store, data_dir).await?);
+    let relay = relay_with(listen, tls, transcript, signing.subscribe()).await?;
+    let refresher = AbortOnDrop(tokio::spawn(read_keys_now_and_then(signing)));
+    Ok(StandaloneRelay {
+        relay,
+        _keys: refresher,
+    })
+}
+
+/// Adds a new ticket-signing key that signs from `signs_in` on (old keys stay published
+/// until their tickets expire); returns its key id.
+pub async fn rotate_keys(engines: &Engines, signs_in: Duration) -> Result<String, CloudError> {
+    let store = open_store(engines).await?;
+    keys::rotate(&store, signs_in).await
 }
 
 /// The relay address devices dial: the bound one, or for a wildcard bind the first name

@@ -14,11 +14,13 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 mod history;
+mod keys;
 mod members;
 pub use history::{Collected, Retention};
+pub use keys::StoredKey;
 
 /// The schema this code writes; stored in `meta` so a later version can tell.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
@@ -119,7 +121,12 @@ const SCHEMA: &[&str] = &[
         journal TEXT NOT NULL,
         applied BIGINT NOT NULL,
         PRIMARY KEY (device, journal))",
-    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 5, 0) ON CONFLICT (id) DO NOTHING",
+    // The cloud's ticket-signing keys, shared by its processes (see `store/keys.rs`).
+    "CREATE TABLE IF NOT EXISTS signing_keys (
+        kid TEXT PRIMARY KEY,
+        private_key TEXT NOT NULL,
+        signs_from_ms BIGINT NOT NULL)",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 6, 0) ON CONFLICT (id) DO NOTHING",
 ];
 
 /// What takes a store of schema version 1 to version 2 (peer addresses, mapped folders,
@@ -153,6 +160,10 @@ const MIGRATE_4_TO_5: &[&str] = &[
     "ALTER TABLE blocks ADD COLUMN charged_to TEXT NOT NULL DEFAULT ''",
     "UPDATE meta SET schema_version = 5 WHERE id = 1",
 ];
+
+/// What takes a store of schema version 5 to version 6: the `signing_keys` table, which
+/// [`SCHEMA`] (run after) creates.
+const MIGRATE_5_TO_6: &[&str] = &["UPDATE meta SET schema_version = 6 WHERE id = 1"];
 
 const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders, changed_ms";
 
@@ -414,10 +425,17 @@ impl Store {
                     MIGRATE_2_TO_3,
                     MIGRATE_3_TO_4,
                     MIGRATE_4_TO_5,
+                    MIGRATE_5_TO_6,
                 ],
-                2 => &[MIGRATE_2_TO_3, MIGRATE_3_TO_4, MIGRATE_4_TO_5],
-                3 => &[MIGRATE_3_TO_4, MIGRATE_4_TO_5],
-                4 => &[MIGRATE_4_TO_5],
+                2 => &[
+                    MIGRATE_2_TO_3,
+                    MIGRATE_3_TO_4,
+                    MIGRATE_4_TO_5,
+                    MIGRATE_5_TO_6,
+                ],
+                3 => &[MIGRATE_3_TO_4, MIGRATE_4_TO_5, MIGRATE_5_TO_6],
+                4 => &[MIGRATE_4_TO_5, MIGRATE_5_TO_6],
+                5 => &[MIGRATE_5_TO_6],
                 _ => &[],
             };
             for stmt in migrations.iter().copied().flatten() {

@@ -1,10 +1,11 @@
 //! RSA key pairs: generated on the device (never leaves it) or by the cloud for signing;
 //! stored as PKCS#8 PEM with mode 0600; public halves travel as SPKI PEM.
 
+pub use rsa::PrivateKey;
 use rsa::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
 };
-use rsa::{Generate, PrivateKey, PublicKey};
+use rsa::{Generate, PublicKey};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -55,6 +56,21 @@ pub fn private_der(key: &PrivateKey) -> Result<zeroize::Zeroizing<Vec<u8>>, KeyE
     Ok(zeroize::Zeroizing::new(doc.as_bytes().to_vec()))
 }
 
+/// `key` as PKCS#8 PEM, for the cloud's database of signing keys.
+pub fn private_pem(key: &PrivateKey) -> Result<zeroize::Zeroizing<String>, KeyError> {
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|_| KeyError::Encode)?;
+    Ok(zeroize::Zeroizing::new(pem.as_str().to_owned()))
+}
+
+/// The key in PKCS#8 PEM `pem`, as read from `what`.
+pub fn private_from_pem(pem: &str, what: &str) -> Result<PrivateKey, KeyError> {
+    PrivateKey::from_pkcs8_pem(pem).map_err(|_| KeyError::BadPrivate {
+        path: what.to_owned(),
+    })
+}
+
 /// The key in PKCS#8 DER `der`, as unsealed from `what`.
 pub fn private_from_der(der: &[u8], what: &Path) -> Result<PrivateKey, KeyError> {
     PrivateKey::from_pkcs8_der(der).map_err(|_| KeyError::BadPrivate {
@@ -63,13 +79,14 @@ pub fn private_from_der(der: &[u8], what: &Path) -> Result<PrivateKey, KeyError>
 }
 
 pub fn load_private(path: &Path) -> Result<PrivateKey, KeyError> {
-    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    PrivateKey::from_pkcs8_pem(&pem).map_err(|_| KeyError::BadPrivate {
-        path: path.display().to_string(),
-    })
+    let pem =
+        zeroize::Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+                path: path.display().to_string(),
+                source,
+            })?,
+        );
+    private_from_pem(&pem, &path.display().to_string())
 }
 
 /// The public half as SPKI PEM, the form the cloud records under the device node.

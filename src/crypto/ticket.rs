@@ -69,6 +69,10 @@ impl Signer {
         &self.kid
     }
 
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
     /// `base64url(header) . base64url(payload) . base64url(PS256 signature)`.
     pub fn sign<T: Serialize>(&self, payload: &T) -> String {
         let header = Header {

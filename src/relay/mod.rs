@@ -30,7 +30,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -129,7 +129,8 @@ struct Waiting {
 }
 
 struct Relay {
-    keys: KeySet,
+    /// The cloud's published keys, as they change.
+    keys: watch::Receiver<Arc<KeySet>>,
     transcript: Option<PathBuf>,
     /// Listening devices: where to announce a rendezvous.
     listeners: Mutex<HashMap<String, mpsc::Sender<Reply>>>,
@@ -149,11 +150,12 @@ impl Drop for RunningRelay {
     }
 }
 
-/// Starts a relay that trusts tickets signed by `keys` and speaks TLS with `tls`.
+/// Starts a relay that trusts tickets signed by `keys` (as they change) and speaks TLS
+/// with `tls`.
 pub async fn start(
     cfg: RelayConfig,
     tls: Arc<rustls::ServerConfig>,
-    keys: KeySet,
+    keys: watch::Receiver<Arc<KeySet>>,
 ) -> Result<RunningRelay, RelayError> {
     let bind = |source| RelayError::Bind {
         addr: cfg.listen,
@@ -237,8 +239,8 @@ impl Relay {
 
     /// The device an identity ticket names, if the ticket is valid.
     fn identity(&self, token: &str) -> Result<String, Refusal> {
-        let t = self
-            .keys
+        let keys = Arc::clone(&self.keys.borrow());
+        let t = keys
             .check(token, AUDIENCE_CLOUD, now_secs())
             .map_err(Refusal::Identity)?;
         if t.claims().kind != TicketKind::Identity {
@@ -250,8 +252,8 @@ impl Relay {
     /// Who dials whom: the identity's device must hold a peer ticket naming the other.
     fn dial_target(&self, identity: &str, ticket: &str) -> Result<(String, String), Refusal> {
         let caller = self.identity(identity)?;
-        let t = self
-            .keys
+        let keys = Arc::clone(&self.keys.borrow());
+        let t = keys
             .check(ticket, AUDIENCE_PEER, now_secs())
             .map_err(Refusal::PeerTicket)?;
         let c = t.claims();

@@ -16,7 +16,6 @@ use meshfs::proto::{
 use reqwest::header::{AUTHORIZATION, ETAG, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use rsa::PrivateKey;
-use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,6 @@ static KEY_B: LazyLock<PrivateKey> = LazyLock::new(keys::generate);
 
 struct Env {
     _dir: tempfile::TempDir,
-    data: PathBuf,
     engines: cloud::Engines,
     base: String,
     http: reqwest::Client,
@@ -72,7 +70,6 @@ async fn env_with(set: impl FnOnce(&mut CloudConfig)) -> Env {
     let base = format!("https://127.0.0.1:{}", cloud.addr.port());
     Env {
         _dir: dir,
-        data,
         engines,
         base,
         http,
@@ -233,7 +230,7 @@ impl Env {
 
     /// A signer holding the cloud's own key, under `kid`.
     fn cloud_signer(&self, kid: Option<&str>) -> Signer {
-        let key = keys::load_private(&self.data.join("signing-key.pem")).unwrap();
+        let key = engines::signing_key(&self.engines);
         let pem = keys::public_pem(&key.to_public_key()).unwrap();
         let kid = kid.map_or_else(|| cloud::keys::kid_of(&pem), str::to_owned);
         Signer::new(kid, key)
@@ -1088,6 +1085,53 @@ async fn expired_forged_and_unknown_kid_tickets_are_401_and_change_nothing() {
         env.create(&good, f, "x", &dir("x", None)).await.status(),
         StatusCode::CREATED
     );
+}
+
+/// A key added by `rotate-keys` (as another cloud process would see it) is published and
+/// accepted at once, and tickets of the old key keep working until they expire.
+#[tokio::test]
+async fn a_rotated_key_is_published_and_accepted_and_the_old_keys_tickets_still_work() {
+    let (env, ann, g) = ann_with_folder().await;
+    let (old_ticket, f) = (g.ticket.ticket.as_str(), g.folder.id.as_str());
+    let jwks = |env: &Env| {
+        let req = env.req(Method::GET, "/.well-known/jwks.json", None);
+        async move { req.send().await.unwrap().json::<Jwks>().await.unwrap() }
+    };
+    let old_kid = jwks(&env).await.keys[0].kid.clone();
+
+    let new_kid = cloud::rotate_keys(&env.engines, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_ne!(new_kid, old_kid);
+    // Signed with the new key before this process has read it: it reads the keys again.
+    let now = now_secs();
+    let fresh = env
+        .cloud_signer(None)
+        .sign(&access_claims(&ann, f, now, now + 60));
+    assert_eq!(
+        env.create(&fresh, f, "new", &dir("new", None))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let kids: Vec<String> = jwks(&env).await.keys.into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids, [old_kid, new_kid.clone()], "both are published");
+    assert_eq!(
+        env.create(old_ticket, f, "old", &dir("old", None))
+            .await
+            .status(),
+        StatusCode::CREATED,
+        "the old key's ticket still works"
+    );
+    // What the cloud signs now carries the new key id.
+    let renewed = env.login("ann").await;
+    let header = renewed.identity.split('.').next().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::engine::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["kid"], new_kid.as_str());
 }
 
 #[tokio::test]

@@ -81,6 +81,26 @@ fn create_schema(url: &str, name: &str) {
     });
 }
 
+/// The cloud's newest signing key, read from its database.
+#[allow(dead_code)]
+pub fn signing_key(engines: &Engines) -> meshfs::crypto::keys::PrivateKey {
+    let url = engines.database.url();
+    let pem: String = block_on(async move {
+        use sqlx::{Connection, Row};
+        sqlx::any::install_default_drivers();
+        let mut db = sqlx::AnyConnection::connect(&url)
+            .await
+            .expect("the cloud's database");
+        sqlx::query("SELECT private_key FROM signing_keys ORDER BY signs_from_ms DESC LIMIT 1")
+            .fetch_one(&mut db)
+            .await
+            .expect("a signing key")
+            .try_get("private_key")
+            .expect("its PEM")
+    });
+    meshfs::crypto::keys::private_from_pem(&pem, "the database").expect("a PKCS#8 key")
+}
+
 /// A block in a cloud's block store.
 #[allow(dead_code)]
 #[derive(Debug)]
