@@ -4,6 +4,7 @@
 use super::AppState;
 use super::auth::{Caller, intersect, require_identity, require_user};
 use super::error::AppError;
+use super::issued::Grant;
 use crate::crypto::{keys, ticket};
 use crate::proto::ErrorCode;
 use crate::proto::Role;
@@ -109,20 +110,48 @@ pub fn new_claims(
     }
 }
 
-/// Signs tickets off the async workers (an RSA signature costs milliseconds).
+/// Signs tickets off the async workers (an RSA signature costs milliseconds); an access
+/// ticket signed earlier for the same grant is handed out again while half its life is
+/// left (`issued.rs`).
 pub async fn sign(state: &AppState, claims: Vec<Claims>) -> Result<Vec<TicketResponse>, AppError> {
     let signer = state.keys.signer();
-    tokio::task::spawn_blocking(move || {
-        claims
-            .iter()
-            .map(|c| TicketResponse {
-                ticket: signer.sign(c),
-                expires_at: c.exp,
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| AppError::internal("signing tickets", e))
+    let now = now_secs();
+    let grants: Vec<Option<Grant>> = claims.iter().map(|c| Grant::of(c, signer.kid())).collect();
+    let mut tickets: Vec<Option<TicketResponse>> = grants
+        .iter()
+        .map(|g| {
+            g.as_ref()
+                .and_then(|g| state.issued.reuse(g, now, state.access_ttl_secs))
+        })
+        .collect();
+    let to_sign: Vec<(usize, Claims)> = claims
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| tickets[*i].is_none())
+        .collect();
+    if !to_sign.is_empty() {
+        let signed = tokio::task::spawn_blocking(move || {
+            to_sign
+                .into_iter()
+                .map(|(i, c)| {
+                    let t = TicketResponse {
+                        ticket: signer.sign(&c),
+                        expires_at: c.exp,
+                    };
+                    (i, t)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| AppError::internal("signing tickets", e))?;
+        for (i, t) in signed {
+            if let Some(g) = grants[i].clone() {
+                state.issued.remember(g, &t);
+            }
+            tickets[i] = Some(t);
+        }
+    }
+    Ok(tickets.into_iter().flatten().collect())
 }
 
 pub(crate) async fn sign_one(state: &AppState, claims: Claims) -> Result<TicketResponse, AppError> {

@@ -10,6 +10,7 @@ pub(crate) mod blobs;
 pub mod engines;
 pub(crate) mod error;
 pub(crate) mod graph;
+pub(crate) mod issued;
 pub mod keys;
 pub(crate) mod members;
 pub(crate) mod peers;
@@ -162,6 +163,8 @@ pub struct Shared {
     keys: Arc<CloudKeys>,
     blobs: Blobs,
     tickets: TicketCache,
+    /// Access tickets handed out again while they last.
+    issued: issued::Issued,
     /// The latest committed sequence number; long polls wait on it.
     feed: watch::Sender<u64>,
     identity_ttl_secs: i64,
@@ -228,6 +231,7 @@ fn shared_state(
         keys,
         blobs,
         tickets: TicketCache::default(),
+        issued: issued::Issued::default(),
         feed: watch::Sender::new(0),
         identity_ttl_secs: cfg.identity_ttl_secs,
         access_ttl_secs: cfg.access_ttl_secs,

@@ -1134,6 +1134,38 @@ async fn a_rotated_key_is_published_and_accepted_and_the_old_keys_tickets_still_
     assert_eq!(header["kid"], new_kid.as_str());
 }
 
+/// Listing folders again signs nothing new while nothing changed: the same access tickets
+/// come back; a membership change (a new epoch) makes a new one.
+#[tokio::test]
+async fn a_folder_listing_hands_out_the_same_tickets_until_the_membership_changes() {
+    let (env, ann, g) = ann_with_folder().await;
+    let list = || async {
+        let res = env
+            .req(Method::GET, "/users/ann/folders", Some(&ann.identity))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let grants: Vec<FolderGrant> = res.json().await.unwrap();
+        grants
+            .into_iter()
+            .map(|g| g.ticket.ticket)
+            .collect::<Vec<_>>()
+    };
+    let first = list().await;
+    assert_eq!(first[..], [g.ticket.ticket], "the folder's creation ticket");
+    assert_eq!(list().await, first);
+    cloud::share_folder(&env.engines, &g.folder.id, "bob", Role::Reader)
+        .await
+        .unwrap();
+    cloud::share_folder(&env.engines, &g.folder.id, "bob", Role::Writer)
+        .await
+        .unwrap();
+    let after = list().await;
+    assert_ne!(after, first, "a new epoch, a new ticket");
+    assert_eq!(list().await, after);
+}
+
 #[tokio::test]
 async fn another_users_tickets_are_403_on_this_users_folder() {
     let (env, _ann, g) = ann_with_folder().await;
