@@ -168,6 +168,7 @@ fn open_blocks(engines: &Engines) -> Box<dyn object_store::ObjectStore> {
             object_store::local::LocalFileSystem::new_with_prefix(dir).expect("block directory"),
         ),
         BlockStore::S3 { bucket, prefix } => {
+            meshfs::crypto::install_tls_provider();
             let s3 = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .build()
