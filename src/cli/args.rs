@@ -191,6 +191,9 @@ pub struct CloudArgs {
     /// devices on one machine, as in tests); refused by default.
     #[arg(long)]
     pub allow_local_peers: bool,
+    /// The most folders one user may own.
+    #[arg(long, default_value_t = 1000)]
+    pub max_folders: u64,
     /// Earlier versions of each file kept however old they are.
     #[arg(long, default_value_t = 10)]
     pub history_versions: usize,

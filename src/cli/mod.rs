@@ -74,6 +74,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             cfg.relay_elsewhere = a.relay_at;
             cfg.relay_transcript = a.relay_transcript;
             cfg.allow_local_peers = a.allow_local_peers;
+            cfg.max_folders = a.max_folders;
             let days = |n: u64| std::time::Duration::from_secs(n.saturating_mul(86_400));
             cfg.retention = crate::cloud::Retention {
                 versions_per_file: a.history_versions,

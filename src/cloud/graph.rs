@@ -177,6 +177,15 @@ pub async fn create_folder(
             "a folder name is 1 to 255 bytes without '/' or control characters, and not \".\" or \"..\"",
         ));
     }
+    if state.store.folders_owned(&caller.claims.sub).await? >= state.max_folders {
+        return Err(AppError::conflict(
+            ErrorCode::TooManyFolders,
+            format!(
+                "you own {} folders, the most this cloud allows; remove one first",
+                state.max_folders
+            ),
+        ));
+    }
     let folder = Folder {
         id: uuid::Uuid::new_v4().to_string(),
         name: req.name,

@@ -129,6 +129,8 @@ pub struct CloudConfig {
     pub allow_local_peers: bool,
     /// Bounds on failed logins and on password checks at once.
     pub logins: throttle::Rules,
+    /// The most folders one user may own.
+    pub max_folders: u64,
 }
 
 impl CloudConfig {
@@ -151,6 +153,7 @@ impl CloudConfig {
             relay_elsewhere: None,
             allow_local_peers: false,
             logins: throttle::Rules::default(),
+            max_folders: 1000,
             retention: store::Retention::default(),
             collect_every: Duration::from_secs(600),
         }
@@ -174,6 +177,7 @@ pub struct Shared {
     retention: store::Retention,
     allow_local_peers: bool,
     logins: throttle::LoginThrottle,
+    max_folders: u64,
 }
 
 pub type AppState = Arc<Shared>;
@@ -239,6 +243,7 @@ fn shared_state(
         retention: cfg.retention,
         allow_local_peers: cfg.allow_local_peers,
         logins: throttle::LoginThrottle::new(cfg.logins),
+        max_folders: cfg.max_folders,
     }))
 }
 

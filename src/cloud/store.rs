@@ -705,6 +705,15 @@ impl Store {
         Ok(())
     }
 
+    /// How many folders `user` owns.
+    pub async fn folders_owned(&self, user: &str) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM folders WHERE owner = $1")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?;
+        to_u64(row.try_get("n")?, "folder count")
+    }
+
     /// Adds a folder; false if its owner already has a folder of that name.
     pub async fn insert_folder(&self, f: &Folder) -> Result<bool, StoreError> {
         let res = sqlx::query(

@@ -109,6 +109,7 @@ pub enum ErrorCode {
     Cycle,
     MissingBlocks,
     AlreadyMember,
+    TooManyFolders,
     // Storage (507).
     QuotaExceeded,
     // A fault of the cloud itself (500).
@@ -157,6 +158,7 @@ impl ErrorCode {
             Self::HashMismatch => "hash_mismatch",
             Self::TooManySteps => "too_many_steps",
             Self::TooLarge => "too_large",
+            Self::TooManyFolders => "too_many_folders",
             Self::NameTaken => "name_taken",
             Self::KindMismatch => "kind_mismatch",
             Self::NotEmpty => "not_empty",
@@ -761,6 +763,7 @@ mod tests {
             ErrorCode::HashMismatch,
             ErrorCode::TooManySteps,
             ErrorCode::TooLarge,
+            ErrorCode::TooManyFolders,
             ErrorCode::NameTaken,
             ErrorCode::KindMismatch,
             ErrorCode::NotEmpty,

@@ -1166,6 +1166,38 @@ async fn a_folder_listing_hands_out_the_same_tickets_until_the_membership_change
     assert_eq!(list().await, after);
 }
 
+/// A user owns at most the cloud's `max_folders`: the next is 409 `too_many_folders` and
+/// nothing is made, while another user still may create theirs.
+#[tokio::test]
+async fn past_the_folders_a_user_may_own_a_new_one_is_refused() {
+    let env = env_with(|cfg| cfg.max_folders = 2).await;
+    let ann = env.login("ann").await;
+    for name in ["one", "two"] {
+        env.new_folder(&ann, name, false).await;
+    }
+    let res = env
+        .req(Method::POST, "/folders", Some(&ann.identity))
+        .json(&NewFolder {
+            name: "three".into(),
+            device_only: false,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        api_error(res).await,
+        (StatusCode::CONFLICT, ErrorCode::TooManyFolders)
+    );
+    let res = env
+        .req(Method::GET, "/users/ann/folders", Some(&ann.identity))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Vec<FolderGrant>>().await.unwrap().len(), 2);
+    let bob = env.login("bob").await;
+    env.new_folder(&bob, "one", false).await;
+}
+
 #[tokio::test]
 async fn another_users_tickets_are_403_on_this_users_folder() {
     let (env, _ann, g) = ann_with_folder().await;
