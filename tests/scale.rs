@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Cloud, Device, SOON, engines, eventually, pseudo_random};
+use common::{Cloud, Device, Mount, SOON, engines, eventually, pseudo_random};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,34 @@ fn on_shared_engines() -> bool {
 
 fn reads(path: &Path, want: &[u8]) -> bool {
     std::fs::read(path).is_ok_and(|d| d == want)
+}
+
+/// Writes 48 MiB at `name` on `writer`'s mount `mw`, kills the cloud process `dying` once
+/// the upload has begun, and waits until the file is uploaded (through the other process)
+/// and reads the same on `other`; returns what was written.
+fn upload_while_dying(
+    writer: &Device,
+    mw: &Mount,
+    other: &Mount,
+    dying: &mut Cloud,
+    name: &str,
+    seed: u64,
+) -> Vec<u8> {
+    let data = pseudo_random(48 * MIB, seed);
+    let before = writer.counters().blocks_uploaded;
+    std::fs::write(mw.join(name), &data).unwrap();
+    assert!(eventually(SOON, || writer.counters().blocks_uploaded > before));
+    dying.kill();
+    assert!(
+        writer.uploaded_within(Duration::from_secs(120)),
+        "{}",
+        mw.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || reads(&other.join(name), &data)),
+        "{name} did not reach the other device through the other process"
+    );
+    data
 }
 
 #[test]
@@ -56,23 +84,7 @@ fn two_cloud_processes_serve_one_user_and_each_carries_on_when_the_other_dies() 
     println!("A's write reached B in {:?}", started.elapsed());
 
     // The first process dies while A uploads: A moves to the second, and nothing is lost.
-    let big_a = pseudo_random(48 * MIB, 1);
-    let before = a.counters().blocks_uploaded;
-    std::fs::write(ma.join("Docs/a.bin"), &big_a).unwrap();
-    assert!(eventually(SOON, || a.counters().blocks_uploaded > before));
-    first.kill();
-    assert!(
-        a.uploaded_within(Duration::from_secs(120)),
-        "{}",
-        ma.log_text()
-    );
-    assert!(
-        eventually(Duration::from_secs(60), || reads(
-            &mb.join("Docs/a.bin"),
-            &big_a
-        )),
-        "A's upload through the second process did not reach B"
-    );
+    let big_a = upload_while_dying(&a, &ma, &mb, &mut first, "Docs/a.bin", 1);
     std::fs::write(mb.join("Docs/while-one-is-down.txt"), b"B").unwrap();
     assert!(eventually(SOON, || reads(
         &ma.join("Docs/while-one-is-down.txt"),
@@ -81,23 +93,7 @@ fn two_cloud_processes_serve_one_user_and_each_carries_on_when_the_other_dies() 
 
     // The first comes back and the second dies while B uploads: B moves to the first.
     first.restart();
-    let big_b = pseudo_random(48 * MIB, 2);
-    let before = b.counters().blocks_uploaded;
-    std::fs::write(mb.join("Docs/b.bin"), &big_b).unwrap();
-    assert!(eventually(SOON, || b.counters().blocks_uploaded > before));
-    second.kill();
-    assert!(
-        b.uploaded_within(Duration::from_secs(120)),
-        "{}",
-        mb.log_text()
-    );
-    assert!(
-        eventually(Duration::from_secs(60), || reads(
-            &ma.join("Docs/b.bin"),
-            &big_b
-        )),
-        "B's upload through the first process did not reach A"
-    );
+    let big_b = upload_while_dying(&b, &mb, &ma, &mut second, "Docs/b.bin", 2);
 
     // Both devices see every committed write, and the cloud holds them all.
     for m in [&ma, &mb] {

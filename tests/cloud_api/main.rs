@@ -129,16 +129,35 @@ impl Env {
     }
 
     async fn new_folder(&self, dev: &Dev, name: &str, device_only: bool) -> FolderGrant {
-        let res = self
-            .req(Method::POST, "/folders", Some(&dev.identity))
+        let res = self.create_folder(dev, name, device_only).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json().await.unwrap()
+    }
+
+    /// `POST /folders`, whatever the answer.
+    async fn create_folder(&self, dev: &Dev, name: &str, device_only: bool) -> reqwest::Response {
+        self.req(Method::POST, "/folders", Some(&dev.identity))
             .json(&NewFolder {
                 name: name.into(),
                 device_only,
             })
             .send()
             .await
+            .unwrap()
+    }
+
+    /// The user's folders, as `GET /users/{user}/folders` lists them.
+    async fn folders(&self, dev: &Dev) -> Vec<FolderGrant> {
+        let res = self
+            .req(
+                Method::GET,
+                &format!("/users/{}/folders", dev.user),
+                Some(&dev.identity),
+            )
+            .send()
+            .await
             .unwrap();
-        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(res.status(), StatusCode::OK);
         res.json().await.unwrap()
     }
 
@@ -364,27 +383,13 @@ async fn listing_folders_returns_a_ticket_per_folder() {
     let ann = env.login("ann").await;
     let a = env.new_folder(&ann, "docs", false).await;
     let b = env.new_folder(&ann, "music", true).await;
-    let dup = env
-        .req(Method::POST, "/folders", Some(&ann.identity))
-        .json(&NewFolder {
-            name: "docs".into(),
-            device_only: false,
-        })
-        .send()
-        .await
-        .unwrap();
+    let dup = env.create_folder(&ann, "docs", false).await;
     assert_eq!(
         api_error(dup).await,
         (StatusCode::CONFLICT, ErrorCode::NameTaken)
     );
 
-    let res = env
-        .req(Method::GET, "/users/ann/folders", Some(&ann.identity))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let grants: Vec<FolderGrant> = res.json().await.unwrap();
+    let grants = env.folders(&ann).await;
     assert_eq!(grants.len(), 2);
     for g in &grants {
         assert_eq!(g.rights, vec![Right::Read, Right::Write, Right::Admin]);
@@ -1140,13 +1145,7 @@ async fn a_rotated_key_is_published_and_accepted_and_the_old_keys_tickets_still_
 async fn a_folder_listing_hands_out_the_same_tickets_until_the_membership_changes() {
     let (env, ann, g) = ann_with_folder().await;
     let list = || async {
-        let res = env
-            .req(Method::GET, "/users/ann/folders", Some(&ann.identity))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        let grants: Vec<FolderGrant> = res.json().await.unwrap();
+        let grants = env.folders(&ann).await;
         grants
             .into_iter()
             .map(|g| g.ticket.ticket)
@@ -1175,25 +1174,12 @@ async fn past_the_folders_a_user_may_own_a_new_one_is_refused() {
     for name in ["one", "two"] {
         env.new_folder(&ann, name, false).await;
     }
-    let res = env
-        .req(Method::POST, "/folders", Some(&ann.identity))
-        .json(&NewFolder {
-            name: "three".into(),
-            device_only: false,
-        })
-        .send()
-        .await
-        .unwrap();
+    let res = env.create_folder(&ann, "three", false).await;
     assert_eq!(
         api_error(res).await,
         (StatusCode::CONFLICT, ErrorCode::TooManyFolders)
     );
-    let res = env
-        .req(Method::GET, "/users/ann/folders", Some(&ann.identity))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.json::<Vec<FolderGrant>>().await.unwrap().len(), 2);
+    assert_eq!(env.folders(&ann).await.len(), 2);
     let bob = env.login("bob").await;
     env.new_folder(&bob, "one", false).await;
 }
