@@ -84,7 +84,7 @@ async fn json<T: DeserializeOwned>(url: &str, resp: reqwest::Response) -> Result
 }
 
 /// Whether the cloud at `cloud` answers.
-pub async fn health(http: &reqwest::Client, cloud: &str) -> anyhow::Result<()> {
+pub async fn health(http: &reqwest::Client, cloud: &str) -> Result<(), ClientError> {
     let url = format!("{cloud}/health");
     send(&url, http.get(&url)).await?;
     Ok(())

@@ -134,7 +134,7 @@ async fn first_answering(http: &reqwest::Client, clouds: &[String]) -> anyhow::R
     for cloud in clouds {
         match client::health(http, cloud).await {
             Ok(()) => return Ok(cloud.clone()),
-            Err(e) => last = Some(e.context(format!("{cloud} did not answer"))),
+            Err(e) => last = Some(anyhow::Error::new(e).context(format!("{cloud} did not answer"))),
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no cloud URL given")))

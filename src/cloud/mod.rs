@@ -107,7 +107,7 @@ pub enum CloudError {
 /// How to run the cloud.
 #[derive(Clone, Debug)]
 pub struct CloudConfig {
-    /// Keys, the CA, and (unless `engines` says otherwise) the database and blocks.
+    /// The CA, and (unless `engines` says otherwise) the database and blocks.
     pub data_dir: PathBuf,
     pub engines: Engines,
     pub listen: SocketAddr,
