@@ -218,10 +218,10 @@ pub struct Store {
     engine: Engine,
     /// What it was opened with (PostgreSQL's listener connects on its own).
     url: String,
+    /// The PostgreSQL channel on which the cloud's processes announce that the feed moved:
+    /// `meshfs_feed.SCHEMA`, so that clouds in other schemas of the database hear nothing.
+    channel: String,
 }
-
-/// The PostgreSQL channel on which cloud processes announce that the feed moved.
-const FEED_CHANNEL: &str = "meshfs_feed";
 
 /// What the other cloud processes on a PostgreSQL database announce.
 pub struct Announcements(sqlx::postgres::PgListener);
@@ -387,12 +387,20 @@ impl Store {
             .connect(url)
             .await
             .map_err(opened)?;
-        let store = Self {
+        let mut store = Self {
             pool,
             engine,
             url: url.to_owned(),
+            channel: String::new(),
         };
         store.create_or_migrate().await?;
+        if engine == Engine::Postgres {
+            let row = sqlx::query("SELECT CAST(current_schema() AS TEXT) AS s")
+                .fetch_one(&store.pool)
+                .await?;
+            let schema: String = row.try_get("s")?;
+            store.channel = format!("meshfs_feed.{schema}");
+        }
         Ok(store)
     }
 
@@ -460,7 +468,8 @@ impl Store {
     /// (0: a folder's members changed). SQLite has only one cloud process.
     pub async fn announce(&self, version: u64) -> Result<(), StoreError> {
         if self.engine == Engine::Postgres {
-            let notify = format!("NOTIFY {FEED_CHANNEL}, '{version}'");
+            let channel = self.channel.replace('"', "\"\"");
+            let notify = format!("NOTIFY \"{channel}\", '{version}'");
             sqlx::raw_sql(sqlx::AssertSqlSafe(notify))
                 .execute(&self.pool)
                 .await?;
@@ -474,7 +483,7 @@ impl Store {
             return Ok(None);
         }
         let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
-        listener.listen(FEED_CHANNEL).await?;
+        listener.listen(&self.channel).await?;
         Ok(Some(Announcements(listener)))
     }
 
