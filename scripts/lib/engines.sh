@@ -1,7 +1,6 @@
-# Throwaway servers for the cloud's scale-out engines, sourced by scripts/test.sh and
-# scripts/bench-cloud.sh: a PostgreSQL 15 cluster and an S3 server (moto's), each on a
-# loopback port, with their files under a directory of the caller's, stopped by
-# stop_engines. Installs Debian's postgresql-15 and PyPI's moto[server] when absent (root).
+# Throwaway servers for the cloud's scale-out engines, sourced by scripts/test.sh: a
+# PostgreSQL 15 cluster and an S3 server (moto's), each on a loopback port, with their
+# files under a directory of the caller's, stopped by stop_engines. Installs Debian's postgresql-15 and PyPI's moto[server] when absent (root).
 
 ENGINE_PIDS=()
 PG_BIN=/usr/lib/postgresql/15/bin
