@@ -54,7 +54,7 @@ impl fmt::Display for Database {
 }
 
 /// `url` without its password, for messages and logs.
-pub(crate) fn redacted(url: &str) -> String {
+fn redacted(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -594,5 +594,5 @@ async fn open_store(engines: &Engines) -> Result<Store, CloudError> {
     {
         create_dir(dir)?;
     }
-    Ok(Store::open(&engines.database.url()).await?)
+    Ok(Store::open(&engines.database).await?)
 }

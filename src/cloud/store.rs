@@ -3,12 +3,13 @@
 //! file (with its submodules) that names sqlx.
 //!
 //! One SQL text serves both engines (TEXT/BIGINT, booleans as 0/1, `$N` parameters,
-//! `ON CONFLICT`, a partial unique index, sums cast to BIGINT). Writers that change entries start their transaction by bumping
-//! the one sequence row: in SQLite that takes the write lock before anything is read (so
-//! `busy_timeout` applies and no snapshot goes stale), in PostgreSQL it row-locks the
-//! sequence, so versions are handed out and committed in one order either way.
+//! `ON CONFLICT`, a partial unique index, sums cast to BIGINT). Writers that change entries
+//! start their transaction by bumping the one sequence row: in SQLite that takes the write
+//! lock before anything is read (so `busy_timeout` applies and no snapshot goes stale), in
+//! PostgreSQL it row-locks the sequence, so versions are handed out and committed in one
+//! order either way.
 
-use super::engines::redacted;
+use super::engines::Database;
 use crate::proto::{BlockHash, BlockRef, Device, Entry, EntryKind, Folder, Role};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
@@ -176,8 +177,6 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("database {0}: name sqlite://PATH or postgres://USER@HOST/NAME")]
-    Engine(String),
     #[error("database query")]
     Db(#[from] sqlx::Error),
     #[error("the database has schema version {found}; this meshfs knows {SCHEMA_VERSION}")]
@@ -358,21 +357,19 @@ async fn current_seq(conn: &mut sqlx::AnyConnection) -> Result<u64, StoreError> 
 }
 
 impl Store {
-    /// Opens the store at `url` (`sqlite://PATH`, the file made if missing, or
-    /// `postgres://...`), and creates or migrates its schema. Processes that open one
-    /// PostgreSQL database at once take turns at this.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    /// Opens the store in `db` (an SQLite file is made if missing), and creates or
+    /// migrates its schema. Processes that open one PostgreSQL database at once take turns
+    /// at this.
+    pub async fn open(db: &Database) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let opened = |source| StoreError::Open {
-            url: redacted(url),
-            source,
+        let engine = match db {
+            Database::Sqlite(_) => Engine::Sqlite,
+            Database::Postgres(_) => Engine::Postgres,
         };
-        let engine = if url.starts_with("sqlite:") {
-            Engine::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Engine::Postgres
-        } else {
-            return Err(StoreError::Engine(redacted(url)));
+        let url = db.url();
+        let opened = |source| StoreError::Open {
+            url: db.to_string(),
+            source,
         };
         let pool = AnyPoolOptions::new()
             .max_connections(engine.max_connections())
@@ -384,13 +381,13 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect(url)
+            .connect(&url)
             .await
             .map_err(opened)?;
         let mut store = Self {
             pool,
             engine,
-            url: url.to_owned(),
+            url,
             channel: String::new(),
         };
         store.create_or_migrate().await?;
@@ -1085,8 +1082,9 @@ impl Change {
 impl Store {
     /// An embedded store in `dir`, as a cloud with no `cloud.toml` opens it.
     pub(crate) async fn open_in(dir: &std::path::Path) -> Self {
-        let engines = super::Engines::embedded(dir);
-        Self::open(&engines.database.url()).await.unwrap()
+        Self::open(&super::Engines::embedded(dir).database)
+            .await
+            .unwrap()
     }
 }
 
