@@ -22,10 +22,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::prefix::PrefixStore;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 
 /// Where blocks are kept.
@@ -38,36 +35,9 @@ fn location(folder: &str, hash: &BlockHash) -> ObjectPath {
 }
 
 impl Blobs {
-    /// Opens the block store: a directory (made if missing) with fsync on every write, or
-    /// an S3 bucket with the endpoint and credentials of the `AWS_*` variables.
+    /// Opens the block store (see [`BlockStore::open`]).
     pub fn open(at: &BlockStore) -> Result<Self, super::CloudError> {
-        let failed = |source| super::CloudError::Blobs {
-            at: at.to_string(),
-            source,
-        };
-        let store: Box<dyn ObjectStore> = match at {
-            BlockStore::Dir(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| super::CloudError::Io {
-                    path: dir.display().to_string(),
-                    source,
-                })?;
-                let local = LocalFileSystem::new_with_prefix(dir).map_err(failed)?;
-                Box::new(local.with_fsync(true))
-            }
-            BlockStore::S3 { bucket, prefix } => {
-                crate::crypto::install_tls_provider();
-                let s3 = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(failed)?;
-                if prefix.is_empty() {
-                    Box::new(s3)
-                } else {
-                    Box::new(PrefixStore::new(s3, prefix.as_str()))
-                }
-            }
-        };
-        Ok(Self { store })
+        Ok(Self { store: at.open()? })
     }
 
     async fn put(&self, folder: &str, hash: &BlockHash, data: Bytes) -> Result<(), AppError> {

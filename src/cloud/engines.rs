@@ -11,6 +11,10 @@
 //! Relative paths are inside the data directory.
 
 use super::CloudError;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -69,6 +73,39 @@ fn redacted(url: &str) -> String {
 pub enum BlockStore {
     Dir(PathBuf),
     S3 { bucket: String, prefix: String },
+}
+
+impl BlockStore {
+    /// Opens it: a directory (made if missing) with fsync on every write, or an S3 bucket
+    /// with the endpoint and credentials of the `AWS_*` variables.
+    pub fn open(&self) -> Result<Box<dyn ObjectStore>, CloudError> {
+        let failed = |source| CloudError::Blobs {
+            at: self.to_string(),
+            source,
+        };
+        Ok(match self {
+            BlockStore::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| CloudError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                let local = LocalFileSystem::new_with_prefix(dir).map_err(failed)?;
+                Box::new(local.with_fsync(true))
+            }
+            BlockStore::S3 { bucket, prefix } => {
+                crate::crypto::install_tls_provider();
+                let s3 = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(failed)?;
+                if prefix.is_empty() {
+                    Box::new(s3)
+                } else {
+                    Box::new(PrefixStore::new(s3, prefix.as_str()))
+                }
+            }
+        })
+    }
 }
 
 impl fmt::Display for BlockStore {

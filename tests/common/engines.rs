@@ -163,19 +163,7 @@ pub fn corrupt_blocks(engines: &Engines) -> usize {
 }
 
 fn open_blocks(engines: &Engines) -> Box<dyn object_store::ObjectStore> {
-    match &engines.blocks {
-        BlockStore::Dir(dir) => Box::new(
-            object_store::local::LocalFileSystem::new_with_prefix(dir).expect("block directory"),
-        ),
-        BlockStore::S3 { bucket, prefix } => {
-            meshfs::crypto::install_tls_provider();
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .expect("S3 from the AWS_* variables");
-            Box::new(object_store::prefix::PrefixStore::new(s3, prefix.as_str()))
-        }
-    }
+    engines.blocks.open().expect("the cloud's block store")
 }
 
 /// Runs `f` to completion on a runtime of its own thread (callers may be inside one).
