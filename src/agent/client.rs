@@ -32,19 +32,7 @@ const RENEW_BEFORE_SECS: i64 = 60;
 
 /// Builds the HTTPS client that trusts only the cloud's CA.
 pub fn https(ca_pem: &[u8]) -> Result<reqwest::Client, ClientError> {
-    crate::crypto::install_tls_provider();
-    let setup = |e: reqwest::Error| ClientError::Setup(Box::new(e));
-    let cert = reqwest::Certificate::from_pem(ca_pem).map_err(setup)?;
-    reqwest::Client::builder()
-        .tls_certs_only([cert])
-        .https_only(true)
-        .connect_timeout(Duration::from_secs(5))
-        // A cloud that accepts but never answers must not hang a request forever; long
-        // polls and block transfers set their own, longer timeouts.
-        .timeout(Duration::from_secs(30))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build()
-        .map_err(setup)
+    crate::net::tls::https_client(ca_pem).map_err(|e| ClientError::Setup(Box::new(e)))
 }
 
 async fn send(url: &str, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
@@ -146,6 +134,7 @@ pub struct CloudClient {
     device_id: String,
     assertion_signer: Signer,
     identity: tokio::sync::Mutex<Option<Held>>,
+    relay: tokio::sync::Mutex<Option<Held>>,
     access: Mutex<LruCache<String, Held>>,
     /// Peer tickets by the other device and the folder they go through.
     peer: Mutex<LruCache<(String, Option<String>), Held>>,
@@ -203,6 +192,7 @@ impl CloudClient {
             device_id: device_id.to_string(),
             assertion_signer: Signer::new(device_id, key),
             identity: tokio::sync::Mutex::new(None),
+            relay: tokio::sync::Mutex::new(None),
             access: Mutex::new(LruCache::new(
                 NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
             )),
@@ -261,6 +251,34 @@ impl CloudClient {
                 other => return other,
             }
         }
+    }
+
+    /// A valid identity ticket, renewed with a device-signed assertion when near expiry.
+    async fn identity(&self) -> Result<String, ClientError> {
+        let mut held = self.identity.lock().await;
+        if let Some(h) = held.as_ref().filter(|h| h.fresh()) {
+            return Ok(h.token.clone());
+        }
+        let now = now_secs();
+        let assertion = self.assertion_signer.sign(&DeviceAssertion {
+            iss: self.device_id.clone(),
+            aud: AUDIENCE_RENEW.into(),
+            iat: now,
+            exp: now + 60,
+            jti: uuid::Uuid::new_v4().to_string(),
+        });
+        let body = RenewRequest {
+            device_id: self.device_id.clone(),
+            assertion,
+        };
+        let path = "/tickets/identity";
+        let resp = self
+            .send_failing_over(path, |url| self.http.post(url).json(&body))
+            .await?;
+        let t: TicketResponse = json(path, resp).await?;
+        let token = t.ticket.clone();
+        *held = Some(t.into());
+        Ok(token)
     }
 
     fn cached_access(&self, folder: &str) -> Option<String> {
@@ -651,7 +669,7 @@ impl Remote for CloudClient {
         json(&path, resp).await
     }
 
-    /// Where the relay is, and the cloud's signing keys (both public, no ticket).
+    /// The relays devices meet at, and the cloud's signing keys (both public, no ticket).
     async fn cloud_info(&self) -> Result<(CloudInfo, Jwks), ClientError> {
         let (info_path, jwks_path) = ("/.well-known/meshfs", "/.well-known/jwks.json");
         let get = |url: &str| self.http.get(url);
@@ -670,28 +688,14 @@ impl Remote for CloudClient {
         json(&path, resp).await
     }
 
-    /// A valid identity ticket, renewed with a device-signed assertion when near expiry.
-    async fn identity(&self) -> Result<String, ClientError> {
-        let mut held = self.identity.lock().await;
+    /// A relay ticket for this device, from the cache while it has some life left.
+    async fn relay_ticket(&self) -> Result<String, ClientError> {
+        let mut held = self.relay.lock().await;
         if let Some(h) = held.as_ref().filter(|h| h.fresh()) {
             return Ok(h.token.clone());
         }
-        let now = now_secs();
-        let assertion = self.assertion_signer.sign(&DeviceAssertion {
-            iss: self.device_id.clone(),
-            aud: AUDIENCE_RENEW.into(),
-            iat: now,
-            exp: now + 60,
-            jti: uuid::Uuid::new_v4().to_string(),
-        });
-        let body = RenewRequest {
-            device_id: self.device_id.clone(),
-            assertion,
-        };
-        let path = "/tickets/identity";
-        let resp = self
-            .send_failing_over(path, |url| self.http.post(url).json(&body))
-            .await?;
+        let path = "/tickets/relay";
+        let resp = self.authed(None, Method::POST, path, |r| r).await?;
         let t: TicketResponse = json(path, resp).await?;
         let token = t.ticket.clone();
         *held = Some(t.into());

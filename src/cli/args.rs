@@ -24,9 +24,10 @@ pub enum Command {
     /// Run the cloud: account service, mesh service and block storage over HTTPS, and the
     /// relay for devices that cannot reach each other.
     Cloud(CloudArgs),
-    /// Run only a relay, on the cloud's machine: it reads the cloud's data directory (the CA
-    /// key, to make its certificate) and database (the signing keys, to check tickets), so
-    /// it is as trusted as the cloud. Start the cloud with --relay-at so devices find it.
+    /// Run a relay on a machine of its own. It holds no secret of the cloud's: only the
+    /// cloud's public keys (read from --jwks), the cloud's CA certificate, and a CA and
+    /// certificate of its own, made in --dir on first start. Then tell the cloud of it
+    /// with `meshfs cloud add-relay`.
     Relay(RelayArgs),
     /// Manage the cloud's built-in users (run on the cloud's machine).
     User {
@@ -174,15 +175,12 @@ pub struct CloudArgs {
     /// Lifetime of access tickets, in seconds.
     #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(i64).range(5..=86_400))]
     pub access_ttl: i64,
-    /// Address for the relay [default: the next port after --listen].
+    /// Address for the relay this process runs [default: the next port after --listen].
     #[arg(long, conflicts_with = "no_relay")]
     pub relay_listen: Option<SocketAddr>,
-    /// Tell devices the relay is at this host:port instead of running one here (a relay
-    /// started with `meshfs relay`).
-    #[arg(long, conflicts_with = "relay_listen")]
-    pub relay_at: Option<String>,
-    /// Run no relay: devices reach each other directly or not at all.
-    #[arg(long, conflicts_with = "relay_at")]
+    /// Run no relay here: devices meet at the relays added with `meshfs cloud add-relay`,
+    /// or reach each other directly.
+    #[arg(long)]
     pub no_relay: bool,
     /// Test mode: keep a transcript of every byte the relay forwards in this directory.
     #[arg(long, hide = true)]
@@ -213,6 +211,23 @@ pub struct CloudArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CloudCommand {
+    /// Tell devices of a relay started with `meshfs relay` (every process of the cloud
+    /// lists it, after the relay a process runs itself).
+    AddRelay {
+        #[command(flatten)]
+        dir: CloudDirArg,
+        /// Where devices reach the relay, host:port.
+        addr: String,
+        /// The relay's CA certificate (ca.pem in the relay's --dir).
+        #[arg(long, value_name = "FILE")]
+        ca: PathBuf,
+    },
+    /// Stop telling devices of a relay added with add-relay.
+    RemoveRelay {
+        #[command(flatten)]
+        dir: CloudDirArg,
+        addr: String,
+    },
     /// Add a new ticket-signing key, shared with every process of the cloud through its
     /// database. It signs once they have all read it; older keys stay published until the
     /// tickets they signed have expired.
@@ -227,13 +242,22 @@ pub enum CloudCommand {
 
 #[derive(Args, Debug)]
 pub struct RelayArgs {
-    /// The cloud's data directory and database (read only).
-    #[command(flatten)]
-    pub dir: CloudDirArg,
+    /// The cloud's published keys, e.g. https://cloud.example:8443/.well-known/jwks.json;
+    /// the cloud at the same origin answers whether a device may still use the relay.
+    #[arg(long, value_name = "URL")]
+    pub jwks: reqwest::Url,
+    /// The cloud's CA certificate (the cloud's ca.pem), to reach --jwks.
+    #[arg(long, value_name = "FILE")]
+    pub cloud_ca: PathBuf,
+    /// Where the relay keeps its own CA (ca.pem, which `meshfs cloud add-relay` takes, and
+    /// ca-key.pem), made on first start.
+    #[arg(long, env = "MESHFS_RELAY_DIR")]
+    pub dir: PathBuf,
     /// Address to accept devices on.
     #[arg(long, default_value = "127.0.0.1:8444")]
     pub listen: SocketAddr,
-    /// Extra DNS name or IP address for the relay's certificate (repeatable).
+    /// Extra DNS name or IP address for the relay's certificate (repeatable); devices dial
+    /// the relay by the name `meshfs cloud add-relay` is given, which must be among them.
     #[arg(long)]
     pub tls_name: Vec<String>,
     /// Test mode: keep a transcript of every byte forwarded in this directory.

@@ -60,18 +60,39 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             eprintln!("signing key {kid} added; it signs in {signs_in} s");
             Ok(())
         }
+        Command::Cloud(CloudArgs {
+            command: Some(CloudCommand::AddRelay { dir, addr, ca }),
+            ..
+        }) => {
+            let pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading the relay's CA {}", ca.display()))?;
+            crate::cloud::add_relay(&dir.engines()?, &addr, &pem)
+                .await
+                .with_context(|| format!("adding the relay at {addr}"))?;
+            eprintln!("relay {addr} added; devices learn of it within a minute");
+            Ok(())
+        }
+        Command::Cloud(CloudArgs {
+            command: Some(CloudCommand::RemoveRelay { dir, addr }),
+            ..
+        }) => {
+            crate::cloud::remove_relay(&dir.engines()?, &addr)
+                .await
+                .with_context(|| format!("removing the relay at {addr}"))?;
+            eprintln!("relay {addr} removed");
+            Ok(())
+        }
         Command::Cloud(a) => {
             let mut cfg = crate::cloud::CloudConfig::new(a.dir.data_dir().to_owned(), a.listen);
             cfg.engines = a.dir.engines()?;
             cfg.tls_names.extend(a.tls_name);
             cfg.identity_ttl_secs = a.identity_ttl;
             cfg.access_ttl_secs = a.access_ttl;
-            if a.no_relay || a.relay_at.is_some() {
+            if a.no_relay {
                 cfg.relay_listen = None;
             } else if let Some(listen) = a.relay_listen {
                 cfg.relay_listen = Some(listen);
             }
-            cfg.relay_elsewhere = a.relay_at;
             cfg.relay_transcript = a.relay_transcript;
             cfg.allow_local_peers = a.allow_local_peers;
             cfg.max_folders = a.max_folders;
@@ -102,16 +123,23 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Relay(a) => {
             let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
             names.extend(a.tls_name);
-            let running = crate::cloud::start_relay(
-                a.dir.data_dir(),
-                &a.dir.engines()?,
-                a.listen,
-                &names,
-                a.transcript,
-            )
-            .await
-            .context("starting the relay")?;
-            eprintln!("meshfs relay listening on {}", running.relay.addr);
+            let cfg = crate::relay::StandaloneConfig {
+                dir: a.dir,
+                listen: a.listen,
+                names,
+                jwks: a.jwks,
+                cloud_ca: a.cloud_ca,
+                transcript: a.transcript,
+            };
+            let ca_file = cfg.dir.join("ca.pem");
+            let running = crate::relay::start_standalone(cfg)
+                .await
+                .context("starting the relay")?;
+            eprintln!(
+                "meshfs relay listening on {} (its CA, for `meshfs cloud add-relay --ca`: {})",
+                running.relay.addr,
+                ca_file.display()
+            );
             shutdown_signal().await;
             Ok(())
         }

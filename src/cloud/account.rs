@@ -87,7 +87,7 @@ pub fn new_claims(
     let now = now_secs();
     let ttl = match kind {
         TicketKind::Identity => state.identity_ttl_secs,
-        TicketKind::Access | TicketKind::Peer => state.access_ttl_secs,
+        TicketKind::Access | TicketKind::Peer | TicketKind::Relay => state.access_ttl_secs,
     };
     let (res, rights) = match grant {
         Some((res, rights)) => (Some(res), rights),

@@ -212,7 +212,7 @@ pub fn require_user(caller: &Caller, user: &str, right: Right) -> Result<(), App
         && match c.kind {
             TicketKind::Identity => true,
             TicketKind::Access => c.grants(&format!("/users/{user}"), right),
-            TicketKind::Peer => false,
+            TicketKind::Peer | TicketKind::Relay => false,
         };
     if ok { Ok(()) } else { Err(AppError::Forbidden) }
 }

@@ -14,15 +14,16 @@ pub(crate) mod issued;
 pub mod keys;
 pub(crate) mod members;
 pub(crate) mod peers;
+pub(crate) mod relays;
 pub(crate) mod store;
 pub(crate) mod throttle;
-pub(crate) mod tls;
 
 pub use crate::proto::Role;
 pub use engines::{BlockStore, Database, Engines};
 pub use store::Retention;
 pub use throttle::Rules as LoginRules;
 
+use crate::net::tls;
 use crate::proto::BLOCK_SIZE;
 use auth::TicketCache;
 use axum::Router;
@@ -39,6 +40,7 @@ use std::time::Duration;
 use store::{Store, StoreError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// A new user's cloud storage quota: 5 GB.
 pub const DEFAULT_QUOTA: u64 = 5_000_000_000;
@@ -60,16 +62,8 @@ pub enum CloudError {
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS: {context}")]
-    Tls {
-        context: &'static str,
-        #[source]
-        source: rcgen::Error,
-    },
-    #[error(
-        "{dir} holds only one of ca.pem and ca-key.pem; restore the other or remove both to make a new CA (clients must then trust the new ca.pem)"
-    )]
-    CaIncomplete { dir: String },
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("cloud signing key")]
     Key(#[from] crate::crypto::keys::KeyError),
     #[error("the database holds no signing key")]
@@ -96,6 +90,8 @@ pub enum CloudError {
     UserExists(String),
     #[error("no user {0:?}")]
     NoSuchUser(String),
+    #[error("no relay was added at {0}")]
+    NoSuchRelay(String),
     #[error("no folder {0:?}")]
     NoSuchFolder(String),
     #[error("serving HTTPS")]
@@ -119,8 +115,6 @@ pub struct CloudConfig {
     pub relay_listen: Option<SocketAddr>,
     /// Test mode: the relay keeps a transcript of every byte it forwards here.
     pub relay_transcript: Option<PathBuf>,
-    /// With no relay here: the `host:port` of one run elsewhere, told to devices.
-    pub relay_elsewhere: Option<String>,
     /// What history and trash the cloud keeps, and how soon it frees what nothing needs.
     pub retention: store::Retention,
     /// How often the collector runs.
@@ -150,7 +144,6 @@ impl CloudConfig {
             access_ttl_secs: 900,
             relay_listen: Some(SocketAddr::new(listen.ip(), relay_port)),
             relay_transcript: None,
-            relay_elsewhere: None,
             allow_local_peers: false,
             logins: throttle::Rules::default(),
             max_folders: 1000,
@@ -172,8 +165,9 @@ pub struct Shared {
     feed: watch::Sender<u64>,
     identity_ttl_secs: i64,
     access_ttl_secs: i64,
-    /// Where the relay listens, told to clients by `/.well-known/meshfs`.
-    relay: Option<String>,
+    /// The relay this process runs, first of those told to clients by
+    /// `/.well-known/meshfs`.
+    relay: Option<crate::proto::RelayInfo>,
     retention: store::Retention,
     allow_local_peers: bool,
     logins: throttle::LoginThrottle,
@@ -221,13 +215,13 @@ fn create_dir(dir: &Path) -> Result<(), CloudError> {
         })
 }
 
-/// What every handler shares, over the store and keys opened, with the relay (if any) that
-/// devices are told of.
+/// What every handler shares, over the store and keys opened, with the relay this process
+/// runs (if any).
 fn shared_state(
     cfg: &CloudConfig,
     store: Store,
     keys: Arc<CloudKeys>,
-    relay: Option<String>,
+    relay: Option<crate::proto::RelayInfo>,
 ) -> Result<AppState, CloudError> {
     let blobs = Blobs::open(&cfg.engines.blocks)?;
     Ok(Arc::new(Shared {
@@ -262,12 +256,14 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/.well-known/jwks.json", get(account::jwks))
-        .route("/.well-known/meshfs", get(peers::info))
+        .route("/.well-known/meshfs", get(relays::info))
         .route("/login/challenge", post(account::challenge))
         .route("/login", post(account::login))
         .route("/tickets/identity", post(account::renew))
         .route("/tickets/access", post(account::access))
         .route("/tickets/peer", post(peers::ticket))
+        .route("/tickets/relay", post(relays::ticket))
+        .route("/relay/standing", post(relays::standing))
         .route("/users/{user}", get(account::user_node))
         .route("/users/{user}/devices", get(account::devices))
         .route("/users/{user}/devices/{device}", delete(account::revoke))
@@ -349,9 +345,9 @@ pub struct RunningCloud {
     handle: axum_server::Handle<SocketAddr>,
     task: JoinHandle<std::io::Result<()>>,
     _relay: Option<crate::relay::RunningRelay>,
-    _collector: AbortOnDrop,
-    _listener: Option<AbortOnDrop>,
-    _keys: AbortOnDrop,
+    _collector: AbortOnDropHandle<()>,
+    _listener: Option<AbortOnDropHandle<()>>,
+    _keys: AbortOnDropHandle<()>,
 }
 
 impl RunningCloud {
@@ -386,25 +382,42 @@ fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), 
 /// `cfg.listen` and serves HTTPS in the background.
 pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     create_dir(&cfg.data_dir)?;
-    let (tls, relay_tls) = tls::server_configs(&cfg.data_dir, &cfg.tls_names)?;
+    let (https, relay_tls) =
+        tls::server_configs(&cfg.data_dir, tls::CLOUD_CA_NAME, &cfg.tls_names)?;
     let store = open_store(&cfg.engines).await?;
     let keys = Arc::new(CloudKeys::open(store.clone(), &cfg.data_dir).await?);
     let relay = match cfg.relay_listen {
-        Some(listen) => Some(
-            relay_with(
+        Some(listen) => {
+            let relay_cfg = crate::relay::RelayConfig {
                 listen,
-                relay_tls,
-                cfg.relay_transcript.clone(),
-                keys.subscribe(),
-            )
-            .await?,
-        ),
+                transcript: cfg.relay_transcript.clone(),
+            };
+            let standings = Arc::new(relays::StoreStandings(store.clone()));
+            let started = crate::relay::start(relay_cfg, relay_tls, keys.subscribe(), standings);
+            Some(started.await.map_err(|e| match e {
+                crate::relay::RelayError::Bind { addr, source } => {
+                    CloudError::Bind { addr, source }
+                }
+                other => CloudError::Task(other.to_string()),
+            })?)
+        }
         None => None,
     };
     let relay_addr = relay.as_ref().map(|r| r.addr);
-    let advertised = relay_addr
-        .map(|a| advertised_relay(a, &cfg.tls_names))
-        .or(cfg.relay_elsewhere.clone());
+    let advertised = match relay_addr {
+        Some(a) => {
+            let ca = cfg.data_dir.join(tls::CA_FILE);
+            let ca = std::fs::read_to_string(&ca).map_err(|source| CloudError::Io {
+                path: ca.display().to_string(),
+                source,
+            })?;
+            Some(crate::proto::RelayInfo {
+                addr: advertised_relay(a, &cfg.tls_names),
+                ca,
+            })
+        }
+        None => None,
+    };
     let state = shared_state(&cfg, store, keys, advertised)?;
     let bind = |source| CloudError::Bind {
         addr: cfg.listen,
@@ -412,17 +425,17 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     };
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(bind)?;
     let addr = listener.local_addr().map_err(bind)?;
-    let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls).map_err(bind)?;
+    let server = axum_server::tls_rustls::from_tcp_rustls(listener, https).map_err(bind)?;
     let handle = axum_server::Handle::new();
     let service = app(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(server.handle(handle.clone()).serve(service));
     let listener = state.store.announcements().await?.map(|heard| {
-        AbortOnDrop(tokio::spawn(hear_other_processes(
+        AbortOnDropHandle::new(tokio::spawn(hear_other_processes(
             Arc::clone(&state),
             heard,
         )))
     });
-    let keys = AbortOnDrop(tokio::spawn(read_keys_now_and_then(Arc::clone(
+    let keys = AbortOnDropHandle::new(tokio::spawn(read_keys_now_and_then(Arc::clone(
         &state.keys,
     ))));
     let collector = tokio::spawn(collect_now_and_then(state, cfg.collect_every));
@@ -433,7 +446,7 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
         handle,
         task,
         _relay: relay,
-        _collector: AbortOnDrop(collector),
+        _collector: AbortOnDropHandle::new(collector),
         _listener: listener,
         _keys: keys,
     })
@@ -460,66 +473,6 @@ async fn read_keys_now_and_then(keys: Arc<CloudKeys>) {
     }
 }
 
-/// A background task that ends with its owner.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn relay_with(
-    listen: SocketAddr,
-    tls: Arc<rustls::ServerConfig>,
-    transcript: Option<PathBuf>,
-    keys: watch::Receiver<Arc<crate::crypto::ticket::KeySet>>,
-) -> Result<crate::relay::RunningRelay, CloudError> {
-    let cfg = crate::relay::RelayConfig { listen, transcript };
-    crate::relay::start(cfg, tls, keys)
-        .await
-        .map_err(|e| match e {
-            crate::relay::RelayError::Bind { addr, source } => CloudError::Bind { addr, source },
-        })
-}
-
-/// A relay started on its own, and the task that keeps its keys current.
-pub struct StandaloneRelay {
-    pub relay: crate::relay::RunningRelay,
-    _keys: AbortOnDrop,
-}
-
-/// Runs only a relay, with the CA of the cloud whose data directory is `data_dir` (it must
-/// have started once: a relay never makes a cloud's CA or keys) and the signing keys in
-/// the cloud's database.
-pub async fn start_relay(
-    data_dir: &Path,
-    engines: &Engines,
-    listen: SocketAddr,
-    names: &[String],
-    transcript: Option<PathBuf>,
-) -> Result<StandaloneRelay, CloudError> {
-    let ca = data_dir.join(tls::CA_FILE);
-    let store = open_store(engines).await?;
-    if !ca.exists() || store.signing_keys().await?.is_empty() {
-        return Err(CloudError::Io {
-            path: ca.display().to_string(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "start the cloud once first, then point the relay at its data directory",
-            ),
-        });
-    }
-    let (_, tls) = tls::server_configs(data_dir, names)?;
-    let signing = Arc::new(CloudKeys::open(store, data_dir).await?);
-    let relay = relay_with(listen, tls, transcript, signing.subscribe()).await?;
-    let refresher = AbortOnDrop(tokio::spawn(read_keys_now_and_then(signing)));
-    Ok(StandaloneRelay {
-        relay,
-        _keys: refresher,
-    })
-}
-
 /// Adds a new ticket-signing key that signs from `signs_in` on (old keys stay published
 /// until their tickets expire); returns its key id.
 pub async fn rotate_keys(engines: &Engines, signs_in: Duration) -> Result<String, CloudError> {
@@ -533,6 +486,27 @@ fn advertised_relay(bound: SocketAddr, names: &[String]) -> String {
     match names.first() {
         Some(name) if bound.ip().is_unspecified() => format!("{name}:{}", bound.port()),
         _ => bound.to_string(),
+    }
+}
+
+/// Tells devices of a relay running on its own at `addr` (`host:port`), whose certificate
+/// chains to the CA `ca` (PEM); a relay added before gets the new CA.
+pub async fn add_relay(engines: &Engines, addr: &str, ca: &str) -> Result<(), CloudError> {
+    let store = open_store(engines).await?;
+    let relay = crate::proto::RelayInfo {
+        addr: addr.into(),
+        ca: ca.into(),
+    };
+    Ok(store.add_relay(&relay).await?)
+}
+
+/// Stops telling devices of the relay at `addr`.
+pub async fn remove_relay(engines: &Engines, addr: &str) -> Result<(), CloudError> {
+    let store = open_store(engines).await?;
+    if store.remove_relay(addr).await? {
+        Ok(())
+    } else {
+        Err(CloudError::NoSuchRelay(addr.into()))
     }
 }
 

@@ -9,20 +9,11 @@ use super::error::AppError;
 use crate::crypto::keys;
 use crate::proto::ErrorCode;
 use crate::proto::claims::{AUDIENCE_PEER, PeerDevice, PeerGrant};
-use crate::proto::{
-    CloudInfo, Device, MAX_ADDRS, PeerRequest, Presence, Right, TicketKind, TicketResponse,
-};
+use crate::proto::{Device, MAX_ADDRS, PeerRequest, Presence, Right, TicketKind, TicketResponse};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use std::net::{IpAddr, SocketAddr};
-
-/// `GET /.well-known/meshfs`.
-pub async fn info(State(state): State<AppState>) -> Json<CloudInfo> {
-    Json(CloudInfo {
-        relay: state.relay.clone(),
-    })
-}
 
 /// `PUT /users/{user}/devices/{device}/presence`: the device says where it listens.
 pub async fn presence(

@@ -17,11 +17,12 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 mod history;
 mod keys;
 mod members;
+mod relays;
 pub use history::{Collected, Retention};
 pub use keys::StoredKey;
 
 /// The schema this code writes; stored in `meta` so a later version can tell.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
@@ -127,7 +128,12 @@ const SCHEMA: &[&str] = &[
         kid TEXT PRIMARY KEY,
         private_key TEXT NOT NULL,
         signs_from_ms BIGINT NOT NULL)",
-    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 6, 0) ON CONFLICT (id) DO NOTHING",
+    // Relays running on their own, which devices are told of (see `store/relays.rs`).
+    "CREATE TABLE IF NOT EXISTS relays (
+        addr TEXT PRIMARY KEY,
+        ca TEXT NOT NULL,
+        added_ms BIGINT NOT NULL)",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 7, 0) ON CONFLICT (id) DO NOTHING",
 ];
 
 /// What takes a store of schema version 1 to version 2 (peer addresses, mapped folders,
@@ -165,6 +171,10 @@ const MIGRATE_4_TO_5: &[&str] = &[
 /// What takes a store of schema version 5 to version 6: the `signing_keys` table, which
 /// [`SCHEMA`] (run after) creates.
 const MIGRATE_5_TO_6: &[&str] = &["UPDATE meta SET schema_version = 6 WHERE id = 1"];
+
+/// What takes a store of schema version 6 to version 7: the `relays` table, which
+/// [`SCHEMA`] (run after) creates.
+const MIGRATE_6_TO_7: &[&str] = &["UPDATE meta SET schema_version = 7 WHERE id = 1"];
 
 const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders, changed_ms";
 
@@ -431,16 +441,24 @@ impl Store {
                     MIGRATE_3_TO_4,
                     MIGRATE_4_TO_5,
                     MIGRATE_5_TO_6,
+                    MIGRATE_6_TO_7,
                 ],
                 2 => &[
                     MIGRATE_2_TO_3,
                     MIGRATE_3_TO_4,
                     MIGRATE_4_TO_5,
                     MIGRATE_5_TO_6,
+                    MIGRATE_6_TO_7,
                 ],
-                3 => &[MIGRATE_3_TO_4, MIGRATE_4_TO_5, MIGRATE_5_TO_6],
-                4 => &[MIGRATE_4_TO_5, MIGRATE_5_TO_6],
-                5 => &[MIGRATE_5_TO_6],
+                3 => &[
+                    MIGRATE_3_TO_4,
+                    MIGRATE_4_TO_5,
+                    MIGRATE_5_TO_6,
+                    MIGRATE_6_TO_7,
+                ],
+                4 => &[MIGRATE_4_TO_5, MIGRATE_5_TO_6, MIGRATE_6_TO_7],
+                5 => &[MIGRATE_5_TO_6, MIGRATE_6_TO_7],
+                6 => &[MIGRATE_6_TO_7],
                 _ => &[],
             };
             for stmt in migrations.iter().copied().flatten() {

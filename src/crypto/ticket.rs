@@ -229,7 +229,7 @@ impl KeySet {
         }
         time_window(&claims, now)?;
         let complete = match claims.kind {
-            TicketKind::Identity => true,
+            TicketKind::Identity | TicketKind::Relay => true,
             TicketKind::Access => claims.res.is_some(),
             TicketKind::Peer => claims.peer.is_some(),
         };

@@ -6,8 +6,10 @@
 //! POST   /tickets/identity                    RenewRequest -> TicketResponse   (device-signed assertion)
 //! POST   /tickets/access                      AccessRequest -> TicketResponse  (identity ticket)
 //! POST   /tickets/peer                        PeerRequest -> TicketResponse    (identity ticket)
+//! POST   /tickets/relay                       TicketResponse (identity ticket; for relays only)
+//! POST   /relay/standing                      StandingRequest -> Standing (a relay asks)
 //! GET    /.well-known/jwks.json               Jwks
-//! GET    /.well-known/meshfs                  CloudInfo (where the relay listens)
+//! GET    /.well-known/meshfs                  CloudInfo (the relays devices meet at)
 //! GET    /users/{user}                        UserNode
 //! GET    /users/{user}/devices                [Device]
 //! DELETE /users/{user}/devices/{device}       Device (revoked)
@@ -41,8 +43,8 @@
 //! GET    /users/{user}/invitations          [Invitation] (those waiting for the user)
 //! ```
 //!
-//! Every request but `/login`, `/tickets/identity` and the JWKS carries a ticket as
-//! `Authorization: Bearer <JWS>`. Refusals are `ApiError` bodies.
+//! Every request but `/login`, `/tickets/identity`, `/relay/standing` and the JWKS carries
+//! a ticket as `Authorization: Bearer <JWS>`. Refusals are `ApiError` bodies.
 
 use crate::proto::{BlockHash, Right, Role};
 use serde::{Deserialize, Serialize};
@@ -282,9 +284,34 @@ pub const MAX_ADDRS: usize = 16;
 /// What the cloud tells every client about itself.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CloudInfo {
-    /// `host:port` of the relay (TLS with the cloud's CA), if one runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay: Option<String>,
+    /// The relays devices may meet at, in the order to try them.
+    #[serde(default)]
+    pub relays: Vec<RelayInfo>,
+}
+
+/// A relay, as the cloud lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RelayInfo {
+    /// `host:port`.
+    pub addr: String,
+    /// The PEM certificate of the CA its TLS certificate chains to: the relay's own, or
+    /// the cloud's for the relay a cloud process runs.
+    pub ca: String,
+}
+
+/// A relay's question to the cloud: may the device this relay ticket names still use
+/// relays? (`POST /relay/standing`)
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StandingRequest {
+    pub relay_ticket: String,
+}
+
+/// The cloud's answer to a [`StandingRequest`] whose ticket it signed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Standing {
+    pub device: String,
+    /// False once the device is revoked (or gone).
+    pub active: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

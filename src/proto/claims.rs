@@ -9,6 +9,8 @@ pub const ISSUER: &str = "meshfs-cloud";
 pub const AUDIENCE_CLOUD: &str = "meshfs";
 /// The audience of peer tickets, shown by one device to another in the peer handshake.
 pub const AUDIENCE_PEER: &str = "meshfs-peer";
+/// The audience of relay tickets, shown only to relays: the cloud refuses them.
+pub const AUDIENCE_RELAY: &str = "meshfs-relay";
 
 /// What a ticket is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +22,8 @@ pub enum TicketKind {
     Access,
     /// "These two devices may sync" (DESIGN §2), shown to the other device.
     Peer,
+    /// This device of this user, shown to a relay (DESIGN §7a): worth nothing at the cloud.
+    Relay,
 }
 
 /// A verb an access ticket grants on its subtree.

@@ -1,7 +1,8 @@
 //! The relay's own protocol (DESIGN §5), spoken over TLS before the relay starts copying
 //! bytes: a device either *listens* (one long-lived control connection, on which the relay
 //! announces incoming rendezvous), *dials* a peer (naming it with a cloud-issued peer
-//! ticket for the pair), or *accepts* an announced rendezvous. Each message is a JSON object
+//! ticket for the pair), or *accepts* an announced rendezvous. Every message names the
+//! device with its relay ticket, which no cloud accepts. Each message is a JSON object
 //! after a 4-byte big-endian length; after both sides got `Ready`, the connection carries
 //! only the peers' encrypted channel.
 //!
@@ -30,12 +31,15 @@ pub const TLS_SEND_BUFFER: usize = 2 << 20;
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Hello {
     /// Keep this connection to announce rendezvous for my device.
-    Listen { identity: String },
+    Listen { relay_ticket: String },
     /// Connect me to the other device of this peer ticket.
-    Dial { identity: String, ticket: String },
+    Dial {
+        relay_ticket: String,
+        peer_ticket: String,
+    },
     /// Join the rendezvous the relay announced to me.
     Accept {
-        identity: String,
+        relay_ticket: String,
         rendezvous: String,
     },
 }
@@ -99,8 +103,8 @@ mod tests {
     #[test]
     fn messages_round_trip_and_oversized_ones_are_refused() {
         let hello = Hello::Dial {
-            identity: "i".into(),
-            ticket: "t".into(),
+            relay_ticket: "r".into(),
+            peer_ticket: "p".into(),
         };
         let bytes = encode(&hello).unwrap();
         let header: [u8; HEADER_LEN] = bytes[..HEADER_LEN].try_into().unwrap();
@@ -112,8 +116,8 @@ mod tests {
             Err(RelayWireError::TooLarge(_))
         ));
         let huge = Hello::Dial {
-            identity: "i".repeat(MAX_MESSAGE),
-            ticket: "t".into(),
+            relay_ticket: "r".repeat(MAX_MESSAGE),
+            peer_ticket: "p".into(),
         };
         assert!(matches!(encode(&huge), Err(RelayWireError::TooLarge(_))));
         let ready = encode(&Reply::Ready).unwrap();

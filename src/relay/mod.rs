@@ -3,21 +3,34 @@
 //! connections: the devices listening for rendezvous, and the rendezvous waiting to be
 //! joined.
 //!
-//! A device that wants to be reachable keeps a *listen* connection, shown its identity
-//! ticket. A device that wants to reach it *dials* with its identity ticket and a peer ticket
+//! A device that wants to be reachable keeps a *listen* connection, shown its relay
+//! ticket. A device that wants to reach it *dials* with its relay ticket and a peer ticket
 //! for the pair that the cloud signed; the relay announces a fresh rendezvous on the
 //! listener's connection, the listener *accepts* it on a new connection, and the relay
 //! copies bytes between the two until either side closes. The wire is `proto::relay`.
+//!
+//! A relay holds no secret of the cloud's (DESIGN §7a): it checks tickets with the cloud's
+//! published keys, accepts only the relay audience (which the cloud refuses), and asks
+//! whether a device is still in good standing ([`Standings`], remembered for
+//! [`STANDING_FOR`]); a listening device is asked about anew as often, so a revoked one
+//! loses the relay within that time. It runs inside a cloud process or on its own
+//! (`standalone`).
 //!
 //! Connections are bounded per source address and in total ([`RELAY_BOUNDS`]); one over
 //! the bounds is closed before TLS, and every connection has `HELLO_WITHIN` for its TLS
 //! handshake and again for its first message.
 
+mod standalone;
+mod standing;
+
+pub use standalone::{Standalone, StandaloneConfig, start_standalone};
+pub use standing::{AskError, STANDING_FOR, Standings};
+
 use crate::crypto::ticket::{KeySet, TicketError};
 use crate::net::{Admitted, Bounds, ConnectionLimits};
-use crate::proto::claims::{AUDIENCE_CLOUD, AUDIENCE_PEER};
+use crate::proto::claims::{AUDIENCE_PEER, AUDIENCE_RELAY};
 use crate::proto::relay::{self as wire, Hello, RelayWireError, Reply};
-use crate::proto::{TicketKind, now_secs};
+use crate::proto::{Claims, TicketKind, now_secs};
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::io::Write;
@@ -62,10 +75,12 @@ pub struct RelayConfig {
 enum Refusal {
     #[error("send a relay hello first")]
     NoHello,
-    #[error("identity ticket refused: {0}")]
-    Identity(TicketError),
-    #[error("an identity ticket is needed")]
-    NotIdentity,
+    #[error("relay ticket refused: {0}")]
+    RelayTicket(TicketError),
+    #[error("a relay ticket is needed")]
+    NotRelayTicket,
+    #[error("the device may no longer use relays")]
+    NotInStanding,
     #[error("peer ticket refused: {0}")]
     PeerTicket(TicketError),
     #[error("the peer ticket is not the caller's ticket for a pair")]
@@ -115,6 +130,20 @@ pub enum RelayError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the relay's certificate")]
+    Certificate(#[from] crate::net::tls::TlsError),
+    #[error("the cloud's CA in {path}")]
+    CloudCa {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the cloud's keys at {url}")]
+    Keys {
+        url: String,
+        #[source]
+        source: standing::AskError,
+    },
 }
 
 /// A device's TLS connection, over a socket read through a buffer of
@@ -131,6 +160,7 @@ struct Waiting {
 struct Relay {
     /// The cloud's published keys, as they change.
     keys: watch::Receiver<Arc<KeySet>>,
+    standings: standing::Remembered,
     transcript: Option<PathBuf>,
     /// Listening devices: where to announce a rendezvous.
     listeners: Mutex<HashMap<String, mpsc::Sender<Reply>>>,
@@ -150,12 +180,13 @@ impl Drop for RunningRelay {
     }
 }
 
-/// Starts a relay that trusts tickets signed by `keys` (as they change) and speaks TLS
-/// with `tls`.
+/// Starts a relay that trusts relay tickets signed by `keys` (as they change) for devices
+/// `standings` says are in good standing, and speaks TLS with `tls`.
 pub async fn start(
     cfg: RelayConfig,
     tls: Arc<rustls::ServerConfig>,
     keys: watch::Receiver<Arc<KeySet>>,
+    standings: Arc<dyn Standings>,
 ) -> Result<RunningRelay, RelayError> {
     let bind = |source| RelayError::Bind {
         addr: cfg.listen,
@@ -165,6 +196,7 @@ pub async fn start(
     let addr = listener.local_addr().map_err(bind)?;
     let relay = Arc::new(Relay {
         keys,
+        standings: standing::Remembered::new(standings),
         transcript: cfg.transcript,
         listeners: Mutex::new(HashMap::new()),
         waiting: Mutex::new(HashMap::new()),
@@ -213,18 +245,21 @@ impl Relay {
             _ => return refuse(tls, &Refusal::NoHello).await,
         };
         let outcome = match hello {
-            Hello::Listen { identity } => match self.identity(&identity) {
-                Ok(device) => return self.listen(tls, device).await,
+            Hello::Listen { relay_ticket } => match self.device(&relay_ticket).await {
+                Ok(claims) => return self.listen(tls, claims, relay_ticket).await,
                 Err(why) => Err(why),
             },
-            Hello::Dial { identity, ticket } => match self.dial_target(&identity, &ticket) {
+            Hello::Dial {
+                relay_ticket,
+                peer_ticket,
+            } => match self.dial_target(&relay_ticket, &peer_ticket).await {
                 Ok((caller, callee)) => return self.dial(tls, caller, callee).await,
                 Err(why) => Err(why),
             },
             Hello::Accept {
-                identity,
+                relay_ticket,
                 rendezvous,
-            } => self.accept(&identity, &rendezvous),
+            } => self.accept(&relay_ticket, &rendezvous).await,
         };
         match outcome {
             Ok(join) => {
@@ -237,21 +272,35 @@ impl Relay {
         }
     }
 
-    /// The device an identity ticket names, if the ticket is valid.
-    fn identity(&self, token: &str) -> Result<String, Refusal> {
+    /// The claims of a relay ticket, if it is valid.
+    fn relay_ticket(&self, relay_ticket: &str) -> Result<Claims, Refusal> {
         let keys = Arc::clone(&self.keys.borrow());
         let t = keys
-            .check(token, AUDIENCE_CLOUD, now_secs())
-            .map_err(Refusal::Identity)?;
-        if t.claims().kind != TicketKind::Identity {
-            return Err(Refusal::NotIdentity);
+            .check(relay_ticket, AUDIENCE_RELAY, now_secs())
+            .map_err(Refusal::RelayTicket)?;
+        if t.claims().kind != TicketKind::Relay {
+            return Err(Refusal::NotRelayTicket);
         }
-        Ok(t.claims().dev.clone())
+        Ok(t.claims().clone())
     }
 
-    /// Who dials whom: the identity's device must hold a peer ticket naming the other.
-    fn dial_target(&self, identity: &str, ticket: &str) -> Result<(String, String), Refusal> {
-        let caller = self.identity(identity)?;
+    /// The device a relay ticket names, if the ticket is valid and the device in good
+    /// standing.
+    async fn device(&self, relay_ticket: &str) -> Result<Claims, Refusal> {
+        let claims = self.relay_ticket(relay_ticket)?;
+        if !self.standings.active(relay_ticket, &claims).await {
+            return Err(Refusal::NotInStanding);
+        }
+        Ok(claims)
+    }
+
+    /// Who dials whom: the relay ticket's device must hold a peer ticket naming the other.
+    async fn dial_target(
+        &self,
+        relay_ticket: &str,
+        ticket: &str,
+    ) -> Result<(String, String), Refusal> {
+        let caller = self.device(relay_ticket).await?.dev;
         let keys = Arc::clone(&self.keys.borrow());
         let t = keys
             .check(ticket, AUDIENCE_PEER, now_secs())
@@ -266,7 +315,8 @@ impl Relay {
         Ok((caller, callee.id.clone()))
     }
 
-    async fn listen(self: Arc<Self>, mut tls: Stream, device: String) {
+    async fn listen(self: Arc<Self>, mut tls: Stream, claims: Claims, relay_ticket: String) {
+        let device = claims.dev.clone();
         let (tx, mut rx) = mpsc::channel(16);
         self.listeners
             .lock()
@@ -275,8 +325,19 @@ impl Relay {
         tracing::debug!(%device, "device listening at the relay");
         let mut ok = write(&mut tls, &Reply::Ready).await.is_ok();
         let mut probe = [0u8; 1];
+        let mut recheck = tokio::time::interval(STANDING_FOR);
+        recheck.tick().await;
         while ok {
             tokio::select! {
+                // A device revoked since listens no more. The cloud is asked anew: the
+                // answer of a moment ago may be from before the revocation.
+                _ = recheck.tick() => if !self.standings.ask_again(&relay_ticket, &claims).await {
+                    let why = Refusal::NotInStanding;
+                    tracing::info!(%device, %why, "relay dropped a listening device");
+                    let refused = Reply::Refused { message: why.to_string() };
+                    let _ = tokio::time::timeout(HELLO_WITHIN, write(&mut tls, &refused)).await;
+                    ok = false;
+                },
                 msg = rx.recv() => match msg {
                     // A listener that stops reading is dropped, not waited on.
                     Some(m) => {
@@ -365,13 +426,13 @@ impl Relay {
         }
     }
 
-    /// The dialer waiting on `rendezvous`, if `identity` is the device it waits for.
-    fn accept(
+    /// The dialer waiting on `rendezvous`, if `relay_ticket` names the device it waits for.
+    async fn accept(
         &self,
-        identity: &str,
+        relay_ticket: &str,
         rendezvous: &str,
     ) -> Result<oneshot::Sender<(Stream, Admitted)>, Refusal> {
-        let device = self.identity(identity)?;
+        let device = self.device(relay_ticket).await?.dev;
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         match waiting.get(rendezvous) {
             Some(w) if w.callee == device => waiting

@@ -40,6 +40,7 @@ struct Dev {
 
 #[path = "../common/engines.rs"]
 mod engines;
+mod relays;
 mod sharing;
 
 async fn env() -> Env {

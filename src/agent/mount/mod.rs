@@ -229,7 +229,6 @@ pub fn open_agent(
                 listen: opts.listen,
                 advertise: opts.advertise,
                 jwks_file: home.root().join("jwks.json"),
-                ca_pem: client::read_ca(home).map_err(ConnectError::from)?,
                 key_log: match &opts.key_log {
                     Some(path) => Some(open_key_log(path)?),
                     None => None,

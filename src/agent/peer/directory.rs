@@ -1,12 +1,12 @@
 //! Who this device's peers are, as the cloud says: the user's other devices (and which of
 //! them are revoked), other users' devices that mapped a shared folder, the cloud's keys
-//! that peer tickets are checked with (kept on disk for offline use), where the relay is,
-//! and where this device itself tells peers it listens.
+//! that peer tickets are checked with (kept on disk for offline use), the relays, and
+//! where this device itself tells peers it listens.
 
 use crate::agent::remote::{ClientError, Remote};
 use crate::crypto::channel::{ChannelError, PeerCheck, PeerInfo, TicketCheck, TicketRefusal};
 use crate::crypto::ticket::KeySet;
-use crate::proto::{Device, ErrorCode, Jwks};
+use crate::proto::{Device, ErrorCode, Jwks, RelayInfo};
 use rsa::PublicKey;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -44,7 +44,7 @@ pub struct Directory {
     members: tokio::sync::watch::Sender<u64>,
     /// When the peer list was last read from the cloud (or a read of it started).
     listed_at: Mutex<Option<Instant>>,
-    relay: RwLock<Option<String>>,
+    relays: tokio::sync::watch::Sender<Vec<RelayInfo>>,
     advertised: RwLock<Option<SocketAddr>>,
 }
 
@@ -62,7 +62,7 @@ impl Directory {
             folder_peers: Mutex::new(HashMap::new()),
             members: tokio::sync::watch::Sender::new(0),
             listed_at: Mutex::new(None),
-            relay: RwLock::new(None),
+            relays: tokio::sync::watch::Sender::new(Vec::new()),
             advertised: RwLock::new(None),
         };
         if let Ok(text) = std::fs::read(&dir.jwks_file)
@@ -99,9 +99,14 @@ impl Directory {
         }))
     }
 
-    /// Where the relay is, if the cloud named one.
-    pub fn relay(&self) -> Option<String> {
-        self.relay.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The relays the cloud names, in the order to try them.
+    pub fn relays(&self) -> Vec<RelayInfo> {
+        self.relays.borrow().clone()
+    }
+
+    /// The relays, as they change.
+    pub fn watch_relays(&self) -> tokio::sync::watch::Receiver<Vec<RelayInfo>> {
+        self.relays.subscribe()
     }
 
     /// The user's other devices that are not revoked.
@@ -109,7 +114,7 @@ impl Directory {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reads what the cloud says (keys, relay, peers) and tells it where this device
+    /// Reads what the cloud says (keys, relays, peers) and tells it where this device
     /// listens (`local`, the listener's address), if that changed.
     pub async fn refresh(
         &self,
@@ -121,7 +126,11 @@ impl Directory {
         if let Ok(text) = serde_json::to_vec(&jwks) {
             let _ = std::fs::write(&self.jwks_file, text);
         }
-        *self.relay.write().unwrap_or_else(|p| p.into_inner()) = info.relay;
+        self.relays.send_if_modified(|known| {
+            let changed = *known != info.relays;
+            *known = info.relays;
+            changed
+        });
         let addr = match advertise {
             Some(a) => Some(a),
             None => self.advertised_addr(local).await,

@@ -63,12 +63,11 @@ pub trait Shelf: Send + Sync + 'static {
     fn append_block(&self, hash: &BlockHash, out: &mut Vec<u8>) -> std::io::Result<bool>;
 }
 
-/// What this device brings to a channel: its id, its key, the CA the relay's certificate
-/// is checked with, and where session secrets go in tests.
+/// What this device brings to a channel: its id, its key, and where session secrets go in
+/// tests.
 pub struct Me {
     pub device: String,
     pub key: Arc<PrivateKey>,
-    pub ca_pem: Vec<u8>,
     pub key_log: Option<Arc<dyn KeyLog>>,
 }
 

@@ -31,8 +31,6 @@ pub struct PeerConfig {
     pub advertise: Option<SocketAddr>,
     /// Where the device keeps the cloud's keys for checking peer tickets offline.
     pub jwks_file: PathBuf,
-    /// The cloud's CA, which the relay's certificate is also signed by.
-    pub ca_pem: Vec<u8>,
     /// Where every session's secrets are written, for tests and debugging (see `keylog`).
     pub key_log: Option<Arc<dyn KeyLog>>,
 }
@@ -79,7 +77,6 @@ impl PeerNet {
         let me = Arc::new(Me {
             device: remote.device_id().to_string(),
             key: Arc::new(key),
-            ca_pem: cfg.ca_pem,
             key_log: cfg.key_log,
         });
         let pool = Arc::new(LinkPool::new(

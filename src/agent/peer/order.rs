@@ -104,7 +104,7 @@ impl SourceOrder {
     async fn ask(&self, req: &BlockRequest, holders: &[String]) -> Result<Bytes, PeerMiss> {
         let peers = self.candidates(&req.folder, holders).await;
         let mut answered: Vec<&str> = Vec::new();
-        let relay = self.directory.relay().is_some();
+        let relay = !self.directory.relays().is_empty();
         for relayed in [false, true] {
             if relayed && !relay {
                 break;

@@ -142,14 +142,13 @@ impl LinkPool {
         scope: Option<&str>,
     ) -> Result<Arc<Link>, PathError> {
         let io = if relayed {
-            let ticket = self.ticket(&dev.id, scope).await?;
-            let identity = self
+            let peer_ticket = self.ticket(&dev.id, scope).await?;
+            let relay_ticket = self
                 .remote
-                .identity()
+                .relay_ticket()
                 .await
                 .map_err(|e| RelayClientError::Ticket(Box::new(e)))?;
-            let relay = self.directory.relay().ok_or(RelayClientError::NoRelay)?;
-            relay::dial(&relay, &self.me.ca_pem, identity, ticket).await?
+            relay::dial(&self.directory.relays(), relay_ticket, peer_ticket).await?
         } else {
             dial_direct(dev).await?
         };

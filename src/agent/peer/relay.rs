@@ -1,21 +1,26 @@
-//! Reaching peers through the relay, and being reached through it. The relay only pairs
+//! Reaching peers through the relays, and being reached through them. A relay only pairs
 //! connections and copies bytes: the peer channel runs end to end inside, so the relay sees
-//! ciphertext only.
+//! ciphertext only, and the device names itself there with a relay ticket, which no cloud
+//! accepts. A device listens at every relay the cloud names and dials through the first
+//! that pairs it.
 
+use super::BoxIo;
 use super::net::PeerNet;
 use super::server;
-use super::{BoxIo, Me};
 use crate::agent::remote::ClientError;
 use crate::crypto::channel::ChannelError;
+use crate::proto::RelayInfo;
 use crate::proto::relay::{self as wire, Hello, RelayWireError, Reply};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How long connecting to the relay may take, TLS included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,8 +34,8 @@ pub enum RelayClientError {
     NoRelay,
     #[error("the relay address {0:?} is not host:port")]
     BadAddr(String),
-    #[error("the cloud's CA is unusable for the relay's TLS")]
-    Ca,
+    #[error("the CA the cloud gives for the relay at {0} is unusable")]
+    Ca(String),
     #[error("connecting to the relay at {addr}")]
     Connect {
         addr: String,
@@ -59,13 +64,18 @@ impl From<ClientError> for RelayClientError {
     }
 }
 
-fn connector(ca_pem: &[u8]) -> Result<TlsConnector, RelayClientError> {
+/// TLS to `relay`, trusting only the CA the cloud gives for it.
+fn connector(relay: &RelayInfo) -> Result<TlsConnector, RelayClientError> {
     crate::crypto::install_tls_provider();
+    let bad_ca = || RelayClientError::Ca(relay.addr.clone());
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+    for cert in CertificateDer::pem_slice_iter(relay.ca.as_bytes()) {
         roots
-            .add(cert.map_err(|_| RelayClientError::Ca)?)
-            .map_err(|_| RelayClientError::Ca)?;
+            .add(cert.map_err(|_| bad_ca())?)
+            .map_err(|_| bad_ca())?;
+    }
+    if roots.is_empty() {
+        return Err(bad_ca());
     }
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
@@ -93,8 +103,9 @@ async fn write<W: AsyncWrite + Unpin>(w: &mut W, msg: &Hello) -> Result<(), Rela
     Ok(())
 }
 
-/// A TLS connection to the relay at `addr`, its first message sent.
-async fn open(addr: &str, ca_pem: &[u8], hello: &Hello) -> Result<RelayStream, RelayClientError> {
+/// A TLS connection to `relay`, its first message sent.
+async fn open(relay: &RelayInfo, hello: &Hello) -> Result<RelayStream, RelayClientError> {
+    let addr = relay.addr.as_str();
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
@@ -109,7 +120,7 @@ async fn open(addr: &str, ca_pem: &[u8], hello: &Hello) -> Result<RelayStream, R
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        connector(ca_pem)?
+        connector(relay)?
             .connect(name, BufReader::with_capacity(wire::SOCKET_READ, tcp))
             .await
             .map_err(|source| RelayClientError::Connect {
@@ -139,50 +150,82 @@ async fn ready(tls: &mut RelayStream) -> Result<(), RelayClientError> {
     }
 }
 
-/// A stream to the other device of peer ticket `ticket` through the relay at `relay`, on
-/// which the caller runs the channel handshake.
+/// A stream to the other device of `peer_ticket` through the first of `relays` that pairs
+/// the two, on which the caller runs the channel handshake.
 pub async fn dial(
-    relay: &str,
-    ca_pem: &[u8],
-    identity: String,
-    ticket: String,
+    relays: &[RelayInfo],
+    relay_ticket: String,
+    peer_ticket: String,
 ) -> Result<BoxIo, RelayClientError> {
-    let mut tls = open(relay, ca_pem, &Hello::Dial { identity, ticket }).await?;
-    ready(&mut tls).await?;
-    Ok(Box::new(tls))
+    let hello = Hello::Dial {
+        relay_ticket,
+        peer_ticket,
+    };
+    let mut last = RelayClientError::NoRelay;
+    for relay in relays {
+        let paired = async {
+            let mut tls = open(relay, &hello).await?;
+            ready(&mut tls).await?;
+            Ok::<_, RelayClientError>(tls)
+        };
+        match paired.await {
+            Ok(tls) => return Ok(Box::new(tls)),
+            Err(e) => {
+                tracing::debug!(relay = %relay.addr, error = %e, "not paired through this relay");
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
-/// Keeps a listening connection to the relay while one is known, and serves each
-/// rendezvous it announces like a direct connection.
+/// Keeps a listening connection at every relay the cloud names, as the list changes, and
+/// serves each rendezvous one announces like a direct connection.
 pub async fn stay_reachable(net: Arc<PeerNet>) {
+    let mut relays = net.directory.watch_relays();
+    // A listening task ends when its relay leaves the list.
+    let mut listening: HashMap<RelayInfo, AbortOnDropHandle<()>> = HashMap::new();
+    loop {
+        let now = relays.borrow_and_update().clone();
+        listening.retain(|relay, _| now.contains(relay));
+        for relay in now {
+            listening.entry(relay.clone()).or_insert_with(|| {
+                AbortOnDropHandle::new(tokio::spawn(listen_at(Arc::clone(&net), relay)))
+            });
+        }
+        if relays.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Listens at one relay, again after each failure (sooner after one that held a while).
+async fn listen_at(net: Arc<PeerNet>, relay: RelayInfo) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        if let Some(relay) = net.directory.relay() {
-            let started = std::time::Instant::now();
-            if let Err(e) = listen_once(&net, &relay).await {
-                tracing::debug!(error = %e, "relay listening connection ended");
-            }
-            // A connection that held a while was fine: the next try comes quickly.
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_secs(1);
-            }
+        let started = std::time::Instant::now();
+        if let Err(e) = listen_once(&net, &relay).await {
+            tracing::debug!(relay = %relay.addr, error = %e, "relay listening connection ended");
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_secs(1);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
-async fn listen_once(net: &Arc<PeerNet>, relay: &str) -> Result<(), RelayClientError> {
+async fn listen_once(net: &Arc<PeerNet>, relay: &RelayInfo) -> Result<(), RelayClientError> {
     let hello = Hello::Listen {
-        identity: net.remote.identity().await?,
+        relay_ticket: net.remote.relay_ticket().await?,
     };
-    let mut tls = open(relay, &net.me.ca_pem, &hello).await?;
+    let mut tls = open(relay, &hello).await?;
     ready(&mut tls).await?;
-    tracing::debug!("reachable through the relay");
+    tracing::debug!(relay = %relay.addr, "reachable through the relay");
     loop {
         match read(&mut tls).await? {
             Reply::Incoming { rendezvous, from } => {
-                let (net, relay) = (Arc::clone(net), relay.to_string());
+                let (net, relay) = (Arc::clone(net), relay.clone());
                 tokio::spawn(async move {
                     if let Err(e) = accept(&net, &relay, rendezvous).await {
                         tracing::info!(peer = %from, error = %e, "relayed peer connection failed");
@@ -197,15 +240,14 @@ async fn listen_once(net: &Arc<PeerNet>, relay: &str) -> Result<(), RelayClientE
 
 async fn accept(
     net: &Arc<PeerNet>,
-    relay: &str,
+    relay: &RelayInfo,
     rendezvous: String,
 ) -> Result<(), RelayClientError> {
     let hello = Hello::Accept {
-        identity: net.remote.identity().await?,
+        relay_ticket: net.remote.relay_ticket().await?,
         rendezvous,
     };
-    let me: &Me = &net.me;
-    let mut tls = open(relay, &me.ca_pem, &hello).await?;
+    let mut tls = open(relay, &hello).await?;
     ready(&mut tls).await?;
     server::accept_and_serve(Arc::clone(net), Box::new(tls), true).await?;
     Ok(())

@@ -808,8 +808,8 @@ impl Remote for MemoryRemote {
         Ok(d.clone())
     }
 
-    async fn identity(&self) -> Result<String, ClientError> {
-        Ok(format!("memory-identity-{}", self.device))
+    async fn relay_ticket(&self) -> Result<String, ClientError> {
+        Ok(format!("memory-relay-ticket-{}", self.device))
     }
 
     async fn peer_ticket(

@@ -146,12 +146,12 @@ pub trait Remote: Send + Sync {
     async fn devices(&self) -> Result<Vec<Device>, ClientError>;
     /// The devices, of any member, that have `folder` mapped.
     async fn folder_devices(&self, folder: &str) -> Result<Vec<Device>, ClientError>;
-    /// Where the relay is, and the cloud's signing keys.
+    /// The relays devices meet at, and the cloud's signing keys.
     async fn cloud_info(&self) -> Result<(CloudInfo, Jwks), ClientError>;
     /// Tells the cloud where this device's peer listener is reached.
     async fn set_presence(&self, addrs: Vec<String>) -> Result<Device, ClientError>;
-    /// A valid identity ticket for this device.
-    async fn identity(&self) -> Result<String, ClientError>;
+    /// A valid relay ticket for this device (shown only to relays).
+    async fn relay_ticket(&self) -> Result<String, ClientError>;
     /// A peer ticket naming this device and `device` (through `folder` for a device of
     /// another user).
     async fn peer_ticket(&self, device: &str, folder: Option<&str>) -> Result<String, ClientError>;

@@ -1,7 +1,10 @@
 //! What the listeners (a device's peer listener, the relay) share: bounds on the
 //! connections open at once from one source address and in total, so that one address,
 //! or many, cannot hold every socket a listener has. A connection is admitted before
-//! anything is read from it, and counted until its [`Admitted`] is dropped.
+//! anything is read from it, and counted until its [`Admitted`] is dropped. Also the
+//! TLS every server and client of meshfs uses (`tls`).
+
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
