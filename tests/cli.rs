@@ -288,3 +288,38 @@ fn a_second_login_in_a_home_makes_a_new_key() {
     common::output_ok("folder list", a.cli(&["folder", "list"]));
     assert!(!key_file.with_extension("new").exists());
 }
+
+/// `meshfs folder ticket` prints an access ticket that calls the REST API as the folder's
+/// owner: the entries of the folder, and no other folder.
+#[test]
+fn a_folder_ticket_calls_the_rest_api_for_that_folder() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    let a = Device::login(&cloud, "ann", "laptop");
+    a.cli_ok(&["folder", "create", "Docs"]);
+    a.cli_ok(&["folder", "create", "Other"]);
+    let text = |out: std::process::Output| common::output_ok("meshfs", out);
+    let list = text(a.cli(&["folder", "list"]));
+    let id_of = |name: &str| {
+        list.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{name} in {list}"))
+            .to_string()
+    };
+    let ticket = text(a.cli(&["folder", "ticket", "Docs"]))
+        .trim()
+        .to_string();
+    let get = |path: String| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(cloud.ca())
+            .args(["-H", &format!("Authorization: Bearer {ticket}")])
+            .arg(format!("{}{path}", cloud.url))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get(format!("/folders/{}/entries", id_of("Docs"))), "200");
+    assert_eq!(get(format!("/folders/{}/entries", id_of("Other"))), "403");
+}

@@ -146,7 +146,8 @@ fn a_relay_with_only_the_jwks_and_its_own_certificate_relays_a_64_mib_read() {
         relay.log_text()
     );
     assert!(
-        eventually(Duration::from_secs(5), || b.counters().blocks_from_peers >= 64),
+        eventually(Duration::from_secs(5), || b.counters().blocks_from_peers
+            >= 64),
         "the blocks came from A: {:?}",
         b.counters()
     );

@@ -419,6 +419,15 @@ pub enum FolderCommand {
         #[command(flatten)]
         home: HomeArg,
     },
+    /// Print an access ticket for a folder (valid for minutes), to call the cloud's REST
+    /// API yourself: curl -H "Authorization: Bearer $(meshfs folder ticket Docs)" \
+    /// https://CLOUD/folders/ID/entries
+    Ticket {
+        /// The folder's name or id.
+        folder: String,
+        #[command(flatten)]
+        home: HomeArg,
+    },
     /// Unmap a folder from this device.
     Unmap {
         /// The folder's name or id.

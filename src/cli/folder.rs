@@ -1,4 +1,4 @@
-//! `meshfs folder create|list|map|unmap|content`, and sharing with other users:
+//! `meshfs folder create|list|ticket|map|unmap|content`, and sharing with other users:
 //! `share|invitations|accept|decline|members|unshare|leave`.
 
 use crate::agent::client::CloudClient;
@@ -165,6 +165,10 @@ pub async fn run(cmd: FolderCommand) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("leaving {folder}"))?;
             println!("you left {folder}; it leaves your mount within seconds");
+        }
+        FolderCommand::Ticket { folder, home } => {
+            let client = connect(&home.resolve()?)?;
+            println!("{}", find(&client, &folder).await?.ticket.ticket);
         }
         FolderCommand::Map { folder, home } => set_mapped(&folder, home, true).await?,
         FolderCommand::Unmap { folder, home } => set_mapped(&folder, home, false).await?,
