@@ -323,3 +323,40 @@ fn a_folder_ticket_calls_the_rest_api_for_that_folder() {
     assert_eq!(get(format!("/folders/{}/entries", id_of("Docs"))), "200");
     assert_eq!(get(format!("/folders/{}/entries", id_of("Other"))), "403");
 }
+
+/// `meshfs mount --metrics-listen` serves the totals `meshfs status` shows to Prometheus.
+#[test]
+fn a_mount_serves_its_counters_to_prometheus() {
+    let cloud = Cloud::start();
+    cloud.add_user("ann");
+    let a = Device::login(&cloud, "ann", "laptop");
+    a.cli_ok(&["folder", "create", "Docs"]);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let m = a.mount_with(&["--metrics-listen", &addr.to_string()]);
+    assert!(eventually(Duration::from_secs(20), || m
+        .join("Docs")
+        .is_dir()));
+    std::fs::write(m.join("Docs/a.txt"), b"hello").expect("write");
+    assert!(a.uploaded());
+    let scrape = || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{addr}/metrics")])
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || scrape()
+            .contains("meshfs_agent_blocks_uploaded_total 1")),
+        "{}",
+        scrape()
+    );
+    let text = scrape();
+    assert!(text.contains("meshfs_agent_cloud_reachable 1"), "{text}");
+    assert!(
+        text.contains("# TYPE meshfs_agent_cache_used_bytes gauge"),
+        "{text}"
+    );
+}

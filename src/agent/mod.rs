@@ -17,6 +17,7 @@ pub mod fs;
 pub mod home;
 pub mod invalidate;
 pub mod journal;
+pub mod metrics;
 pub mod mount;
 pub mod peer;
 pub mod remote;

@@ -192,6 +192,10 @@ pub struct CloudArgs {
     /// The most folders one user may own.
     #[arg(long, default_value_t = 1000)]
     pub max_folders: u64,
+    /// Serve Prometheus metrics (requests, latency, tickets, blocks, long polls) over plain
+    /// HTTP at http://ADDR/metrics, e.g. 127.0.0.1:9463; keep it off public networks.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Earlier versions of each file kept however old they are.
     #[arg(long, default_value_t = 10)]
     pub history_versions: usize,
@@ -552,6 +556,10 @@ pub struct MountArgs {
     /// environment only, like TLS's SSLKEYLOGFILE.
     #[arg(long, env = "MESHFS_PEER_KEYLOG", hide = true)]
     pub peer_keylog: Option<PathBuf>,
+    /// Serve Prometheus metrics (the totals of `meshfs status`) over plain HTTP at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub home: HomeArg,
 }

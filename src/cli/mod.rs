@@ -96,6 +96,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             cfg.relay_transcript = a.relay_transcript;
             cfg.allow_local_peers = a.allow_local_peers;
             cfg.max_folders = a.max_folders;
+            cfg.metrics_listen = a.metrics_listen;
             let days = |n: u64| std::time::Duration::from_secs(n.saturating_mul(86_400));
             cfg.retention = crate::cloud::Retention {
                 versions_per_file: a.history_versions,
@@ -187,6 +188,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 access,
                 a.cache_size,
                 passthrough,
+                a.metrics_listen,
             )
             .await
             .with_context(|| format!("mounting the mesh at {}", a.mountpoint.display()))

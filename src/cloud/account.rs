@@ -138,13 +138,14 @@ pub async fn sign(state: &AppState, claims: Vec<Claims>) -> Result<Vec<TicketRes
                         ticket: signer.sign(&c),
                         expires_at: c.exp,
                     };
-                    (i, t)
+                    (i, t, c.kind)
                 })
                 .collect::<Vec<_>>()
         })
         .await
         .map_err(|e| AppError::internal("signing tickets", e))?;
-        for (i, t) in signed {
+        for (i, t, kind) in signed {
+            state.metrics.ticket_signed(kind);
             if let Some(g) = grants[i].clone() {
                 state.issued.remember(g, &t);
             }
@@ -269,6 +270,7 @@ pub async fn login(
     };
     if !ok {
         throttle.failed(&req.user, from.ip(), Instant::now());
+        state.metrics.login_refused();
         return Err(AppError::BadCredentials);
     }
     if !valid_display_name(&req.device_name) {

@@ -143,7 +143,10 @@ pub async fn put_block(
             .record_block(&folder.id, &hash, len, &charge)
             .await?;
         match got {
-            BlockRecord::Stored => return Ok(StatusCode::CREATED),
+            BlockRecord::Stored => {
+                state.metrics.block_stored(len);
+                return Ok(StatusCode::CREATED);
+            }
             BlockRecord::AlreadyStored => return Ok(StatusCode::OK),
             // A racing upload took the room: history makes more if it can.
             BlockRecord::OverQuota if room_for(&state, &folder.owner, len).await? => {}
@@ -202,6 +205,7 @@ pub async fn collect(state: &AppState) -> Result<Collected, AppError> {
             Err(_) => tracing::warn!(folder, hash, "a freed block with a malformed name"),
         }
     }
+    state.metrics.blocks_freed(done.blocks.len() as u64);
     if !done.blocks.is_empty() || done.versions > 0 {
         tracing::info!(
             blocks = done.blocks.len(),

@@ -748,10 +748,10 @@ pub async fn changes(
             }));
         }
         // Any commit wakes us; a change of another folder just means looking again.
-        if !matches!(
-            tokio::time::timeout_at(deadline, feed.changed()).await,
-            Ok(Ok(()))
-        ) {
+        let waiting = state.metrics.feed_waiter();
+        let woken = tokio::time::timeout_at(deadline, feed.changed()).await;
+        drop(waiting);
+        if !matches!(woken, Ok(Ok(()))) {
             return Ok(Json(ChangeBatch {
                 changes,
                 next: seq.max(q.since),

@@ -13,6 +13,7 @@ pub(crate) mod graph;
 pub(crate) mod issued;
 pub mod keys;
 pub(crate) mod members;
+pub(crate) mod metrics;
 pub(crate) mod peers;
 pub(crate) mod relays;
 pub(crate) mod store;
@@ -27,7 +28,7 @@ use crate::net::tls;
 use crate::proto::BLOCK_SIZE;
 use auth::TicketCache;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post, put};
@@ -125,6 +126,8 @@ pub struct CloudConfig {
     pub logins: throttle::Rules,
     /// The most folders one user may own.
     pub max_folders: u64,
+    /// Where to serve Prometheus metrics over plain HTTP (`None`: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CloudConfig {
@@ -149,6 +152,7 @@ impl CloudConfig {
             max_folders: 1000,
             retention: store::Retention::default(),
             collect_every: Duration::from_secs(600),
+            metrics_listen: None,
         }
     }
 }
@@ -172,6 +176,7 @@ pub struct Shared {
     allow_local_peers: bool,
     logins: throttle::LoginThrottle,
     max_folders: u64,
+    metrics: metrics::CloudMetrics,
 }
 
 pub type AppState = Arc<Shared>;
@@ -222,6 +227,7 @@ fn shared_state(
     store: Store,
     keys: Arc<CloudKeys>,
     relay: Option<crate::proto::RelayInfo>,
+    metrics: metrics::CloudMetrics,
 ) -> Result<AppState, CloudError> {
     let blobs = Blobs::open(&cfg.engines.blocks)?;
     Ok(Arc::new(Shared {
@@ -238,15 +244,24 @@ fn shared_state(
         allow_local_peers: cfg.allow_local_peers,
         logins: throttle::LoginThrottle::new(cfg.logins),
         max_folders: cfg.max_folders,
+        metrics,
     }))
 }
 
-async fn log_request(req: Request, next: Next) -> Response {
+/// Logs each request (at debug) and counts it by route, method and status.
+async fn log_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
     let started = std::time::Instant::now();
     let res = next.run(req).await;
-    tracing::debug!(%method, %path, status = res.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    let (status, took) = (res.status().as_u16(), started.elapsed());
+    state.metrics.request(&route, method.as_str(), status, took);
+    tracing::debug!(%method, %path, status, ms = took.as_millis() as u64, "request");
     res
 }
 
@@ -332,7 +347,10 @@ pub fn app(state: AppState) -> Router {
             post(members::accept),
         )
         .fallback(|| async { error::AppError::NotFound("resource") })
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            log_request,
+        ))
         .with_state(state)
 }
 
@@ -342,9 +360,12 @@ pub struct RunningCloud {
     pub addr: SocketAddr,
     /// Where its relay listens, if it runs one.
     pub relay_addr: Option<SocketAddr>,
+    /// Where its metrics are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     handle: axum_server::Handle<SocketAddr>,
     task: JoinHandle<std::io::Result<()>>,
     _relay: Option<crate::relay::RunningRelay>,
+    _metrics: Option<crate::net::metrics::MetricsServer>,
     _collector: AbortOnDropHandle<()>,
     _listener: Option<AbortOnDropHandle<()>>,
     _keys: AbortOnDropHandle<()>,
@@ -418,7 +439,18 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
         }
         None => None,
     };
-    let state = shared_state(&cfg, store, keys, advertised)?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let counted = metrics::CloudMetrics::new(&mut registry);
+    let state = shared_state(&cfg, store, keys, advertised, counted)?;
+    let metrics = match cfg.metrics_listen {
+        Some(listen) => Some(crate::net::metrics::serve(listen, registry).await.map_err(
+            |source| CloudError::Bind {
+                addr: listen,
+                source,
+            },
+        )?),
+        None => None,
+    };
     let bind = |source| CloudError::Bind {
         addr: cfg.listen,
         source,
@@ -443,9 +475,11 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     Ok(RunningCloud {
         addr,
         relay_addr,
+        metrics_addr: metrics.as_ref().map(|m| m.addr),
         handle,
         task,
         _relay: relay,
+        _metrics: metrics,
         _collector: AbortOnDropHandle::new(collector),
         _listener: listener,
         _keys: keys,

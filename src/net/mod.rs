@@ -2,8 +2,10 @@
 //! connections open at once from one source address and in total, so that one address,
 //! or many, cannot hold every socket a listener has. A connection is admitted before
 //! anything is read from it, and counted until its [`Admitted`] is dropped. Also the
-//! TLS every server and client of meshfs uses (`tls`).
+//! TLS every server and client of meshfs uses (`tls`), and the Prometheus endpoint
+//! (`metrics`).
 
+pub mod metrics;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -26,6 +26,17 @@ pub enum TicketKind {
     Relay,
 }
 
+impl TicketKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Access => "access",
+            Self::Peer => "peer",
+            Self::Relay => "relay",
+        }
+    }
+}
+
 /// A verb an access ticket grants on its subtree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1866,3 +1866,30 @@ async fn a_flood_of_bad_logins_is_refused_and_the_cloud_still_answers() {
         "this address waits"
     );
 }
+
+#[tokio::test]
+async fn the_metrics_count_requests_by_route_tickets_and_logins_refused() {
+    let env = env_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let ann = env.login("ann").await;
+    env.folders(&ann).await;
+    let res = env.login_with("ann", "wrong", &KEY_B).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let addr = env.cloud.metrics_addr.expect("metrics are served");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"meshfs_cloud_requests_total{route="/login",method="POST",status="200"} 1"#,
+        r#"meshfs_cloud_requests_total{route="/login",method="POST",status="401"} 1"#,
+        r#"meshfs_cloud_requests_total{route="/users/{user}/folders",method="GET",status="200"} 1"#,
+        r#"meshfs_cloud_request_duration_seconds_count{route="/login",method="POST"} 2"#,
+        r#"meshfs_cloud_tickets_signed_total{kind="identity"} 1"#,
+        "meshfs_cloud_logins_refused_total 1",
+        "meshfs_cloud_feed_waiters 0",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}

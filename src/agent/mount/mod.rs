@@ -50,6 +50,12 @@ pub enum MountError {
     CacheBusy { path: PathBuf },
     #[error("opening the local cache")]
     Cache(#[from] CacheError),
+    #[error("serving metrics on {addr} (pick another address with --metrics-listen)")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("device home {path} (`meshfs login --home` makes one)")]
     Home {
         path: PathBuf,
@@ -274,7 +280,8 @@ pub enum Access {
     Everyone,
 }
 
-/// Mounts the mesh at `mountpoint` and serves it until SIGINT or SIGTERM.
+/// Mounts the mesh at `mountpoint` and serves it until SIGINT or SIGTERM, with Prometheus
+/// metrics at `metrics` if given.
 pub async fn run(
     home: &Home,
     mountpoint: &Path,
@@ -282,8 +289,19 @@ pub async fn run(
     access: Access,
     cache_size: Option<Size>,
     passthrough: Option<bool>,
+    metrics: Option<std::net::SocketAddr>,
 ) -> Result<(), MountError> {
     let agent = open_agent(home, peers, cache_size)?;
+    let _metrics = match metrics {
+        Some(addr) => {
+            let mut registry = prometheus_client::registry::Registry::default();
+            let collector = crate::agent::metrics::AgentCollector(Arc::clone(&agent.counters));
+            registry.register_collector(Box::new(collector));
+            let served = crate::net::metrics::serve(addr, registry).await;
+            Some(served.map_err(|source| MountError::Metrics { addr, source })?)
+        }
+        None => None,
+    };
     let passthrough = config::passthrough(home, passthrough)?;
     let peer_tasks = match &agent.peers {
         Some(p) => p.start().await?,
