@@ -116,7 +116,8 @@ step cargo test --locked --doc
 # ---- again on the scale-out engines ----
 
 # The integration suite once more with each test's cloud on PostgreSQL 15 and an S3 server
-# (a throwaway cluster and moto's server on loopback ports; see scripts/lib/engines.sh).
+# (a throwaway cluster and moto's server on loopback ports; see scripts/lib/engines.sh),
+# as two processes, the devices starting on each in turn (tests/common/mod.rs).
 source scripts/lib/engines.sh
 step install_engines
 step start_postgres "$RUN_TMP"

@@ -432,10 +432,14 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
                 path: ca.display().to_string(),
                 source,
             })?;
-            Some(crate::proto::RelayInfo {
+            let own = crate::proto::RelayInfo {
                 addr: advertised_relay(a, &cfg.tls_names),
                 ca,
-            })
+            };
+            // Recorded for the other processes on this database to list too: devices
+            // attached to different processes must meet at the same relays.
+            store.add_relay(&own).await?;
+            Some(own)
         }
         None => None,
     };

@@ -15,10 +15,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 
-/// `GET /.well-known/meshfs`: the relay this process runs, if any, then those added.
+/// `GET /.well-known/meshfs`: the relay this process runs, if any, then the others
+/// recorded (those `meshfs cloud add-relay` added, and those other processes run).
 pub async fn info(State(state): State<AppState>) -> Result<Json<CloudInfo>, AppError> {
-    let mut relays: Vec<_> = state.relay.iter().cloned().collect();
-    relays.extend(state.store.relays().await?);
+    let own = state.relay.clone();
+    let others = state.store.relays().await?.into_iter();
+    let relays = own
+        .iter()
+        .cloned()
+        .chain(others.filter(|r| own.as_ref() != Some(r)))
+        .collect();
     Ok(Json(CloudInfo { relays }))
 }
 

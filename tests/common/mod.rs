@@ -70,6 +70,14 @@ pub struct Cloud {
     netns: Option<String>,
     /// `MESHFS_LOG` of the process (and of its restarts).
     log_filter: String,
+    /// The `meshfs cloud` flags it was started with, given again to its restarts.
+    flags: Vec<String>,
+    /// On PostgreSQL and S3, a second process on the same database and bucket, also
+    /// paused, killed and restarted with this one: devices log in to the two in turn
+    /// ([`Cloud::urls_for_a_device`]), so that the suite runs across processes.
+    twin: Option<Box<Cloud>>,
+    /// Devices logged in so far.
+    devices: std::sync::atomic::AtomicUsize,
 }
 
 impl Cloud {
@@ -113,19 +121,60 @@ impl Cloud {
             dir,
             netns: netns.map(str::to_string),
             log_filter: log_filter.to_string(),
+            flags: extra.iter().map(|f| f.to_string()).collect(),
+            twin: None,
+            devices: Default::default(),
         };
         cloud.spawn(listen, &log, extra);
+        if netns.is_none() && engines::on_postgres() {
+            // The twin runs no relay of its own: it lists this process's relay.
+            let mut flags = vec!["--no-relay".to_string()];
+            let mut given = extra.iter();
+            while let Some(f) = given.next() {
+                match *f {
+                    "--relay-listen" | "--relay-transcript" => {
+                        given.next();
+                    }
+                    "--no-relay" => {}
+                    other => flags.push(other.to_string()),
+                }
+            }
+            cloud.twin = Some(Box::new(cloud.process_with(&flags)));
+        }
         cloud
     }
 
+    /// The cloud URLs for the next device to log in with, the process it starts on first:
+    /// with a twin, devices start on the two processes in turn.
+    pub fn urls_for_a_device(&self) -> Vec<String> {
+        let n = self
+            .devices
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.twin {
+            Some(twin) if n % 2 == 1 => vec![twin.url.clone(), self.url.clone()],
+            Some(twin) => vec![self.url.clone(), twin.url.clone()],
+            None => vec![self.url.clone()],
+        }
+    }
+
+    /// The log of the process (and of its twin, after it).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default()
+        let mut text =
+            std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default();
+        if let Some(twin) = &self.twin {
+            text.push_str(&twin.log_text());
+        }
+        text
     }
 
     /// Another `meshfs cloud` process (with no relay) on this cloud's data directory and
     /// engines: on a PostgreSQL database and an S3 bucket both serve the same users.
     #[allow(dead_code)]
     pub fn another_process(&self) -> Cloud {
+        self.process_with(&["--no-relay".to_string()])
+    }
+
+    fn process_with(&self, flags: &[String]) -> Cloud {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("cloud.log");
         let mut other = Cloud {
@@ -136,8 +185,12 @@ impl Cloud {
             dir,
             netns: None,
             log_filter: self.log_filter.clone(),
+            flags: flags.to_vec(),
+            twin: None,
+            devices: Default::default(),
         };
-        other.spawn("127.0.0.1:0", &log, &["--no-relay"]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        other.spawn("127.0.0.1:0", &log, &flags);
         other
     }
 
@@ -215,20 +268,29 @@ impl Cloud {
         );
     }
 
-    /// Starts the cloud again on the same address and data (after [`Cloud::kill`]).
+    /// Starts the cloud again on the same address and data (after [`Cloud::kill`]), with the
+    /// flags it was started with.
     pub fn restart(&mut self) {
         self.kill();
         let listen = self.url.trim_start_matches("https://").to_string();
         let log = self.dir.path().join("cloud-restart.log");
         let _ = std::fs::remove_file(&log);
-        self.spawn(&listen, &log, &[]);
+        let flags = self.flags.clone();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        self.spawn(&listen, &log, &flags);
+        if let Some(twin) = &mut self.twin {
+            twin.restart();
+        }
     }
 
-    /// Stops the cloud process for good.
+    /// Stops the cloud process (and its twin) for good.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(twin) = &mut self.twin {
+            twin.kill();
         }
     }
 
@@ -236,13 +298,19 @@ impl Cloud {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
-    /// Freezes the cloud (SIGSTOP): connections hang as with a network outage.
+    /// Freezes the cloud (SIGSTOP), and its twin: connections hang as with a network outage.
     pub fn pause(&self) {
         signal(self.pid(), "STOP");
+        if let Some(twin) = &self.twin {
+            twin.pause();
+        }
     }
 
     pub fn resume(&self) {
         signal(self.pid(), "CONT");
+        if let Some(twin) = &self.twin {
+            twin.resume();
+        }
     }
 
     /// Every block in the cloud's block store.
@@ -302,19 +370,16 @@ impl Device {
 
     /// Logs a device in from network namespace `netns`.
     pub fn login_in(cloud: &Cloud, user: &str, name: &str, netns: Option<&str>) -> Self {
-        Self::login_as(cloud, &[&cloud.url], user, name, netns, None)
+        let urls = cloud.urls_for_a_device();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        Self::login_as(cloud, &urls, user, name, netns, None)
     }
 
     /// Logs a device in with heightened security, under the passphrase in `passphrase_file`.
     pub fn login_protected(cloud: &Cloud, user: &str, name: &str, passphrase_file: &Path) -> Self {
-        Self::login_as(
-            cloud,
-            &[&cloud.url],
-            user,
-            name,
-            None,
-            Some(passphrase_file),
-        )
+        let urls = cloud.urls_for_a_device();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        Self::login_as(cloud, &urls, user, name, None, Some(passphrase_file))
     }
 
     fn login_as(
