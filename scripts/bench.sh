@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks a real meshfs mount side by side with the native disk (and, when bindfs is
-# available, a passthrough-FUSE baseline) and prints a table of medians and ratios to native.
+# Benchmarks a real meshfs mount side by side with the native disk and baselines on the same
+# data: bindfs (a passthrough FUSE), and two network filesystems over loopback SSH, rclone
+# mount (SFTP, --vfs-cache-mode full) and sshfs; prints a table of medians and ratios to
+# native.
 #
 # Setup: a `meshfs cloud` on 127.0.0.1, one user, two devices A and B logged in, folder
 # `Bench` mounted on both. The test data is written through A's mount and uploaded; every
@@ -26,6 +28,7 @@
 #          BENCH_SQLITE_TXNS=N    inserts, each in its own transaction (default 2000, quick 500)
 #          BENCH_SQLITE_BATCH=N   inserts in one transaction (default 100000, quick 20000)
 #          BENCH_BINDFS=0         skip the bindfs column
+#          BENCH_NETFS=0          skip the rclone and sshfs columns
 #          BENCH_NO_INSTALL=1     never apt-get install missing tools
 #          BENCH_TMP=dir          parent of the temp dir (default /var/tmp; must not be tmpfs)
 #          BENCH_COLD=0           skip cold rows (no sync, no drop_caches)
@@ -65,6 +68,7 @@ die() { log "ERROR: $*"; exit 1; }
 # ---------------------------------------------------------------- cleanup (always runs)
 T=""
 CLOUD_PID=""
+SSHD_PID=""
 AGENT_PIDS=()
 MOUNTS=()
 FAILED=0
@@ -89,6 +93,10 @@ cleanup() {
         show_log_tails
     fi
     local pid m i
+    for m in "${MOUNTS[@]}"; do
+        is_mounted "$m" && [[ $m == *mnt-base-* ]] && fusermount3 -u "$m" 2>/dev/null
+    done
+    [[ -n "$SSHD_PID" ]] && kill -TERM "$SSHD_PID" 2>/dev/null
     for pid in "${AGENT_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
     for pid in "${AGENT_PIDS[@]}"; do
         for ((i = 0; i < 150; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -141,10 +149,20 @@ command -v git >/dev/null || apt_install git || die "git is missing (Debian pack
 command -v sqlite3 >/dev/null || apt_install sqlite3 || die "the sqlite3 CLI is missing (Debian package sqlite3)"
 HAVE_HYPERFINE=0
 command -v hyperfine >/dev/null && HAVE_HYPERFINE=1
-USE_BINDFS=0
+# The baselines wanted (each mounts the native Bench data; see mount_baselines).
+WANT_BASE=()
 if [[ "${BENCH_BINDFS:-1}" != 0 ]]; then
     command -v bindfs >/dev/null || apt_install bindfs || true
-    command -v bindfs >/dev/null && USE_BINDFS=1
+    command -v bindfs >/dev/null && WANT_BASE+=(bindfs)
+fi
+if [[ "${BENCH_NETFS:-1}" != 0 ]]; then
+    [[ -x /usr/sbin/sshd ]] || apt_install openssh-server || true
+    command -v rclone >/dev/null || apt_install rclone || true
+    command -v sshfs >/dev/null || apt_install sshfs || true
+    if [[ -x /usr/sbin/sshd ]]; then
+        command -v rclone >/dev/null && WANT_BASE+=(rclone)
+        command -v sshfs >/dev/null && WANT_BASE+=(sshfs)
+    fi
 fi
 [[ -w /proc/sys/vm/drop_caches ]] || log "not root: /proc/sys/vm/drop_caches is not writable, cold rows are skipped"
 # A FUSE mount whose daemon no longer answers (say, one left by a killed test) can hang every
@@ -199,7 +217,7 @@ FSTYPE=$(stat -f -c %T "$T")
 CLOUD_DATA="$T/cloud"
 HOME_A="$T/home-a"; HOME_B="$T/home-b"; HOME_C="$T/home-c"; HOME_P="$T/home-p"
 MNT_A="$T/mnt-a"; MNT_B="$T/mnt-b"; MNT_C="$T/mnt-c"; MNT_P="$T/mnt-p"
-NATIVE="$T/native"; BINDMNT="$T/mnt-bindfs"
+NATIVE="$T/native"
 mkdir -p "$MNT_A" "$MNT_B" "$MNT_C" "$MNT_P" "$NATIVE/Bench"
 PROTECTED=${BENCH_PROTECTED:-1}
 PASSPHRASE_FILE="$T/passphrase"
@@ -329,14 +347,60 @@ log "B sees all files ${SEE_WAIT_S}s later"
 B_FETCHED_BEFORE=$(status_field "$HOME_B" .counters.bytes_fetched)
 [[ "$B_FETCHED_BEFORE" == 0 ]] || log "WARNING: B fetched $B_FETCHED_BEFORE bytes before any read"
 
-if [[ $USE_BINDFS == 1 ]]; then
-    mkdir -p "$BINDMNT"
-    MOUNTS+=("$BINDMNT")
-    if ! bindfs "$NATIVE" "$BINDMNT" 2>>"$LOGS/bindfs.log"; then
-        log "bindfs mount failed; skipping the bindfs column"
-        USE_BINDFS=0
-    fi
+# The baselines that mounted, in column order, and where: each shows the native data.
+BASELINES=()
+declare -A BASE_MNT
+# An sshd on a loopback port for the network baselines, with keys of its own.
+start_sshd() {
+    local k="$T/ssh"
+    mkdir -p "$k" /run/sshd
+    chmod 700 "$k"
+    ssh-keygen -q -t ed25519 -N '' -f "$k/host" && ssh-keygen -q -t ed25519 -N '' -f "$k/id" || return 1
+    cp "$k/id.pub" "$k/authorized_keys"
+    SSH_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    /usr/sbin/sshd -D -e -f /dev/null -p "$SSH_PORT" -o ListenAddress=127.0.0.1 -o HostKey="$k/host" \
+        -o AuthorizedKeysFile="$k/authorized_keys" -o StrictModes=no -o UsePAM=no -o PidFile=none \
+        -o PermitRootLogin=prohibit-password -o Subsystem="sftp internal-sftp" 2>>"$LOGS/sshd.log" &
+    SSHD_PID=$!
+    local i
+    for ((i = 0; i < 50; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$SSH_PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+mount_baseline() { # mount_baseline NAME DIR
+    local key="$T/ssh/id" i
+    case $1 in
+        bindfs) bindfs "$NATIVE" "$2" ;;
+        sshfs) sshfs "$(id -un)@127.0.0.1:$NATIVE" "$2" -p "$SSH_PORT" \
+            -o "IdentityFile=$key,StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null" ;;
+        rclone)
+            rclone mount ":sftp,host=127.0.0.1,port=$SSH_PORT,user=$(id -un),key_file=$key:$NATIVE" "$2" \
+                --vfs-cache-mode full --cache-dir "$T/rclone-cache" --log-file "$LOGS/rclone.log" </dev/null &
+            AGENT_PIDS+=($!)
+            for ((i = 0; i < 100; i++)); do is_mounted "$2" && return 0; sleep 0.1; done
+            return 1 ;;
+    esac
+}
+NEED_SSHD=0
+for b in "${WANT_BASE[@]}"; do [[ $b != bindfs ]] && NEED_SSHD=1; done
+if [[ $NEED_SSHD == 1 ]] && ! start_sshd; then
+    log "sshd did not start (see $LOGS/sshd.log); skipping the rclone and sshfs columns"
+    WANT_BASE=("${WANT_BASE[@]/rclone/}"); WANT_BASE=("${WANT_BASE[@]/sshfs/}")
 fi
+for b in "${WANT_BASE[@]}"; do
+    [[ -n $b ]] || continue
+    d="$T/mnt-base-$b"
+    mkdir -p "$d"
+    MOUNTS+=("$d")
+    if mount_baseline "$b" "$d" 2>>"$LOGS/$b.log" && [[ -d "$d/Bench" ]]; then
+        BASELINES+=("$b"); BASE_MNT[$b]=$d
+    else
+        log "$b did not mount (see $LOGS/$b.log); skipping its column"
+    fi
+done
+log "baselines: native${BASELINES[*]/#/, }"
 
 # ---------------------------------------------------------------- measuring
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -392,24 +456,36 @@ once() {
     fi
 }
 
-# Rows: label | native | meshfs | bindfs | aim | bytes (for MB/s, 0 if none)
-ROW_LABEL=(); ROW_NAT=(); ROW_MESH=(); ROW_BIND=(); ROW_AIM=(); ROW_BYTES=()
-add_row() { ROW_LABEL+=("$1"); ROW_NAT+=("$2"); ROW_MESH+=("$3"); ROW_BIND+=("$4"); ROW_AIM+=("$5"); ROW_BYTES+=("$6"); }
+# Rows: label | native | meshfs | the baselines' times, space-separated in BASELINES order
+# ("-" for none) | aim | bytes (for MB/s, 0 if none)
+ROW_LABEL=(); ROW_NAT=(); ROW_MESH=(); ROW_BASE=(); ROW_AIM=(); ROW_BYTES=()
+add_row() { ROW_LABEL+=("$1"); ROW_NAT+=("$2"); ROW_MESH+=("$3"); ROW_BASE+=("$4"); ROW_AIM+=("$5"); ROW_BYTES+=("$6"); }
+base_of() { # base_of ROW K -> the time of baseline K in row ROW, or -
+    local vals=(${ROW_BASE[$1]})
+    echo "${vals[$2]:--}"
+}
+# measure_baselines ID MODE TEMPLATE [PREPARE] -> the baselines' medians, space-separated
+measure_baselines() {
+    local out=() b d
+    for b in "${BASELINES[@]}"; do
+        d=$(q "${BASE_MNT[$b]}/Bench")
+        out+=("$(measure "$1-$b" "$2" "${3//@/$d}" "${4//@/$d}")")
+    done
+    echo "${out[*]:--}"
+}
 
 q() { printf '%q' "$1"; }
 MESH_AT=$MNT_B # the meshfs mount measured by bench_row: B, except for rows that write
 # bench_row ID LABEL MODE AIM BYTES TEMPLATE [PREPARE]  (TEMPLATE and PREPARE use @ for the Bench directory)
 bench_row() {
-    local id=$1 label=$2 mode=$3 aim=$4 bytes=$5 tpl=$6 prep=${7:-true} nat mesh bind=- d
+    local id=$1 label=$2 mode=$3 aim=$4 bytes=$5 tpl=$6 prep=${7:-true} nat mesh base d
     if [[ $mode == cold && $CAN_DROP == 0 ]]; then return; fi
     log "measuring: $label"
     d=$(q "$NATIVE/Bench"); nat=$(measure "$id-native" "$mode" "${tpl//@/$d}" "${prep//@/$d}")
     d=$(q "$MESH_AT/Bench"); mesh=$(measure "$id-meshfs" "$mode" "${tpl//@/$d}" "${prep//@/$d}")
-    if [[ $USE_BINDFS == 1 ]]; then
-        d=$(q "$BINDMNT/Bench"); bind=$(measure "$id-bindfs" "$mode" "${tpl//@/$d}" "${prep//@/$d}")
-    fi
-    [[ "$nat $mesh $bind" == *ERR* ]] && FAILED=1
-    add_row "$label" "$nat" "$mesh" "$bind" "$aim" "$bytes"
+    base=$(measure_baselines "$id" "$mode" "$tpl" "$prep")
+    [[ "$nat $mesh $base" == *ERR* ]] && FAILED=1
+    add_row "$label" "$nat" "$mesh" "$base" "$aim" "$bytes"
 }
 
 if ((SIZE_MIB % 1024 == 0)); then SIZE_H="$((SIZE_MIB / 1024)) GiB"; else SIZE_H="$SIZE_MIB MiB"; fi
@@ -555,15 +631,15 @@ G_B_INDEX_FIRST=$([[ "$(stamp "$MNT_B/Bench/repo/.git/index")" == "$G_B_INDEX0" 
 add_row "git status $GIT_H, first (B)" - "$first" - "" 0
 
 git_status_rows() { # git_status_rows MODE
-    local mode=$1 label="git status $GIT_H, $1" tpl="$GIT -C @/repo status > /dev/null" nat a b bind=- d
+    local mode=$1 label="git status $GIT_H, $1" tpl="$GIT -C @/repo status > /dev/null" nat a b base d
     if [[ $mode == cold && $CAN_DROP == 0 ]]; then return; fi
     log "measuring: $label"
     d=$(q "$NATIVE/Bench"); nat=$(measure "git-$mode-native" "$mode" "${tpl//@/$d}")
     d=$(q "$MNT_B/Bench"); b=$(measure "git-$mode-meshfs" "$mode" "${tpl//@/$d}")
     d=$(q "$MNT_A/Bench"); a=$(measure "git-$mode-meshfs-a" "$mode" "${tpl//@/$d}")
-    if [[ $USE_BINDFS == 1 ]]; then d=$(q "$BINDMNT/Bench"); bind=$(measure "git-$mode-bindfs" "$mode" "${tpl//@/$d}"); fi
-    [[ "$nat $a $b $bind" == *ERR* ]] && FAILED=1
-    add_row "$label" "$nat" "$b" "$bind" "" 0
+    base=$(measure_baselines "git-$mode" "$mode" "$tpl" true)
+    [[ "$nat $a $b $base" == *ERR* ]] && FAILED=1
+    add_row "$label" "$nat" "$b" "$base" "" 0
     add_row "$label (A)" "$nat" "$a" - "" 0
 }
 G_B_INDEX1=$(stamp "$MNT_B/Bench/repo/.git/index"); G_A_INDEX1=$(stamp "$MNT_A/Bench/repo/.git/index")
@@ -687,7 +763,7 @@ if [[ $PROTECTED == 1 ]]; then
         { P_OK="NO: small files differ on P (see $LOGS/diff-small-p.out)"; FAILED=1; }
 fi
 
-if [[ $USE_BINDFS == 1 ]]; then fusermount3 -u "$BINDMNT" 2>>"$LOGS/bindfs.log" || true; fi
+for b in "${BASELINES[@]}"; do fusermount3 -u "${BASE_MNT[$b]}" 2>>"$LOGS/$b.log" || true; done
 sleep 1.2
 B_FETCHED_END=$(status_field "$HOME_B" .counters.bytes_fetched)
 B_BLOCKS_END=$(status_field "$HOME_B" .counters.blocks_fetched)
@@ -726,30 +802,32 @@ report() {
     echo "         warm = 1 warm-up run; meshfs measured on device B (data written on A); first = B's first read, fetched from the cloud;"
     echo "         git: \`git status\` in a clone written through A (GIT_CONFIG_NOSYSTEM=1, $GIT_OPTS), (A) = on A;"
     echo "         sqlite: sqlite3 CLI on A's mount (the writer), fresh database each run, journal_mode=DELETE, synchronous=FULL"
+    echo "baselines: the same data on the native disk through bindfs (passthrough FUSE), rclone mount (SFTP to a"
+    echo "         loopback sshd, --vfs-cache-mode full) and sshfs (the same sshd); a baseline that did not mount has no column"
     echo
-    local hdr i bind_cols=""
-    if [[ $USE_BINDFS == 1 ]]; then
-        printf '%-34s %11s %11s %11s %9s %9s   %s\n' benchmark "native (s)" "meshfs (s)" "bindfs (s)" ratio "bindfs" aim
-    else
-        printf '%-34s %11s %11s %9s   %s\n' benchmark "native (s)" "meshfs (s)" ratio aim
-    fi
+    local i k line
+    echo "times in seconds; each ratio is the column's time over native's"
+    line=$(printf '%-34s %9s %9s %7s' benchmark native meshfs ratio)
+    for k in "${!BASELINES[@]}"; do line+=$(printf ' %9s %7s' "${BASELINES[$k]}" ratio); done
+    echo "$line   aim"
     for i in "${!ROW_LABEL[@]}"; do
-        if [[ $USE_BINDFS == 1 ]]; then
-            printf '%-34s %11s %11s %11s %9s %9s   %s\n' "${ROW_LABEL[$i]}" "$(fmt "${ROW_NAT[$i]}")" \
-                "$(fmt "${ROW_MESH[$i]}")" "$(fmt "${ROW_BIND[$i]}")" "$(ratio "${ROW_MESH[$i]}" "${ROW_NAT[$i]}")" \
-                "$(ratio "${ROW_BIND[$i]}" "${ROW_NAT[$i]}")" "${ROW_AIM[$i]}"
-        else
-            printf '%-34s %11s %11s %9s   %s\n' "${ROW_LABEL[$i]}" "$(fmt "${ROW_NAT[$i]}")" \
-                "$(fmt "${ROW_MESH[$i]}")" "$(ratio "${ROW_MESH[$i]}" "${ROW_NAT[$i]}")" "${ROW_AIM[$i]}"
-        fi
+        line=$(printf '%-34s %9s %9s %7s' "${ROW_LABEL[$i]}" "$(fmt "${ROW_NAT[$i]}")" \
+            "$(fmt "${ROW_MESH[$i]}")" "$(ratio "${ROW_MESH[$i]}" "${ROW_NAT[$i]}")")
+        for k in "${!BASELINES[@]}"; do
+            line+=$(printf ' %9s %7s' "$(fmt "$(base_of "$i" "$k")")" "$(ratio "$(base_of "$i" "$k")" "${ROW_NAT[$i]}")")
+        done
+        echo "$line   ${ROW_AIM[$i]}"
     done
     echo
-    printf '%-34s %11s %11s %11s\n' "throughput (MB/s)" native meshfs "$([[ $USE_BINDFS == 1 ]] && echo bindfs)"
+    line=$(printf '%-34s %9s %9s' "throughput (MB/s)" native meshfs)
+    for k in "${!BASELINES[@]}"; do line+=$(printf ' %9s' "${BASELINES[$k]}"); done
+    echo "$line"
     for i in "${!ROW_LABEL[@]}"; do
         [[ "${ROW_BYTES[$i]}" -gt 0 ]] || continue
-        printf '%-34s %11s %11s %11s\n' "${ROW_LABEL[$i]}" "$(mbps "${ROW_NAT[$i]}" "${ROW_BYTES[$i]}")" \
-            "$(mbps "${ROW_MESH[$i]}" "${ROW_BYTES[$i]}")" \
-            "$([[ $USE_BINDFS == 1 ]] && mbps "${ROW_BIND[$i]}" "${ROW_BYTES[$i]}")"
+        line=$(printf '%-34s %9s %9s' "${ROW_LABEL[$i]}" "$(mbps "${ROW_NAT[$i]}" "${ROW_BYTES[$i]}")" \
+            "$(mbps "${ROW_MESH[$i]}" "${ROW_BYTES[$i]}")")
+        for k in "${!BASELINES[@]}"; do line+=$(printf ' %9s' "$(mbps "$(base_of "$i" "$k")" "${ROW_BYTES[$i]}")"); done
+        echo "$line"
     done
     echo
     echo "setup:   write through A: $SIZE_H in ${WRITE_BIG_S}s ($(mbps "$WRITE_BIG_S" "$SIZE_BYTES") MB/s), $FILES_H in ${WRITE_SMALL_S}s;"
