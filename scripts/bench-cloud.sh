@@ -83,14 +83,8 @@ need curl curl
 [[ $EUID -eq 0 ]] || die "run as root: PostgreSQL runs as user postgres"
 install_engines >/dev/null
 
-if [[ -n "${MESHFS_BIN:-}" ]]; then
-    BIN=$MESHFS_BIN
-else
-    log "building release (cargo build --release --locked)"
-    (cd "$ROOT" && cargo build --release --locked --quiet)
-    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/meshfs"
-fi
-[[ -x "$BIN" ]] || die "no meshfs binary at $BIN"
+source "$ROOT/scripts/lib/release.sh"
+release_binary
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 mkdir -p "$OUT" "$LOGS"

@@ -64,14 +64,8 @@ trap 'exit 143' TERM
 command -v fusermount3 >/dev/null || die "fusermount3 is missing (Debian package fuse3)"
 command -v openssl >/dev/null || die "openssl is missing (Debian package openssl)"
 
-if [[ -n "${MESHFS_BIN:-}" ]]; then
-    BIN=$MESHFS_BIN
-else
-    log "building release (cargo build --release --locked)"
-    (cd "$ROOT" && cargo build --release --locked --quiet)
-    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/meshfs"
-fi
-[[ -x "$BIN" ]] || die "no meshfs binary at $BIN"
+source "$ROOT/scripts/lib/release.sh"
+release_binary
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 mkdir -p "$OUT" "$LOGS"

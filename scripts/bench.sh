@@ -191,14 +191,8 @@ print(v)' "$1" "$2"
 }
 
 # ---------------------------------------------------------------- build
-if [[ -n "${MESHFS_BIN:-}" ]]; then
-    BIN=$MESHFS_BIN
-else
-    log "building release (cargo build --release --locked)"
-    (cd "$ROOT" && cargo build --release --locked --quiet)
-    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/meshfs"
-fi
-[[ -x "$BIN" ]] || die "no meshfs binary at $BIN"
+source "$ROOT/scripts/lib/release.sh"
+release_binary
 
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
