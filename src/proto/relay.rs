@@ -1,10 +1,15 @@
-//! The relay's own protocol (DESIGN §5), spoken over TLS before the relay starts copying
-//! bytes: a device either *listens* (one long-lived control connection, on which the relay
-//! announces incoming rendezvous), *dials* a peer (naming it with a cloud-issued peer
-//! ticket for the pair), or *accepts* an announced rendezvous. Every message names the
-//! device with its relay ticket, which no cloud accepts. Each message is a JSON object
-//! after a 4-byte big-endian length; after both sides got `Ready`, the connection carries
-//! only the peers' encrypted channel.
+//! The relay's own protocol (DESIGN §5), spoken over TLS: a device either *listens* (one
+//! long-lived control connection, on which the relay announces incoming rendezvous),
+//! *dials* a peer (naming it with a cloud-issued peer ticket for the pair), or *accepts* an
+//! announced rendezvous. Every message names the device with its relay ticket, which no
+//! cloud accepts. Each message is a JSON object after a 4-byte big-endian length.
+//!
+//! Once a dial and its accept are paired, each side is told a single-use token and opens a
+//! *data leg*: a plain TCP connection to the same address that starts with [`DATA_MAGIC`]
+//! and the token ([`data_preamble`]) and then carries only the peers' end-to-end channel,
+//! which needs no second layer of encryption. Tickets, which are bearer credentials at the
+//! relay, travel only over TLS; a token is worth nothing once used or after the pairing
+//! window.
 //!
 //! This module only encodes and decodes ([`encode`], [`body_len`], [`decode`]); each side
 //! reads and writes its own sockets.
@@ -15,16 +20,23 @@ use serde::{Deserialize, Serialize};
 /// Longest relay message: two tickets and some JSON.
 pub const MAX_MESSAGE: usize = 32 * 1024;
 
-/// Bytes both ends read from a relay socket at once, through a buffer under TLS: rustls
-/// reads at most 4 KiB at a time, which for relayed blocks cost a system call (and a
-/// wakeup) per 4 KiB on each of the two legs.
-pub const SOCKET_READ: usize = 256 * 1024;
+/// The first bytes of a data leg. A TLS connection starts with a handshake record (0x16),
+/// so the relay tells the two apart by the first byte.
+pub const DATA_MAGIC: [u8; 8] = *b"MESHDATA";
 
-/// Bytes of TLS records both ends let build up before writing them out: a whole channel
-/// frame (1 MiB and its headers) and then some, so that a relayed block leaves in one
-/// system call rather than in the sixteen of rustls's default 64 KiB (each also a wakeup
-/// of the side that reads it; on loopback that nearly tripled a leg's cost).
-pub const TLS_SEND_BUFFER: usize = 2 << 20;
+/// Bytes of a data leg's token.
+pub const TOKEN_LEN: usize = 32;
+
+/// A data leg's token: random, single-use, told over the TLS control connection.
+pub type Token = [u8; TOKEN_LEN];
+
+/// What a data leg sends first: [`DATA_MAGIC`], then the token.
+pub fn data_preamble(token: &Token) -> [u8; DATA_MAGIC.len() + TOKEN_LEN] {
+    let mut out = [0u8; DATA_MAGIC.len() + TOKEN_LEN];
+    out[..DATA_MAGIC.len()].copy_from_slice(&DATA_MAGIC);
+    out[DATA_MAGIC.len()..].copy_from_slice(token);
+    out
+}
 
 /// What a device asks of the relay, as the first message of a connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,8 +60,11 @@ pub enum Hello {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Reply {
-    /// Listening, or paired: from now on bytes are copied to the other side.
+    /// Listening: rendezvous are announced on this connection from now on.
     Ready,
+    /// Paired with the other side: open a data leg with this token (hex) within the pairing
+    /// window; this connection is done.
+    Paired { token: String },
     /// On a listening connection: a peer dials this device; accept it on a new connection.
     Incoming { rendezvous: String, from: String },
     /// Refused, with the reason; the relay closes the connection.
@@ -63,6 +78,20 @@ pub enum RelayWireError {
     TooLarge(usize),
     #[error("a relay message is not valid")]
     Malformed(#[from] serde_json::Error),
+    #[error("a data leg token is not {TOKEN_LEN} bytes of hex")]
+    BadToken,
+}
+
+/// A token as it goes in [`Reply::Paired`].
+pub fn token_text(token: &Token) -> String {
+    hex::encode(token)
+}
+
+/// The token of a [`Reply::Paired`].
+pub fn parse_token(text: &str) -> Result<Token, RelayWireError> {
+    let mut token = [0u8; TOKEN_LEN];
+    hex::decode_to_slice(text, &mut token).map_err(|_| RelayWireError::BadToken)?;
+    Ok(token)
 }
 
 /// Length of the header before each message: its body's length, 4 bytes big-endian.
@@ -125,5 +154,20 @@ mod tests {
             decode::<Hello>(&ready[HEADER_LEN..]).is_err(),
             "not a hello"
         );
+    }
+
+    #[test]
+    fn a_token_round_trips_and_a_data_leg_is_not_mistaken_for_tls() {
+        let token: Token = std::array::from_fn(|i| i as u8);
+        assert_eq!(parse_token(&token_text(&token)).unwrap(), token);
+        assert!(matches!(parse_token("abcd"), Err(RelayWireError::BadToken)));
+        assert!(matches!(
+            parse_token(&"zz".repeat(TOKEN_LEN)),
+            Err(RelayWireError::BadToken)
+        ));
+        let preamble = data_preamble(&token);
+        assert_eq!(&preamble[..8], b"MESHDATA");
+        assert_eq!(&preamble[8..], &token);
+        assert_ne!(preamble[0], 0x16, "a TLS handshake record starts with 0x16");
     }
 }

@@ -6,8 +6,11 @@
 //! A device that wants to be reachable keeps a *listen* connection, shown its relay
 //! ticket. A device that wants to reach it *dials* with its relay ticket and a peer ticket
 //! for the pair that the cloud signed; the relay announces a fresh rendezvous on the
-//! listener's connection, the listener *accepts* it on a new connection, and the relay
-//! copies bytes between the two until either side closes. The wire is `proto::relay`.
+//! listener's connection, the listener *accepts* it on a new connection, and the relay tells
+//! each side a single-use token. Each then opens a plain *data leg* with its token, and the
+//! relay copies bytes between the two legs until either side closes: the legs carry only
+//! the end-to-end channel, so a second encryption would buy nothing (tickets go only over
+//! TLS). The wire is `proto::relay`.
 //!
 //! A relay holds no secret of the cloud's (DESIGN §7a): it checks tickets with the cloud's
 //! published keys, accepts only the relay audience (which the cloud refuses), and asks
@@ -18,8 +21,9 @@
 //!
 //! Connections are bounded per source address and in total ([`RELAY_BOUNDS`]); one over
 //! the bounds is closed before TLS, and every connection has `HELLO_WITHIN` for its TLS
-//! handshake and again for its first message.
+//! handshake (or its data leg preamble) and again for its first message.
 
+mod splice;
 mod standalone;
 mod standing;
 
@@ -29,9 +33,10 @@ pub use standing::{AskError, STANDING_FOR, Standings};
 use crate::crypto::ticket::{KeySet, TicketError};
 use crate::net::{Admitted, Bounds, ConnectionLimits};
 use crate::proto::claims::{AUDIENCE_PEER, AUDIENCE_RELAY};
-use crate::proto::relay::{self as wire, Hello, RelayWireError, Reply};
+use crate::proto::relay::{self as wire, DATA_MAGIC, Hello, RelayWireError, Reply, Token};
 use crate::proto::{Claims, TicketKind, now_secs};
 use futures::FutureExt;
+use rand::Rng;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -41,18 +46,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// How long a dialer waits for the listener to accept.
+/// How long a dialer waits for the listener to accept, and paired devices have to open
+/// their data legs.
 const ACCEPT_WITHIN: Duration = Duration::from_secs(10);
 /// How long a device has to send its first message.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
-/// Most bytes gathered for one write, each way.
+/// Most bytes gathered for one write, each way, in test mode.
 const COPY_CHUNK: usize = 1 << 20;
 /// Connections kept open at once. A device holds one listening connection and one per
 /// relayed link, and several devices may share an address behind a NAT.
@@ -146,9 +152,8 @@ pub enum RelayError {
     },
 }
 
-/// A device's TLS connection, over a socket read through a buffer of
-/// [`wire::SOCKET_READ`] bytes.
-type Stream = TlsStream<BufReader<TcpStream>>;
+/// A device's control connection.
+type Stream = TlsStream<TcpStream>;
 
 struct Waiting {
     /// The device that must accept.
@@ -165,6 +170,8 @@ struct Relay {
     /// Listening devices: where to announce a rendezvous.
     listeners: Mutex<HashMap<String, mpsc::Sender<Reply>>>,
     waiting: Mutex<HashMap<String, Waiting>>,
+    /// Data legs expected, by token.
+    legs: Mutex<HashMap<Token, oneshot::Sender<(TcpStream, Admitted)>>>,
     pairs: AtomicU64,
 }
 
@@ -200,6 +207,7 @@ pub async fn start(
         transcript: cfg.transcript,
         listeners: Mutex::new(HashMap::new()),
         waiting: Mutex::new(HashMap::new()),
+        legs: Mutex::new(HashMap::new()),
         pairs: AtomicU64::new(0),
     });
     let acceptor = TlsAcceptor::from(tls);
@@ -221,14 +229,16 @@ pub async fn start(
             let _ = tcp.set_nodelay(true);
             let (relay, acceptor) = (Arc::clone(&relay), acceptor.clone());
             tokio::spawn(async move {
-                let buffered = BufReader::with_capacity(wire::SOCKET_READ, tcp);
-                match tokio::time::timeout(HELLO_WITHIN, acceptor.accept(buffered)).await {
-                    Ok(Ok(mut tls)) => {
-                        tls.get_mut()
-                            .1
-                            .set_buffer_limit(Some(wire::TLS_SEND_BUFFER));
-                        relay.serve(tls, from, admitted).await
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(HELLO_WITHIN, tcp.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] == DATA_MAGIC[0] => {
+                        return relay.join_leg(tcp, from, admitted).await;
                     }
+                    Ok(Ok(1)) => {}
+                    _ => return tracing::debug!(%from, "relay connection sent nothing"),
+                }
+                match tokio::time::timeout(HELLO_WITHIN, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => relay.serve(tls, from, admitted).await,
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "relay TLS handshake failed"),
                     Err(_) => tracing::debug!(%from, "relay TLS handshake timed out"),
                 }
@@ -397,32 +407,82 @@ impl Relay {
         let Some((mut other, _other_admitted)) = other else {
             return refuse(tls, &Refusal::NotAccepted).await;
         };
-        if write(&mut tls, &Reply::Ready).await.is_err()
-            || write(&mut other, &Reply::Ready).await.is_err()
+        let ((a_token, a_joins), (b_token, b_joins)) = (self.expect_leg(), self.expect_leg());
+        let told = async {
+            let paired = |token| Reply::Paired {
+                token: wire::token_text(token),
+            };
+            write(&mut tls, &paired(&a_token)).await?;
+            write(&mut other, &paired(&b_token)).await
+        };
+        let legs = match told.await {
+            Ok(()) => tokio::time::timeout(ACCEPT_WITHIN, async { tokio::join!(a_joins, b_joins) })
+                .await
+                .ok(),
+            Err(_) => None,
+        };
         {
-            return;
+            let mut expected = self.legs.lock().unwrap_or_else(|p| p.into_inner());
+            expected.remove(&a_token);
+            expected.remove(&b_token);
         }
+        drop((tls, other));
+        let Some((Ok((a_leg, _a_admitted)), Ok((b_leg, _b_admitted)))) = legs else {
+            return tracing::info!(%caller, %callee, "a paired device opened no data leg in time");
+        };
         let n = self.pairs.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%caller, %callee, "relay paired two devices");
-        let transcript = self.transcript.as_ref().map(|dir| {
-            (
-                dir.join(format!("{n}-{caller}-to-{callee}")),
-                dir.join(format!("{n}-{callee}-to-{caller}")),
-            )
-        });
-        let create = |path: PathBuf| match std::fs::File::create(&path) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write a relay transcript");
-                None
+        let copied = match &self.transcript {
+            None => splice::forward(a_leg, b_leg).await,
+            Some(dir) => {
+                let create = |name: String| {
+                    let path = dir.join(name);
+                    std::fs::File::create(&path)
+                        .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot write a relay transcript"))
+                        .ok()
+                };
+                let ab = create(format!("{n}-{caller}-to-{callee}"));
+                let ba = create(format!("{n}-{callee}-to-{caller}"));
+                forward(a_leg, b_leg, ab, ba).await
             }
         };
-        let (ab, ba) = match transcript {
-            Some((ab, ba)) => (create(ab), create(ba)),
-            None => (None, None),
-        };
-        if let Err(e) = forward(tls, other, ab, ba).await {
+        if let Err(e) = copied {
             tracing::debug!(%caller, %callee, error = %e, "relayed connection ended");
+        }
+    }
+
+    /// A fresh token, and where its data leg will arrive.
+    fn expect_leg(&self) -> (Token, oneshot::Receiver<(TcpStream, Admitted)>) {
+        let mut token = Token::default();
+        rand::rng().fill_bytes(&mut token);
+        let (tx, rx) = oneshot::channel();
+        self.legs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, tx);
+        (token, rx)
+    }
+
+    /// A data leg: its preamble names the token of a pairing, whose side it becomes. The
+    /// token is spent on first use; a leg with any other preamble is closed.
+    async fn join_leg(&self, mut tcp: TcpStream, from: SocketAddr, admitted: Admitted) {
+        let mut preamble = [0u8; DATA_MAGIC.len() + wire::TOKEN_LEN];
+        let read = tokio::time::timeout(HELLO_WITHIN, tcp.read_exact(&mut preamble)).await;
+        if !matches!(read, Ok(Ok(_))) || preamble[..DATA_MAGIC.len()] != DATA_MAGIC {
+            return tracing::debug!(%from, "relay data leg without a preamble closed");
+        }
+        let mut token = Token::default();
+        token.copy_from_slice(&preamble[DATA_MAGIC.len()..]);
+        let expected = self
+            .legs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&token);
+        match expected {
+            Some(join) => {
+                let _ = join.send((tcp, admitted));
+            }
+            None => tracing::info!(%from, "relay data leg with an unknown or spent token closed"),
         }
     }
 
@@ -456,9 +516,9 @@ async fn refuse(mut tls: Stream, why: &Refusal) {
     let _ = tls.shutdown().await;
 }
 
-/// Copies bytes both ways between two paired connections until both ends close, writing
-/// what each side sent to its transcript file if there is one. Returns the bytes each side
-/// sent.
+/// Test mode's copy (else `splice::forward`): bytes both ways between two paired
+/// connections until both ends close, each side's also written to its transcript file.
+/// Returns the bytes each side sent.
 async fn forward<A, B>(
     a: A,
     b: B,
@@ -475,10 +535,9 @@ where
 }
 
 /// One direction of [`forward`]: reads what the sender has, writes it to the other side
-/// and flushes, and shuts the other side's sending down when the sender's ends. A TLS
-/// stream yields one record (16 KiB at most) a read, so each write first gathers whatever
-/// else is already there, up to [`COPY_CHUNK`]: a relayed block then goes out in a few
-/// large writes rather than sixty-odd small ones.
+/// and flushes, and shuts the other side's sending down when the sender's ends. Each write
+/// first gathers whatever else is already there, up to [`COPY_CHUNK`]: a relayed block
+/// then goes out in a few large writes rather than many small ones.
 async fn pump<R, W>(mut from: R, mut to: W) -> std::io::Result<u64>
 where
     R: AsyncRead + Unpin,

@@ -74,6 +74,13 @@ impl OwnRelay {
         tls
     }
 
+    /// A data leg presenting `token`.
+    async fn data_leg(&self, token: &wire::Token) -> TcpStream {
+        let mut tcp = TcpStream::connect(self.relay.relay.addr).await.unwrap();
+        tcp.write_all(&wire::data_preamble(token)).await.unwrap();
+        tcp
+    }
+
     /// The relay's first answer to `hello`.
     async fn answer(&self, hello: &Hello) -> Reply {
         read_reply(&mut self.open(hello).await).await
@@ -117,6 +124,14 @@ impl Env {
     async fn cloud_info(&self) -> CloudInfo {
         let res = self.req(Method::GET, "/.well-known/meshfs", None).send();
         res.await.unwrap().json().await.unwrap()
+    }
+}
+
+/// The token of the `Paired` the relay answers on `tls`.
+async fn paired(tls: &mut TlsStream<TcpStream>) -> wire::Token {
+    match read_reply(tls).await {
+        Reply::Paired { token } => wire::parse_token(&token).unwrap(),
+        other => panic!("expected to be paired, got {other:?}"),
     }
 }
 
@@ -244,13 +259,33 @@ async fn a_relay_on_its_own_pairs_devices_with_relay_tickets_and_refuses_cloud_t
             rendezvous,
         })
         .await;
-    assert_eq!(read_reply(&mut accepted).await, Reply::Ready);
-    assert_eq!(read_reply(&mut dialer).await, Reply::Ready);
-    dialer.write_all(b"through the relay").await.unwrap();
-    dialer.flush().await.unwrap();
+    let (accepted, dialer) = (paired(&mut accepted).await, paired(&mut dialer).await);
+    assert_ne!(accepted, dialer, "each side has a token of its own");
+
+    // Each side opens its data leg with its token; bytes then flow between the legs.
+    let mut dialer_leg = relay.data_leg(&dialer).await;
+    let mut accepted_leg = relay.data_leg(&accepted).await;
+    dialer_leg.write_all(b"through the relay").await.unwrap();
     let mut got = [0u8; 17];
-    accepted.read_exact(&mut got).await.unwrap();
+    accepted_leg.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"through the relay");
+    accepted_leg.write_all(b"and back").await.unwrap();
+    let mut back = [0u8; 8];
+    dialer_leg.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"and back");
+
+    // A token is spent on first use: a second leg with it is closed unpaired, as is one
+    // with a token the relay never gave.
+    for token in [dialer, [7u8; wire::TOKEN_LEN]] {
+        let mut leg = relay.data_leg(&token).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), leg.read(&mut [0u8; 1]))
+            .await
+            .expect("the relay closes the leg");
+        assert!(
+            matches!(closed, Ok(0) | Err(_)),
+            "a spent or unknown token pairs nothing: {closed:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! connections and copies bytes: the peer channel runs end to end inside, so the relay sees
 //! ciphertext only, and the device names itself there with a relay ticket, which no cloud
 //! accepts. A device listens at every relay the cloud names and dials through the first
-//! that pairs it.
+//! that pairs it. Tickets go over TLS; once paired, the channel runs on a plain data leg
+//! opened with the token the relay gave.
 
 use super::BoxIo;
 use super::net::PeerNet;
@@ -10,13 +11,13 @@ use super::server;
 use crate::agent::remote::ClientError;
 use crate::crypto::channel::ChannelError;
 use crate::proto::RelayInfo;
-use crate::proto::relay::{self as wire, Hello, RelayWireError, Reply};
+use crate::proto::relay::{self as wire, Hello, RelayWireError, Reply, Token};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -83,9 +84,8 @@ fn connector(relay: &RelayInfo) -> Result<TlsConnector, RelayClientError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// A TLS connection to the relay, over a socket read through a buffer of
-/// [`wire::SOCKET_READ`] bytes.
-type RelayStream = TlsStream<BufReader<TcpStream>>;
+/// A control connection to the relay.
+type RelayStream = TlsStream<TcpStream>;
 
 /// Reads one message from the relay.
 async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Reply, RelayClientError> {
@@ -103,6 +103,18 @@ async fn write<W: AsyncWrite + Unpin>(w: &mut W, msg: &Hello) -> Result<(), Rela
     Ok(())
 }
 
+/// A TCP connection to the relay at `addr`.
+async fn connect_tcp(addr: &str) -> Result<TcpStream, RelayClientError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| RelayClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// A TLS connection to `relay`, its first message sent.
 async fn open(relay: &RelayInfo, hello: &Hello) -> Result<RelayStream, RelayClientError> {
     let addr = relay.addr.as_str();
@@ -113,15 +125,9 @@ async fn open(relay: &RelayInfo, hello: &Hello) -> Result<RelayStream, RelayClie
     let name =
         ServerName::try_from(host).map_err(|_| RelayClientError::BadAddr(addr.to_string()))?;
     let connect = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| RelayClientError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_tcp(addr).await?;
         connector(relay)?
-            .connect(name, BufReader::with_capacity(wire::SOCKET_READ, tcp))
+            .connect(name, tcp)
             .await
             .map_err(|source| RelayClientError::Connect {
                 addr: addr.to_string(),
@@ -131,23 +137,46 @@ async fn open(relay: &RelayInfo, hello: &Hello) -> Result<RelayStream, RelayClie
     let mut tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| RelayClientError::Timeout)??;
-    tls.get_mut()
-        .1
-        .set_buffer_limit(Some(wire::TLS_SEND_BUFFER));
     write(&mut tls, hello).await?;
     Ok(tls)
 }
 
-/// Waits for the relay's `Ready`.
-async fn ready(tls: &mut RelayStream) -> Result<(), RelayClientError> {
+/// The data leg of a pairing: a plain connection to `relay` that presents `token`, on which
+/// the caller runs the end-to-end channel.
+async fn data_leg(relay: &RelayInfo, token: &Token) -> Result<BoxIo, RelayClientError> {
+    let open = async {
+        let mut tcp = connect_tcp(&relay.addr).await?;
+        tcp.write_all(&wire::data_preamble(token)).await?;
+        Ok::<_, RelayClientError>(tcp)
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, open)
+        .await
+        .map_err(|_| RelayClientError::Timeout)??;
+    Ok(Box::new(tcp))
+}
+
+/// Waits for the relay's first answer: `Ready` for a listener, `Paired` (with its data
+/// leg's token) for a dial or an accept.
+async fn answer(tls: &mut RelayStream) -> Result<Option<Token>, RelayClientError> {
     let reply = tokio::time::timeout(PAIR_TIMEOUT, read(tls))
         .await
         .map_err(|_| RelayClientError::Timeout)??;
     match reply {
-        Reply::Ready => Ok(()),
+        Reply::Ready => Ok(None),
+        Reply::Paired { token } => Ok(Some(wire::parse_token(&token)?)),
         Reply::Refused { message } => Err(RelayClientError::Refused(message)),
         Reply::Incoming { .. } => Err(RelayClientError::Unexpected),
     }
+}
+
+/// Sends `hello` to `relay` and, once paired, opens the data leg.
+async fn pair(relay: &RelayInfo, hello: &Hello) -> Result<BoxIo, RelayClientError> {
+    let mut tls = open(relay, hello).await?;
+    let token = answer(&mut tls)
+        .await?
+        .ok_or(RelayClientError::Unexpected)?;
+    drop(tls);
+    data_leg(relay, &token).await
 }
 
 /// A stream to the other device of `peer_ticket` through the first of `relays` that pairs
@@ -163,13 +192,8 @@ pub async fn dial(
     };
     let mut last = RelayClientError::NoRelay;
     for relay in relays {
-        let paired = async {
-            let mut tls = open(relay, &hello).await?;
-            ready(&mut tls).await?;
-            Ok::<_, RelayClientError>(tls)
-        };
-        match paired.await {
-            Ok(tls) => return Ok(Box::new(tls)),
+        match pair(relay, &hello).await {
+            Ok(leg) => return Ok(leg),
             Err(e) => {
                 tracing::debug!(relay = %relay.addr, error = %e, "not paired through this relay");
                 last = e;
@@ -220,7 +244,9 @@ async fn listen_once(net: &Arc<PeerNet>, relay: &RelayInfo) -> Result<(), RelayC
         relay_ticket: net.remote.relay_ticket().await?,
     };
     let mut tls = open(relay, &hello).await?;
-    ready(&mut tls).await?;
+    if answer(&mut tls).await?.is_some() {
+        return Err(RelayClientError::Unexpected);
+    }
     tracing::debug!(relay = %relay.addr, "reachable through the relay");
     loop {
         match read(&mut tls).await? {
@@ -233,7 +259,7 @@ async fn listen_once(net: &Arc<PeerNet>, relay: &RelayInfo) -> Result<(), RelayC
                 });
             }
             Reply::Refused { message } => return Err(RelayClientError::Refused(message)),
-            Reply::Ready => return Err(RelayClientError::Unexpected),
+            Reply::Ready | Reply::Paired { .. } => return Err(RelayClientError::Unexpected),
         }
     }
 }
@@ -247,8 +273,7 @@ async fn accept(
         relay_ticket: net.remote.relay_ticket().await?,
         rendezvous,
     };
-    let mut tls = open(relay, &hello).await?;
-    ready(&mut tls).await?;
-    server::accept_and_serve(Arc::clone(net), Box::new(tls), true).await?;
+    let leg = pair(relay, &hello).await?;
+    server::accept_and_serve(Arc::clone(net), leg, true).await?;
     Ok(())
 }
