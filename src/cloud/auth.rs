@@ -2,14 +2,16 @@
 //! grants. Verified tickets sit in an LRU keyed by the SHA-256 of the token, so a busy
 //! client costs one RSA verification per ticket; the time window and the device (exists,
 //! belongs to the ticket's user, not revoked) are checked against the database on every
-//! request, so a revocation takes effect at once.
+//! request, so a revocation takes effect at once. On a folder's route the same query reads
+//! the caller's membership of that folder, which [`require_folder`] then checks.
 
 use super::AppState;
 use super::error::AppError;
+use super::store::Membership;
 use crate::crypto::ticket::{KeySet, TicketError, VerifiedTicket};
 use crate::proto::claims::AUDIENCE_CLOUD;
 use crate::proto::{Claims, Folder, Right, TicketKind, now_ms, now_secs};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use lru::LruCache;
@@ -97,6 +99,9 @@ impl TicketCache {
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub claims: Claims,
+    /// On a folder's route: the folder's id in the path and the membership read with the
+    /// device (`None`: no such folder).
+    read_with_device: Option<(String, Option<Membership>)>,
 }
 
 fn bearer(parts: &Parts) -> Result<&str, AppError> {
@@ -128,22 +133,33 @@ impl FromRequestParts<AppState> for Caller {
             }
             other => other?,
         };
-        let device = state
+        let folder = RawPathParams::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|p| {
+                p.iter()
+                    .find(|(k, _)| *k == "folder")
+                    .map(|(_, v)| v.to_owned())
+            });
+        let record = state
             .store
-            .device(&claims.dev)
+            .caller_record(&claims.dev, folder.as_deref(), &claims.sub)
             .await?
             .ok_or(AppError::UnknownDevice)?;
-        if device.user != claims.sub {
+        if record.device_user != claims.sub {
             return Err(AppError::UnknownDevice);
         }
-        if device.revoked {
+        if record.revoked {
             return Err(AppError::DeviceRevoked);
         }
         let now = now_ms();
-        if state.tickets.seen_due(&device.id, now) {
-            state.store.touch_device(&device.id, now).await?;
+        if state.tickets.seen_due(&claims.dev, now) {
+            state.store.touch_device(&claims.dev, now).await?;
         }
-        Ok(Self { claims })
+        Ok(Self {
+            claims,
+            read_with_device: folder.map(|f| (f, record.membership)),
+        })
     }
 }
 
@@ -168,11 +184,11 @@ pub async fn require_folder(
     right: Right,
 ) -> Result<Folder, AppError> {
     require(caller, path, right)?;
-    let (folder, role) = state
-        .store
-        .membership(folder, &caller.claims.sub)
-        .await?
-        .ok_or(AppError::NotFound("folder"))?;
+    let membership = match &caller.read_with_device {
+        Some((id, membership)) if id == folder => membership.clone(),
+        _ => state.store.membership(folder, &caller.claims.sub).await?,
+    };
+    let (folder, role) = membership.ok_or(AppError::NotFound("folder"))?;
     let role = role.ok_or(AppError::NotAMember)?;
     if caller.claims.epoch.unwrap_or(0) < folder.epoch {
         return Err(AppError::MembershipChanged);

@@ -20,6 +20,7 @@ mod members;
 mod relays;
 pub use history::{Collected, Retention};
 pub use keys::StoredKey;
+pub use members::Membership;
 
 /// The schema this code writes; stored in `meta` so a later version can tell.
 const SCHEMA_VERSION: i64 = 7;

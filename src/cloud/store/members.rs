@@ -99,14 +99,62 @@ impl Change {
     }
 }
 
+/// A folder and the role a user holds on it now (`None`: not a member).
+pub type Membership = (Folder, Option<Role>);
+
+/// What a request's caller is checked against: its device's user and whether the device is
+/// revoked, and, for a folder's route, that folder's [`Membership`] (`None`: no such
+/// folder).
+#[derive(Clone, Debug)]
+pub struct CallerRecord {
+    pub device_user: String,
+    pub revoked: bool,
+    pub membership: Option<Membership>,
+}
+
 impl Store {
+    /// The caller's device and, if `folder` is given, `user`'s membership of it, in one
+    /// query; `None` when there is no such device.
+    pub async fn caller_record(
+        &self,
+        device: &str,
+        folder: Option<&str>,
+        user: &str,
+    ) -> Result<Option<CallerRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT d.user_name AS device_user, d.revoked AS device_revoked,
+                    f.*, m.role AS member_role
+               FROM devices d
+               LEFT JOIN folders f ON f.id = $2
+               LEFT JOIN members m ON m.folder = f.id AND m.user_name = $3
+              WHERE d.id = $1",
+        )
+        .bind(device)
+        .bind(folder.unwrap_or_default())
+        .bind(user)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let membership = match row.try_get::<Option<String>, _>("id")? {
+            Some(_) => Some((folder_from(&row)?, held_role(&row, user)?)),
+            None => None,
+        };
+        Ok(Some(CallerRecord {
+            device_user: row.try_get("device_user")?,
+            revoked: row.try_get::<i64, _>("device_revoked")? != 0,
+            membership,
+        }))
+    }
+
     /// The folder and the role `user` holds on it now (`None`: not a member), read
     /// together; `None` when there is no such folder.
     pub async fn membership(
         &self,
         folder: &str,
         user: &str,
-    ) -> Result<Option<(Folder, Option<Role>)>, StoreError> {
+    ) -> Result<Option<Membership>, StoreError> {
         let row = sqlx::query(MEMBERSHIP)
             .bind(user)
             .bind(folder)
@@ -361,6 +409,74 @@ mod tests {
         };
         assert!(store.insert_folder(&f).await.unwrap());
         (dir, store, f)
+    }
+
+    fn device(id: &str, user: &str) -> crate::proto::Device {
+        crate::proto::Device {
+            id: id.into(),
+            user: user.into(),
+            name: id.into(),
+            public_key: String::new(),
+            created_ms: 0,
+            last_seen_ms: 0,
+            revoked: false,
+            addrs: vec![],
+            folders: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_caller_record_reads_the_device_and_the_paths_folder_together() {
+        let (_d, store, f) = store_with_folder().await;
+        store
+            .insert_device(&device("ann-laptop", "ann"))
+            .await
+            .unwrap();
+        store
+            .insert_device(&device("bob-phone", "bob"))
+            .await
+            .unwrap();
+        let record = |dev: &'static str, folder: Option<&'static str>, user: &'static str| {
+            let store = &store;
+            async move { store.caller_record(dev, folder, user).await.unwrap() }
+        };
+
+        assert!(
+            record("nobody", Some("f"), "ann").await.is_none(),
+            "no such device"
+        );
+        let ann = record("ann-laptop", Some("f"), "ann").await.unwrap();
+        assert_eq!((ann.device_user.as_str(), ann.revoked), ("ann", false));
+        assert_eq!(ann.membership, Some((f.clone(), Some(Role::Owner))));
+        let bob = record("bob-phone", Some("f"), "bob").await.unwrap();
+        assert_eq!(bob.membership, Some((f.clone(), None)), "not a member");
+        store
+            .invite("f", "bob", Role::Writer, None, 0)
+            .await
+            .unwrap();
+        store.accept("f", "bob").await.unwrap();
+        let bob = record("bob-phone", Some("f"), "bob").await.unwrap();
+        assert_eq!(bob.membership.unwrap().1, Some(Role::Writer));
+        assert_eq!(
+            record("ann-laptop", Some("gone"), "ann")
+                .await
+                .unwrap()
+                .membership,
+            None,
+            "no such folder"
+        );
+        assert_eq!(
+            record("ann-laptop", None, "ann").await.unwrap().membership,
+            None
+        );
+
+        store.revoke_device("bob", "bob-phone").await.unwrap();
+        assert!(record("bob-phone", Some("f"), "bob").await.unwrap().revoked);
+        assert_eq!(
+            record("bob-phone", None, "ann").await.unwrap().device_user,
+            "bob",
+            "the device's own user, whoever the ticket names"
+        );
     }
 
     async fn epoch(store: &Store) -> u64 {
