@@ -100,32 +100,39 @@ impl Fetcher {
 
     /// Makes sure the block is in the local cache, fetching it if needed.
     pub async fn ensure(self: &Arc<Self>, want: Want) -> Result<(), FetchError> {
+        match self.pending(want) {
+            Some(p) => p.await,
+            None => Ok(()),
+        }
+    }
+
+    /// The fetch that brings the block, joined or started (counted as in flight from now
+    /// on, before it is first polled); `None` if the block is here. Read-ahead spawns it,
+    /// so that a read arriving first joins it rather than fetching the block again.
+    pub fn pending(self: &Arc<Self>, want: Want) -> Option<Pending> {
         let hash = want.hash;
-        let pending = {
-            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            // Checked under the lock: a fetch finishing now stores the block before it
-            // leaves the map, so the block is either seen here or joined there.
-            if let Some(p) = map.get(&hash) {
-                p.clone()
-            } else if self.cache.has_block(&hash) {
-                return Ok(());
-            } else {
-                let this = Arc::clone(self);
-                let p = async move {
-                    let r = this.fetch(&want).await;
-                    this.inflight
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&hash);
-                    r
-                }
-                .boxed()
-                .shared();
-                map.insert(hash, p.clone());
-                p
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock: a fetch finishing now stores the block before it
+        // leaves the map, so the block is either seen here or joined there.
+        if let Some(p) = map.get(&hash) {
+            Some(p.clone())
+        } else if self.cache.has_block(&hash) {
+            None
+        } else {
+            let this = Arc::clone(self);
+            let p = async move {
+                let r = this.fetch(&want).await;
+                this.inflight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&hash);
+                r
             }
-        };
-        pending.await
+            .boxed()
+            .shared();
+            map.insert(hash, p.clone());
+            Some(p)
+        }
     }
 
     /// Whether the block is here or on its way.

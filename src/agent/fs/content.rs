@@ -569,11 +569,11 @@ impl Fs {
                 }
                 continue;
             }
-            let fetcher = Arc::clone(&self.fetcher);
-            let want = want(n, folder, b.hash);
-            tokio::spawn(async move {
-                let _ = fetcher.ensure(want).await;
-            });
+            if let Some(fetch) = self.fetcher.pending(want(n, folder, b.hash)) {
+                tokio::spawn(async move {
+                    let _ = fetch.await;
+                });
+            }
         }
     }
 

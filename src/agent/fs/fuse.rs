@@ -9,6 +9,7 @@
 
 use crate::agent::cache::View;
 use crate::agent::fs::iomode::{IoModes, Serve};
+use crate::agent::fs::pins::foreign_xattr;
 use crate::agent::fs::{Allocate, Attr, DirEntry, Fs, FsError, Opened, SetAttr, TimeSet};
 use crate::agent::invalidate::Invalidator;
 use crate::agent::status::Counters;
@@ -733,10 +734,15 @@ impl fuser::Filesystem for FuseAdapter {
         size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        let Some(name) = name.to_str().filter(|n| n.starts_with("user.meshfs.")) else {
-            reply.error(Errno::ENODATA);
+        let Some(name) = name.to_str() else {
+            reply.error(Errno::EOPNOTSUPP);
             return;
         };
+        // Answered here: programs ask this of every file (`ls -l`: a SELinux label, ACLs).
+        if let Some(e) = foreign_xattr(name) {
+            reply.error(errno(&e));
+            return;
+        }
         let (fs, name) = (Arc::clone(&self.fs), name.to_string());
         self.rt
             .spawn_blocking(move || match fs.xattr(ino.0, &name) {

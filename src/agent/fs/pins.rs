@@ -56,7 +56,8 @@ pub struct OnDevice {
     pub missing: u64,
 }
 
-/// The extended attributes the mount answers; every other name has no value.
+/// The extended attributes the mount answers; every other `user.` name has no value, and
+/// other namespaces are not supported (see [`foreign_xattr`]).
 pub const XATTR_STATE: &str = "user.meshfs.state";
 pub const XATTR_LOCAL: &str = "user.meshfs.local";
 pub const XATTR_MISSING: &str = "user.meshfs.missing";
@@ -69,6 +70,21 @@ const XATTRS: [&str; 5] = [
     XATTR_PINNED,
     XATTR_ENTRY,
 ];
+
+/// Why `name` is none of the mount's own attributes, or `None` if it is one of them (or
+/// could be: a `user.meshfs.` name). A `user.` name has no value (`ENODATA`); other
+/// namespaces (`security.`, `system.`, `trusted.`) are not supported (`EOPNOTSUPP`), which
+/// programs such as `ls -l` remember for the whole mount, rather than asking of every file
+/// for a SELinux label or an ACL.
+pub fn foreign_xattr(name: &str) -> Option<FsError> {
+    if name.starts_with("user.meshfs.") {
+        None
+    } else if name.starts_with("user.") {
+        Some(FsError::NoXattr)
+    } else {
+        Some(FsError::Unsupported)
+    }
+}
 
 /// Blocks of pinned files fetched at once.
 const PIN_FETCHES: usize = 8;
@@ -205,6 +221,11 @@ impl Fs {
 
     /// The value of extended attribute `name` of `ino`, if it has one.
     pub fn xattr(&self, ino: u64, name: &str) -> Result<Option<Vec<u8>>, FsError> {
+        match foreign_xattr(name) {
+            Some(FsError::NoXattr) => return Ok(None),
+            Some(e) => return Err(e),
+            None => {}
+        }
         let text = match name {
             XATTR_STATE => self.state(ino)?.as_str().to_string(),
             XATTR_LOCAL => self.on_device(ino)?.local.to_string(),
@@ -236,6 +257,7 @@ impl Fs {
             (XATTR_PINNED, b"0") => self.pin(ino, false).map(drop),
             (XATTR_PINNED, _) => Err(FsError::Invalid),
             (n, _) if XATTRS.contains(&n) => Err(FsError::NotPermitted("a read-only attribute")),
+            // No other attribute can be stored, in any namespace.
             _ => Err(FsError::Unsupported),
         }
     }
@@ -245,7 +267,7 @@ impl Fs {
         match name {
             XATTR_PINNED => self.pin(ino, false).map(drop),
             n if XATTRS.contains(&n) => Err(FsError::NotPermitted("a read-only attribute")),
-            _ => Err(FsError::NoXattr),
+            n => Err(foreign_xattr(n).unwrap_or(FsError::NoXattr)),
         }
     }
 }

@@ -953,6 +953,25 @@ async fn file_states_and_the_attributes_that_show_them() {
     );
     assert_eq!(err(a.fs.set_xattr(ino, "user.tag", b"x")), libc::EOPNOTSUPP);
     assert_eq!(err(a.fs.remove_xattr(ino, "user.tag")), libc::ENODATA);
+    // Other namespaces are not supported at all, which `ls -l` remembers for the mount
+    // instead of asking every file for its SELinux label and ACLs.
+    for name in ["security.selinux", "system.posix_acl_access", "trusted.x"] {
+        assert_eq!(
+            a.fs.xattr(ino, name).unwrap_err().errno(),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+        assert_eq!(
+            err(a.fs.set_xattr(ino, name, b"x")),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+        assert_eq!(
+            err(a.fs.remove_xattr(ino, name)),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test]
