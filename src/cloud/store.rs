@@ -1107,6 +1107,22 @@ impl Store {
     }
 }
 
+/// A live device `id` of `user`, named after its id, with no key, address or folder.
+#[cfg(test)]
+fn test_device(id: &str, user: &str) -> Device {
+    Device {
+        id: id.into(),
+        user: user.into(),
+        name: id.into(),
+        public_key: String::new(),
+        created_ms: 0,
+        last_seen_ms: 0,
+        revoked: false,
+        addrs: vec![],
+        folders: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1234,18 +1250,7 @@ mod tests {
             .unwrap();
         drop(store);
         let store = Store::open_in(dir.path()).await;
-        let d = Device {
-            id: "d".into(),
-            user: "ann".into(),
-            name: "laptop".into(),
-            public_key: String::new(),
-            created_ms: 0,
-            last_seen_ms: 0,
-            revoked: false,
-            addrs: vec![],
-            folders: vec![],
-        };
-        store.insert_device(&d).await.unwrap();
+        store.insert_device(&test_device("d", "ann")).await.unwrap();
         let mut c = store.begin_change().await.unwrap();
         assert_eq!(c.journal_mark("d", "j").await.unwrap(), 0);
         c.set_journal_mark("d", "j", 7).await.unwrap();

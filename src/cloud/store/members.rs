@@ -390,7 +390,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::store::{BlockRecord, Charge};
+    use crate::cloud::store::{BlockRecord, Charge, test_device};
     use crate::proto::BlockHash;
 
     async fn store_with_folder() -> (tempfile::TempDir, Store, Folder) {
@@ -411,29 +411,15 @@ mod tests {
         (dir, store, f)
     }
 
-    fn device(id: &str, user: &str) -> crate::proto::Device {
-        crate::proto::Device {
-            id: id.into(),
-            user: user.into(),
-            name: id.into(),
-            public_key: String::new(),
-            created_ms: 0,
-            last_seen_ms: 0,
-            revoked: false,
-            addrs: vec![],
-            folders: vec![],
-        }
-    }
-
     #[tokio::test]
     async fn the_caller_record_reads_the_device_and_the_paths_folder_together() {
         let (_d, store, f) = store_with_folder().await;
         store
-            .insert_device(&device("ann-laptop", "ann"))
+            .insert_device(&test_device("ann-laptop", "ann"))
             .await
             .unwrap();
         store
-            .insert_device(&device("bob-phone", "bob"))
+            .insert_device(&test_device("bob-phone", "bob"))
             .await
             .unwrap();
         let record = |dev: &'static str, folder: Option<&'static str>, user: &'static str| {
