@@ -49,6 +49,24 @@ async fn a_written_file_reads_back_and_stats_its_size() {
     assert_eq!(st.blocks, (data.len() as u64).div_ceil(512));
 }
 
+/// The model test's shrunk failure: pwrite(2) of nothing changes nothing, even past the
+/// end, on a plain device and on a protected one (sealed staging files).
+#[tokio::test]
+async fn a_write_of_nothing_past_the_end_leaves_the_file_as_it_was() {
+    let (cloud, _f, plain) = one_device().await;
+    let sealed = TestDevice::sealed(&cloud, "ann", "dev-p");
+    sealed.sync().await;
+    for (d, name) in [(&plain, "Docs/plain"), (&sealed, "Docs/sealed")] {
+        d.write(name, b"").await.unwrap();
+        d.write_at(name, 1, b"").await.unwrap();
+        assert_eq!(d.stat(name).unwrap().size, 0, "{name}");
+        assert_eq!(d.read(name).await.unwrap(), b"", "{name}");
+        d.write_at(name, 0, b"xy").await.unwrap();
+        d.write_at(name, 9, b"").await.unwrap();
+        assert_eq!(d.read(name).await.unwrap(), b"xy", "{name}");
+    }
+}
+
 #[tokio::test]
 async fn directories_list_their_entries_in_name_order_and_rmdir_wants_them_empty() {
     let (_c, _f, a) = one_device().await;
