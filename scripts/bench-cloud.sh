@@ -18,6 +18,7 @@
 #          BENCH_THREADS=N         wrk threads in all (default 2)
 #          BENCH_FILES=N           files (each an entry and a block) to spread the load over (default 16)
 #          BENCH_TMP=dir           parent of the temp dir (default /var/tmp)
+#          BENCH_ENGINES=sqlite    only the first setup (default: all three)
 # Output:  the table on stdout and in target/bench/cloud.md; logs in target/bench/cloud-logs/.
 set -euo pipefail
 
@@ -268,21 +269,23 @@ load "1 process, SQLite + directory" block "$CLOUD_URL" "$SQLITE_PID"
 stop_pid "$SQLITE_PID"
 
 # ---------------------------------------------------------------- 2, 3. PostgreSQL and S3
-log "starting PostgreSQL 15 and moto's S3 server"
-start_postgres "$T"
-start_s3 "$T"
-mkdir -p "$T/cloud-pg"
-chmod 0700 "$T/cloud-pg"
-printf 'database = "%s"\nblocks = "%s/bench"\n' "$PG_URL" "$S3_URL" >"$T/cloud-pg/cloud.toml"
-start_cloud pg-1 "$T/cloud-pg"
-PG1_PID=$CLOUD_PID PG1_URL=$CLOUD_URL
-prepare "$T/cloud-pg" "$PG1_URL"
-load "1 process, PostgreSQL + S3" metadata "$PG1_URL" "$PG1_PID"
-load "1 process, PostgreSQL + S3" block "$PG1_URL" "$PG1_PID"
-start_cloud pg-2 "$T/cloud-pg"
-PG2_PID=$CLOUD_PID PG2_URL=$CLOUD_URL
-load "2 processes, PostgreSQL + S3" metadata "$PG1_URL $PG2_URL" "$PG1_PID" "$PG2_PID"
-load "2 processes, PostgreSQL + S3" block "$PG1_URL $PG2_URL" "$PG1_PID" "$PG2_PID"
+if [[ ${BENCH_ENGINES:-all} != sqlite ]]; then
+    log "starting PostgreSQL 15 and moto's S3 server"
+    start_postgres "$T"
+    start_s3 "$T"
+    mkdir -p "$T/cloud-pg"
+    chmod 0700 "$T/cloud-pg"
+    printf 'database = "%s"\nblocks = "%s/bench"\n' "$PG_URL" "$S3_URL" >"$T/cloud-pg/cloud.toml"
+    start_cloud pg-1 "$T/cloud-pg"
+    PG1_PID=$CLOUD_PID PG1_URL=$CLOUD_URL
+    prepare "$T/cloud-pg" "$PG1_URL"
+    load "1 process, PostgreSQL + S3" metadata "$PG1_URL" "$PG1_PID"
+    load "1 process, PostgreSQL + S3" block "$PG1_URL" "$PG1_PID"
+    start_cloud pg-2 "$T/cloud-pg"
+    PG2_PID=$CLOUD_PID PG2_URL=$CLOUD_URL
+    load "2 processes, PostgreSQL + S3" metadata "$PG1_URL $PG2_URL" "$PG1_PID" "$PG2_PID"
+    load "2 processes, PostgreSQL + S3" block "$PG1_URL $PG2_URL" "$PG1_PID" "$PG2_PID"
+fi
 
 # ---------------------------------------------------------------- report
 {

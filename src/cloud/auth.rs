@@ -10,7 +10,7 @@ use super::error::AppError;
 use super::store::Membership;
 use crate::crypto::ticket::{KeySet, TicketError, VerifiedTicket};
 use crate::proto::claims::AUDIENCE_CLOUD;
-use crate::proto::{Claims, Folder, Right, TicketKind, now_ms, now_secs};
+use crate::proto::{Claims, Entry, Folder, Right, TicketKind, now_ms, now_secs};
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -118,49 +118,84 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let token = bearer(parts)?;
-        let claims = match state
-            .tickets
-            .verify(&state.keys.keyset(), token, now_secs())
-        {
-            // Signed with a key another process started with before this one read it.
-            Err(AppError::Ticket(TicketError::UnknownKid))
-                if state.keys.refresh_for_unknown_kid().await =>
-            {
-                state
-                    .tickets
-                    .verify(&state.keys.keyset(), token, now_secs())?
-            }
-            other => other?,
-        };
-        let folder = RawPathParams::from_request_parts(parts, state)
-            .await
-            .ok()
-            .and_then(|p| {
-                p.iter()
-                    .find(|(k, _)| *k == "folder")
-                    .map(|(_, v)| v.to_owned())
-            });
-        let record = state
-            .store
-            .caller_record(&claims.dev, folder.as_deref(), &claims.sub)
-            .await?
-            .ok_or(AppError::UnknownDevice)?;
-        if record.device_user != claims.sub {
-            return Err(AppError::UnknownDevice);
-        }
-        if record.revoked {
-            return Err(AppError::DeviceRevoked);
-        }
-        let now = now_ms();
-        if state.tickets.seen_due(&claims.dev, now) {
-            state.store.touch_device(&claims.dev, now).await?;
-        }
-        Ok(Self {
-            claims,
-            read_with_device: folder.map(|f| (f, record.membership)),
-        })
+        Ok(authenticate(parts, state, false).await?.0)
     }
+}
+
+/// The caller of a route that reads one entry (`{folder}` and `{entry}` in its path), with
+/// that entry read in the same query as the caller's device (`None`: no such entry). The
+/// handler must still check the caller's right to the folder before answering it.
+pub struct EntryReader {
+    pub caller: Caller,
+    pub entry: Option<Entry>,
+}
+
+impl FromRequestParts<AppState> for EntryReader {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let (caller, entry) = authenticate(parts, state, true).await?;
+        Ok(Self { caller, entry })
+    }
+}
+
+/// Verifies the request's ticket and reads its device (and, on a folder's route, the
+/// folder's membership and, if `with_entry`, the entry in the path) in one query.
+async fn authenticate(
+    parts: &mut Parts,
+    state: &AppState,
+    with_entry: bool,
+) -> Result<(Caller, Option<Entry>), AppError> {
+    let token = bearer(parts)?;
+    let claims = match state
+        .tickets
+        .verify(&state.keys.keyset(), token, now_secs())
+    {
+        // Signed with a key another process started with before this one read it.
+        Err(AppError::Ticket(TicketError::UnknownKid))
+            if state.keys.refresh_for_unknown_kid().await =>
+        {
+            state
+                .tickets
+                .verify(&state.keys.keyset(), token, now_secs())?
+        }
+        other => other?,
+    };
+    let params = RawPathParams::from_request_parts(parts, state).await.ok();
+    let param = |name: &str| {
+        params.as_ref().and_then(|p| {
+            p.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_owned())
+        })
+    };
+    let folder = param("folder");
+    let entry = with_entry.then(|| param("entry")).flatten();
+    let record = state
+        .store
+        .caller_record(
+            &claims.dev,
+            folder.as_deref(),
+            &claims.sub,
+            entry.as_deref(),
+        )
+        .await?
+        .ok_or(AppError::UnknownDevice)?;
+    if record.device_user != claims.sub {
+        return Err(AppError::UnknownDevice);
+    }
+    if record.revoked {
+        return Err(AppError::DeviceRevoked);
+    }
+    let now = now_ms();
+    if state.tickets.seen_due(&claims.dev, now) {
+        state.store.touch_device(&claims.dev, now).await?;
+    }
+    let caller = Caller {
+        claims,
+        read_with_device: folder.map(|f| (f, record.membership)),
+    };
+    Ok((caller, record.entry))
 }
 
 /// Requires an access ticket granting `right` on `path`.

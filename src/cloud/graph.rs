@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::account::{grants, valid_display_name};
-use super::auth::{Caller, require_folder, require_identity, require_self};
+use super::auth::{Caller, EntryReader, require_folder, require_identity, require_self};
 use super::error::AppError;
 use super::store::Change;
 use crate::proto::ErrorCode;
@@ -255,17 +255,12 @@ pub async fn list_entries(
 /// `GET /folders/{folder}/entries/{entry}`: the entry (tombstones too) with its ETag.
 pub async fn get_entry(
     State(state): State<AppState>,
-    caller: Caller,
+    EntryReader { caller, entry }: EntryReader,
     Path((folder, id)): Path<(String, String)>,
 ) -> Result<Response, AppError> {
     let path = format!("/folders/{folder}/entries/{id}");
-    let folder = require_folder(&state, &caller, &folder, &path, Right::Read).await?;
-    let entry = state
-        .store
-        .entry(&folder.id, &id)
-        .await?
-        .ok_or(AppError::NotFound("entry"))?;
-    with_etag(StatusCode::OK, entry)
+    require_folder(&state, &caller, &folder, &path, Right::Read).await?;
+    with_etag(StatusCode::OK, entry.ok_or(AppError::NotFound("entry"))?)
 }
 
 /// `GET /folders/{folder}/entries/{entry}/versions`: a file's current content and the

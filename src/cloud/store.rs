@@ -350,13 +350,20 @@ fn device_from(row: &AnyRow) -> Result<Device, StoreError> {
 }
 
 fn folder_from(row: &AnyRow) -> Result<Folder, StoreError> {
+    folder_named(row, "")
+}
+
+/// A folder from a row that names its columns `{prefix}id`, `{prefix}name`…: a row that
+/// also holds an entry's columns (see `Store::caller_record`).
+fn folder_named(row: &AnyRow, prefix: &str) -> Result<Folder, StoreError> {
+    let col = |name: &str| format!("{prefix}{name}");
     Ok(Folder {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        owner: row.try_get("owner")?,
-        device_only: row.try_get::<i64, _>("device_only")? != 0,
-        created_ms: row.try_get("created_ms")?,
-        epoch: to_u64(row.try_get("epoch")?, "membership epoch")?,
+        id: row.try_get(col("id").as_str())?,
+        name: row.try_get(col("name").as_str())?,
+        owner: row.try_get(col("owner").as_str())?,
+        device_only: row.try_get::<i64, _>(col("device_only").as_str())? != 0,
+        created_ms: row.try_get(col("created_ms").as_str())?,
+        epoch: to_u64(row.try_get(col("epoch").as_str())?, "membership epoch")?,
     })
 }
 

@@ -4,8 +4,8 @@
 //! transaction, so access tickets issued before it are refused from then on; a removal
 //! also unmaps the folder from the member's devices, so no peer ticket names it again.
 
-use super::{Change, Store, StoreError, folder_from, to_i64, to_u64};
-use crate::proto::{Folder, Invitation, Member, Role};
+use super::{Change, Store, StoreError, entry_from, folder_from, folder_named, to_i64, to_u64};
+use crate::proto::{Entry, Folder, Invitation, Member, Role};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
@@ -73,9 +73,9 @@ const MEMBERSHIP: &str = "SELECT f.*, m.role AS member_role FROM folders f
      LEFT JOIN members m ON m.folder = f.id AND m.user_name = $1
      WHERE f.id = $2";
 
-/// The role `user` holds by a row of [`MEMBERSHIP`].
-fn held_role(row: &AnyRow, user: &str) -> Result<Option<Role>, StoreError> {
-    if row.try_get::<String, _>("owner")? == user {
+/// The role `user` holds by a row of [`MEMBERSHIP`], whose folder has owner `owner`.
+fn held_role(row: &AnyRow, owner: &str, user: &str) -> Result<Option<Role>, StoreError> {
+    if owner == user {
         return Ok(Some(Role::Owner));
     }
     match row.try_get::<Option<String>, _>("member_role")? {
@@ -93,7 +93,7 @@ impl Change {
             .bind(folder)
             .fetch_optional(&mut *self.tx)
             .await?;
-        row.map(|row| held_role(&row, user))
+        row.map(|row| held_role(&row, &row.try_get::<String, _>("owner")?, user))
             .transpose()
             .map(Option::flatten)
     }
@@ -104,47 +104,63 @@ pub type Membership = (Folder, Option<Role>);
 
 /// What a request's caller is checked against: its device's user and whether the device is
 /// revoked, and, for a folder's route, that folder's [`Membership`] (`None`: no such
-/// folder).
+/// folder), and the entry the route reads, if it asked for one (`None`: no such entry).
 #[derive(Clone, Debug)]
 pub struct CallerRecord {
     pub device_user: String,
     pub revoked: bool,
     pub membership: Option<Membership>,
+    pub entry: Option<Entry>,
 }
 
 impl Store {
-    /// The caller's device and, if `folder` is given, `user`'s membership of it, in one
-    /// query; `None` when there is no such device.
+    /// The caller's device and, if `folder` is given, `user`'s membership of it and the
+    /// folder's entry `entry`, in one query; `None` when there is no such device.
     pub async fn caller_record(
         &self,
         device: &str,
         folder: Option<&str>,
         user: &str,
+        entry: Option<&str>,
     ) -> Result<Option<CallerRecord>, StoreError> {
+        // The folder's columns are renamed: the entry's have the same names.
         let row = sqlx::query(
             "SELECT d.user_name AS device_user, d.revoked AS device_revoked,
-                    f.*, m.role AS member_role
+                    f.id AS f_id, f.name AS f_name, f.owner AS f_owner,
+                    f.device_only AS f_device_only, f.created_ms AS f_created_ms,
+                    f.epoch AS f_epoch, m.role AS member_role, e.*
                FROM devices d
                LEFT JOIN folders f ON f.id = $2
                LEFT JOIN members m ON m.folder = f.id AND m.user_name = $3
+               LEFT JOIN entries e ON e.folder = f.id AND e.id = $4
               WHERE d.id = $1",
         )
         .bind(device)
         .bind(folder.unwrap_or_default())
         .bind(user)
+        .bind(entry.unwrap_or_default())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let membership = match row.try_get::<Option<String>, _>("id")? {
-            Some(_) => Some((folder_from(&row)?, held_role(&row, user)?)),
+        let membership = match row.try_get::<Option<String>, _>("f_id")? {
+            Some(_) => {
+                let folder = folder_named(&row, "f_")?;
+                let role = held_role(&row, &folder.owner, user)?;
+                Some((folder, role))
+            }
+            None => None,
+        };
+        let entry = match row.try_get::<Option<String>, _>("id")? {
+            Some(_) => Some(entry_from(&row)?),
             None => None,
         };
         Ok(Some(CallerRecord {
             device_user: row.try_get("device_user")?,
             revoked: row.try_get::<i64, _>("device_revoked")? != 0,
             membership,
+            entry,
         }))
     }
 
@@ -160,8 +176,12 @@ impl Store {
             .bind(folder)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| Ok((folder_from(&row)?, held_role(&row, user)?)))
-            .transpose()
+        row.map(|row| {
+            let folder = folder_from(&row)?;
+            let role = held_role(&row, &folder.owner, user)?;
+            Ok((folder, role))
+        })
+        .transpose()
     }
 
     /// The folder's owner and members, the owner first, with what each stored in it.
@@ -424,7 +444,7 @@ mod tests {
             .unwrap();
         let record = |dev: &'static str, folder: Option<&'static str>, user: &'static str| {
             let store = &store;
-            async move { store.caller_record(dev, folder, user).await.unwrap() }
+            async move { store.caller_record(dev, folder, user, None).await.unwrap() }
         };
 
         assert!(
@@ -462,6 +482,60 @@ mod tests {
             record("bob-phone", None, "ann").await.unwrap().device_user,
             "bob",
             "the device's own user, whoever the ticket names"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_caller_record_carries_the_entry_the_route_reads() {
+        let (_d, store, f) = store_with_folder().await;
+        store
+            .insert_device(&test_device("ann-laptop", "ann"))
+            .await
+            .unwrap();
+        let e = Entry {
+            id: "e".into(),
+            folder: f.id.clone(),
+            parent: None,
+            name: "report.txt".into(),
+            kind: crate::proto::EntryKind::File,
+            mode: 0o644,
+            size: 3,
+            mtime_ns: 7,
+            version: 1,
+            deleted: false,
+            manifest: vec![],
+            target: None,
+            author: "ann-laptop".into(),
+            in_cloud: true,
+            holders: vec!["ann-laptop".into()],
+        };
+        let mut change = store.begin_change().await.unwrap();
+        change.save(&e).await.unwrap();
+        change.commit().await.unwrap();
+        let record = |folder: &'static str, entry: Option<&'static str>| {
+            let store = &store;
+            async move {
+                store
+                    .caller_record("ann-laptop", Some(folder), "ann", entry)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+
+        let both = record("f", Some("e")).await;
+        assert_eq!(both.entry.as_ref(), Some(&e));
+        assert_eq!(
+            both.membership,
+            Some((f, Some(Role::Owner))),
+            "the folder's columns, not the entry's of the same names"
+        );
+        assert_eq!(record("f", Some("other")).await.entry, None);
+        assert_eq!(record("f", None).await.entry, None, "not asked for");
+        assert_eq!(
+            record("gone", Some("e")).await.entry,
+            None,
+            "another folder's"
         );
     }
 
