@@ -19,6 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use rsa::PrivateKey;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
@@ -295,24 +296,28 @@ impl<R: AsyncRead + Unpin + Send + 'static> FrameReader<R> {
     /// once on the blocking pool (each is two passes over up to 1 MiB), while the next ones
     /// arrive. The receiver gets them in the order they came: await each [`Opening`] for its
     /// plaintext. It ends after the peer's clean close, or with the first error; dropping it
-    /// stops the reading.
+    /// stops the reading. An opening awaited after one that failed is refused, whatever it
+    /// holds: frames read ahead of a bad one are never delivered.
     pub fn open_ahead(mut self, depth: usize) -> mpsc::Receiver<Opening> {
         let (tx, rx) = mpsc::channel(depth.max(1));
+        let failed = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
                     next = self.recv_sealed() => next,
                     () = tx.closed() => return,
                 };
-                let opening = match next {
-                    Ok(Some(frame)) => {
-                        Opening(Ok(tokio::task::spawn_blocking(move || frame.open())))
-                    }
+                let job = match next {
+                    Ok(Some(frame)) => Ok(tokio::task::spawn_blocking(move || frame.open())),
                     Ok(None) => return,
-                    Err(e) => Opening(Err(e)),
+                    Err(e) => Err(e),
                 };
-                let failed = opening.0.is_err();
-                if tx.send(opening).await.is_err() || failed {
+                let last = job.is_err();
+                let opening = Opening {
+                    job,
+                    failed: Arc::clone(&failed),
+                };
+                if tx.send(opening).await.is_err() || last {
                     return;
                 }
             }
@@ -339,12 +344,27 @@ impl SealedFrame {
 }
 
 /// A frame from [`FrameReader::open_ahead`], being checked and decrypted.
-pub struct Opening(Result<tokio::task::JoinHandle<Result<Bytes, ChannelError>>, ChannelError>);
+pub struct Opening {
+    job: Result<tokio::task::JoinHandle<Result<Bytes, ChannelError>>, ChannelError>,
+    /// Set by the first of the reader's openings that fails.
+    failed: Arc<AtomicBool>,
+}
 
 impl Opening {
-    /// The frame's plaintext, or why the channel ended here.
+    /// The frame's plaintext, or why the channel ended here: `Closed` once an opening of
+    /// the same reader failed.
     pub async fn plaintext(self) -> Result<Bytes, ChannelError> {
-        self.0?.await.map_err(|_| ChannelError::Task)?
+        if self.failed.load(Ordering::Acquire) {
+            return Err(ChannelError::Closed);
+        }
+        let opened = match self.job {
+            Ok(job) => job.await.unwrap_or(Err(ChannelError::Task)),
+            Err(e) => Err(e),
+        };
+        if opened.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        opened
     }
 }
 
