@@ -349,21 +349,40 @@ fn device_from(row: &AnyRow) -> Result<Device, StoreError> {
     })
 }
 
-fn folder_from(row: &AnyRow) -> Result<Folder, StoreError> {
-    folder_named(row, "")
+/// The names a row gives a folder's columns.
+struct FolderColumns {
+    id: &'static str,
+    name: &'static str,
+    owner: &'static str,
+    device_only: &'static str,
+    created_ms: &'static str,
+    epoch: &'static str,
 }
 
-/// A folder from a row that names its columns `{prefix}id`, `{prefix}name`…: a row that
-/// also holds an entry's columns (see `Store::caller_record`).
-fn folder_named(row: &AnyRow, prefix: &str) -> Result<Folder, StoreError> {
-    let col = |name: &str| format!("{prefix}{name}");
+/// A folder's columns as `folders` names them.
+const FOLDER_COLUMNS: FolderColumns = FolderColumns {
+    id: "id",
+    name: "name",
+    owner: "owner",
+    device_only: "device_only",
+    created_ms: "created_ms",
+    epoch: "epoch",
+};
+
+fn folder_from(row: &AnyRow) -> Result<Folder, StoreError> {
+    folder_named(row, &FOLDER_COLUMNS)
+}
+
+/// A folder from a row that names its columns `cols`: renamed in a row that also holds an
+/// entry's columns (see `Store::caller_record`).
+fn folder_named(row: &AnyRow, cols: &FolderColumns) -> Result<Folder, StoreError> {
     Ok(Folder {
-        id: row.try_get(col("id").as_str())?,
-        name: row.try_get(col("name").as_str())?,
-        owner: row.try_get(col("owner").as_str())?,
-        device_only: row.try_get::<i64, _>(col("device_only").as_str())? != 0,
-        created_ms: row.try_get(col("created_ms").as_str())?,
-        epoch: to_u64(row.try_get(col("epoch").as_str())?, "membership epoch")?,
+        id: row.try_get(cols.id)?,
+        name: row.try_get(cols.name)?,
+        owner: row.try_get(cols.owner)?,
+        device_only: row.try_get::<i64, _>(cols.device_only)? != 0,
+        created_ms: row.try_get(cols.created_ms)?,
+        epoch: to_u64(row.try_get(cols.epoch)?, "membership epoch")?,
     })
 }
 

@@ -4,7 +4,9 @@
 //! transaction, so access tickets issued before it are refused from then on; a removal
 //! also unmaps the folder from the member's devices, so no peer ticket names it again.
 
-use super::{Change, Store, StoreError, entry_from, folder_from, folder_named, to_i64, to_u64};
+use super::{
+    Change, FolderColumns, Store, StoreError, entry_from, folder_from, folder_named, to_i64, to_u64,
+};
 use crate::proto::{Entry, Folder, Invitation, Member, Role};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -99,6 +101,17 @@ impl Change {
     }
 }
 
+/// The folder's columns in [`Store::caller_record`]'s row, renamed: the entry's have the
+/// same names.
+const CALLER_FOLDER_COLUMNS: FolderColumns = FolderColumns {
+    id: "f_id",
+    name: "f_name",
+    owner: "f_owner",
+    device_only: "f_device_only",
+    created_ms: "f_created_ms",
+    epoch: "f_epoch",
+};
+
 /// A folder and the role a user holds on it now (`None`: not a member).
 pub type Membership = (Folder, Option<Role>);
 
@@ -123,7 +136,7 @@ impl Store {
         user: &str,
         entry: Option<&str>,
     ) -> Result<Option<CallerRecord>, StoreError> {
-        // The folder's columns are renamed: the entry's have the same names.
+        // The folder's columns are renamed (`CALLER_FOLDER_COLUMNS`).
         let row = sqlx::query(
             "SELECT d.user_name AS device_user, d.revoked AS device_revoked,
                     f.id AS f_id, f.name AS f_name, f.owner AS f_owner,
@@ -144,9 +157,9 @@ impl Store {
         let Some(row) = row else {
             return Ok(None);
         };
-        let membership = match row.try_get::<Option<String>, _>("f_id")? {
+        let membership = match row.try_get::<Option<String>, _>(CALLER_FOLDER_COLUMNS.id)? {
             Some(_) => {
-                let folder = folder_named(&row, "f_")?;
+                let folder = folder_named(&row, &CALLER_FOLDER_COLUMNS)?;
                 let role = held_role(&row, &folder.owner, user)?;
                 Some((folder, role))
             }
