@@ -68,7 +68,9 @@ pub struct Uploader {
 }
 
 /// The highest record number of this journal that the cloud may have seen: what it had
-/// applied when this agent started, or any sent since. Unknown until the cloud said.
+/// applied when this agent started, what the store notes as offered before each request
+/// (a request of the last run may land after this start), or any sent since. Unknown
+/// until the cloud said.
 pub struct Offered(AtomicU64);
 
 impl Default for Offered {
@@ -83,11 +85,11 @@ impl Offered {
         seq > self.0.load(Ordering::SeqCst)
     }
 
-    /// The cloud applied the journal up to `applied` when asked at start.
-    fn learn(&self, applied: u64) {
+    /// Records up to `seq` may have reached the cloud before this start.
+    fn learn(&self, seq: u64) {
         let _ = self
             .0
-            .compare_exchange(u64::MAX, applied, Ordering::SeqCst, Ordering::SeqCst);
+            .compare_exchange(u64::MAX, seq, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     fn sent(&self, seq: u64) {
@@ -229,16 +231,13 @@ impl Uploader {
         }
     }
 
-    /// One round: the front of the journal made durable here, then played. `None` when
-    /// the journal is empty.
+    /// One round: the front of the journal played. `None` when the journal is empty.
     pub(crate) async fn round(&self) -> Result<Option<Played>, CacheError> {
         let front = self.cache.journal(LOOKAHEAD)?;
-        let Some(&(last, _)) = front.last() else {
+        if front.is_empty() {
             return Ok(None);
-        };
-        // The cloud must never have a change that a crash here could still undo.
-        self.cache.make_durable(last).await?;
-        Ok(Some(self.play(&front).await))
+        }
+        self.play(&front).await.map(Some)
     }
 
     /// Makes sure the cloud will take this journal's next records as new: if its mark is
@@ -261,7 +260,7 @@ impl Uploader {
         };
         let result = self.cache.next_id().and_then(|next| {
             if applied < next {
-                self.offered.learn(applied);
+                self.offered.learn(applied.max(self.cache.offered()?));
                 return Ok(None);
             }
             self.cache.renew_journal_id().map(Some)
@@ -282,7 +281,7 @@ impl Uploader {
     /// the longest run of steps that can go in one `steps` request (one step per node, so
     /// that each carries the version the cloud last gave it). Returns whether the front
     /// record must be played again, and the error to back off on if it must wait.
-    async fn play(&self, front: &[(u64, JournalOp)]) -> Played {
+    async fn play(&self, front: &[(u64, JournalOp)]) -> Result<Played, CacheError> {
         let mut ready: Vec<(u64, &JournalOp, Prepared)> = Vec::new();
         let mut inos = HashSet::new();
         let vanishing = self.vanishing(front);
@@ -304,7 +303,7 @@ impl Uploader {
                 && let Some(until) = self.journal.settling(*ino)
             {
                 if ready.is_empty() {
-                    return self.settle(*ino, until).await;
+                    return Ok(self.settle(*ino, until).await);
                 }
                 break;
             }
@@ -345,6 +344,9 @@ impl Uploader {
             (true, _) | (false, None) => None,
             (false, Some(folder)) => {
                 if let Some(last) = steps.iter().filter_map(Step::seq).max() {
+                    // The cloud must never have a change that a crash here could still
+                    // undo, and a restart must know what this request may carry.
+                    self.cache.offer(last).await?;
                     self.offered.sent(last);
                 }
                 let steps = Steps {
@@ -353,7 +355,7 @@ impl Uploader {
                 };
                 match self.remote.apply_steps(&folder, &steps).await {
                     Ok(r) => Some(r),
-                    Err(e) => return Played::Wait(e),
+                    Err(e) => return Ok(Played::Wait(e)),
                 }
             }
         };
@@ -379,15 +381,15 @@ impl Uploader {
                             self.refused(op, e).await
                         }
                         // After the refused step: not sent; played again next time.
-                        (None, _) => return Played::Done,
+                        (None, _) => return Ok(Played::Done),
                     }
                     .unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")))
                 }
             };
             tracing::debug!(seq, ?op, ?outcome, "journal record played");
             match outcome {
-                Outcome::Wait(e) => return Played::Wait(e),
-                Outcome::Again => return Played::Again,
+                Outcome::Wait(e) => return Ok(Played::Wait(e)),
+                Outcome::Again => return Ok(Played::Again),
                 Outcome::Refused(why) => {
                     self.journal.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(?op, %why, "the cloud refused a local change; it stays on this device only");
@@ -406,7 +408,7 @@ impl Uploader {
             }
             self.journal.uploaded(op.ino());
         }
-        Played::Done
+        Ok(Played::Done)
     }
 
     /// The records in `front` of nodes that the cloud never saw and that are deleted again
@@ -1398,6 +1400,48 @@ mod settle_tests {
         a.unlink("Docs/lock").unwrap();
         a.upload().await.unwrap();
         assert!(!cloud.tree(&folder).contains_key("lock"));
+    }
+
+    #[tokio::test]
+    async fn a_request_of_the_last_run_that_lands_after_a_restart_is_not_undone() {
+        // Found by the crash workload on PostgreSQL: the killed agent's create reached the
+        // cloud after the new one had asked for the journal's mark; the new one took the
+        // file's create and delete for records the cloud never saw, dropped both, and the
+        // file stayed in the cloud.
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/x", b"made before the crash").await.unwrap();
+        a.remote.fail(Call::Steps, Failure::Late);
+        assert!(a.upload().await.is_err());
+        a.unlink("Docs/x").unwrap();
+        a.cache.flush().await.unwrap();
+
+        let a = a.restart();
+        a.uploader.check_journal().await;
+        a.remote.land_late();
+        assert!(
+            cloud.tree(&folder).contains_key("x"),
+            "the late request landed"
+        );
+        a.upload().await.unwrap();
+        assert!(!cloud.tree(&folder).contains_key("x"));
+        let b = second_device(&cloud).await;
+        assert!(b.list("Docs").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_file_made_and_deleted_before_a_crash_that_never_went_still_does_not_go() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/keep", b"sent").await.unwrap();
+        a.upload().await.unwrap();
+        a.write("Docs/lock", b"pid 42").await.unwrap();
+        a.unlink("Docs/lock").unwrap();
+        a.cache.flush().await.unwrap();
+
+        let a = a.restart();
+        let steps = a.remote.calls(Call::Steps);
+        a.upload().await.unwrap();
+        assert_eq!(a.remote.calls(Call::Steps), steps, "nothing of it goes");
+        assert_eq!(cloud.tree(&folder).keys().collect::<Vec<_>>(), ["keep"]);
     }
 
     #[test]

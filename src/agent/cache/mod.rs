@@ -226,6 +226,8 @@ impl JournalOp {
 }
 
 const JOURNAL_ID_KEY: &[u8] = b"journal-id";
+/// The highest journal record that a `steps` request of any run may have carried.
+const OFFERED_KEY: &[u8] = b"offered";
 /// On a sealed cache: a record sealed with its key, which a wrong key does not open.
 const SEAL_CHECK_KEY: &[u8] = b"seal-check";
 
@@ -706,13 +708,34 @@ impl Cache {
     }
 
     /// Makes sure journal record `seq` is on disk, flushing unless a flush since it was
-    /// applied covered it. The uploader calls this first: the cloud must never have a
-    /// change that a crash of this device could still undo here.
-    pub async fn make_durable(&self, seq: u64) -> Result<(), CacheError> {
+    /// applied covered it.
+    async fn make_durable(&self, seq: u64) -> Result<(), CacheError> {
         if self.durable_seq.load(Ordering::SeqCst) >= seq {
             return Ok(());
         }
         self.flush().await
+    }
+
+    /// Journal records up to `seq` are about to go to the cloud: makes them durable (the
+    /// cloud must never have a change that a crash here could still undo) and notes, also
+    /// durably, that they may have gone: after a crash, records above the note certainly
+    /// never did, not even in a request of the last run still on its way.
+    pub async fn offer(&self, seq: u64) -> Result<(), CacheError> {
+        if self.offered()? >= seq {
+            return self.make_durable(seq).await;
+        }
+        self.tree.insert(OFFERED_KEY, &seq.to_be_bytes())?;
+        self.flush().await
+    }
+
+    /// The highest journal record that may have gone to the cloud, in this run or an
+    /// earlier one (0: none).
+    pub fn offered(&self) -> Result<u64, CacheError> {
+        Ok(self
+            .tree
+            .get(OFFERED_KEY)?
+            .and_then(|v| u64_of(&v))
+            .unwrap_or(0))
     }
 
     /// A fresh number, never given out before on this device (inodes, journal order).
@@ -1099,17 +1122,20 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_record_is_flushed_before_it_counts_as_durable_and_a_reopen_finds_it_so() {
+    fn a_record_offered_is_flushed_first_and_a_reopen_finds_it_and_the_note() {
         let dir = tempfile::tempdir().unwrap();
         let seq = {
             let c = Cache::open(dir.path()).unwrap();
+            assert_eq!(c.offered().unwrap(), 0);
             let seq = c.next_id().unwrap();
             let mut t = Txn::default();
             t.journal(seq, &JournalOp::Delete { ino: 7 });
             c.apply(t).unwrap();
             assert!(c.durable_seq.load(Ordering::SeqCst) < seq);
-            futures::executor::block_on(c.make_durable(seq)).unwrap();
+            futures::executor::block_on(c.offer(seq)).unwrap();
             assert!(c.durable_seq.load(Ordering::SeqCst) >= seq);
+            futures::executor::block_on(c.offer(seq - 1)).unwrap();
+            assert_eq!(c.offered().unwrap(), seq, "the note never goes back");
             seq
         };
         // sled's flusher thread lets go of the database a moment after the drop.
@@ -1121,6 +1147,7 @@ mod tests {
             })
             .expect("reopen");
         assert_eq!(c.journal(usize::MAX).unwrap().len(), 1);
+        assert_eq!(c.offered().unwrap(), seq);
         assert_eq!(
             c.durable_seq.load(Ordering::SeqCst),
             seq,

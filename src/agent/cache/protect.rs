@@ -5,7 +5,8 @@
 //! the new one does not open, and a sealed cache reads a plain block whose hash matches.
 
 use super::{
-    Cache, CacheError, JOURNAL_ID_KEY, Node, SEAL_CHECK_KEY, child_prefix, node_key, u64_of,
+    Cache, CacheError, JOURNAL_ID_KEY, Node, OFFERED_KEY, SEAL_CHECK_KEY, child_prefix, node_key,
+    u64_of,
 };
 use crate::crypto::seal::CacheKey;
 use crate::proto::BlockHash;
@@ -57,7 +58,7 @@ impl Cache {
         let mut n = 0;
         for kv in self.tree.iter() {
             let (k, v) = kv?;
-            if k == JOURNAL_ID_KEY || k.starts_with(b"h/") {
+            if k == JOURNAL_ID_KEY || k == OFFERED_KEY || k.starts_with(b"h/") {
                 batch.insert(k, v);
                 continue;
             }

@@ -45,6 +45,10 @@ pub enum Failure {
     Answer(u16, ErrorCode),
     /// The cloud does what was asked, then the answer is lost on the way back.
     AppliedThenLost,
+    /// Still on its way when the device gives up on it: the cloud does it only at
+    /// [`MemoryRemote::land_late`] (a killed agent's request landing after its restart).
+    /// Steps only; other calls take it for `Unreachable`.
+    Late,
 }
 
 #[derive(Default)]
@@ -120,6 +124,7 @@ impl MemoryCloud {
             device: id.into(),
             failures: Mutex::default(),
             calls: Mutex::default(),
+            late: Mutex::default(),
         })
     }
 
@@ -516,6 +521,8 @@ pub struct MemoryRemote {
     device: String,
     failures: Mutex<HashMap<Call, VecDeque<Failure>>>,
     calls: Mutex<HashMap<Call, usize>>,
+    /// `steps` requests still on their way (see [`Failure::Late`]).
+    late: Mutex<Vec<(String, Steps)>>,
 }
 
 impl MemoryRemote {
@@ -527,6 +534,17 @@ impl MemoryRemote {
             .entry(call)
             .or_default()
             .push_back(failure);
+    }
+
+    /// Lets the `steps` requests still on their way reach the cloud.
+    pub fn land_late(&self) {
+        let late = std::mem::take(&mut *self.late.lock().unwrap());
+        for (folder, steps) in late {
+            self.cloud
+                .state()
+                .apply(&folder, &self.device, steps.journal.as_deref(), steps.steps);
+        }
+        self.cloud.changed.notify_waiters();
     }
 
     /// How many times `call` was made.
@@ -548,7 +566,7 @@ impl MemoryRemote {
             .get_mut(&call)
             .and_then(VecDeque::pop_front);
         let result = match failure {
-            Some(Failure::Unreachable) => return Err(unreachable()),
+            Some(Failure::Unreachable | Failure::Late) => return Err(unreachable()),
             Some(Failure::Answer(status, code)) => return Err(refusal(status, code)),
             Some(Failure::AppliedThenLost) => op(&mut self.cloud.state()).and(Err(unreachable())),
             None => op(&mut self.cloud.state()),
@@ -679,6 +697,17 @@ impl Remote for MemoryRemote {
     }
 
     async fn apply_steps(&self, folder: &str, steps: &Steps) -> Result<StepResults, ClientError> {
+        let late = self
+            .failures
+            .lock()
+            .unwrap()
+            .get(&Call::Steps)
+            .and_then(VecDeque::front)
+            == Some(&Failure::Late);
+        if late {
+            let request = (folder.to_string(), steps.clone());
+            self.late.lock().unwrap().push(request);
+        }
         self.run(Call::Steps, |st| {
             self.writable(st, folder)?;
             Ok(st.apply(
