@@ -9,7 +9,9 @@ use crate::agent::invalidate::Invalidator;
 use crate::agent::journal::Journal;
 use crate::agent::remote::{ClientError, Remote};
 use crate::agent::status::Counters;
-use crate::proto::{BlockHash, BlockRef, Entry, EntryKind, EntryPut, ErrorCode, Step, Steps};
+use crate::proto::{
+    BlockHash, BlockRef, Entry, EntryKind, EntryPut, ErrorCode, Step, StepResults, Steps,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use lru::LruCache;
@@ -260,7 +262,9 @@ impl Uploader {
         };
         let result = self.cache.next_id().and_then(|next| {
             if applied < next {
-                self.offered.learn(applied.max(self.cache.offered()?));
+                let offered = self.cache.offered()?;
+                tracing::debug!(applied, offered, "records the cloud may have seen");
+                self.offered.learn(applied.max(offered));
                 return Ok(None);
             }
             self.cache.renew_journal_id().map(Some)
@@ -333,82 +337,88 @@ impl Uploader {
                 break;
             }
         }
-        let steps: Vec<Step> = ready
-            .iter()
-            .filter_map(|(_, _, p)| match p {
-                Prepared::Step(s) => Some(s.clone()),
-                Prepared::Now(_) => None,
-            })
-            .collect();
-        let results = match (steps.is_empty(), folder) {
-            (true, _) | (false, None) => None,
-            (false, Some(folder)) => {
-                if let Some(last) = steps.iter().filter_map(Step::seq).max() {
-                    // The cloud must never have a change that a crash here could still
-                    // undo, and a restart must know what this request may carry.
-                    self.cache.offer(last).await?;
-                    self.offered.sent(last);
-                }
-                let steps = Steps {
-                    journal: Some(self.cache.journal_id()),
-                    steps,
-                };
-                match self.remote.apply_steps(&folder, &steps).await {
-                    Ok(r) => Some(r),
-                    Err(e) => return Ok(Played::Wait(e)),
-                }
-            }
-        };
-        let (mut done, refused) = match results {
-            Some(r) => (r.done.into_iter(), r.refused),
-            None => (Vec::new().into_iter(), None),
-        };
-        let mut step_index = 0;
+        // What needs no request is played first: the flush before the request carries it
+        // too, so a crash never leaves a record at or below the request's note that the
+        // request did not carry (a restart would take it for one the cloud may have seen).
+        let mut sending = Vec::new();
+        let mut steps = Vec::new();
         for (seq, op, prepared) in ready {
-            let outcome = match prepared {
-                Prepared::Now(o) => o,
-                Prepared::Step(_) => {
-                    let index = step_index;
-                    step_index += 1;
-                    match (done.next(), &refused) {
-                        (Some(entry), _) => self.sent(op, &entry),
-                        (None, Some(r)) if r.index == index => {
-                            let e = ClientError::Api {
-                                status: r.status,
-                                code: r.error.error,
-                                message: r.error.message.clone(),
-                            };
-                            self.refused(op, e).await
-                        }
-                        // After the refused step: not sent; played again next time.
-                        (None, _) => return Ok(Played::Done),
-                    }
-                    .unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")))
-                }
-            };
-            tracing::debug!(seq, ?op, ?outcome, "journal record played");
-            match outcome {
-                Outcome::Wait(e) => return Ok(Played::Wait(e)),
-                Outcome::Again => return Ok(Played::Again),
-                Outcome::Refused(why) => {
-                    self.journal.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(?op, %why, "the cloud refused a local change; it stays on this device only");
-                    if let Err(e) = self.keep_here(op.ino()) {
-                        tracing::error!(error = %e, "marking a refused change as held here");
+            match prepared {
+                Prepared::Now(outcome) => {
+                    if let Some(played) = self.conclude(seq, op, outcome) {
+                        return Ok(played);
                     }
                 }
-                Outcome::Done => {}
+                Prepared::Step(step) => {
+                    steps.push(step);
+                    sending.push((seq, op));
+                }
             }
-            let replaced = match op {
-                JournalOp::Put { snap, .. } => snap.replaced,
-                JournalOp::Delete { .. } => None,
-            };
-            if let Err(e) = self.finish(seq, op.ino(), replaced) {
-                tracing::error!(error = %e, "removing a journal record");
+        }
+        let (Some(folder), Some(&(last, _))) = (folder, sending.last()) else {
+            return Ok(Played::Done);
+        };
+        // The cloud must never have a change that a crash here could still undo, and a
+        // restart must know what this request may carry.
+        self.cache.offer(last).await?;
+        self.offered.sent(last);
+        tracing::debug!(steps = steps.len(), last, "sending steps");
+        let request = Steps {
+            journal: Some(self.cache.journal_id()),
+            steps,
+        };
+        let StepResults { done, refused } = match self.remote.apply_steps(&folder, &request).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Played::Wait(e)),
+        };
+        let mut done = done.into_iter();
+        for (index, (seq, op)) in sending.into_iter().enumerate() {
+            let outcome = match (done.next(), &refused) {
+                (Some(entry), _) => self.sent(op, &entry),
+                (None, Some(r)) if r.index == index => {
+                    let e = ClientError::Api {
+                        status: r.status,
+                        code: r.error.error,
+                        message: r.error.message.clone(),
+                    };
+                    self.refused(op, e).await
+                }
+                // After the refused step: not sent; played again next time.
+                (None, _) => return Ok(Played::Done),
             }
-            self.journal.uploaded(op.ino());
+            .unwrap_or_else(|e| Outcome::Refused(format!("local store: {e}")));
+            if let Some(played) = self.conclude(seq, op, outcome) {
+                return Ok(played);
+            }
         }
         Ok(Played::Done)
+    }
+
+    /// Ends the play of record `seq` with its outcome: it leaves the journal, unless it must
+    /// wait or go again (then what the round returns).
+    fn conclude(&self, seq: u64, op: &JournalOp, outcome: Outcome) -> Option<Played> {
+        tracing::debug!(seq, ?op, ?outcome, "journal record played");
+        match outcome {
+            Outcome::Wait(e) => return Some(Played::Wait(e)),
+            Outcome::Again => return Some(Played::Again),
+            Outcome::Refused(why) => {
+                self.journal.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(?op, %why, "the cloud refused a local change; it stays on this device only");
+                if let Err(e) = self.keep_here(op.ino()) {
+                    tracing::error!(error = %e, "marking a refused change as held here");
+                }
+            }
+            Outcome::Done => {}
+        }
+        let replaced = match op {
+            JournalOp::Put { snap, .. } => snap.replaced,
+            JournalOp::Delete { .. } => None,
+        };
+        if let Err(e) = self.finish(seq, op.ino(), replaced) {
+            tracing::error!(error = %e, "removing a journal record");
+        }
+        self.journal.uploaded(op.ino());
+        None
     }
 
     /// The records in `front` of nodes that the cloud never saw and that are deleted again
@@ -1036,13 +1046,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_cloud_keeps_every_record_until_it_answers() {
+    async fn an_unreachable_cloud_keeps_every_change_until_it_answers() {
         let (cloud, folder, a) = one_device().await;
         a.write("Docs/f", b"offline work").await.unwrap();
         a.remote.fail(Call::Steps, Failure::Unreachable);
         let e = a.upload().await.unwrap_err();
         assert!(e.is_unreachable());
-        assert_eq!(a.cache.journal_len(), 2);
+        // The create's record went (the content's record says it all); the content's stays.
+        assert_eq!(a.cache.journal_len(), 1);
         assert!(cloud.tree(&folder).is_empty());
         a.upload().await.unwrap();
         assert_eq!(a.cache.journal_len(), 0);
@@ -1426,6 +1437,57 @@ mod settle_tests {
         assert!(!cloud.tree(&folder).contains_key("x"));
         let b = second_device(&cloud).await;
         assert!(b.list("Docs").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_file_dropped_in_the_round_of_a_failed_request_never_goes() {
+        // Found by the crash workload on PostgreSQL: the pair was dropped but left in the
+        // journal when the request failed; the next round took it for seen (below the
+        // request's note) and sent the create, and the feed brought the file back here.
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/keep", b"sent").await.unwrap();
+        a.upload().await.unwrap();
+        a.write("Docs/lock", b"pid 42").await.unwrap();
+        a.unlink("Docs/lock").unwrap();
+        a.write("Docs/later", b"after it").await.unwrap();
+        a.remote.fail(Call::Steps, Failure::Unreachable);
+        assert!(a.upload().await.is_err());
+
+        // The feed looks between two rounds.
+        a.uploader.round().await.unwrap();
+        a.sync().await;
+        a.upload().await.unwrap();
+        a.sync().await;
+        assert_eq!(a.list("Docs").unwrap(), ["keep", "later"]);
+        assert_eq!(
+            cloud.tree(&folder).keys().collect::<Vec<_>>(),
+            ["keep", "later"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_dropped_in_the_round_of_a_request_cut_by_a_crash_never_goes() {
+        let (cloud, folder, a) = one_device().await;
+        a.write("Docs/keep", b"sent").await.unwrap();
+        a.upload().await.unwrap();
+        a.write("Docs/lock", b"pid 42").await.unwrap();
+        a.unlink("Docs/lock").unwrap();
+        a.write("Docs/later", b"after it").await.unwrap();
+        a.remote.fail(Call::Steps, Failure::Late);
+        assert!(a.upload().await.is_err());
+
+        let a = a.restart();
+        a.uploader.check_journal().await;
+        a.uploader.round().await.unwrap();
+        a.sync().await;
+        a.upload().await.unwrap();
+        a.remote.land_late();
+        a.sync().await;
+        assert_eq!(a.list("Docs").unwrap(), ["keep", "later"]);
+        assert_eq!(
+            cloud.tree(&folder).keys().collect::<Vec<_>>(),
+            ["keep", "later"]
+        );
     }
 
     #[tokio::test]
