@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::{Cloud, Device, Mount, SOON, engines, eventually, pseudo_random};
+use common::{
+    Cloud, Device, Mount, PASSWORD, SOON, engines, eventually, meshfs, pseudo_random,
+    run_with_stdin,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -112,5 +115,46 @@ fn two_cloud_processes_serve_one_user_and_each_carries_on_when_the_other_dies() 
     assert_eq!(
         names,
         ["a.bin", "b.bin", "hello.txt", "while-one-is-down.txt"]
+    );
+}
+
+/// `meshfs login` as ann at `url` with `password`; its output.
+fn login_at(cloud: &Cloud, url: &str, password: &str) -> std::process::Output {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut login = meshfs(None);
+    login
+        .args(["login", "--cloud", url, "--ca"])
+        .arg(cloud.ca())
+        .args([
+            "--user",
+            "ann",
+            "--password-stdin",
+            "--device-name",
+            "guess",
+        ])
+        .arg("--home")
+        .arg(home.path().join("home"));
+    run_with_stdin(&mut login, password)
+}
+
+#[test]
+fn failed_logins_at_one_cloud_process_count_at_the_other() {
+    if !on_shared_engines() {
+        return;
+    }
+    let first = Cloud::start();
+    first.add_user("ann");
+    let second = first.another_process();
+    for _ in 0..5 {
+        let out = login_at(&first, &first.url, "not the password");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("401"), "{err}");
+    }
+    let out = login_at(&first, &second.url, PASSWORD);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("429") && err.contains("too many failed logins"),
+        "the second process counts the first's failures: {err}"
     );
 }

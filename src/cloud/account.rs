@@ -21,7 +21,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use std::net::SocketAddr;
 use std::sync::LazyLock;
-use std::time::Instant;
 
 /// Longest life of a device's renewal assertion, seconds.
 const MAX_ASSERTION_SECS: i64 = 120;
@@ -250,9 +249,12 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, AppError> {
     let Json(req) = body?;
     let throttle = &state.logins;
-    throttle
-        .check(&req.user, from.ip(), Instant::now())
-        .map_err(|retry_after| AppError::TooManyLogins { retry_after })?;
+    let refused = throttle
+        .retry_after(&state.store, &req.user, from.ip(), now_ms())
+        .await?;
+    if let Some(retry_after) = refused {
+        return Err(AppError::TooManyLogins { retry_after });
+    }
     let phc = if valid_user_name(&req.user) {
         state.store.password_hash(&req.user).await?
     } else {
@@ -269,7 +271,9 @@ pub async fn login(
             .map_err(|e| AppError::internal("checking a password", e))?
     };
     if !ok {
-        throttle.failed(&req.user, from.ip(), Instant::now());
+        throttle
+            .failed(&state.store, &req.user, from.ip(), now_ms())
+            .await?;
         state.metrics.login_refused();
         return Err(AppError::BadCredentials);
     }

@@ -16,6 +16,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 mod history;
 mod keys;
+mod logins;
 mod members;
 mod relays;
 pub use history::{Collected, Retention};
@@ -23,7 +24,7 @@ pub use keys::StoredKey;
 pub use members::Membership;
 
 /// The schema this code writes; stored in `meta` so a later version can tell.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
@@ -134,7 +135,14 @@ const SCHEMA: &[&str] = &[
         addr TEXT PRIMARY KEY,
         ca TEXT NOT NULL,
         added_ms BIGINT NOT NULL)",
-    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 7, 0) ON CONFLICT (id) DO NOTHING",
+    // Failed logins within the throttle's window, by user and by address, counted by every
+    // process (see `store/logins.rs`).
+    "CREATE TABLE IF NOT EXISTS login_failures (
+        who TEXT NOT NULL,
+        at_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS login_failures_who ON login_failures (who, at_ms)",
+    "CREATE INDEX IF NOT EXISTS login_failures_at ON login_failures (at_ms)",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 8, 0) ON CONFLICT (id) DO NOTHING",
 ];
 
 /// What takes a store of schema version 1 to version 2 (peer addresses, mapped folders,
@@ -176,6 +184,21 @@ const MIGRATE_5_TO_6: &[&str] = &["UPDATE meta SET schema_version = 6 WHERE id =
 /// What takes a store of schema version 6 to version 7: the `relays` table, which
 /// [`SCHEMA`] (run after) creates.
 const MIGRATE_6_TO_7: &[&str] = &["UPDATE meta SET schema_version = 7 WHERE id = 1"];
+
+/// What takes a store of schema version 7 to version 8: the `login_failures` table, which
+/// [`SCHEMA`] (run after) creates.
+const MIGRATE_7_TO_8: &[&str] = &["UPDATE meta SET schema_version = 8 WHERE id = 1"];
+
+/// The migrations in order: the first takes version 1 to 2.
+const MIGRATIONS: &[&[&str]] = &[
+    MIGRATE_1_TO_2,
+    MIGRATE_2_TO_3,
+    MIGRATE_3_TO_4,
+    MIGRATE_4_TO_5,
+    MIGRATE_5_TO_6,
+    MIGRATE_6_TO_7,
+    MIGRATE_7_TO_8,
+];
 
 const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders, changed_ms";
 
@@ -461,33 +484,10 @@ impl Store {
             let row = sqlx::query("SELECT schema_version FROM meta WHERE id = 1")
                 .fetch_one(&mut *tx)
                 .await?;
-            let migrations: &[&[&str]] = match row.try_get::<i64, _>("schema_version")? {
-                1 => &[
-                    MIGRATE_1_TO_2,
-                    MIGRATE_2_TO_3,
-                    MIGRATE_3_TO_4,
-                    MIGRATE_4_TO_5,
-                    MIGRATE_5_TO_6,
-                    MIGRATE_6_TO_7,
-                ],
-                2 => &[
-                    MIGRATE_2_TO_3,
-                    MIGRATE_3_TO_4,
-                    MIGRATE_4_TO_5,
-                    MIGRATE_5_TO_6,
-                    MIGRATE_6_TO_7,
-                ],
-                3 => &[
-                    MIGRATE_3_TO_4,
-                    MIGRATE_4_TO_5,
-                    MIGRATE_5_TO_6,
-                    MIGRATE_6_TO_7,
-                ],
-                4 => &[MIGRATE_4_TO_5, MIGRATE_5_TO_6, MIGRATE_6_TO_7],
-                5 => &[MIGRATE_5_TO_6, MIGRATE_6_TO_7],
-                6 => &[MIGRATE_6_TO_7],
-                _ => &[],
-            };
+            let found: i64 = row.try_get("schema_version")?;
+            // A version this meshfs does not know is refused after the schema below.
+            let from = usize::try_from(found - 1).unwrap_or(usize::MAX);
+            let migrations = MIGRATIONS.get(from..).unwrap_or_default();
             for stmt in migrations.iter().copied().flatten() {
                 sqlx::query(*stmt).execute(&mut *tx).await?;
             }

@@ -2,15 +2,15 @@
 //! the cloud: failures are counted per user and per source address within a window, and
 //! past the bound a login is refused with 429 and the seconds until it may try again;
 //! password checks (Argon2id, tens of milliseconds and 19 MiB each) run a few at a time,
-//! and only a bounded number wait for a turn. Counts live in this process's memory.
+//! and only a bounded number wait for a turn. Failures are counted in the database, by
+//! every process together; the turns are each process's own (they bound its CPU and
+//! memory).
 
-use lru::LruCache;
-use std::collections::VecDeque;
+use super::account::valid_user_name;
+use super::store::{Store, StoreError};
 use std::net::IpAddr;
-use std::num::NonZeroUsize;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// The bounds.
@@ -36,74 +36,74 @@ impl Default for Rules {
     }
 }
 
-/// Users and addresses whose failures are remembered; the least recently failed go first,
-/// so the memory stays bounded however many names an attacker tries.
-const REMEMBERED: usize = 65_536;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Who {
-    User(String),
-    Source(IpAddr),
-}
-
 pub struct LoginThrottle {
     rules: Rules,
-    failures: Mutex<LruCache<Who, VecDeque<Instant>>>,
     checks: Semaphore,
     waiting: AtomicUsize,
+}
+
+/// The names a login's failures are counted under: its user (when it could be one) and
+/// its source address.
+fn counted_as(user: &str, source: IpAddr) -> Vec<String> {
+    let mut who = vec![format!("a:{}", source.to_canonical())];
+    if valid_user_name(user) {
+        who.push(format!("u:{user}"));
+    }
+    who
 }
 
 impl LoginThrottle {
     pub fn new(rules: Rules) -> Self {
         Self {
             rules,
-            failures: Mutex::new(LruCache::new(
-                NonZeroUsize::new(REMEMBERED).unwrap_or(NonZeroUsize::MIN),
-            )),
             checks: Semaphore::new(rules.checks.max(1)),
             waiting: AtomicUsize::new(0),
         }
     }
 
-    /// `Err(seconds)` when `user` or `source` failed too often lately: how long until the
-    /// oldest of those failures leaves the window.
-    pub fn check(&self, user: &str, source: IpAddr, now: Instant) -> Result<(), u64> {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wait = None;
-        for who in [Who::User(user.into()), Who::Source(source.to_canonical())] {
-            let Some(times) = failures.get_mut(&who) else {
-                continue;
-            };
-            while times
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= self.rules.window)
-            {
-                times.pop_front();
-            }
-            if times.len() >= self.rules.failures
-                && let Some(oldest) = times.front()
-            {
-                let left = self
-                    .rules
-                    .window
-                    .saturating_sub(now.duration_since(*oldest));
-                wait = wait.max(Some(left.as_secs().max(1)));
-            }
-        }
-        wait.map_or(Ok(()), Err)
+    fn window_ms(&self) -> i64 {
+        i64::try_from(self.rules.window.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// Notes a failed login of `user` from `source` at `now`.
-    pub fn failed(&self, user: &str, source: IpAddr, now: Instant) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        for who in [Who::User(user.into()), Who::Source(source.to_canonical())] {
-            let times = failures.get_or_insert_mut(who, VecDeque::new);
-            times.push_back(now);
-            // Only the last `failures` matter.
-            while times.len() > self.rules.failures {
-                times.pop_front();
-            }
-        }
+    /// `Some(seconds)` when `user` or `source` failed too often lately: how long until the
+    /// oldest of those failures leaves the window.
+    pub async fn retry_after(
+        &self,
+        store: &Store,
+        user: &str,
+        source: IpAddr,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let who = counted_as(user, source);
+        let who: Vec<&str> = who.iter().map(String::as_str).collect();
+        let window = self.window_ms();
+        let since = now_ms.saturating_sub(window);
+        let failures = store
+            .login_failures(&who, since, self.rules.failures)
+            .await?;
+        Ok(failures
+            .iter()
+            .filter(|times| times.len() >= self.rules.failures)
+            .filter_map(|times| times.last())
+            .map(|oldest| {
+                let left = window.saturating_sub(now_ms.saturating_sub(*oldest));
+                u64::try_from(left / 1000).unwrap_or(0).max(1)
+            })
+            .max())
+    }
+
+    /// Notes a failed login of `user` from `source` at `now_ms`.
+    pub async fn failed(
+        &self,
+        store: &Store,
+        user: &str,
+        source: IpAddr,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let who = counted_as(user, source);
+        let who: Vec<&str> = who.iter().map(String::as_str).collect();
+        let forget = now_ms.saturating_sub(self.window_ms());
+        store.note_login_failure(&who, now_ms, forget).await
     }
 
     /// A turn to check a password, or `Err(seconds)` when too many wait already.
@@ -129,40 +129,90 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn a_user_is_refused_past_its_failures_until_the_window_moves_on() {
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await;
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_user_is_refused_past_its_failures_until_the_window_moves_on() {
+        let (_dir, store) = store().await;
         let t = LoginThrottle::new(Rules::default());
-        let start = Instant::now();
+        let start = 1_000_000;
         for i in 0..5 {
-            assert_eq!(t.check("ann", ip("10.0.0.1"), start), Ok(()), "{i}");
-            t.failed("ann", ip(&format!("10.0.0.{}", i + 1)), start);
+            let at = ip(&format!("10.0.0.{}", i + 1));
+            assert_eq!(t.retry_after(&store, "ann", at, start).await.unwrap(), None);
+            t.failed(&store, "ann", at, start).await.unwrap();
         }
+        let elsewhere = ip("10.9.9.9");
         assert_eq!(
-            t.check("ann", ip("10.9.9.9"), start),
-            Err(60),
+            t.retry_after(&store, "ann", elsewhere, start)
+                .await
+                .unwrap(),
+            Some(60),
             "any address"
         );
         assert_eq!(
-            t.check("bob", ip("10.9.9.9"), start),
-            Ok(()),
+            t.retry_after(&store, "bob", elsewhere, start)
+                .await
+                .unwrap(),
+            None,
             "another user"
         );
-        let later = start + Duration::from_secs(45);
-        assert_eq!(t.check("ann", ip("10.9.9.9"), later), Err(15));
-        let after = start + Duration::from_secs(60);
-        assert_eq!(t.check("ann", ip("10.9.9.9"), after), Ok(()));
+        let later = start + 45_000;
+        assert_eq!(
+            t.retry_after(&store, "ann", elsewhere, later)
+                .await
+                .unwrap(),
+            Some(15)
+        );
+        let after = start + 60_000;
+        assert_eq!(
+            t.retry_after(&store, "ann", elsewhere, after)
+                .await
+                .unwrap(),
+            None
+        );
     }
 
-    #[test]
-    fn an_address_is_refused_past_its_failures_whatever_the_user() {
+    #[tokio::test]
+    async fn an_address_is_refused_past_its_failures_whatever_the_user() {
+        let (_dir, store) = store().await;
         let t = LoginThrottle::new(Rules::default());
-        let now = Instant::now();
+        let now = 1_000_000;
         for i in 0..5 {
-            t.failed(&format!("user{i}"), ip("10.0.0.1"), now);
+            let user = format!("user{i}");
+            t.failed(&store, &user, ip("10.0.0.1"), now).await.unwrap();
         }
-        assert!(t.check("someone", ip("10.0.0.1"), now).is_err());
-        assert!(t.check("someone", ip("::ffff:10.0.0.1"), now).is_err());
-        assert_eq!(t.check("someone", ip("10.0.0.2"), now), Ok(()));
+        for (user, at, refused) in [
+            ("someone", "10.0.0.1", true),
+            ("someone", "::ffff:10.0.0.1", true),
+            ("someone", "10.0.0.2", false),
+            // Not a user name: counted by its address alone.
+            ("../x", "10.0.0.2", false),
+        ] {
+            let found = t.retry_after(&store, user, ip(at), now).await.unwrap();
+            assert_eq!(found.is_some(), refused, "{user} from {at}");
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_noted_by_one_process_count_in_another() {
+        let (_dir, store) = store().await;
+        let (one, two) = (
+            LoginThrottle::new(Rules::default()),
+            LoginThrottle::new(Rules::default()),
+        );
+        let now = 1_000_000;
+        for i in 0..5 {
+            let by = if i % 2 == 0 { &one } else { &two };
+            by.failed(&store, "ann", ip("10.0.0.1"), now).await.unwrap();
+        }
+        for t in [&one, &two] {
+            let found = t.retry_after(&store, "ann", ip("10.0.0.7"), now).await;
+            assert_eq!(found.unwrap(), Some(60));
+        }
     }
 
     #[tokio::test]
