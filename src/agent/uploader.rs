@@ -340,6 +340,9 @@ impl Uploader {
         // What needs no request is played first: the flush before the request carries it
         // too, so a crash never leaves a record at or below the request's note that the
         // request did not carry (a restart would take it for one the cloud may have seen).
+        // Their nodes count as uploaded once the request went (a later record of one of
+        // them may be in it).
+        let mut played_here = Vec::new();
         let mut sending = Vec::new();
         let mut steps = Vec::new();
         for (seq, op, prepared) in ready {
@@ -348,6 +351,7 @@ impl Uploader {
                     if let Some(played) = self.conclude(seq, op, outcome) {
                         return Ok(played);
                     }
+                    played_here.push(op.ino());
                 }
                 Prepared::Step(step) => {
                     steps.push(step);
@@ -355,7 +359,9 @@ impl Uploader {
                 }
             }
         }
+        let uploaded = |inos: &[u64]| inos.iter().for_each(|ino| self.journal.uploaded(*ino));
         let (Some(folder), Some(&(last, _))) = (folder, sending.last()) else {
+            uploaded(&played_here);
             return Ok(Played::Done);
         };
         // The cloud must never have a change that a crash here could still undo, and a
@@ -371,6 +377,7 @@ impl Uploader {
             Ok(r) => r,
             Err(e) => return Ok(Played::Wait(e)),
         };
+        uploaded(&played_here);
         let mut done = done.into_iter();
         for (index, (seq, op)) in sending.into_iter().enumerate() {
             let outcome = match (done.next(), &refused) {
@@ -390,12 +397,13 @@ impl Uploader {
             if let Some(played) = self.conclude(seq, op, outcome) {
                 return Ok(played);
             }
+            uploaded(&[op.ino()]);
         }
         Ok(Played::Done)
     }
 
     /// Ends the play of record `seq` with its outcome: it leaves the journal, unless it must
-    /// wait or go again (then what the round returns).
+    /// wait or go again (then what the round returns). The caller notes the node uploaded.
     fn conclude(&self, seq: u64, op: &JournalOp, outcome: Outcome) -> Option<Played> {
         tracing::debug!(seq, ?op, ?outcome, "journal record played");
         match outcome {
@@ -417,7 +425,6 @@ impl Uploader {
         if let Err(e) = self.finish(seq, op.ino(), replaced) {
             tracing::error!(error = %e, "removing a journal record");
         }
-        self.journal.uploaded(op.ino());
         None
     }
 
