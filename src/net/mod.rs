@@ -70,6 +70,11 @@ impl ConnectionLimits {
             source,
         })
     }
+
+    /// The connections admitted and not yet let go.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
 }
 
 /// One admitted connection; dropping it makes room for another.

@@ -178,7 +178,16 @@ struct Relay {
 /// A relay serving in the background; it stops when dropped.
 pub struct RunningRelay {
     pub addr: SocketAddr,
+    limits: Arc<ConnectionLimits>,
     task: JoinHandle<()>,
+}
+
+impl RunningRelay {
+    /// The connections the relay holds open now: listening devices, control connections
+    /// not yet paired, and data legs.
+    pub fn open_connections(&self) -> usize {
+        self.limits.open()
+    }
 }
 
 impl Drop for RunningRelay {
@@ -213,13 +222,14 @@ pub async fn start(
     let acceptor = TlsAcceptor::from(tls);
     let limits = ConnectionLimits::new(RELAY_BOUNDS);
     tracing::info!(%addr, "meshfs relay listening");
+    let admit = Arc::clone(&limits);
     let task = tokio::spawn(async move {
         loop {
             let Ok((tcp, from)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let admitted = match limits.admit(from.ip()) {
+            let admitted = match admit.admit(from.ip()) {
                 Ok(a) => a,
                 Err(over) => {
                     tracing::debug!(%from, %over, "relay connection closed unread");
@@ -245,7 +255,7 @@ pub async fn start(
             });
         }
     });
-    Ok(RunningRelay { addr, task })
+    Ok(RunningRelay { addr, limits, task })
 }
 
 impl Relay {
@@ -263,7 +273,7 @@ impl Relay {
                 relay_ticket,
                 peer_ticket,
             } => match self.dial_target(&relay_ticket, &peer_ticket).await {
-                Ok((caller, callee)) => return self.dial(tls, caller, callee).await,
+                Ok((caller, callee)) => return self.dial(tls, admitted, caller, callee).await,
                 Err(why) => Err(why),
             },
             Hello::Accept {
@@ -366,7 +376,15 @@ impl Relay {
         }
     }
 
-    async fn dial(self: Arc<Self>, mut tls: Stream, caller: String, callee: String) {
+    /// Pairs a dialing device with the listening one it names. Once both have their data
+    /// legs, the control connections close and count no more against their addresses.
+    async fn dial(
+        self: Arc<Self>,
+        mut tls: Stream,
+        admitted: Admitted,
+        caller: String,
+        callee: String,
+    ) {
         let announce = self
             .listeners
             .lock()
@@ -404,7 +422,7 @@ impl Relay {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rendezvous);
-        let Some((mut other, _other_admitted)) = other else {
+        let Some((mut other, other_admitted)) = other else {
             return refuse(tls, &Refusal::NotAccepted).await;
         };
         let ((a_token, a_joins), (b_token, b_joins)) = (self.expect_leg(), self.expect_leg());
@@ -426,7 +444,7 @@ impl Relay {
             expected.remove(&a_token);
             expected.remove(&b_token);
         }
-        drop((tls, other));
+        drop((tls, admitted, other, other_admitted));
         let Some((Ok((a_leg, _a_admitted)), Ok((b_leg, _b_admitted)))) = legs else {
             return tracing::info!(%caller, %callee, "a paired device opened no data leg in time");
         };

@@ -273,6 +273,14 @@ async fn a_relay_on_its_own_pairs_devices_with_relay_tickets_and_refuses_cloud_t
     let mut back = [0u8; 8];
     dialer_leg.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"and back");
+    // While they talk, the relay holds the listening connection and the two legs: the
+    // control connections of the pairing are closed and count no more.
+    let held = || relay.relay.relay.open_connections();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while held() != 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(held(), 3);
 
     // A token is spent on first use: a second leg with it is closed unpaired, as is one
     // with a token the relay never gave.
