@@ -11,7 +11,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -19,13 +19,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 /// A metrics endpoint serving in the background; it stops when dropped.
 pub struct MetricsServer {
     pub addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: AbortOnDropHandle<()>,
 }
 
 /// Serves `registry` at `http://{listen}/metrics`.
@@ -41,7 +35,10 @@ pub async fn serve(listen: SocketAddr, registry: Registry) -> std::io::Result<Me
         }
     });
     tracing::info!(%addr, "metrics at http://{addr}/metrics");
-    Ok(MetricsServer { addr, task })
+    Ok(MetricsServer {
+        addr,
+        _task: AbortOnDropHandle::new(task),
+    })
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> Response {

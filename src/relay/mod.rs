@@ -49,9 +49,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How long a dialer waits for the listener to accept, and paired devices have to open
 /// their data legs.
@@ -179,7 +179,7 @@ struct Relay {
 pub struct RunningRelay {
     pub addr: SocketAddr,
     limits: Arc<ConnectionLimits>,
-    task: JoinHandle<()>,
+    _task: AbortOnDropHandle<()>,
 }
 
 impl RunningRelay {
@@ -187,12 +187,6 @@ impl RunningRelay {
     /// not yet paired, and data legs.
     pub fn open_connections(&self) -> usize {
         self.limits.open()
-    }
-}
-
-impl Drop for RunningRelay {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -255,7 +249,11 @@ pub async fn start(
             });
         }
     });
-    Ok(RunningRelay { addr, limits, task })
+    Ok(RunningRelay {
+        addr,
+        limits,
+        _task: AbortOnDropHandle::new(task),
+    })
 }
 
 impl Relay {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::ReadHalf;
 use tokio::sync::oneshot;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How long one block may take to arrive once asked for.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,7 +41,7 @@ pub struct Link {
     waiters: Arc<Waiters>,
     next_id: AtomicU32,
     alive: Arc<AtomicBool>,
-    reader: tokio::task::JoinHandle<()>,
+    reader: AbortOnDropHandle<()>,
 }
 
 impl Link {
@@ -53,13 +54,13 @@ impl Link {
         rd.align_payload_at(ANSWER_HEADER);
         let waiters: Arc<Waiters> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let reader = tokio::spawn(read_answers(
+        let reader = AbortOnDropHandle::new(tokio::spawn(read_answers(
             rd,
             Arc::clone(&waiters),
             Arc::clone(&alive),
             device.clone(),
             deadline,
-        ));
+        )));
         Arc::new(Self {
             device,
             relayed,
@@ -116,12 +117,6 @@ impl Link {
                 Err(LinkError::Closed("a block took too long".into()))
             }
         }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.reader.abort();
     }
 }
 
