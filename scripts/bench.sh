@@ -35,6 +35,8 @@
 #          BENCH_B_CACHE=SIZE     B's --cache-size (default 8G: views take up to a quarter)
 #          BENCH_C_CACHE=SIZE     C's --cache-size for its first read (default 256M)
 #          BENCH_PROTECTED=0      skip the protected device P
+#          BENCH_ROW_LIMIT=S      seconds one measurement may take before it is stopped and
+#                                 shown as ERR (default 1800)
 # Output:  the table on stdout and in target/bench/results.md; agent/cloud logs and
 #          hyperfine JSON in target/bench/.
 set -euo pipefail
@@ -401,6 +403,16 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 DROP='sync; echo 3 > /proc/sys/vm/drop_caches'
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
+ROW_LIMIT=${BENCH_ROW_LIMIT:-1800}
+# within_limit CMD... -> runs CMD, stopped (TERM, then KILL 10 s later) past ROW_LIMIT
+# seconds; a filesystem that hangs costs one row, not the whole table.
+within_limit() {
+    local rc=0
+    timeout --kill-after=10 "$ROW_LIMIT" "$@" || rc=$?
+    ((rc == 124 || rc == 137)) && log "stopped after $ROW_LIMIT s (BENCH_ROW_LIMIT): $*"
+    return "$rc"
+}
+
 median_of() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # measure ID MODE COMMAND [PREPARE] -> prints the median in seconds, or ERR
@@ -415,7 +427,7 @@ measure() {
             fresh) args+=(--prepare "$prep") ;;
             *) args+=(--warmup 1) ;;
         esac
-        if hyperfine "${args[@]}" "$cmd" >"$LOGS/hyperfine-$id.out" 2>&1; then
+        if within_limit hyperfine "${args[@]}" "$cmd" >"$LOGS/hyperfine-$id.out" 2>&1; then
             json_get "$OUT/$id.json" '.results[0].median'
         else
             log "FAILED: $id: $cmd"; tail -n 5 "$LOGS/hyperfine-$id.out" >&2
@@ -423,12 +435,12 @@ measure() {
         fi
     else
         local i t0 t1 times=""
-        if [[ $mode == warm ]]; then bash -c "$cmd" || { log "FAILED: $id: $cmd"; echo ERR; return; }; fi
+        if [[ $mode == warm ]]; then within_limit bash -c "$cmd" || { log "FAILED: $id: $cmd"; echo ERR; return; }; fi
         for ((i = 0; i < RUNS; i++)); do
             if [[ $mode == cold ]]; then drop_caches; fi
-            if [[ $mode == fresh ]]; then bash -c "$prep" || { log "FAILED: $id: $prep"; echo ERR; return; }; fi
+            if [[ $mode == fresh ]]; then within_limit bash -c "$prep" || { log "FAILED: $id: $prep"; echo ERR; return; }; fi
             t0=$(date +%s%N)
-            bash -c "$cmd" || { log "FAILED: $id: $cmd"; echo ERR; return; }
+            within_limit bash -c "$cmd" || { log "FAILED: $id: $cmd"; echo ERR; return; }
             t1=$(date +%s%N)
             times+="$(elapsed "$t0" "$t1")"$'\n'
         done
@@ -441,7 +453,7 @@ once() {
     local t0 t1
     [[ $CAN_DROP == 1 ]] && drop_caches
     t0=$(date +%s%N)
-    if bash -c "$2" 2>>"$LOGS/first-read.err"; then
+    if within_limit bash -c "$2" 2>>"$LOGS/first-read.err"; then
         t1=$(date +%s%N)
         elapsed "$t0" "$t1"
     else
