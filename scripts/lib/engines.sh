@@ -1,5 +1,5 @@
 # Throwaway servers for the cloud's scale-out engines, sourced by scripts/test.sh: a
-# PostgreSQL 15 cluster and an S3 server (moto's), each on a loopback port, with their
+# PostgreSQL 15 cluster and an S3 server (moto's, or Garage), each on a loopback port, with their
 # files under a directory of the caller's, stopped by stop_engines. Installs Debian's postgresql-15 and PyPI's moto[server] when absent (root).
 
 ENGINE_PIDS=()
@@ -54,6 +54,51 @@ start_s3() {
         sleep 0.1
     done
     curl -sf "$AWS_ENDPOINT/meshfs" >/dev/null || { cat "$dir/server.log" >&2; return 1; }
+    S3_URL=s3://meshfs
+}
+
+# start_garage DIR: Garage (the distributed S3 store, `cargo install garage`) as one node on
+# loopback ports, with bucket "meshfs" and a key allowed to use it. Sets S3_URL and exports
+# the AWS_* variables the cloud reads. Needs `garage` on PATH (scripts/test-garage.sh).
+start_garage() {
+    local dir=$1/garage s3 rpc i node=
+    s3=$(free_port)
+    rpc=$(free_port)
+    mkdir -p "$dir/meta" "$dir/data"
+    cat >"$dir/garage.toml" <<EOF
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+EOF
+    garage -c "$dir/garage.toml" server >"$dir/server.log" 2>&1 &
+    ENGINE_PIDS+=($!)
+    local g=(garage -c "$dir/garage.toml")
+    for i in $(seq 100); do
+        node=$("${g[@]}" node id -q 2>/dev/null) && break
+        sleep 0.2
+    done
+    [[ -n $node ]] || { cat "$dir/server.log" >&2; return 1; }
+    {
+        "${g[@]}" layout assign -z dc1 -c 1G "${node%%@*}" &&
+            "${g[@]}" layout apply --version 1 &&
+            "${g[@]}" key create meshfs-tests &&
+            "${g[@]}" bucket create meshfs &&
+            "${g[@]}" bucket allow --read --write --owner meshfs --key meshfs-tests
+    } >"$dir/setup.log" 2>&1 || { cat "$dir/setup.log" "$dir/server.log" >&2; return 1; }
+    local info
+    info=$("${g[@]}" key info --show-secret meshfs-tests)
+    AWS_ACCESS_KEY_ID=$(awk '/Key ID:/ { print $NF }' <<<"$info")
+    AWS_SECRET_ACCESS_KEY=$(awk '/Secret key:/ { print $NF }' <<<"$info")
+    export AWS_ENDPOINT="http://127.0.0.1:$s3" AWS_ALLOW_HTTP=true AWS_REGION=garage \
+        AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
     S3_URL=s3://meshfs
 }
 
