@@ -9,7 +9,7 @@
 mod common;
 
 use common::{
-    Cloud, Device, Mount, PASSWORD, SOON, engines, eventually, meshfs, pseudo_random,
+    Cloud, Device, Mount, PASSWORD, SOON, engines, eventually, login_command, pseudo_random,
     run_with_stdin,
 };
 use std::path::Path;
@@ -120,21 +120,12 @@ fn two_cloud_processes_serve_one_user_and_each_carries_on_when_the_other_dies() 
 
 /// `meshfs login` as ann at `url` with `password`; its output.
 fn login_at(cloud: &Cloud, url: &str, password: &str) -> std::process::Output {
-    let home = tempfile::tempdir().expect("tempdir");
-    let mut login = meshfs(None);
-    login
-        .args(["login", "--cloud", url, "--ca"])
-        .arg(cloud.ca())
-        .args([
-            "--user",
-            "ann",
-            "--password-stdin",
-            "--device-name",
-            "guess",
-        ])
-        .arg("--home")
-        .arg(home.path().join("home"));
-    run_with_stdin(&mut login, password)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    run_with_stdin(
+        &mut login_command(cloud, url, "ann", "guess", &home),
+        password,
+    )
 }
 
 #[test]

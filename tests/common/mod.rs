@@ -346,6 +346,19 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Output {
     child.wait_with_output().expect("wait meshfs")
 }
 
+/// `meshfs login` of `user` at `url` (checked with `cloud`'s CA) as device `name` into
+/// `home`; the password goes on its stdin.
+pub fn login_command(cloud: &Cloud, url: &str, user: &str, name: &str, home: &Path) -> Command {
+    let mut login = meshfs(None);
+    login
+        .args(["login", "--cloud", url, "--ca"])
+        .arg(cloud.ca())
+        .args(["--user", user, "--password-stdin", "--device-name", name])
+        .arg("--home")
+        .arg(home);
+    login
+}
+
 /// A device logged in to a cloud, with its own home.
 pub struct Device {
     pub home: PathBuf,
