@@ -21,10 +21,17 @@ fn a_uploaded_within(mesh: &Mesh, limit: Duration) -> Duration {
     let s = mesh.a.status();
     assert!(
         done,
-        "A did not finish uploading in {limit:?}: {:?} pending",
-        s.map(|s| s.pending_uploads)
+        "A did not finish uploading in {limit:?}: {:?} pending; A's log ends:\n{}",
+        s.map(|s| s.pending_uploads),
+        tail(&mesh.ma.log_text(), 60)
     );
     t.elapsed()
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// git with no system or user configuration but its own empty HOME.
