@@ -58,6 +58,8 @@ pub enum CacheError {
     Corrupt(#[from] serde_json::Error),
     #[error("{0}")]
     Seal(&'static str),
+    #[error("flushing the metadata store")]
+    Flush(#[from] tokio::task::JoinError),
 }
 
 impl CacheError {
@@ -702,7 +704,11 @@ impl Cache {
     pub async fn flush(&self) -> Result<(), CacheError> {
         // Read before the flush: every record applied by now is in what it writes.
         let applied = self.applied_seq.load(Ordering::SeqCst);
-        self.db.flush_async().await?;
+        // Not sled's `flush_async`: it flushes on sled's own few I/O threads, and flushes
+        // that overlap can take all of them, each waiting for a write only they would do
+        // (spacejam/sled#1241). A blocking flush on tokio's pool leaves them free.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush()).await??;
         self.durable_seq.fetch_max(applied, Ordering::SeqCst);
         Ok(())
     }
@@ -1168,7 +1174,7 @@ mod tests {
             t.index_entry("f", "e1", ino);
             t.journal(7, &JournalOp::Delete { ino });
             c.apply(t).unwrap();
-            futures::executor::block_on(c.flush()).unwrap();
+            c.db.flush().unwrap();
         }
         let c = Cache::open(dir.path()).unwrap();
         let ino = c.lookup(ROOT, "a").unwrap().unwrap();
@@ -1181,5 +1187,44 @@ mod tests {
         );
         // Children of another parent do not leak into this listing.
         assert!(c.children(ino).unwrap().is_empty());
+    }
+
+    /// Flushes from many tasks at once all finish: sled 0.34's own `flush_async` leaves
+    /// them all waiting when they overlap (spacejam/sled#1241), which stalled the uploader
+    /// behind two SQLite writers' fsyncs. The rounds run on a thread of their own, so that
+    /// a hang fails the test instead of hanging it.
+    #[test]
+    fn overlapping_flushes_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(Cache::open(dir.path()).unwrap());
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for round in 0..200u64 {
+                    let flushes: Vec<_> = (0..16u64)
+                        .map(|i| {
+                            let c = Arc::clone(&c);
+                            tokio::spawn(async move {
+                                let mut t = Txn::default();
+                                t.journal(round * 16 + i + 1, &JournalOp::Delete { ino: i });
+                                c.apply(t).unwrap();
+                                c.flush().await.unwrap();
+                            })
+                        })
+                        .collect();
+                    for f in flushes {
+                        f.await.unwrap();
+                    }
+                }
+            });
+            let _ = done.send(());
+        });
+        // A bound far past the rounds' time (a second or two): only a hang reaches it.
+        let r = finished.recv_timeout(std::time::Duration::from_secs(120));
+        assert!(r.is_ok(), "overlapping flushes never finished");
     }
 }
