@@ -1138,9 +1138,10 @@ mod tests {
             t.journal(seq, &JournalOp::Delete { ino: 7 });
             c.apply(t).unwrap();
             assert!(c.durable_seq.load(Ordering::SeqCst) < seq);
-            futures::executor::block_on(c.offer(seq)).unwrap();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(c.offer(seq)).unwrap();
             assert!(c.durable_seq.load(Ordering::SeqCst) >= seq);
-            futures::executor::block_on(c.offer(seq - 1)).unwrap();
+            rt.block_on(c.offer(seq - 1)).unwrap();
             assert_eq!(c.offered().unwrap(), seq, "the note never goes back");
             seq
         };
