@@ -268,7 +268,7 @@ fn a_second_login_in_a_home_makes_a_new_key() {
     let (key1, id1) = (std::fs::read(&key_file).unwrap(), a.device_id());
     a.cli_ok(&["device", "revoke", &id1]);
     let out = common::run_with_stdin(
-        &mut common::login_command(&cloud, &cloud.url, "ann", "laptop", &a.home),
+        &mut common::login_command(None, &cloud, &[&cloud.url], "ann", "laptop", &a.home),
         common::PASSWORD,
     );
     common::output_ok("second login", out);

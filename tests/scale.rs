@@ -123,7 +123,7 @@ fn login_at(cloud: &Cloud, url: &str, password: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
     run_with_stdin(
-        &mut login_command(cloud, url, "ann", "guess", &home),
+        &mut login_command(None, cloud, &[url], "ann", "guess", &home),
         password,
     )
 }

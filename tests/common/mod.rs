@@ -346,12 +346,23 @@ pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Output {
     child.wait_with_output().expect("wait meshfs")
 }
 
-/// `meshfs login` of `user` at `url` (checked with `cloud`'s CA) as device `name` into
-/// `home`; the password goes on its stdin.
-pub fn login_command(cloud: &Cloud, url: &str, user: &str, name: &str, home: &Path) -> Command {
-    let mut login = meshfs(None);
+/// `meshfs login` of `user` at `urls` (checked with `cloud`'s CA) as device `name` into
+/// `home`, in network namespace `netns` if given; the password goes on its stdin.
+pub fn login_command(
+    netns: Option<&str>,
+    cloud: &Cloud,
+    urls: &[&str],
+    user: &str,
+    name: &str,
+    home: &Path,
+) -> Command {
+    let mut login = meshfs(netns);
+    login.arg("login");
+    for url in urls {
+        login.args(["--cloud", url]);
+    }
     login
-        .args(["login", "--cloud", url, "--ca"])
+        .arg("--ca")
         .arg(cloud.ca())
         .args(["--user", user, "--password-stdin", "--device-name", name])
         .arg("--home")
@@ -405,23 +416,7 @@ impl Device {
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
-        let mut login = meshfs(netns);
-        login.arg("login");
-        for url in urls {
-            login.args(["--cloud", url]);
-        }
-        login
-            .arg("--ca")
-            .arg(cloud.ca())
-            .args([
-                "--user",
-                user,
-                "--password-stdin",
-                "--device-name",
-                name,
-                "--home",
-            ])
-            .arg(&home);
+        let mut login = login_command(netns, cloud, urls, user, name, &home);
         if let Some(p) = passphrase_file {
             login.arg("--protect").arg("--passphrase-file").arg(p);
         }
