@@ -433,6 +433,10 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(engine.max_connections())
+            // sqlx pings a connection when it goes back to the pool; a ping before every
+            // use as well would be a third round trip for a one-query request. A
+            // connection that broke while idle fails its next query, and goes.
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
