@@ -374,11 +374,16 @@ mount_baseline() { # mount_baseline NAME DIR
         rclone)
             rclone mount ":sftp,host=127.0.0.1,port=$SSH_PORT,user=$(id -un),key_file=$key:$NATIVE" "$2" \
                 --vfs-cache-mode full --cache-dir "$T/rclone-cache" --log-file "$LOGS/rclone.log" </dev/null &
+            RCLONE_PID=$!
             AGENT_PIDS+=($!)
             for ((i = 0; i < 100; i++)); do is_mounted "$2" && return 0; sleep 0.1; done
             return 1 ;;
     esac
 }
+# rclone keeps a listing for minutes, and SFTP cannot tell it of changes; after data is
+# written on the native side, SIGHUP makes it forget every listing.
+RCLONE_PID=""
+forget_listings() { [[ -z $RCLONE_PID ]] || kill -HUP "$RCLONE_PID" 2>/dev/null || true; }
 NEED_SSHD=0
 for b in "${WANT_BASE[@]}"; do [[ $b != bindfs ]] && NEED_SSHD=1; done
 if [[ $NEED_SSHD == 1 ]] && ! start_sshd; then
@@ -577,6 +582,7 @@ git_ -C "$GIT_SRC" add -A
 git_ -C "$GIT_SRC" commit -q -m "bench: $GIT_H"
 [[ $(git_ -C "$GIT_SRC" ls-files | wc -l) == $((GIT_NFILES + 1)) ]] || die "the git source repository is incomplete"
 git_ clone -q --no-local "$GIT_SRC" "$NATIVE/Bench/repo"
+forget_listings
 log "cloning it into A's mount"
 t0=$(date +%s%N)
 git_ clone -q --no-local "$GIT_SRC" "$MNT_A/Bench/repo" 2>>"$LOGS/git.err" || die "git clone into A's mount failed (see $LOGS/git.err)"
@@ -673,6 +679,7 @@ GIT_CLEAN="native $(git_clean "$NATIVE/Bench/repo"), A $(git_clean "$MNT_A/Bench
 #    and on the native disk; each run starts from a fresh database file (schema only).
 SQL_DIR="$T/sql"
 mkdir -p "$SQL_DIR" "$NATIVE/Bench/sqlite" "$MNT_A/Bench/sqlite"
+forget_listings
 SCHEMA='CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL);'
 sql_inserts() { # sql_inserts N ONE_TXN(0|1): PRAGMAs, then N single-row INSERTs
     awk -v n="$1" -v one="$2" 'BEGIN {
