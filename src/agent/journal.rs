@@ -40,6 +40,9 @@ impl Settle {
     };
 }
 
+/// The shortest time between the uploader's rounds while the front of the journal settles.
+pub const SETTLING_PACE: Duration = Duration::from_millis(200);
+
 /// Appends records and wakes the uploader.
 pub struct Journal {
     wake: Notify,
@@ -134,6 +137,16 @@ impl Journal {
         let _ = tokio::time::timeout(limit, self.wake.notified()).await;
     }
 
+    /// Waits, while the front of the journal settles until `until`, for a new record or
+    /// `until`; but a record that comes sooner than [`SETTLING_PACE`] waits for it. A
+    /// busy file appends records many times a second, and each round reads the front of
+    /// the journal again.
+    pub async fn settling_wait(&self, until: Instant) {
+        let left = || until.saturating_duration_since(Instant::now());
+        tokio::time::sleep(SETTLING_PACE.min(left())).await;
+        self.appended(left()).await;
+    }
+
     fn append(&self, cache: &Cache, mut txn: Txn, op: JournalOp) -> Result<(), CacheError> {
         let seq = cache.next_id()?;
         txn.journal(seq, &op);
@@ -165,5 +178,66 @@ impl Journal {
     /// Applies `txn` together with a record to delete the node's entry in the cloud.
     pub fn delete(&self, cache: &Cache, txn: Txn, ino: u64) -> Result<(), CacheError> {
         self.append(cache, txn, JournalOp::Delete { ino })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits as the uploader does while its front settles until `until`, and says how long.
+    async fn waited(j: &Journal, until: Instant) -> Duration {
+        let start = Instant::now();
+        j.settling_wait(until).await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_appended_while_settling_wake_the_uploader_at_most_once_a_pace() {
+        let j = Journal::default();
+        let until = Instant::now() + Duration::from_secs(3);
+        // A busy writer: records come every few milliseconds.
+        let writer = async {
+            for _ in 0..100 {
+                j.wake.notify_one();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let (took, ()) = tokio::join!(waited(&j, until), writer);
+        assert_eq!(
+            took, SETTLING_PACE,
+            "the burst wakes it once, after the pace"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_after_the_pace_wakes_the_uploader_at_once() {
+        let j = Journal::default();
+        let until = Instant::now() + Duration::from_secs(3);
+        let late = SETTLING_PACE + Duration::from_millis(300);
+        let writer = async {
+            tokio::time::sleep(late).await;
+            j.wake.notify_one();
+        };
+        let (took, ()) = tokio::join!(waited(&j, until), writer);
+        assert_eq!(took, late);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_records_the_uploader_waits_until_the_file_has_settled() {
+        let j = Journal::default();
+        let soon = SETTLING_PACE / 2;
+        assert_eq!(
+            waited(&j, Instant::now() + soon).await,
+            soon,
+            "within the pace"
+        );
+        let later = Duration::from_secs(3);
+        assert_eq!(waited(&j, Instant::now() + later).await, later);
+        assert_eq!(
+            waited(&j, Instant::now()).await,
+            Duration::ZERO,
+            "settled already"
+        );
     }
 }

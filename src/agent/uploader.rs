@@ -217,10 +217,7 @@ impl Uploader {
                     self.counters.cloud_reachable.store(true, Ordering::Relaxed);
                     self.journal.appended(FIRST_BACKOFF).await;
                 }
-                Ok(Some(Played::Settling(until))) => {
-                    let left = until.saturating_duration_since(tokio::time::Instant::now());
-                    self.journal.appended(left).await;
-                }
+                Ok(Some(Played::Settling(until))) => self.journal.settling_wait(until).await,
                 Ok(Some(Played::Done)) => {
                     self.counters.cloud_reachable.store(true, Ordering::Relaxed);
                     backoff = FIRST_BACKOFF;
