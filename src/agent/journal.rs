@@ -41,7 +41,7 @@ impl Settle {
 }
 
 /// The shortest time between the uploader's rounds while the front of the journal settles.
-pub const SETTLING_PACE: Duration = Duration::from_millis(200);
+const SETTLING_PACE: Duration = Duration::from_millis(200);
 
 /// Appends records and wakes the uploader.
 pub struct Journal {
@@ -138,9 +138,9 @@ impl Journal {
     }
 
     /// Waits, while the front of the journal settles until `until`, for a new record or
-    /// `until`; but a record that comes sooner than [`SETTLING_PACE`] waits for it. A
-    /// busy file appends records many times a second, and each round reads the front of
-    /// the journal again.
+    /// `until`; a record that comes within [`SETTLING_PACE`] wakes it only once that has
+    /// passed. A busy file appends records many times a second, and each round reads the
+    /// front of the journal again.
     pub async fn settling_wait(&self, until: Instant) {
         let left = || until.saturating_duration_since(Instant::now());
         tokio::time::sleep(SETTLING_PACE.min(left())).await;
