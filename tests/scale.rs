@@ -65,6 +65,13 @@ fn two_cloud_processes_serve_one_user_and_each_carries_on_when_the_other_dies() 
     let mut first = Cloud::start();
     first.add_user("ann");
     let mut second = first.another_process();
+    // The second has a data directory of its own, as on another machine: the CA the devices
+    // pin comes to it from the database.
+    assert_ne!(first.data, second.data);
+    assert_eq!(
+        std::fs::read(first.data.join("ca.pem")).unwrap(),
+        std::fs::read(second.data.join("ca.pem")).unwrap()
+    );
     let (one, two) = (first.url.clone(), second.url.clone());
     let a = Device::login_to(&first, &[&one, &two], "ann", "laptop");
     let b = Device::login_to(&first, &[&two, &one], "ann", "desktop");

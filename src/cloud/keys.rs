@@ -6,11 +6,16 @@
 //!
 //! A data directory's `signing-key.pem` (kept there by earlier versions) becomes the first
 //! stored key.
+//!
+//! The cloud's TLS CA is shared through the database too ([`shared_ca`]), so that a process
+//! on another machine, given only `cloud.toml`, serves a certificate the devices' pinned CA
+//! signed.
 
 use super::CloudError;
 use super::store::{Store, StoredKey};
 use crate::crypto::keys;
 use crate::crypto::ticket::{KeySet, Signer};
+use crate::net::tls::{CLOUD_CA_NAME, Ca};
 use crate::proto::{Jwks, now_ms};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -38,6 +43,29 @@ const UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(1);
 pub fn kid_of(public_pem: &str) -> String {
     let digest = Sha256::digest(public_pem.as_bytes());
     hex::encode(&digest[..8])
+}
+
+/// The cloud's CA, as the database holds it, written into `data_dir` (`ca.pem`, which
+/// devices pin, and `ca-key.pem`) if it is not there. On a new database the data
+/// directory's CA (earlier versions kept it only there) or a new one is stored first, unless
+/// another process stores one first. A data directory that holds another CA is refused.
+pub async fn shared_ca(store: &Store, data_dir: &Path) -> Result<Ca, CloudError> {
+    let ca = match store.ca().await? {
+        Some(ca) => ca,
+        None => {
+            let offered = match Ca::read(data_dir)? {
+                Some(ca) => ca,
+                None => {
+                    tracing::info!("creating the cloud's CA");
+                    Ca::generate(CLOUD_CA_NAME)?
+                }
+            };
+            store.add_ca(&offered).await?;
+            store.ca().await?.unwrap_or(offered)
+        }
+    };
+    ca.keep_in(data_dir)?;
+    Ok(ca)
 }
 
 /// The keys as last read: the signer, and the published set.

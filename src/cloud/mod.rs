@@ -403,9 +403,9 @@ fn served(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), 
 /// `cfg.listen` and serves HTTPS in the background.
 pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     create_dir(&cfg.data_dir)?;
-    let (https, relay_tls) =
-        tls::server_configs(&cfg.data_dir, tls::CLOUD_CA_NAME, &cfg.tls_names)?;
     let store = open_store(&cfg.engines).await?;
+    let ca = keys::shared_ca(&store, &cfg.data_dir).await?;
+    let (https, relay_tls) = tls::server_configs(&ca, tls::CLOUD_CA_NAME, &cfg.tls_names)?;
     let keys = Arc::new(CloudKeys::open(store.clone(), &cfg.data_dir).await?);
     let relay = match cfg.relay_listen {
         Some(listen) => {
@@ -427,14 +427,9 @@ pub async fn start(cfg: CloudConfig) -> Result<RunningCloud, CloudError> {
     let relay_addr = relay.as_ref().map(|r| r.addr);
     let advertised = match relay_addr {
         Some(a) => {
-            let ca = cfg.data_dir.join(tls::CA_FILE);
-            let ca = std::fs::read_to_string(&ca).map_err(|source| CloudError::Io {
-                path: ca.display().to_string(),
-                source,
-            })?;
             let own = crate::proto::RelayInfo {
                 addr: advertised_relay(a, &cfg.tls_names),
-                ca,
+                ca: ca.cert_pem.clone(),
             };
             // Recorded for the other processes on this database to list too: devices
             // attached to different processes must meet at the same relays.

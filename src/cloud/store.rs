@@ -14,6 +14,7 @@ use crate::proto::{BlockHash, BlockRef, Device, Entry, EntryKind, Folder, Role};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+mod ca;
 mod history;
 mod keys;
 mod logins;
@@ -24,7 +25,7 @@ pub use keys::StoredKey;
 pub use members::Membership;
 
 /// The schema this code writes; stored in `meta` so a later version can tell.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (
@@ -142,7 +143,12 @@ const SCHEMA: &[&str] = &[
         at_ms BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS login_failures_who ON login_failures (who, at_ms)",
     "CREATE INDEX IF NOT EXISTS login_failures_at ON login_failures (at_ms)",
-    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 8, 0) ON CONFLICT (id) DO NOTHING",
+    // The cloud's CA, one row, shared by its processes (see `store/ca.rs`).
+    "CREATE TABLE IF NOT EXISTS cloud_ca (
+        id BIGINT PRIMARY KEY,
+        cert TEXT NOT NULL,
+        private_key TEXT NOT NULL)",
+    "INSERT INTO meta (id, schema_version, seq) VALUES (1, 9, 0) ON CONFLICT (id) DO NOTHING",
 ];
 
 /// What takes a store of schema version 1 to version 2 (peer addresses, mapped folders,
@@ -189,6 +195,10 @@ const MIGRATE_6_TO_7: &[&str] = &["UPDATE meta SET schema_version = 7 WHERE id =
 /// [`SCHEMA`] (run after) creates.
 const MIGRATE_7_TO_8: &[&str] = &["UPDATE meta SET schema_version = 8 WHERE id = 1"];
 
+/// What takes a store of schema version 8 to version 9: the `cloud_ca` table, which
+/// [`SCHEMA`] (run after) creates.
+const MIGRATE_8_TO_9: &[&str] = &["UPDATE meta SET schema_version = 9 WHERE id = 1"];
+
 /// The migrations in order: the first takes version 1 to 2.
 const MIGRATIONS: &[&[&str]] = &[
     MIGRATE_1_TO_2,
@@ -198,6 +208,7 @@ const MIGRATIONS: &[&[&str]] = &[
     MIGRATE_5_TO_6,
     MIGRATE_6_TO_7,
     MIGRATE_7_TO_8,
+    MIGRATE_8_TO_9,
 ];
 
 const ENTRY_COLUMNS: &str = "folder, id, parent, name, kind, mode, size, mtime_ns, version, deleted, manifest, target, author, in_cloud, holders, changed_ms";

@@ -80,7 +80,8 @@ pub async fn start_standalone(cfg: StandaloneConfig) -> Result<Standalone, Relay
                 source,
             })
         })?;
-    let (_, relay_tls) = tls::server_configs(&cfg.dir, CA_NAME, &cfg.names)?;
+    let ca = tls::Ca::in_dir(&cfg.dir, CA_NAME)?;
+    let (_, relay_tls) = tls::server_configs(&ca, CA_NAME, &cfg.names)?;
     let relay_cfg = RelayConfig {
         listen: cfg.listen,
         transcript: cfg.transcript,

@@ -24,7 +24,7 @@ static KEY_A: LazyLock<PrivateKey> = LazyLock::new(keys::generate);
 static KEY_B: LazyLock<PrivateKey> = LazyLock::new(keys::generate);
 
 struct Env {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     engines: cloud::Engines,
     base: String,
     http: reqwest::Client,
@@ -70,7 +70,7 @@ async fn env_with(set: impl FnOnce(&mut CloudConfig)) -> Env {
         .unwrap();
     let base = format!("https://127.0.0.1:{}", cloud.addr.port());
     Env {
-        _dir: dir,
+        dir,
         engines,
         base,
         http,
@@ -79,6 +79,11 @@ async fn env_with(set: impl FnOnce(&mut CloudConfig)) -> Env {
 }
 
 impl Env {
+    /// The cloud's data directory.
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("cloud")
+    }
+
     fn req(&self, method: Method, path: &str, ticket: Option<&str>) -> RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.base));
         match ticket {
@@ -1138,6 +1143,51 @@ async fn a_rotated_key_is_published_and_accepted_and_the_old_keys_tickets_still_
     )
     .unwrap();
     assert_eq!(header["kid"], new_kid.as_str());
+}
+
+/// A process given only the engines (a data directory of its own, as on another machine)
+/// serves with the CA devices pinned, which it writes into its data directory; a data
+/// directory holding another CA is refused and left as it was.
+#[tokio::test]
+async fn another_process_serves_with_the_pinned_ca_and_refuses_a_directory_with_another() {
+    let env = env().await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = |data: std::path::PathBuf| {
+        let mut cfg = CloudConfig::new(data, "127.0.0.1:0".parse().unwrap());
+        cfg.engines = env.engines.clone();
+        cfg.relay_listen = None;
+        cloud::start(cfg)
+    };
+    let own = dir.path().join("own");
+    let other = start(own.clone()).await.unwrap();
+    // The client pins the first process's CA.
+    let res = env
+        .http
+        .get(format!(
+            "https://127.0.0.1:{}/.well-known/jwks.json",
+            other.addr.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let first_ca = std::fs::read_to_string(env.data().join("ca.pem")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(own.join("ca.pem")).unwrap(),
+        first_ca
+    );
+    other.shutdown().await.unwrap();
+
+    let stranger = dir.path().join("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    let foreign = meshfs::net::tls::Ca::generate(meshfs::net::tls::CLOUD_CA_NAME).unwrap();
+    foreign.keep_in(&stranger).unwrap();
+    let refused = start(stranger.clone()).await.err().expect("refused");
+    assert!(refused.to_string().contains("is not the CA"), "{refused}");
+    assert_eq!(
+        std::fs::read_to_string(stranger.join("ca.pem")).unwrap(),
+        foreign.cert_pem
+    );
 }
 
 /// Listing folders again signs nothing new while nothing changed: the same access tickets

@@ -96,10 +96,6 @@ async fn read_reply(tls: &mut TlsStream<TcpStream>) -> Reply {
 }
 
 impl Env {
-    fn data(&self) -> std::path::PathBuf {
-        self._dir.path().join("cloud")
-    }
-
     async fn relay_ticket(&self, dev: &Dev) -> String {
         let res = self
             .req(Method::POST, "/tickets/relay", Some(&dev.identity))

@@ -167,8 +167,8 @@ impl Cloud {
         text
     }
 
-    /// Another `meshfs cloud` process (with no relay) on this cloud's data directory and
-    /// engines: on a PostgreSQL database and an S3 bucket both serve the same users.
+    /// Another `meshfs cloud` process (with no relay) on this cloud's engines: on a
+    /// PostgreSQL database and an S3 bucket both serve the same users.
     #[allow(dead_code)]
     pub fn another_process(&self) -> Cloud {
         self.process_with(&["--no-relay".to_string()])
@@ -177,10 +177,19 @@ impl Cloud {
     fn process_with(&self, flags: &[String]) -> Cloud {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("cloud.log");
+        // On engines outside the data directory, a data directory of its own with only
+        // `cloud.toml` in it, as on another machine: the CA and keys come from the database.
+        let data = if self.engines == meshfs::cloud::Engines::embedded(&self.data) {
+            self.data.clone()
+        } else {
+            let data = dir.path().join("cloud");
+            engines::write_config(&data, &self.engines);
+            data
+        };
         let mut other = Cloud {
             child: None,
             url: String::new(),
-            data: self.data.clone(),
+            data,
             engines: self.engines.clone(),
             dir,
             netns: None,
