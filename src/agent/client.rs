@@ -35,6 +35,14 @@ pub fn https(ca_pem: &[u8]) -> Result<reqwest::Client, ClientError> {
     crate::net::tls::https_client(ca_pem).map_err(|e| ClientError::Setup(Box::new(e)))
 }
 
+/// What lies under `err`, outermost first: the refused connection, the failed handshake.
+fn causes(err: &dyn std::error::Error) -> String {
+    std::iter::successors(err.source(), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 async fn send(url: &str, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
     let resp = req
         .send()
@@ -231,7 +239,7 @@ impl CloudClient {
             .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            tracing::warn!(from = %self.bases[at], to = %self.bases[next], error = %err, "moving to another cloud process");
+            tracing::warn!(from = %self.bases[at], to = %self.bases[next], error = %err, cause = %causes(err), "moving to another cloud process");
         }
         err.never_sent()
     }
@@ -726,5 +734,28 @@ impl Remote for CloudClient {
             .unwrap_or_else(|p| p.into_inner())
             .put(key, t.into());
         Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_causes_of_an_unreachable_cloud_are_named_outermost_first() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = std::io::Error::other(ClientError::Unreachable {
+            url: "https://127.0.0.1:1".into(),
+            source: Box::new(inner),
+        });
+        let err = ClientError::Unreachable {
+            url: "https://127.0.0.1:2".into(),
+            source: Box::new(outer),
+        };
+        assert_eq!(
+            causes(&err),
+            "cannot reach the cloud at https://127.0.0.1:1; check that it runs and that this \
+             device is online: connection refused"
+        );
     }
 }
