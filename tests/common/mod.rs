@@ -331,6 +331,17 @@ impl Cloud {
 
 impl Drop for Cloud {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: the end of each log of this process, beside the test's output.
+            for name in ["cloud.log", "cloud-restart.log"] {
+                let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                if !tail.is_empty() {
+                    eprintln!("----- {name} of the cloud at {}\n{tail}", self.url);
+                }
+            }
+        }
         if let Some(mut c) = self.child.take() {
             signal(c.id(), "CONT");
             let _ = c.kill();
