@@ -66,11 +66,14 @@ step() {
 # auto-unmount, ip and nsenter for the relay test's network namespaces, git and sqlite3 for
 # the application tests, gio for what a GIO file manager asks of a folder it opens, getfattr
 # for extended attributes, rsync, setpriv (to act as another user) and fallocate for the
-# tests against the native disk.
+# tests against the native disk; nss_wrapper gives a scale test a cloud name with two
+# addresses.
 missing=()
 for pair in fusermount3:fuse3 ip:iproute2 nsenter:util-linux git:git sqlite3:sqlite3 gio:libglib2.0-bin getfattr:attr rsync:rsync setpriv:util-linux fallocate:util-linux curl:curl runuser:util-linux; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
+dpkg-query -W -f '${Status}' libnss-wrapper 2>/dev/null | grep -q 'ok installed' ||
+    missing+=(libnss-wrapper)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         die "missing tools; install Debian's ${missing[*]} (as root: apt-get install ${missing[*]})"

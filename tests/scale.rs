@@ -125,6 +125,44 @@ fn two_cloud_processes_serve_one_user_and_each_carries_on_when_the_other_dies() 
     );
 }
 
+/// A cloud name with two addresses, a process on each (as round-robin DNS spreads a cloud
+/// over machines): devices logged in with that one URL carry on through the other address
+/// while the process at one is down, first one and then the other, and lose nothing.
+#[test]
+fn a_cloud_name_with_two_addresses_serves_on_while_the_process_at_one_is_down() {
+    if !on_shared_engines() {
+        return;
+    }
+    let mut first = Cloud::start_in(None, "127.0.0.1:0", &["--tls-name", "mesh.test"]);
+    first.add_user("ann");
+    let port = first.url.rsplit(':').next().unwrap().to_string();
+    let mut second = first.another_process_at(&format!("127.0.0.2:{port}"));
+    let names = tempfile::tempdir().unwrap();
+    let hosts = names.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 mesh.test\n127.0.0.2 mesh.test\n").unwrap();
+    let url = format!("https://mesh.test:{port}");
+    let a = Device::login_resolving(&first, &url, "ann", "laptop", &hosts);
+    let b = Device::login_resolving(&first, &url, "ann", "desktop", &hosts);
+    assert!(
+        a.cli(&["folder", "list"]).status.success(),
+        "resolving mesh.test needs Debian's libnss-wrapper"
+    );
+    a.create_folder("Docs");
+    let ma = a.mount();
+    let mb = b.mount();
+    assert!(eventually(SOON, || ma.join("Docs").is_dir()
+        && mb.join("Docs").is_dir()));
+
+    // Whichever address the devices use, one of the two deaths is of their process.
+    let big_a = upload_while_dying(&a, &ma, &mb, &mut first, "Docs/a.bin", 3);
+    first.restart();
+    let big_b = upload_while_dying(&b, &mb, &ma, &mut second, "Docs/b.bin", 4);
+    for m in [&ma, &mb] {
+        assert!(reads(&m.join("Docs/a.bin"), &big_a));
+        assert!(reads(&m.join("Docs/b.bin"), &big_b));
+    }
+}
+
 /// `meshfs login` as ann at `url` with `password`; its output.
 fn login_at(cloud: &Cloud, url: &str, password: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -34,6 +34,16 @@ pub fn meshfs(netns: Option<&str>) -> Command {
     }
 }
 
+/// Makes `cmd` resolve host names from `hosts` (a file in /etc/hosts' format) before the
+/// system's files, through nss_wrapper (Debian's libnss-wrapper): a name with several
+/// addresses, as DNS would give, without touching /etc/hosts.
+fn resolve_from(cmd: &mut Command, hosts: Option<&Path>) {
+    if let Some(hosts) = hosts {
+        cmd.env("LD_PRELOAD", "libnss_wrapper.so")
+            .env("NSS_WRAPPER_HOSTS", hosts);
+    }
+}
+
 /// Polls `f` every 100 ms until it holds or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -127,21 +137,26 @@ impl Cloud {
         };
         cloud.spawn(listen, &log, extra);
         if netns.is_none() && engines::on_postgres() {
-            // The twin runs no relay of its own: it lists this process's relay.
-            let mut flags = vec!["--no-relay".to_string()];
-            let mut given = extra.iter();
-            while let Some(f) = given.next() {
-                match *f {
-                    "--relay-listen" | "--relay-transcript" => {
-                        given.next();
-                    }
-                    "--no-relay" => {}
-                    other => flags.push(other.to_string()),
-                }
-            }
-            cloud.twin = Some(Box::new(cloud.process_with(&flags)));
+            cloud.twin = Some(Box::new(cloud.another_process()));
         }
         cloud
+    }
+
+    /// This process's flags for another on the same engines: no relay of its own (it lists
+    /// this process's relay).
+    fn flags_without_relay(&self) -> Vec<String> {
+        let mut flags = vec!["--no-relay".to_string()];
+        let mut given = self.flags.iter();
+        while let Some(f) = given.next() {
+            match f.as_str() {
+                "--relay-listen" | "--relay-transcript" => {
+                    given.next();
+                }
+                "--no-relay" => {}
+                other => flags.push(other.to_string()),
+            }
+        }
+        flags
     }
 
     /// The cloud URLs for the next device to log in with, the process it starts on first:
@@ -167,14 +182,16 @@ impl Cloud {
         text
     }
 
-    /// Another `meshfs cloud` process (with no relay) on this cloud's engines: on a
-    /// PostgreSQL database and an S3 bucket both serve the same users.
-    #[allow(dead_code)]
+    /// Another `meshfs cloud` process (with no relay, otherwise with this one's flags) on
+    /// this cloud's engines: on a PostgreSQL database and an S3 bucket both serve the same
+    /// users.
     pub fn another_process(&self) -> Cloud {
-        self.process_with(&["--no-relay".to_string()])
+        self.another_process_at("127.0.0.1:0")
     }
 
-    fn process_with(&self, flags: &[String]) -> Cloud {
+    /// [`Cloud::another_process`], listening on `listen`.
+    pub fn another_process_at(&self, listen: &str) -> Cloud {
+        let flags = self.flags_without_relay();
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("cloud.log");
         // On engines outside the data directory, a data directory of its own with only
@@ -194,12 +211,12 @@ impl Cloud {
             dir,
             netns: None,
             log_filter: self.log_filter.clone(),
-            flags: flags.to_vec(),
+            flags: flags.clone(),
             twin: None,
             devices: Default::default(),
         };
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        other.spawn("127.0.0.1:0", &log, &flags);
+        other.spawn(listen, &log, &flags);
         other
     }
 
@@ -398,6 +415,8 @@ pub struct Device {
     pub netns: Option<String>,
     /// A protected home's passphrase file, given to every command and mount.
     pub passphrase_file: Option<PathBuf>,
+    /// Where the device's commands and agent resolve host names first (see [`resolve_from`]).
+    hosts: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -409,21 +428,28 @@ impl Device {
     /// Logs a device in to a cloud that runs several processes, at `urls` in that order.
     #[allow(dead_code)]
     pub fn login_to(cloud: &Cloud, urls: &[&str], user: &str, name: &str) -> Self {
-        Self::login_as(cloud, urls, user, name, None, None)
+        Self::login_as(cloud, urls, user, name, None, None, None)
+    }
+
+    /// Logs a device in at `url`, its commands and agent resolving host names from `hosts`
+    /// first (a file in /etc/hosts' format).
+    #[allow(dead_code)]
+    pub fn login_resolving(cloud: &Cloud, url: &str, user: &str, name: &str, hosts: &Path) -> Self {
+        Self::login_as(cloud, &[url], user, name, None, None, Some(hosts))
     }
 
     /// Logs a device in from network namespace `netns`.
     pub fn login_in(cloud: &Cloud, user: &str, name: &str, netns: Option<&str>) -> Self {
         let urls = cloud.urls_for_a_device();
         let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-        Self::login_as(cloud, &urls, user, name, netns, None)
+        Self::login_as(cloud, &urls, user, name, netns, None, None)
     }
 
     /// Logs a device in with heightened security, under the passphrase in `passphrase_file`.
     pub fn login_protected(cloud: &Cloud, user: &str, name: &str, passphrase_file: &Path) -> Self {
         let urls = cloud.urls_for_a_device();
         let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-        Self::login_as(cloud, &urls, user, name, None, Some(passphrase_file))
+        Self::login_as(cloud, &urls, user, name, None, Some(passphrase_file), None)
     }
 
     fn login_as(
@@ -433,10 +459,12 @@ impl Device {
         name: &str,
         netns: Option<&str>,
         passphrase_file: Option<&Path>,
+        hosts: Option<&Path>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
         let mut login = login_command(netns, cloud, urls, user, name, &home);
+        resolve_from(&mut login, hosts);
         if let Some(p) = passphrase_file {
             login.arg("--protect").arg("--passphrase-file").arg(p);
         }
@@ -451,6 +479,7 @@ impl Device {
             name: name.into(),
             netns: netns.map(str::to_string),
             passphrase_file: passphrase_file.map(Path::to_path_buf),
+            hosts: hosts.map(Path::to_path_buf),
             _dir: dir,
         }
     }
@@ -458,6 +487,7 @@ impl Device {
     /// Runs `meshfs ARGS --home HOME` and returns its output.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut c = meshfs(self.netns.as_deref());
+        resolve_from(&mut c, self.hosts.as_deref());
         c.args(args).arg("--home").arg(&self.home);
         if let Some(p) = &self.passphrase_file {
             c.env("MESHFS_PASSPHRASE_FILE", p);
@@ -609,6 +639,7 @@ pub struct Mount {
     log: PathBuf,
     netns: Option<String>,
     passphrase_file: Option<PathBuf>,
+    hosts: Option<PathBuf>,
     extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
@@ -644,6 +675,7 @@ impl Mount {
             log,
             netns: dev.netns.clone(),
             passphrase_file: dev.passphrase_file.clone(),
+            hosts: dev.hosts.clone(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
@@ -663,6 +695,7 @@ impl Mount {
             "127.0.0.1:0"
         };
         let mut mount = meshfs(self.netns.as_deref());
+        resolve_from(&mut mount, self.hosts.as_deref());
         if let Some(p) = &self.passphrase_file {
             mount.env("MESHFS_PASSPHRASE_FILE", p);
         }
