@@ -249,7 +249,7 @@ impl Cloud {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             url = text
                 .lines()
-                .find_map(|l| l.split("listening on ").nth(1))
+                .find_map(|l| l.strip_prefix("meshfs cloud listening on "))
                 .and_then(|rest| rest.split_whitespace().next())
                 .map(str::to_string);
             url.is_some()
@@ -299,14 +299,38 @@ impl Cloud {
     pub fn restart(&mut self) {
         self.kill();
         let listen = self.url.trim_start_matches("https://").to_string();
+        let mut flags = self.flags.clone();
+        // The relay listens where it did: by default it would take the port after the
+        // cloud's, which another socket may hold by now.
+        if let Some(relay) = self.relay_addr()
+            && !flags
+                .iter()
+                .any(|f| f == "--relay-listen" || f == "--no-relay")
+        {
+            flags.extend(["--relay-listen".to_string(), relay]);
+        }
         let log = self.dir.path().join("cloud-restart.log");
         let _ = std::fs::remove_file(&log);
-        let flags = self.flags.clone();
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         self.spawn(&listen, &log, &flags);
         if let Some(twin) = &mut self.twin {
             twin.restart();
         }
+    }
+
+    /// Where the relay of this process's last start listened, by its log.
+    fn relay_addr(&self) -> Option<String> {
+        let restarted = self.dir.path().join("cloud-restart.log");
+        let log = if restarted.exists() {
+            restarted
+        } else {
+            self.dir.path().join("cloud.log")
+        };
+        let text = std::fs::read_to_string(log).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("meshfs relay listening on "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
     }
 
     /// Stops the cloud process (and its twin) for good.
