@@ -10,7 +10,7 @@ mod common;
 
 use common::{
     Cloud, Device, Mount, PASSWORD, SOON, engines, eventually, login_command, pseudo_random,
-    run_with_stdin,
+    resolve_from, run_with_stdin,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -140,13 +140,17 @@ fn a_cloud_name_with_two_addresses_serves_on_while_the_process_at_one_is_down() 
     let names = tempfile::tempdir().unwrap();
     let hosts = names.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.1 mesh.test\n127.0.0.2 mesh.test\n").unwrap();
+    let mut lookup = std::process::Command::new("getent");
+    resolve_from(&mut lookup, Some(&hosts));
+    let found = lookup.args(["ahostsv4", "mesh.test"]).output().unwrap();
+    let found = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        found.contains("127.0.0.1") && found.contains("127.0.0.2"),
+        "mesh.test did not resolve to both addresses (install Debian's libnss-wrapper): {found}"
+    );
     let url = format!("https://mesh.test:{port}");
     let a = Device::login_resolving(&first, &url, "ann", "laptop", &hosts);
     let b = Device::login_resolving(&first, &url, "ann", "desktop", &hosts);
-    assert!(
-        a.cli(&["folder", "list"]).status.success(),
-        "resolving mesh.test needs Debian's libnss-wrapper"
-    );
     a.create_folder("Docs");
     let ma = a.mount();
     let mb = b.mount();

@@ -37,7 +37,7 @@ pub fn meshfs(netns: Option<&str>) -> Command {
 /// Makes `cmd` resolve host names from `hosts` (a file in /etc/hosts' format) before the
 /// system's files, through nss_wrapper (Debian's libnss-wrapper): a name with several
 /// addresses, as DNS would give, without touching /etc/hosts.
-fn resolve_from(cmd: &mut Command, hosts: Option<&Path>) {
+pub fn resolve_from(cmd: &mut Command, hosts: Option<&Path>) {
     if let Some(hosts) = hosts {
         cmd.env("LD_PRELOAD", "libnss_wrapper.so")
             .env("NSS_WRAPPER_HOSTS", hosts);
