@@ -44,6 +44,14 @@ pub fn resolve_from(cmd: &mut Command, hosts: Option<&Path>) {
     }
 }
 
+/// The address a process's log announced on the line that starts with `start`.
+fn announced(log: &str, start: &str) -> Option<String> {
+    log.lines()
+        .find_map(|l| l.strip_prefix(start))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+}
+
 /// Polls `f` every 100 ms until it holds or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -247,11 +255,7 @@ impl Cloud {
         let mut url = None;
         let ok = eventually(Duration::from_secs(30), || {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            url = text
-                .lines()
-                .find_map(|l| l.strip_prefix("meshfs cloud listening on "))
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_string);
+            url = announced(&text, "meshfs cloud listening on ");
             url.is_some()
         });
         assert!(
@@ -326,11 +330,10 @@ impl Cloud {
         } else {
             self.dir.path().join("cloud.log")
         };
-        let text = std::fs::read_to_string(log).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("meshfs relay listening on "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .map(str::to_string)
+        announced(
+            &std::fs::read_to_string(log).ok()?,
+            "meshfs relay listening on ",
+        )
     }
 
     /// Stops the cloud process (and its twin) for good.
